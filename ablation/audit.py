@@ -1,0 +1,145 @@
+"""Scale audit: the seed's diagnosis, automated, before any training.
+
+For the spec's codec fitted on the demos, it reports per action group (in model space) the range,
+spread and RMS; the largest ratio between group scales; how much the loss reduction dilutes the
+filled slots; and each group's share of the loss of a predictor that outputs the per-dim mean.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .data import episode_view, physical_actions, read_demo_file
+from .codec import ActionCodec, Representation
+from .spec import GROUPS, Spec
+
+SCALE_RATIO_WARN = 10.0
+CONSTANT_RMS = 1e-9  # a group whose values never change carries no signal to rank on
+
+
+@dataclass
+class GroupAudit:
+    slots: list[int]
+    min: float
+    max: float
+    std: float
+    absmax: float
+    rms: float
+    mean_loss_share: float
+    constant: bool
+
+
+@dataclass
+class AuditResult:
+    spec: str
+    spec_hash: str
+    demo_file: str
+    n_demos: int
+    n_steps: int
+    representation: str
+    layout: str
+    normalizer: str
+    reduction: str
+    groups: dict[str, GroupAudit]
+    scale_ratio: float
+    scale_ratio_groups: tuple[str, str]
+    filled_slots: int
+    total_slots: int
+    dilution_factor: float
+    mean_predictor_loss: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> bool:
+        return self.scale_ratio > SCALE_RATIO_WARN
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["flagged"] = self.flagged
+        return d
+
+
+def audit(spec: Spec, demo_path: str | Path) -> AuditResult:
+    """Fit the spec's codec on the demo file and measure the action groups in model space."""
+    ds = read_demo_file(demo_path, obs_convention=spec.data.obs_convention)
+    views = [episode_view(ep, ds.meta.obs_convention) for ep in ds.episodes]
+    rep = Representation(spec.codec.representation, spec.codec.rotation)
+    phys = np.concatenate([physical_actions(v, rep) for v in views])
+    codec = ActionCodec.fit(spec.codec, phys, np.concatenate([v.state for v in views]),
+                            np.concatenate([v.actions for v in views]))
+    model = codec.encode(phys)  # (N, W)
+    weights = spec.loss.weights.as_dict()
+    slots = codec.group_slots
+    # Expected loss of the per-dim mean predictor = per-dim variance, weighted per group.
+    var = model.var(axis=0)
+    group_loss = {g: weights[g] * float(var[slots[g]].sum()) for g in GROUPS}
+    total_loss = sum(group_loss.values())
+    groups: dict[str, GroupAudit] = {}
+    for g in GROUPS:
+        x = model[:, slots[g]]
+        rms = float(np.sqrt(np.mean(x ** 2)))
+        groups[g] = GroupAudit(
+            slots=[int(s) for s in slots[g]], min=float(x.min()), max=float(x.max()), std=float(x.std()),
+            absmax=float(np.abs(x).max()), rms=rms,
+            mean_loss_share=group_loss[g] / total_loss if total_loss > 0 else 0.0,
+            constant=bool(np.all(np.ptp(x, axis=0) <= CONSTANT_RMS)))
+    live = [g for g in GROUPS if groups[g].rms > CONSTANT_RMS]
+    ratio, pair = 1.0, (GROUPS[0], GROUPS[0])
+    for a in live:
+        for b in live:
+            r = groups[a].rms / groups[b].rms
+            if r > ratio:
+                ratio, pair = r, (a, b)
+    filled = int(codec.action_mask.sum())
+    width = codec.width
+    dilution = filled / width if spec.loss.reduction == "rdt_mean" else 1.0
+    denom = width if spec.loss.reduction == "rdt_mean" else filled
+    warnings = []
+    if ratio > SCALE_RATIO_WARN:
+        warnings.append(
+            f"scale mismatch: '{pair[0]}' is {ratio:.0f}x larger than '{pair[1]}' in model space (RMS); "
+            f"the loss will mostly ignore '{pair[1]}'. Normalise (e.g. codec.normalizer: minmax) or re-weight.")
+    if dilution < 0.5:
+        warnings.append(
+            f"loss dilution: only {filled} of {width} slots are filled, so the {spec.loss.reduction} loss is "
+            f"{1 / dilution:.1f}x smaller than the error on the filled slots; a tiny loss proves little.")
+    for g in GROUPS:
+        if groups[g].constant:
+            warnings.append(f"constant group: '{g}' never changes in these demos; a fix cannot be ranked on it.")
+        elif groups[g].mean_loss_share < 0.01:
+            warnings.append(f"'{g}' carries {100 * groups[g].mean_loss_share:.2g}% of the mean-predictor loss; "
+                            "errors there barely move the total.")
+    return AuditResult(
+        spec=spec.name, spec_hash=spec.hash(), demo_file=str(demo_path), n_demos=len(views),
+        n_steps=int(model.shape[0]), representation=spec.codec.representation, layout=spec.codec.layout,
+        normalizer=spec.codec.normalizer, reduction=spec.loss.reduction, groups=groups,
+        scale_ratio=float(ratio), scale_ratio_groups=pair, filled_slots=filled, total_slots=width,
+        dilution_factor=float(dilution), mean_predictor_loss=float(total_loss / denom), warnings=warnings)
+
+
+def format_table(res: AuditResult) -> str:
+    lines = [
+        f"scale audit: spec {res.spec} ({res.spec_hash}) on {res.demo_file}",
+        f"  {res.n_demos} demos, {res.n_steps} steps; representation={res.representation} layout={res.layout} "
+        f"normalizer={res.normalizer} reduction={res.reduction}",
+        "",
+        f"  {'group':<5} {'slots':<10} {'min':>10} {'max':>10} {'std':>10} {'absmax':>10} {'rms':>10} {'loss share':>11}",
+    ]
+    for g, a in res.groups.items():
+        sl = f"{a.slots[0]}-{a.slots[-1]}" if len(a.slots) > 1 else str(a.slots[0])
+        lines.append(f"  {g:<5} {sl:<10} {a.min:>10.4g} {a.max:>10.4g} {a.std:>10.4g} {a.absmax:>10.4g} "
+                     f"{a.rms:>10.4g} {100 * a.mean_loss_share:>10.2f}%")
+    lines += [
+        "",
+        f"  largest group scale ratio: {res.scale_ratio:.1f} ({res.scale_ratio_groups[0]} / {res.scale_ratio_groups[1]})",
+        f"  loss dilution factor: {res.dilution_factor:.3f} ({res.filled_slots} filled of {res.total_slots} slots)",
+        f"  loss of the per-dim mean predictor: {res.mean_predictor_loss:.4g}",
+    ]
+    if res.warnings:
+        lines.append("")
+        lines += [f"  WARNING: {w}" for w in res.warnings]
+    else:
+        lines += ["", "  no warnings: group scales are within 10x of each other"]
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""Where a run keeps its files, and where a spec's demos come from.
+
+    <workdir>/demos/        generated demo files, named by their inputs (the cache key)
+    <workdir>/checkpoints/  one bundle per spec x seed
+    <workdir>/mlruns.db     MLflow sqlite store, artifacts under <workdir>/mlartifacts/
+    <workdir>/optuna.db     Optuna storage
+    <workdir>/report/       the comparison report
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import UserError
+from .spec import Spec
+
+DEFAULT_WORKDIR = Path(os.environ.get("ABLATION_WORKDIR", "workdir"))
+
+
+def demo_path_for(spec: Spec, workdir: Path = DEFAULT_WORKDIR, seed: int = 0) -> Path:
+    """The demo file a spec trains on: its own `data.demo_file`, or the generated one in the workdir."""
+    if spec.data.demo_file:
+        p = Path(spec.data.demo_file).expanduser()
+        if not p.is_file():
+            raise UserError(f"spec {spec.name}: data.demo_file: '{p}' does not exist; fix the path, or set "
+                            "data.demo_file: null to generate demos with the scripted expert")
+        return p
+    d = spec.data
+    name = (f"{d.suite}_task{d.task}_n{d.n_demos}_dart{d.dart_noise:g}_speed{d.expert_speed:g}"
+            f"{'_img' + str(d.image_size) if d.images else ''}_seed{seed}.hdf5")
+    return Path(workdir) / "demos" / name
+
+
+def ensure_demos(spec: Spec, workdir: Path = DEFAULT_WORKDIR, seed: int = 0) -> Path:
+    """Return the spec's demo file, generating it with the scripted expert when it is not there yet."""
+    path = demo_path_for(spec, workdir, seed)
+    if spec.data.demo_file:
+        return path
+    from .sim.demos import generate_demos  # the simulator is only imported when demos must be made
+
+    d = spec.data
+    return generate_demos(d.suite, d.task, n=d.n_demos, out=path, images=d.images,
+                          image_size=d.image_size, dart_sigma=d.dart_noise, seed=seed, speed=d.expert_speed)

@@ -1,0 +1,75 @@
+"""Shared fixtures.
+
+`synthetic_demo_file`: a real LIBERO-layout HDF5 file written by our writer, with trajectories made
+up in numpy at the seed's magnitudes (no simulator): for data, codec and audit tests.
+`expert_demo_file`: demos from the scripted expert in the real LIBERO simulator (marked `sim`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ablation import rotation as R
+from ablation.data import DemoMeta, Episode, write_demo_file
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ABLATION_SHARED_DIR", REPO.parent / "shared"))
+
+
+def synthetic_episode(rng: np.random.Generator, T: int = 40, rotate: bool = True) -> Episode:
+    """A smooth reach-grasp-lift trajectory in LIBERO's format, obs recorded before each step."""
+    actions = np.zeros((T, 7))
+    # position steps of about +-0.012 m (native +-0.24), as in LIBERO's human demos
+    phase = np.linspace(0, np.pi, T)
+    actions[:, 0] = 0.24 * np.sin(phase) + 0.02 * rng.standard_normal(T)
+    actions[:, 1] = 0.15 * np.cos(phase) + 0.02 * rng.standard_normal(T)
+    actions[:, 2] = -0.2 * np.sin(2 * phase) + 0.02 * rng.standard_normal(T)
+    if rotate:
+        actions[:, 3:6] = 0.02 * rng.standard_normal((T, 3))
+    actions[:, 6] = np.where(np.arange(T) > T // 2, 1.0, -1.0)
+    pos = np.zeros((T, 3))
+    rot = np.zeros((T, 3, 3))
+    pos[0] = [-0.1, 0.0, 1.0] + 0.01 * rng.standard_normal(3)
+    rot[0] = R.axis_angle_to_matrix(np.array([np.pi, 0.0, 0.0]) + 0.05 * rng.standard_normal(3))
+    for t in range(1, T):
+        pos[t] = pos[t - 1] + actions[t - 1, :3] * 0.05 * 0.9  # the controller lags its target a little
+        rot[t] = R.axis_angle_to_matrix(actions[t - 1, 3:6] * 0.5 * 0.9) @ rot[t - 1]
+    ori = R.matrix_to_axis_angle(rot)
+    grip = np.where(actions[:, 6:7] > 0, 0.01, 0.04) * np.array([1.0, -1.0])
+    obj = np.concatenate([pos + 0.05, np.tile([0, 0, 0, 1.0], (T, 1))], axis=1)
+    quat = R.matrix_to_quat(rot)
+    states = rng.standard_normal((T, 20))
+    return Episode(
+        actions=actions,
+        obs={"ee_pos": pos, "ee_ori": ori, "ee_states": np.concatenate([pos, ori], 1),
+             "gripper_states": grip, "joint_states": rng.standard_normal((T, 7)) * 0.1,
+             "object_state": obj},
+        states=states, rewards=np.r_[np.zeros(T - 1), 1.0], dones=np.r_[np.zeros(T - 1), 1.0],
+        robot_states=np.concatenate([grip, pos, quat], 1), init_state=states[0], model_file="<mujoco/>")
+
+
+def synthetic_meta() -> DemoMeta:
+    return DemoMeta(env_name="synthetic", problem_info={"language_instruction": "pick up the thing"},
+                    bddl_file_name="none.bddl", bddl_file_content="", env_args={},
+                    obs_convention="before", attrs={"source": "synthetic (tests/conftest.py)"})
+
+
+@pytest.fixture(scope="session")
+def synthetic_demo_file(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    eps = [synthetic_episode(rng, T=int(rng.integers(30, 45))) for _ in range(6)]
+    path = tmp_path_factory.mktemp("demos") / "synthetic.hdf5"
+    write_demo_file(path, eps, synthetic_meta())
+    return path
+
+
+@pytest.fixture(scope="session")
+def expert_demo_file(tmp_path_factory) -> Path:
+    """Four DART demos of libero_object task 0 from the scripted expert in the real simulator."""
+    from ablation.sim.demos import generate_demos
+
+    out = tmp_path_factory.mktemp("expert_demos") / "libero_object_task0.hdf5"
+    return generate_demos("libero_object", 0, n=4, out=out, seed=0)

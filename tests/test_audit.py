@@ -1,0 +1,74 @@
+"""The scale audit flags the seed's magnitudes and stays quiet once the actions are normalised."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ablation.audit import audit
+from ablation.spec import EXPERIMENTS_DIR, resolve_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def spec(name, *sets):
+    return resolve_spec(EXPERIMENTS_DIR / f"{name}.yaml", list(sets))
+
+
+def test_baseline_is_flagged(synthetic_demo_file):
+    r = audit(spec("baseline_rdt"), synthetic_demo_file)
+    pos = r.groups["pos"]
+    assert pos.absmax < 0.02  # metres: the seed's +-0.012 m
+    assert r.groups["rot"].absmax == pytest.approx(1.0, abs=0.01)  # unit 6D
+    assert r.flagged and r.scale_ratio > 10
+    assert r.dilution_factor == pytest.approx(10 / 128)
+    assert pos.mean_loss_share < 0.01
+    assert any("scale mismatch" in w for w in r.warnings)
+    assert any("loss dilution" in w for w in r.warnings)
+
+
+@pytest.mark.parametrize("name", ["fix_minmax", "fix_pos_cm"])
+def test_normalised_is_not_flagged(synthetic_demo_file, name):
+    r = audit(spec(name), synthetic_demo_file)
+    assert not r.flagged and r.scale_ratio < 10
+    assert not any("scale mismatch" in w for w in r.warnings)
+
+
+def test_masked_loss_removes_dilution(synthetic_demo_file):
+    assert audit(spec("fix_masked_loss"), synthetic_demo_file).dilution_factor == 1.0
+
+
+def test_loss_shares_follow_weights(synthetic_demo_file):
+    base = audit(spec("baseline_rdt"), synthetic_demo_file)
+    weighted = audit(spec("fix_loss_weight"), synthetic_demo_file)
+    assert sum(g.mean_loss_share for g in weighted.groups.values()) == pytest.approx(1.0)
+    assert weighted.groups["pos"].mean_loss_share > 50 * base.groups["pos"].mean_loss_share
+
+
+def test_constant_group_is_reported_not_ranked(tmp_path):
+    import numpy as np
+    from ablation.data import write_demo_file
+    from tests.conftest import synthetic_episode, synthetic_meta
+    rng = np.random.default_rng(0)
+    eps = [synthetic_episode(rng, T=20, rotate=False) for _ in range(3)]
+    p = tmp_path / "norot.hdf5"
+    write_demo_file(p, eps, synthetic_meta())
+    r = audit(spec("native_delta"), p)
+    assert r.groups["rot"].constant
+    assert any("constant group: 'rot'" in w for w in r.warnings)
+
+
+def test_cli_json_and_table(synthetic_demo_file):
+    cmd = [sys.executable, str(REPO / "run_ablation.py"), "audit", "--spec",
+           str(EXPERIMENTS_DIR / "baseline_rdt.yaml"), "--data", str(synthetic_demo_file)]
+    out = subprocess.run(cmd + ["--json"], capture_output=True, text=True, check=True, cwd=REPO)
+    d = json.loads(out.stdout)
+    assert d["flagged"] and set(d["groups"]) == {"pos", "rot", "grip"}
+    table = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert "WARNING: scale mismatch" in table and "loss dilution factor: 0.078" in table
+    bad = subprocess.run([sys.executable, str(REPO / "run_ablation.py"), "audit", "--spec",
+                          str(EXPERIMENTS_DIR / "baseline_rdt.yaml"), "--data", "missing.hdf5"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "missing.hdf5: demo file not found" in bad.stderr
+    assert "Traceback" not in bad.stderr
