@@ -425,6 +425,7 @@ class PlanEntry(_Frozen):
 class Plan(_Frozen):
     name: str
     description: str = ""
+    path: Optional[str] = None  # the plan file; spec references resolve relative to it
     seeds: tuple[int, ...] = (0,)
     set: tuple[str, ...] = ()  # overrides applied to every entry (e.g. a short budget)
     entries: tuple[PlanEntry, ...]
@@ -448,6 +449,7 @@ def load_plan(name_or_path: str) -> Plan:
     path = find_plan(name_or_path)
     raw = _read_yaml(path)
     raw.setdefault("name", path.stem)
+    raw["path"] = str(path.resolve())
     entries = raw.get("entries")
     if isinstance(entries, list):  # allow the short form: a bare spec name per entry
         raw["entries"] = [{"spec": e} if isinstance(e, str) else e for e in entries]
