@@ -101,6 +101,40 @@ class ImageFeatureSource(Protocol):
         ...
 
 
+def _import_siglip():
+    """Import transformers' SiglipVisionModel, hiding a torchvision that is installed but broken.
+
+    PyPI's torchvision 0.28.0 (pulled in by robomimic) is built for the CUDA torch and fails to
+    import beside the local CPU wheel ("operator torchvision::nms does not exist"). transformers only
+    checks that the package exists, then fails on it; SigLIP itself needs no torchvision. So, only
+    while transformers decides what is available, a broken torchvision is reported as absent.
+    """
+    import importlib.util
+    import sys
+
+    try:
+        import torchvision  # noqa: F401
+        broken = False
+    except Exception:  # noqa: BLE001 - the failure is a RuntimeError from its C++ ops
+        broken = True
+        for k in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
+            del sys.modules[k]
+    if not broken:
+        from transformers import SiglipVisionModel
+        return SiglipVisionModel
+    orig = importlib.util.find_spec
+
+    def find_spec(name, package=None):
+        return None if name == "torchvision" or name.startswith("torchvision.") else orig(name, package)
+
+    importlib.util.find_spec = find_spec
+    try:
+        from transformers import SiglipVisionModel
+    finally:
+        importlib.util.find_spec = orig
+    return SiglipVisionModel
+
+
 class SiglipFeatureSource:
     """A local SigLIP so400m-patch14-384 directory (HF format), frozen, loaded offline only."""
 
@@ -112,7 +146,7 @@ class SiglipFeatureSource:
                                    "(no config.json); download google/siglip-so400m-patch14-384 on a machine "
                                    "with internet and give its local path")
         try:
-            from transformers import SiglipVisionModel
+            SiglipVisionModel = _import_siglip()
         except Exception as exc:  # noqa: BLE001 - transformers wraps broken optional deps in odd types
             raise VisionInputError(f"model.vision_model needs transformers' SiglipVisionModel, which cannot be "
                                    f"imported ({type(exc).__name__}: {exc}); fix the environment or use "
