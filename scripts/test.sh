@@ -1,6 +1,16 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run the whole test suite, simulator tests included.
+# Set up (idempotent) and run the whole test suite, simulator and service tests included.
+# Quick local loop without the simulator and services: .venv/bin/python -m pytest -m "not sim and not slow"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q "$@"
+# PostgreSQL server binaries: the distributed-tuning test starts its own cluster on 127.0.0.1.
+bash scripts/ci_services.sh
+# Headless Chromium: the MLflow UI test loads the experiment page in it.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "[test] installing Debian's chromium for the MLflow UI test"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+exec .venv/bin/python -m pytest -q --durations=15 "$@"
