@@ -1,0 +1,249 @@
+"""`DiffusionPolicy`: network + codec + observation normaliser + diffusion schedulers, and its bundle.
+
+Checkpoint bundle (a directory, written whole or not at all by the trainer):
+
+    model.safetensors   network weights (EMA weights when train.ema)
+    codec.json          ActionCodec.save: the action/state normaliser the policy was trained with
+    obs_norm.json       mean/std of the low-dim observation features, in data.obs_keys order
+    spec.yaml           the resolved spec
+    meta.json           spec_hash, step, model config, env metadata, demo file + sha256, versions, git commit
+    train_state.pt      optimizer / LR scheduler / EMA / step / RNG, for resuming (not needed to act)
+
+`load_policy` loads the codec strictly: a missing codec.json, or one fitted for another codec
+spec, raises `CodecError`; there is no fallback to defaults.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import yaml
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from safetensors.torch import load_file, save_file
+
+from . import rotation as R
+from .codec import ActionCodec, CodecError, phys_state
+from .data import IMAGE_KEYS, obs_features
+from .errors import UserError
+from .model import SIZES, DiffusionTransformer, DiTConfig
+from .spec import Spec, codec_guarantees_unit_range, spec_from_dict
+
+OBS_NORM_MIN_STD = 1e-6  # constant features (e.g. a static object's quaternion) are only centred
+
+
+class PolicyError(UserError):
+    """A policy could not be built or loaded; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class ObsNormalizer:
+    """Per-feature mean/std of low-dim observation features, fitted on the training windows."""
+
+    keys: tuple[str, ...]
+    mean: np.ndarray  # (F,)
+    std: np.ndarray   # (F,)
+
+    @classmethod
+    def fit(cls, obs: np.ndarray, keys) -> "ObsNormalizer":
+        flat = np.asarray(obs, dtype=np.float64).reshape(-1, obs.shape[-1])   # (N*To, F)
+        std = flat.std(0)
+        return cls(tuple(keys), flat.mean(0), np.where(std < OBS_NORM_MIN_STD, 1.0, std))
+
+    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
+        mean = torch.as_tensor(self.mean, dtype=torch.float32, device=obs.device)
+        std = torch.as_tensor(self.std, dtype=torch.float32, device=obs.device)
+        return (obs.float() - mean) / std
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({"keys": list(self.keys), "mean": self.mean.tolist(), "std": self.std.tolist()}))
+
+    @classmethod
+    def load(cls, path: Path) -> "ObsNormalizer":
+        if not path.is_file():
+            raise PolicyError(f"{path}: observation normaliser is missing; the bundle is incomplete")
+        d = json.loads(path.read_text())
+        mean, std = np.asarray(d["mean"], dtype=np.float64), np.asarray(d["std"], dtype=np.float64)
+        if mean.shape != std.shape or np.any(std <= 0):
+            raise PolicyError(f"{path}: mean/std shapes differ or std <= 0")
+        return cls(tuple(d["keys"]), mean, std)
+
+
+def make_train_scheduler(spec: Spec) -> DDPMScheduler:
+    m = spec.model
+    return DDPMScheduler(num_train_timesteps=m.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+                         prediction_type=m.prediction_type, clip_sample=m.clip_sample)
+
+
+def make_sample_scheduler(spec: Spec) -> DPMSolverMultistepScheduler:
+    # The solver is always fed x0 (converted from epsilon and clipped here when asked), which is what
+    # dpmsolver++ works with internally; DPM-Solver itself has no clip_sample option.
+    return DPMSolverMultistepScheduler(num_train_timesteps=spec.model.num_train_timesteps,
+                                       beta_schedule="squaredcos_cap_v2", prediction_type="sample",
+                                       algorithm_type="dpmsolver++", solver_order=2)
+
+
+def check_clip_sample(spec: Spec, codec: ActionCodec) -> None:
+    if spec.model.clip_sample and not (codec_guarantees_unit_range(spec.codec) and codec.bounded):
+        raise PolicyError(
+            f"model.clip_sample: true clips predictions to [-1, 1], but codec (representation="
+            f"{codec.spec.representation}, normalizer={codec.spec.normalizer}) does not keep actions in [-1, 1]; "
+            "use codec.normalizer: minmax or set model.clip_sample: false")
+
+
+class DiffusionPolicy(nn.Module):
+    """Rollout protocol: `codec`, `obs_history` (frames the runner must keep), `act(history) -> (H, W)`."""
+
+    def __init__(self, spec: Spec, codec: ActionCodec, obs_norm: ObsNormalizer, cfg: DiTConfig, seed: int = 0):
+        super().__init__()
+        if spec.model.kind != "dit":
+            raise PolicyError(f"model.kind '{spec.model.kind}' is not built by ablation.policy (only 'dit')")
+        if codec.spec != spec.codec:
+            raise CodecError("the codec was fitted for a different codec spec than the policy's spec")
+        check_clip_sample(spec, codec)
+        if tuple(obs_norm.keys) != tuple(spec.data.obs_keys):
+            raise PolicyError(f"obs normaliser keys {obs_norm.keys} differ from data.obs_keys {spec.data.obs_keys}")
+        self.spec, self.codec, self.obs_norm, self.cfg = spec, codec, obs_norm, cfg
+        self.obs_history = spec.data.obs_history
+        self.horizon = spec.data.action_chunk
+        self.net = DiffusionTransformer(cfg)
+        self.train_scheduler = make_train_scheduler(spec)
+        self.register_buffer("action_mask", torch.as_tensor(codec.action_mask, dtype=torch.float32), persistent=False)
+        self.register_buffer("state_mask", torch.as_tensor(codec.state_mask, dtype=torch.float32), persistent=False)
+        self.register_buffer("alphas_cumprod", self.train_scheduler.alphas_cumprod.clone().float(), persistent=False)
+        self._act_gen = torch.Generator().manual_seed(seed)
+        self._sampler: DPMSolverMultistepScheduler | None = None  # made on first use; reset per sample()
+
+    @property
+    def device(self) -> torch.device:
+        return self.action_mask.device
+
+    # ------------------------------------------------------------------ network call
+    def denoise(self, noisy: torch.Tensor, t: torch.Tensor, batch: dict) -> torch.Tensor:
+        """One network evaluation: noisy (B,H,W), t (B,) -> model output (x0 or epsilon), (B,H,W)."""
+        B = noisy.shape[0]
+        freq = torch.full((B,), float(self.spec.model.ctrl_freq_hz), device=noisy.device)
+        return self.net(noisy, self.action_mask, t, freq, batch["state"], self.state_mask,
+                        self.obs_norm(batch["obs"]), batch.get("images"))
+
+    def x0_from_output(self, out: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.spec.model.prediction_type == "sample":
+            return out
+        ab = self.alphas_cumprod.to(noisy.device)[t].view(-1, 1, 1)
+        return (noisy - (1 - ab).sqrt() * out) / ab.sqrt()
+
+    def training_outputs(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Noise a batch's actions at random timesteps; returns pred, target, x0_pred, x0 (all (B,H,W))."""
+        x0 = batch["actions"]
+        B = x0.shape[0]
+        gen_dev = generator.device if generator is not None else torch.device("cpu")
+        noise = torch.randn(x0.shape, generator=generator, device=gen_dev).to(x0.device)
+        t = torch.randint(0, self.spec.model.num_train_timesteps, (B,), generator=generator, device=gen_dev).to(x0.device)
+        noisy = self.train_scheduler.add_noise(x0, noise, t)
+        pred = self.denoise(noisy, t, batch)
+        target = x0 if self.spec.model.prediction_type == "sample" else noise
+        x0_pred = self.x0_from_output(pred.float(), noisy, t)
+        return {"pred": pred, "target": target, "x0_pred": x0_pred, "x0": x0}
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, batch: dict, generator: torch.Generator | None = None,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
+        """DPM-Solver++ sampling from fixed `noise` (B,H,W) or noise drawn from `generator` -> (B,H,W) model space."""
+        B = batch["state"].shape[0]
+        shape = (B, self.horizon, self.codec.width)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator,
+                                device=generator.device if generator is not None else torch.device("cpu"))
+        x = noise.to(self.device, torch.float32)
+        if self._sampler is None:
+            with warnings.catch_warnings():  # diffusers' own numpy-2 DeprecationWarning, not ours
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._sampler = make_sample_scheduler(self.spec)
+        sched = self._sampler
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            sched.set_timesteps(self.spec.model.num_inference_steps)
+        for t in sched.timesteps:
+            tt = torch.full((B,), int(t), device=self.device, dtype=torch.long)
+            x0 = self.x0_from_output(self.denoise(x, tt, batch).float(), x, tt)
+            if self.spec.model.clip_sample:
+                x0 = x0.clamp(-1.0, 1.0)
+            x = sched.step(x0, t, x).prev_sample
+        return x * self.action_mask  # as RDT: unfilled slots read 0
+
+    def batch_from_history(self, obs_history: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+        """The last `obs_history` observation dicts (LIBERO names) -> a batch of one."""
+        if not obs_history:
+            raise ValueError("act() needs at least one observation")
+        hist = list(obs_history)[-self.obs_history:]
+        hist = [hist[0]] * (self.obs_history - len(hist)) + hist  # repeat the first frame, as in training
+        keys = self.spec.data.obs_keys
+        feats = np.stack([obs_features(o, keys) for o in hist])                 # (To, F)
+        last = hist[-1]
+        rot = R.axis_angle_to_matrix(np.asarray(last["ee_ori"], dtype=np.float64))
+        state = self.codec.encode_state(phys_state(last["ee_pos"], rot, last["gripper_states"]))  # (Ws,)
+        batch = {"obs": torch.as_tensor(feats[None], dtype=torch.float32, device=self.device),
+                 "state": torch.as_tensor(state[None], dtype=torch.float32, device=self.device)}
+        if self.cfg.n_cams:
+            imgs = np.stack([np.stack([o[k] for k in IMAGE_KEYS if k in o]) for o in hist])  # (To, nc, h, w, 3)
+            batch["images"] = torch.as_tensor(imgs[None], device=self.device)
+        return batch
+
+    @torch.no_grad()
+    def act(self, obs_history: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """Observation history (oldest first) -> action chunk (H, W) in MODEL space (decode with `codec`)."""
+        was_training = self.training
+        self.eval()
+        chunk = self.sample(self.batch_from_history(obs_history), generator=self._act_gen)
+        self.train(was_training)
+        return chunk[0].cpu().numpy().astype(np.float64)
+
+    # ------------------------------------------------------------------ bundle
+    def save_weights(self, bundle: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        sd = state_dict if state_dict is not None else self.net.state_dict()
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in sd.items()}, str(bundle / "model.safetensors"))
+        self.codec.save(bundle / "codec.json")
+        self.obs_norm.save(bundle / "obs_norm.json")
+        (bundle / "spec.yaml").write_text(self.spec.to_yaml())
+
+
+def build_policy(spec: Spec, codec: ActionCodec, obs_norm: ObsNormalizer, obs_dim: int, n_cams: int = 0) -> DiffusionPolicy:
+    """A freshly initialised policy (seeded by spec.train.seed) for this spec, codec and obs layout."""
+    if spec.model.size not in SIZES:
+        raise PolicyError(f"model.size '{spec.model.size}' is not a DiT size; use one of {', '.join(SIZES)}")
+    cfg = DiTConfig.for_size(
+        spec.model.size,
+        horizon=spec.data.action_chunk, action_width=codec.width, state_width=len(codec.state_mask),
+        obs_dim=obs_dim, obs_history=spec.data.obs_history, n_cams=n_cams, image_size=spec.data.image_size)
+    torch.manual_seed(spec.train.seed)
+    return DiffusionPolicy(spec, codec, obs_norm, cfg, seed=spec.train.seed)
+
+
+def load_policy(bundle_dir: str | Path, device: str | torch.device = "cpu") -> DiffusionPolicy:
+    """Load a checkpoint bundle. The codec comes from the bundle's codec.json and nowhere else."""
+    bundle = Path(bundle_dir)
+    if not bundle.is_dir():
+        raise PolicyError(f"{bundle}: checkpoint directory not found")
+    for name in ("spec.yaml", "meta.json", "model.safetensors"):
+        if not (bundle / name).is_file():
+            raise PolicyError(f"{bundle / name}: missing; not a complete checkpoint bundle")
+    spec = spec_from_dict(yaml.safe_load((bundle / "spec.yaml").read_text()), str(bundle / "spec.yaml"))
+    meta = json.loads((bundle / "meta.json").read_text())
+    if meta.get("spec_hash") != spec.hash():
+        raise PolicyError(f"{bundle}: spec.yaml hashes to {spec.hash()} but meta.json says {meta.get('spec_hash')}; "
+                          "the bundle was edited or mixed from two runs")
+    codec = ActionCodec.load(bundle / "codec.json", expected=spec.codec)
+    obs_norm = ObsNormalizer.load(bundle / "obs_norm.json")
+    cfg = DiTConfig(**meta["model_config"])
+    policy = DiffusionPolicy(spec, codec, obs_norm, cfg, seed=spec.train.seed)
+    state = load_file(str(bundle / "model.safetensors"))
+    missing, unexpected = policy.net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise PolicyError(f"{bundle / 'model.safetensors'}: weights do not fit the model "
+                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return policy.to(device).eval()
