@@ -39,6 +39,9 @@ def ui_command(tracking_uri: str) -> str:
 
 
 def git_commit() -> str:
+    """The code's commit: ABLATION_GIT_COMMIT (set in the docker image, which has no .git), else git."""
+    if os.environ.get("ABLATION_GIT_COMMIT"):
+        return os.environ["ABLATION_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent)
@@ -72,7 +75,8 @@ class Tracker:
             raise UserError(f"MLflow tracking store '{tracking_uri}' cannot be opened: {e}") from None
         if exp is None:
             loc = None
-            if artifact_root is not None:
+            # A tracking server stores artifacts itself; a local path would land on each worker's disk.
+            if artifact_root is not None and not tracking_uri.startswith(("http://", "https://")):
                 artifact_root.mkdir(parents=True, exist_ok=True)
                 loc = artifact_root.resolve().as_uri()
             try:

@@ -1,0 +1,40 @@
+"""`run_ablation.py --plan NAME` (= `run_ablation.py plan --plan NAME`): run a plan end to end."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..workdir import DEFAULT_WORKDIR
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="run a plan: demos, audit, training, evaluation, MLflow, report "
+                                    "(also: run_ablation.py --plan NAME)",
+                       description="Run every spec x seed of a plan; finished runs are skipped, interrupted "
+                                   "ones resume, failing ones are recorded as FAILED and the plan goes on.")
+    p.add_argument("--plan", default="all", help="plan name in experiments/plans/ or a YAML file (default: all)")
+    p.add_argument("--profile", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="resource profile; auto = gpu when CUDA is present, else cpu")
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated seeds "
+                   "(default: the plan's)")
+    p.add_argument("--only", action="append", metavar="SPEC", help="run only this spec (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="list what would run and what is already done")
+    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
+                   help="holds demos, checkpoints, mlruns.db, optuna.db and the report (default: ./workdir)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the workdir)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="a.b.c=VALUE",
+                   help="override a field of every spec (repeatable)")
+    p.add_argument("--jobs", type=int, help="runs in parallel (default: the profile's)")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON at the end")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..plan import outcome_json, run_plan
+
+    out = run_plan(args.plan, profile_name=args.profile, seeds=args.seeds, only=args.only, dry_run=args.dry_run,
+                   workdir=args.workdir, tracking_uri=args.tracking_uri, extra_sets=args.sets, jobs=args.jobs)
+    if args.json:
+        print(json.dumps(outcome_json(out), indent=1))
+    return 1 if out.failed else 0

@@ -1,0 +1,33 @@
+"""`run_ablation.py tune`: Optuna search over loss weights, objective = closed-loop success."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..workdir import DEFAULT_WORKDIR
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="Optuna search over the loss weights (objective: closed-loop success)",
+                       description="Several processes given the same --storage share one study (PostgreSQL "
+                                   "for many machines). Each trial is a nested MLflow run of the study's run.")
+    p.add_argument("--spec", default="experiments/tune_loss_weights.yaml", help="spec with a tune.search_space")
+    p.add_argument("--trials", type=int, help="trials for this process (default: tune.trials)")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<workdir>/optuna.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the workdir)")
+    p.add_argument("--study", help="study name (default: <spec name>-<hash>)")
+    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="a.b.c=VALUE")
+    p.add_argument("--heartbeat", type=int, default=20, help="seconds between trial heartbeats; a trial "
+                   "silent for 2x this is marked FAIL")
+    p.add_argument("--no-reeval", action="store_true", help="skip re-evaluating the best spec on more seeds")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..tune import tune
+
+    out = tune(args.spec, trials=args.trials, storage=args.storage, tracking_uri=args.tracking_uri,
+               study_name=args.study, workdir=args.workdir, sets=args.sets, heartbeat_s=args.heartbeat,
+               reeval=not args.no_reeval)
+    return 0 if out.best_value is not None else 1

@@ -1,0 +1,175 @@
+"""The stages of one spec x seed run, each logging what it measured to its MLflow run.
+
+Used by the plan (ablation/plan.py) and the tuner (ablation/tune.py). Metric keys:
+    audit/*                  scale audit figures (audit/constant/{g} = 1 flags a constant group)
+    train/*, val/*           from the trainer's callback (loss, nmse, phys errors per group)
+    val/openloop/*           sampled chunks on held-out demos: phys errors, clip rate, pos step ratio
+    eval/*                   closed-loop rollouts in the simulator
+    time/*                   seconds per stage
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .spec import GROUPS, Spec
+from .tracking import Tracker
+
+
+def audit_stage(tracker: Tracker, run_id: str, spec: Spec, demo: Path) -> dict[str, float]:
+    from .audit import audit, format_table
+
+    t0 = time.time()
+    res = audit(spec, demo)
+    m = {"audit/scale_ratio": res.scale_ratio, "audit/dilution_factor": res.dilution_factor,
+         "audit/flagged": float(res.flagged)}
+    for g, a in res.groups.items():
+        m[f"audit/loss_share/{g}"] = a.mean_loss_share
+        m[f"audit/rms/{g}"] = a.rms
+        m[f"audit/constant/{g}"] = float(a.constant)
+    m["time/audit_s"] = time.time() - t0
+    tracker.log_metrics(run_id, [(k, v, 0) for k, v in m.items()])
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "audit.json").write_text(json.dumps(res.to_json(), indent=1))
+        (Path(d) / "audit.txt").write_text(format_table(res))
+        tracker.log_artifact(run_id, Path(d), "audit")
+    return m
+
+
+def train_stage(spec: Spec, demo: Path, out_dir: Path, on_metrics: Callable | None, progress: bool = True):
+    from .train import train
+
+    return train(spec, demo, out_dir, on_metrics=on_metrics, resume=True, progress=progress)
+
+
+def open_loop_stage(tracker: Tracker, run_id: str, spec: Spec, demo: Path, result) -> dict[str, float]:
+    """Log the trainer's final open-loop figures and a plot of predicted vs demo actions."""
+    m = {f"val/openloop/{k}": float(v) for k, v in (result.open_loop or {}).items()
+         if isinstance(v, (int, float)) and np.isfinite(v)}
+    m["time/train_s"] = float(result.wall_time_s)
+    m["train/samples_per_s"] = float(result.samples_per_s)
+    tracker.log_metrics(run_id, [(k, v, result.steps) for k, v in m.items()])
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            p = plot_predicted_vs_demo(spec, demo, Path(result.checkpoint_dir), Path(d) / "pred_vs_demo.png")
+            if p is not None:
+                tracker.log_artifact(run_id, p, "plots")
+    except Exception as e:  # a plot must never fail a run; say why it is missing
+        tracker.set_tags(run_id, {"ablation.plot_error": f"{type(e).__name__}: {e}"[:500]})
+    return m
+
+
+def closed_loop_stage(tracker: Tracker, run_id: str, spec: Spec, result, workers: int = 0) -> dict[str, float]:
+    from .policy import load_policy
+    from .rollout import run_rollouts
+
+    t0 = time.time()
+    video_dir = Path(tempfile.mkdtemp(prefix="videos_"))
+    # On a GPU profile every rollout worker runs its policy on the GPU, the simulator on its CPU core.
+    device = "cuda" if spec.train.device == "cuda" else "cpu"
+    r = run_rollouts(partial(load_policy, str(result.checkpoint_dir), device=device), spec.data.suite, spec.data.task,
+                     episodes=spec.rollout.episodes, replan_every=spec.rollout.replan_every,
+                     workers=workers or spec.rollout.workers, videos=tuple(range(spec.rollout.videos)),
+                     video_dir=video_dir, max_steps=spec.rollout.max_steps, images=spec.data.images,
+                     image_size=spec.data.image_size, wait_steps=spec.rollout.wait_steps, seed=spec.train.seed)
+    s = r.summary()
+    names = {"success_rate": "success_rate", "success_ci95_low": "success_ci95_low",
+             "success_ci95_high": "success_ci95_high", "successes": "successes", "episodes": "episodes",
+             "mean_clip_rate": "clip_rate", "max_out_of_range_ratio": "pos_out_of_range",
+             "mean_length": "episode_len", "env_steps_per_s": "env_steps_per_s",
+             "policy_time_share": "policy_time_share", "n_errors": "crashed_episodes"}
+    m = {f"eval/{new}": float(s[old]) for old, new in names.items() if s.get(old) is not None}
+    m["time/rollout_s"] = time.time() - t0
+    tracker.log_metrics(run_id, [(k, v, 0) for k, v in m.items()])
+    print(f"[{spec.name}] {r.line()}")
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "episodes.json").write_text(json.dumps(r.to_dict(), indent=1, default=float))
+        tracker.log_artifact(run_id, Path(d) / "episodes.json", "rollouts")
+    if any(video_dir.iterdir()):
+        tracker.log_artifact(run_id, video_dir, "videos")
+    return m
+
+
+def log_bundle(tracker: Tracker, run_id: str, spec: Spec, result, history: dict) -> None:
+    """Spec YAML, codec statistics, the checkpoint bundle and the per-group loss curves."""
+    bundle = Path(result.checkpoint_dir)
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "spec.yaml").write_text(spec.to_yaml())
+        tracker.log_artifact(run_id, Path(d) / "spec.yaml")
+        p = plot_loss_curves(history, Path(d) / "loss_curves.png", title=spec.name)
+        if p is not None:
+            tracker.log_artifact(run_id, p, "plots")
+    tracker.log_artifact(run_id, bundle / "codec.json")
+    tracker.log_artifact(run_id, bundle, "checkpoint")
+
+
+# ----------------------------------------------------------------------------- plots
+
+def plot_loss_curves(history: dict, out: Path, title: str = "") -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("train/loss", "loss (model space)"), ("train/nmse", "nMSE"), ("val/nmse", "val nMSE")]
+    if not any(k.startswith("train/loss/") for k in history):
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    for ax, (prefix, label) in zip(axes, keys):
+        for g in ("total", *GROUPS):
+            pts = history.get(f"{prefix}/{g}")
+            if pts:
+                ax.plot([s for s, _ in pts], [max(v, 1e-12) for _, v in pts], label=g)
+        ax.set_yscale("log")
+        ax.set_title(f"{title}: {label}")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def plot_predicted_vs_demo(spec: Spec, demo: Path, bundle: Path, out: Path, max_steps: int = 300) -> Path | None:
+    """First action of the sampled chunk at every step of one held-out demo, against the demo,
+    per group in physical units."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from .data import prepare_data
+    from .policy import load_policy
+    from .train import WindowTensors
+
+    policy = load_policy(bundle)
+    prep = prepare_data(spec.data, spec.codec, demo)
+    w = prep.val or prep.train
+    first = np.nonzero(w.demo_index == w.demo_index[0])[0][:max_steps]
+    wt = WindowTensors(w, torch.device("cpu"))
+    with torch.no_grad():
+        batch = {k: v.to(policy.device) for k, v in wt.batch(torch.as_tensor(first)).items()}
+        pred = policy.sample(batch, generator=torch.Generator().manual_seed(0)).float().cpu().numpy()
+    pred_phys = policy.codec.decode(pred[:, 0].astype(np.float64))
+    true_phys = w.phys_actions[first, 0]
+    idx = policy.codec.rep.group_index
+    units = policy.codec.rep.units
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    for ax, g in zip(axes, GROUPS):
+        for j, d in enumerate(idx[g]):
+            line, = ax.plot(true_phys[:, d], lw=1.5, label=f"demo[{j}]")
+            ax.plot(pred_phys[:, d], "--", color=line.get_color(), lw=1, label=f"pred[{j}]")
+        ax.set_title(f"{spec.name}: {g} ({units[g]})")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

@@ -1,0 +1,187 @@
+"""The orchestrator end to end on a tiny plan: real simulator, real training, real sqlite MLflow store.
+
+Budgets are tiny (2 demos, a few dozen training steps, 1 short episode), so success rates mean
+nothing here; the tests check the plumbing: runs, nesting, metrics, artifacts, skipping, resuming,
+failure recording, the report and the MLflow UI.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ablation.plan import run_plan
+from ablation.spec import EXPERIMENTS_DIR
+from ablation.tracking import TAG_KIND, TAG_SPEC, TAG_SPEC_HASH, Tracker, default_tracking_uri
+
+pytestmark = pytest.mark.sim
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["data.n_demos=2", "model.size=tiny", "train.steps=40", "train.eval_every=20", "train.log_every=10",
+        "train.batch_size=16", "rollout.episodes=1", "rollout.max_steps=40", "data.action_chunk=8"]
+
+
+def write_plan(tmp: Path, name: str, entries: list, sets: list[str] = TINY) -> Path:
+    p = tmp / f"plan_{name}.yaml"
+    p.write_text(yaml.safe_dump({"seeds": [0], "set": sets, "entries": entries}))
+    return p
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("plan_wd")
+
+
+@pytest.fixture(scope="module")
+def first_run(workdir, tmp_path_factory):
+    plans = tmp_path_factory.mktemp("plans")
+    plan = write_plan(plans, "tiny", [str(EXPERIMENTS_DIR / "baseline_rdt.yaml"), str(EXPERIMENTS_DIR / "fix_minmax.yaml")])
+    out = run_plan(str(plan), profile_name="cpu", workdir=workdir)
+    return plan, out
+
+
+def client_for(workdir: Path):
+    return Tracker.open(default_tracking_uri(workdir), "libero-action-ablation")
+
+
+def test_tiny_plan_end_to_end(first_run, workdir):
+    _, out = first_run
+    assert [r.status for r in out.results] == ["FINISHED", "FINISHED"], [r.reason for r in out.results]
+    tr = client_for(workdir)
+    c = tr.client
+    parent = c.get_run(out.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags[TAG_KIND] == "plan"
+    children = tr.find_runs(f"tags.`mlflow.parentRunId` = '{out.parent_run_id}'")
+    assert sorted(r.data.tags[TAG_SPEC] for r in children) == ["baseline_rdt", "fix_minmax"]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        m, t, p = run.data.metrics, run.data.tags, run.data.params
+        for key in ("train/loss/total", "train/loss/pos", "train/loss/rot", "train/loss/grip", "train/nmse/pos",
+                    "val/loss/total", "val/nmse/pos", "eval/success_rate", "eval/clip_rate",
+                    "eval/pos_out_of_range", "eval/episode_len", "audit/scale_ratio", "time/train_s",
+                    "val/openloop/clip_fraction"):
+            assert key in m, f"{run.data.tags[TAG_SPEC]} lacks metric {key}"
+        for tag in (TAG_SPEC_HASH, "ablation.git_commit", "ablation.demo_sha256", "ablation.device",
+                    "ablation.profile"):
+            assert t.get(tag), tag
+        assert p["codec.normalizer"] in ("identity", "minmax") and p["model.size"] == "tiny"
+        hist = c.get_metric_history(run.info.run_id, "train/loss/total")
+        assert len(hist) >= 4  # batched, but every logged step is there
+        arts = {a.path for a in c.list_artifacts(run.info.run_id)}
+        assert {"spec.yaml", "codec.json", "plots", "checkpoint", "audit"} <= arts, arts
+        plots = {a.path for a in c.list_artifacts(run.info.run_id, "plots")}
+        assert {"plots/loss_curves.png", "plots/pred_vs_demo.png"} <= plots, plots
+    assert (workdir / "report" / "report.md").is_file()
+    assert {a.path for a in c.list_artifacts(out.parent_run_id, "report")} >= {"report/report.md"}
+
+
+def test_rerun_skips_finished(first_run, workdir):
+    plan, first = first_run
+    out = run_plan(str(plan), profile_name="cpu", workdir=workdir)
+    assert [r.status for r in out.results] == ["SKIPPED", "SKIPPED"]
+    assert {r.run_id for r in out.results} == {r.run_id for r in first.results}
+    tr = client_for(workdir)
+    assert len(tr.find_runs(f"tags.`{TAG_KIND}` = 'spec_run'")) == 2  # nothing duplicated
+
+
+def test_failing_spec_is_recorded_and_the_plan_goes_on(first_run, workdir, tmp_path):
+    bad = tmp_path / "diverges.yaml"
+    bad.write_text(f"extends: {EXPERIMENTS_DIR / 'base.yaml'}\ntrain: {{lr: 1.0e+30, warmup_steps: 0}}\n")
+    missing = tmp_path / "no_demos.yaml"
+    missing.write_text(f"extends: {EXPERIMENTS_DIR / 'base.yaml'}\ndata: {{demo_file: {tmp_path / 'nope.hdf5'}}}\n")
+    plan = write_plan(tmp_path, "mixed", [str(bad), str(missing), str(EXPERIMENTS_DIR / "fix_minmax.yaml")])
+    out = run_plan(str(plan), profile_name="cpu", workdir=workdir)
+    st = {r.spec_name: r for r in out.results}
+    assert st["fix_minmax"].status == "SKIPPED"
+    assert st["diverges"].status == "FAILED" and "train" in st["diverges"].reason
+    assert st["no_demos"].status == "FAILED" and "nope.hdf5" in st["no_demos"].reason
+    tr = client_for(workdir)
+    run = tr.client.get_run(st["diverges"].run_id)
+    assert run.info.status == "FAILED"
+    assert "non-finite" in run.data.tags["ablation.failure_reason"].lower() or \
+        "nan" in run.data.tags["ablation.failure_reason"].lower()
+    assert tr.client.get_run(out.parent_run_id).info.status == "FAILED"
+    # the CLI exit code says so too (dry run: nothing is re-run, nothing failed -> 0)
+    cli = subprocess.run([sys.executable, str(REPO / "run_ablation.py"), "--plan", str(plan), "--dry-run",
+                          "--profile", "cpu", "--workdir", str(workdir)], capture_output=True, text=True, cwd=REPO)
+    assert cli.returncode == 0 and "resume (failed run" in cli.stdout
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(workdir, tmp_path):
+    spec = tmp_path / "long.yaml"
+    spec.write_text(f"extends: {EXPERIMENTS_DIR / 'base.yaml'}\n")
+    plan = write_plan(tmp_path, "long", [str(spec)], TINY + ["train.steps=4000", "train.checkpoint_every=25"])
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log = open(tmp_path / "first_attempt.log", "w")
+    proc = subprocess.Popen([sys.executable, str(REPO / "run_ablation.py"), "--plan", str(plan), "--profile", "cpu",
+                             "--workdir", str(workdir)], cwd=REPO, env=env, start_new_session=True,
+                            stdout=log, stderr=subprocess.STDOUT)
+    ckpts = workdir / "checkpoints"
+    deadline = time.time() + 240
+    bundle = None
+    while time.time() < deadline and bundle is None:
+        time.sleep(1)
+        bundle = next((p for p in ckpts.glob("long-seed0-*/checkpoints/step_*") if (p / "meta.json").is_file()), None)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log.close()
+    assert bundle is not None, "no checkpoint before the deadline:\n" + (tmp_path / "first_attempt.log").read_text()[-3000:]
+    done_step = int(bundle.name.split("_")[1])
+    assert 0 < done_step < 4000
+    tr = client_for(workdir)
+    runs = tr.find_runs(f"tags.`{TAG_SPEC}` = 'long'")
+    assert len(runs) == 1 and runs[0].info.status == "RUNNING"
+    out = run_plan(str(plan), profile_name="cpu", workdir=workdir,
+                   extra_sets=[])  # same spec, same hash: resume
+    assert [r.status for r in out.results] == ["FINISHED"]
+    runs = tr.find_runs(f"tags.`{TAG_SPEC}` = 'long'")
+    assert len(runs) == 1 and runs[0].info.run_id == out.results[0].run_id and runs[0].info.status == "FINISHED"
+    import json
+    meta = json.loads(next((ckpts).glob("long-seed0-*/checkpoints/step_*/meta.json")).read_text())
+    assert meta["step"] == 4000 and meta.get("resumed_from") == done_step
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_ui_shows_the_runs(first_run, workdir):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is needed (scripts/ci_services.sh installs it)"
+    port = _free_port()
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    ui = subprocess.Popen([mlflow, "ui", "--backend-store-uri", default_tracking_uri(workdir), "--workers", "1",
+                           "--host", "127.0.0.1", "--port", str(port)], env=env, start_new_session=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import urllib.request
+
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        exp_id = client_for(workdir).experiment_id
+        url = f"http://127.0.0.1:{port}/#/experiments/{exp_id}"
+        prof = Path(os.environ.get("TMPDIR", "/tmp")) / f"chromium-{port}"
+        dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                              "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                              "--disable-sync", f"--user-data-dir={prof}", "--virtual-time-budget=30000",
+                              "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+        assert "baseline_rdt/seed0" in dom and "fix_minmax/seed0" in dom, dom[-2000:]
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
