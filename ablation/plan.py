@@ -10,7 +10,6 @@ Each plan invocation is a parent MLflow run; each spec x seed is a nested run cr
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 import traceback
@@ -23,9 +22,10 @@ import yaml
 
 from .errors import UserError
 from .spec import (EXPERIMENTS_DIR, Plan, Spec, SpecError, load_plan, resolve_spec, spec_path)
+from .provenance import file_sha256, git_commit
 from .tracking import (TAG_FAILURE, TAG_KIND, TAG_SEED, TAG_SPEC, TAG_SPEC_HASH, TAG_STAGE, MetricBuffer,
-                       Tracker, default_tracking_uri, git_commit, ui_command)
-from .workdir import demo_path_for, ensure_demos
+                       Tracker, default_tracking_uri, ui_command)
+from .workdir import ensure_demos
 
 PROFILES_DIR = EXPERIMENTS_DIR / "profiles"
 
@@ -277,7 +277,7 @@ def execute_runs(tracker: Tracker, entries: list[tuple[Spec, int]], *, workdir: 
                 "ablation.git_commit": git_commit(), "ablation.device": device, "ablation.profile": profile.name,
                 "ablation.plan": plan_name}
         if isinstance(demo, Path):
-            tags.update({"ablation.demo_sha256": file_sha256(demo), "ablation.demo_file": str(demo)})
+            tags.update({"ablation.demo_sha256": file_sha256(demo)[:16], "ablation.demo_file": str(demo)})
         if prev is not None:
             run_id = prev.info.run_id
             tracker.client.update_run(run_id, status="RUNNING")
@@ -324,16 +324,6 @@ def _dispatch(jobs: list[Job], n_jobs: int) -> list[JobResult]:
                 bar.update()
     bar.close()
     return out
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def outcome_json(o: PlanOutcome) -> dict:

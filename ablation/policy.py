@@ -98,10 +98,9 @@ def check_clip_sample(spec: Spec, codec: ActionCodec) -> None:
 class DiffusionPolicy(nn.Module):
     """Rollout protocol: `codec`, `obs_history` (frames the runner must keep), `act(history) -> (H, W)`."""
 
-    def __init__(self, spec: Spec, codec: ActionCodec, obs_norm: ObsNormalizer, cfg: DiTConfig, seed: int = 0):
+    def __init__(self, spec: Spec, codec: ActionCodec, obs_norm: ObsNormalizer, cfg, seed: int = 0,
+                 net: nn.Module | None = None):
         super().__init__()
-        if spec.model.kind != "dit":
-            raise PolicyError(f"model.kind '{spec.model.kind}' is not built by ablation.policy (only 'dit')")
         if codec.spec != spec.codec:
             raise CodecError("the codec was fitted for a different codec spec than the policy's spec")
         check_clip_sample(spec, codec)
@@ -110,7 +109,8 @@ class DiffusionPolicy(nn.Module):
         self.spec, self.codec, self.obs_norm, self.cfg = spec, codec, obs_norm, cfg
         self.obs_history = spec.data.obs_history
         self.horizon = spec.data.action_chunk
-        self.net = DiffusionTransformer(cfg)
+        # model.kind rdt: the official-layout RDT behind the same call signature (ablation/rdt/adapter.py)
+        self.net = net if net is not None else DiffusionTransformer(cfg)
         self.train_scheduler = make_train_scheduler(spec)
         self.register_buffer("action_mask", torch.as_tensor(codec.action_mask, dtype=torch.float32), persistent=False)
         self.register_buffer("state_mask", torch.as_tensor(codec.state_mask, dtype=torch.float32), persistent=False)
@@ -212,8 +212,26 @@ class DiffusionPolicy(nn.Module):
         (bundle / "spec.yaml").write_text(self.spec.to_yaml())
 
 
-def build_policy(spec: Spec, codec: ActionCodec, obs_norm: ObsNormalizer, obs_dim: int, n_cams: int = 0) -> DiffusionPolicy:
-    """A freshly initialised policy (seeded by spec.train.seed) for this spec, codec and obs layout."""
+def build_policy(spec: Spec, codec: ActionCodec, obs_norm: ObsNormalizer, obs_dim: int, n_cams: int = 0,
+                 instruction: str | None = None) -> DiffusionPolicy:
+    """A freshly initialised policy (seeded by spec.train.seed) for this spec, codec and obs layout.
+
+    model.kind rdt: official-layout RDT weights (loaded strictly from model.pretrained when given),
+    with the task's language embedding (model.lang_embeddings) looked up by `instruction`.
+    """
+    if spec.model.kind == "rdt":
+        from .rdt.adapter import RDTNetConfig, build_rdt_net
+
+        torch.manual_seed(spec.train.seed)
+        cfg = RDTNetConfig(spec.model.size, obs_dim)
+        net = build_rdt_net(cfg, spec.model.lang_embeddings, instruction, spec.model.image_features)
+        cfg = RDTNetConfig(spec.model.size, obs_dim, n_lang_tokens=int(net.lang_tokens.shape[0]))
+        if spec.model.pretrained:
+            net.load_pretrained(spec.model.pretrained)
+        if spec.model.freeze:
+            net.runner.freeze(list(spec.model.freeze))
+        net.runner.set_gradient_checkpointing(spec.model.gradient_checkpointing)
+        return DiffusionPolicy(spec, codec, obs_norm, cfg, seed=spec.train.seed, net=net)
     if spec.model.size not in SIZES:
         raise PolicyError(f"model.size '{spec.model.size}' is not a DiT size; use one of {', '.join(SIZES)}")
     cfg = DiTConfig.for_size(
@@ -239,8 +257,16 @@ def load_policy(bundle_dir: str | Path, device: str | torch.device = "cpu") -> D
                           "the bundle was edited or mixed from two runs")
     codec = ActionCodec.load(bundle / "codec.json", expected=spec.codec)
     obs_norm = ObsNormalizer.load(bundle / "obs_norm.json")
-    cfg = DiTConfig(**meta["model_config"])
-    policy = DiffusionPolicy(spec, codec, obs_norm, cfg, seed=spec.train.seed)
+    mc = dict(meta["model_config"])
+    net = None
+    if mc.get("kind") == "rdt":
+        from .rdt.adapter import RDTNetConfig, build_rdt_net
+
+        cfg = RDTNetConfig(**mc)
+        net = build_rdt_net(cfg)  # buffers and weights come from model.safetensors below
+    else:
+        cfg = DiTConfig(**mc)
+    policy = DiffusionPolicy(spec, codec, obs_norm, cfg, seed=spec.train.seed, net=net)
     state = load_file(str(bundle / "model.safetensors"))
     missing, unexpected = policy.net.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .spec import GROUPS
-from .tracking import TAG_KIND, TAG_SEED, TAG_SPEC, TAG_SPEC_HASH, Tracker
+from .tracking import TAG_KIND, TAG_SEED, TAG_SPEC_HASH, Tracker
 
 FEW_EPISODES = 20  # below this many closed-loop episodes per fix, rankings are noise (+-20 points)
 BASELINE = "baseline_rdt"

@@ -25,6 +25,7 @@ Normalizer = Literal["identity", "scale", "minmax", "meanstd", "quantile"]
 Reduction = Literal["rdt_mean", "masked_mean"]
 ObsConvention = Literal["before", "after"]
 ModelKind = Literal["dit", "rdt"]
+RDT_SIZES = ("rdt-tiny-fixture", "rdt-170m", "rdt-1b")
 ModelSize = Literal["tiny", "small", "rdt-170m", "rdt-1b", "rdt-tiny-fixture"]
 PredictionType = Literal["sample", "epsilon"]
 ObsKey = Literal[
@@ -189,8 +190,20 @@ class Spec(_Frozen):
                 f"(representation={self.codec.representation}, normalizer={self.codec.normalizer}) "
                 "does not guarantee; use normalizer: minmax, or representation: native with identity, "
                 "or set model.clip_sample: false")
-        if self.model.kind == "rdt" and self.codec.layout == "compact":
-            raise ValueError("model.kind: rdt consumes RDT's 128-d unified vector; set codec.layout to rdt_eef or rdt_velocity")
+        if self.model.kind == "rdt":
+            if self.codec.layout == "compact":
+                raise ValueError("model.kind: rdt consumes RDT's 128-d unified vector; set codec.layout to "
+                                 "rdt_eef or rdt_velocity")
+            if self.model.size not in RDT_SIZES:
+                raise ValueError(f"model.kind: rdt needs model.size one of {', '.join(RDT_SIZES)} "
+                                 f"(got {self.model.size})")
+            if self.data.action_chunk != 64:
+                raise ValueError("model.kind: rdt predicts 64-step chunks (pred_horizon); set data.action_chunk: 64")
+            if self.data.images:
+                raise ValueError("model.kind: rdt takes images as precomputed SigLIP features "
+                                 "(model.image_features), not raw frames; set data.images: false")
+        elif self.model.size == "rdt-tiny-fixture":
+            raise ValueError("model.size rdt-tiny-fixture is an RDT checkpoint size; set model.kind: rdt")
         for path in self.tune.search_space:
             _check_dotted_path(self, path, "tune.search_space")
         return self

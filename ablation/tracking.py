@@ -7,7 +7,6 @@ and sent with `log_batch` (one call costs about what 3.5 ms per single `log_metr
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,18 +35,6 @@ def ui_command(tracking_uri: str) -> str:
     """The MLflow UI with the low-memory flags (~565 MB instead of ~3.4 GB)."""
     return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow ui --backend-store-uri {tracking_uri} "
             "--workers 1 --host 127.0.0.1 --port 5000")
-
-
-def git_commit() -> str:
-    """The code's commit: ABLATION_GIT_COMMIT (set in the docker image, which has no .git), else git."""
-    if os.environ.get("ABLATION_GIT_COMMIT"):
-        return os.environ["ABLATION_GIT_COMMIT"]
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _client(tracking_uri: str):

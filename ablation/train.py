@@ -22,13 +22,9 @@ Out dir layout:
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import json
 import math
-import platform
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +39,7 @@ from .data import PreparedData, Windows, prepare_data
 from .errors import UserError
 from .loss import SHARES, DiffusionLoss, physical_errors
 from .policy import DiffusionPolicy, ObsNormalizer, build_policy
+from .provenance import file_sha256, git_commit, versions
 from .rotation import rot6d_to_matrix
 from .spec import GROUPS, Spec
 
@@ -140,33 +137,6 @@ def pick_device(spec: Spec) -> torch.device:
     return torch.device(want)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for dist in ("mujoco", "robosuite", "hf-libero", "diffusers", "numpy"):
-        try:  # metadata only: importing robosuite costs seconds and prints warnings
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
-
-
 # ----------------------------------------------------------------------------- metrics
 
 def batch_metrics(policy: DiffusionPolicy, loss_fn: DiffusionLoss, out, x0_pred: torch.Tensor,
@@ -191,7 +161,7 @@ def _chunk_poses(codec: ActionCodec, w: Windows, idx: np.ndarray) -> tuple[np.nd
     Step 0 uses the window's pose; step h>0 the demo's target of step h-1, which for absolute
     representations is the pose reached after it. Delta representations do not read the pose.
     """
-    n, H = len(idx), w.phys_actions.shape[1]
+    H = w.phys_actions.shape[1]
     pos = np.repeat(w.ee_pos[idx][:, None], H, axis=1)
     rot = np.repeat(w.ee_rot[idx][:, None], H, axis=1)
     gi = codec.rep.group_index
@@ -305,8 +275,6 @@ def train(spec: Spec, demo_path: str | Path, out_dir: str | Path, *, on_metrics:
     Resumes from the newest bundle in out_dir when `resume` (it must have the same spec hash and
     demo file). Raises TrainingDiverged on a non-finite loss or gradient.
     """
-    if spec.model.kind != "dit":
-        raise UserError(f"model.kind '{spec.model.kind}': this trainer builds the 'dit' model only")
     torch.set_flush_denormal(True)  # unnormalised tiny actions make denormals: ~5x slower on CPU
     if spec.train.num_threads:
         torch.set_num_threads(spec.train.num_threads)
@@ -318,7 +286,8 @@ def train(spec: Spec, demo_path: str | Path, out_dir: str | Path, *, on_metrics:
     codec = data.codec
     obs_norm = ObsNormalizer.fit(data.train.obs, spec.data.obs_keys)
     n_cams = data.train.images.shape[2] if data.train.images is not None else 0
-    policy = build_policy(spec, codec, obs_norm, data.train.obs.shape[-1], n_cams).to(device)
+    instruction = data.demo_set.meta.problem_info.get("language_instruction")
+    policy = build_policy(spec, codec, obs_norm, data.train.obs.shape[-1], n_cams, instruction).to(device)
     net = policy.net
     loss_fn = DiffusionLoss(codec, spec.loss, device)
     opt = torch.optim.AdamW(net.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay)
@@ -328,6 +297,7 @@ def train(spec: Spec, demo_path: str | Path, out_dir: str | Path, *, on_metrics:
     demo_sha = file_sha256(demo_path)
     history: list[tuple[int, dict[str, float]]] = []
     step = 0
+    resumed_from: int | None = None
 
     prev = latest_bundle(out_dir) if resume else None
     if prev is not None:
@@ -350,6 +320,7 @@ def train(spec: Spec, demo_path: str | Path, out_dir: str | Path, *, on_metrics:
         gen.set_state(st["rng"])
         torch.set_rng_state(st["torch_rng"])
         step, history = st["step"], [(s, m) for s, m in st.get("history", [])]
+        resumed_from = step
 
     if spec.train.compile:
         net.compile()
@@ -358,7 +329,8 @@ def train(spec: Spec, demo_path: str | Path, out_dir: str | Path, *, on_metrics:
     val_t = WindowTensors(data.val, device) if data.val is not None else None
 
     def meta_now(at: int) -> dict:
-        return {"spec_hash": spec.hash(), "spec_name": spec.name, "step": at, "model_config": policy.cfg.to_dict(),
+        return {"spec_hash": spec.hash(), "spec_name": spec.name, "step": at, "resumed_from": resumed_from,
+                "model_config": policy.cfg.to_dict(),
                 "n_params": sum(p.numel() for p in net.parameters()),
                 "env": {"suite": spec.data.suite, "task": spec.data.task},
                 "demo_file": str(demo_path.resolve()), "demo_sha256": demo_sha,

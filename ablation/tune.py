@@ -21,8 +21,9 @@ import yaml
 
 from .errors import UserError
 from .spec import Spec, resolve_spec, with_overrides
-from .tracking import (TAG_FAILURE, TAG_KIND, TAG_SEED, TAG_SPEC, TAG_SPEC_HASH, MetricBuffer, Tracker,
-                       default_tracking_uri, git_commit, ui_command)
+from .provenance import git_commit
+from .tracking import (TAG_KIND, TAG_SEED, TAG_SPEC, TAG_SPEC_HASH, MetricBuffer, Tracker,
+                       default_tracking_uri, ui_command)
 from .workdir import ensure_demos
 
 INTERMEDIATE_KEY = "val/phys/pos_mm"  # open-loop position error of the x0 prediction, lower is better

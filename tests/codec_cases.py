@@ -3,7 +3,7 @@ import itertools
 
 import numpy as np
 
-from ablation.codec import ActionCodec, Representation, phys_state
+from ablation.codec import ActionCodec, Representation
 from ablation.data import episode_view, physical_actions
 from ablation.spec import CodecSpec
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..data import LOWDIM_KEYS, IMAGE_KEYS, DemoFileError, Episode, write_demo_file
 from ..errors import UserError
-from .env import WAIT_ACTION, make_env, versions
+from ..provenance import versions
+from .env import WAIT_ACTION, make_env
 from .expert import EXPERT_VERSION, SUPPORTED_SUITES, ScriptedExpert
 
 DEMO_GEN_VERSION = 1

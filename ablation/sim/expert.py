@@ -68,7 +68,6 @@ def task_objects_from_bddl(bddl_file: str) -> tuple[str, str]:
 
 def object_local_extents(env, name: str) -> np.ndarray:
     """Full extents (3,) of an object's geoms in the object's own frame (privileged sim geometry)."""
-    from .. import rotation as R
 
     m, d = env.sim.model, env.sim.data
     bid = env.robosuite_env.obj_body_id[name]

