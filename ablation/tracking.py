@@ -6,8 +6,10 @@ and sent with `log_batch` (one call costs about what 3.5 ms per single `log_metr
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -37,6 +39,22 @@ def ui_command(tracking_uri: str) -> str:
             "--workers 1 --host 127.0.0.1 --port 5000")
 
 
+@contextmanager
+def sqlite_lock(uri: str):
+    """An exclusive file lock beside a sqlite database (no-op for other URIs)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _client(tracking_uri: str):
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     from mlflow.tracking import MlflowClient
@@ -54,7 +72,12 @@ class Tracker:
     @classmethod
     def open(cls, tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> "Tracker":
         """Create the store and the experiment once, before any worker starts (concurrent first use of a
-        sqlite store races in alembic)."""
+        sqlite store races in alembic, so processes sharing one take a file lock here)."""
+        with sqlite_lock(tracking_uri):
+            return cls._open(tracking_uri, experiment, artifact_root)
+
+    @classmethod
+    def _open(cls, tracking_uri: str, experiment: str, artifact_root: Path | None) -> "Tracker":
         client = _client(tracking_uri)
         try:
             exp = client.get_experiment_by_name(experiment)
@@ -67,7 +90,9 @@ class Tracker:
                 artifact_root.mkdir(parents=True, exist_ok=True)
                 loc = artifact_root.resolve().as_uri()
             try:
-                exp_id = client.create_experiment(experiment, artifact_location=loc)
+                # Without this kind tag MLflow 3's UI opens a new experiment on its (empty) traces view.
+                exp_id = client.create_experiment(experiment, artifact_location=loc,
+                                                  tags={"mlflow.experimentKind": "custom_model_development"})
             except Exception:
                 # another process created it in the meantime
                 exp = client.get_experiment_by_name(experiment)

@@ -41,8 +41,11 @@ def dashboard_command(storage: str) -> str:
 def make_storage(url: str, heartbeat_s: int):
     import optuna
 
+    from .tracking import sqlite_lock
+
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s)
+        with sqlite_lock(url):  # first use creates the tables; concurrent creation races
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s)
     except Exception as e:
         raise UserError(f"Optuna storage '{url}' cannot be opened: {type(e).__name__}: {e}. For PostgreSQL use "
                         "postgresql+psycopg2://user:pass@host/db") from None

@@ -174,14 +174,22 @@ def test_mlflow_ui_shows_the_runs(first_run, workdir):
                 break
             except OSError:
                 time.sleep(1)
-        exp_id = client_for(workdir).experiment_id
-        url = f"http://127.0.0.1:{port}/#/experiments/{exp_id}"
+        tr = client_for(workdir)
         prof = Path(os.environ.get("TMPDIR", "/tmp")) / f"chromium-{port}"
-        dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                              "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                              "--disable-sync", f"--user-data-dir={prof}", "--virtual-time-budget=30000",
-                              "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
-        assert "baseline_rdt/seed0" in dom and "fix_minmax/seed0" in dom, dom[-2000:]
+
+        def dom(fragment: str) -> str:
+            return subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                                   "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                                   "--disable-sync", f"--user-data-dir={prof}", "--virtual-time-budget=30000",
+                                   "--dump-dom", f"http://127.0.0.1:{port}/#/experiments/{tr.experiment_id}{fragment}"],
+                                  capture_output=True, text=True, timeout=180).stdout
+
+        _, out = first_run
+        page = dom("/runs")  # the runs table: the plan's parent run, its nested runs folded under it
+        assert "plan:plan_tiny" in page, page[-2000:]
+        for child in tr.find_runs(f"tags.`mlflow.parentRunId` = '{out.parent_run_id}'"):
+            page = dom(f"/runs/{child.info.run_id}")
+            assert child.info.run_name in page and "eval/success_rate" in page, page[-2000:]
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
