@@ -1,0 +1,85 @@
+"""Profiles: what cpu and gpu set, `auto`, and the GPU profile's configuration built on CPU.
+
+No GPU exists here: the GPU profile's network is built on the meta device (shapes only) and its
+image path is run with a tiny network on CPU.
+"""
+import numpy as np
+import pytest
+import torch
+
+from ablation.codec import ActionCodec
+from ablation.plan import load_profile, resolve_entries
+from ablation.policy import ObsNormalizer, build_policy
+from ablation.spec import SpecError, load_plan, with_overrides
+from tests.codec_cases import fixed_views
+
+
+def entries(profile: str):
+    return resolve_entries(load_plan("all"), load_profile(profile), None, None, [])
+
+
+def test_auto_picks_cpu_without_cuda(capsys):
+    assert not torch.cuda.is_available()
+    assert load_profile("auto").name == "cpu"
+    assert "profile auto -> cpu" in capsys.readouterr().out
+
+
+def test_cpu_profile():
+    p = load_profile("cpu")
+    assert p.jobs == 2
+    for spec, seed in entries("cpu"):
+        assert (spec.data.images, spec.model.size, spec.train.device, spec.rollout.episodes) == \
+            (False, "small", "cpu", 10)
+
+
+def test_gpu_profile_configuration():
+    p = load_profile("gpu")
+    assert p.rollout_workers >= 1
+    es = entries("gpu")
+    assert len(es) == 9
+    for spec, _ in es:
+        assert spec.data.images and spec.data.image_size == 128
+        assert "object_state" not in spec.data.obs_keys  # cameras replace privileged object poses
+        assert (spec.model.size, spec.train.device, spec.train.bf16, spec.rollout.episodes) == \
+            ("rdt-170m", "cuda", True, 50)
+
+
+def test_unknown_profile():
+    with pytest.raises(SpecError, match="profile 'tpu' not found; known: auto, cpu, gpu"):
+        load_profile("tpu")
+
+
+def _codec(spec):
+    from ablation.codec import Representation
+    from ablation.data import physical_actions
+    views = fixed_views()
+    rep = Representation(spec.codec.representation, spec.codec.rotation)
+    return ActionCodec.fit(spec.codec, np.concatenate([physical_actions(v, rep) for v in views]),
+                           np.concatenate([v.state for v in views]))
+
+
+def test_gpu_profile_network_shapes_on_meta_device():
+    spec = entries("gpu")[0][0]
+    codec = _codec(spec)
+    obs_dim = 3 + 3 + 2 + 2
+    norm = ObsNormalizer(tuple(spec.data.obs_keys), np.zeros(obs_dim), np.ones(obs_dim))
+    with torch.device("meta"):
+        pol = build_policy(spec, codec, norm, obs_dim, n_cams=2)
+    n = sum(p.numel() for p in pol.net.parameters())
+    assert 1.5e8 < n < 3.5e8  # RDT-170M-shaped transformer plus the image CNN
+    assert pol.cfg.n_cams == 2 and pol.cfg.image_size == 128
+
+
+def test_gpu_profile_image_path_runs_on_cpu_with_a_tiny_network():
+    spec = with_overrides(entries("gpu")[0][0], ["model.size=tiny", "train.device=cpu", "data.action_chunk=4"])
+    codec = _codec(spec)
+    obs_dim = 10
+    norm = ObsNormalizer(tuple(spec.data.obs_keys), np.zeros(obs_dim), np.ones(obs_dim))
+    pol = build_policy(spec, codec, norm, obs_dim, n_cams=2)
+    rng = np.random.default_rng(0)
+    obs = {"ee_pos": np.zeros(3), "ee_ori": np.array([np.pi, 0, 0]), "gripper_states": np.array([0.04, -0.04]),
+           "gripper_history": np.array([-1.0, 1.0]),
+           "agentview_rgb": rng.integers(0, 255, (128, 128, 3), dtype=np.uint8),
+           "eye_in_hand_rgb": rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)}
+    chunk = pol.act([obs, obs])
+    assert chunk.shape == (4, 128) and np.isfinite(chunk).all()
