@@ -197,30 +197,35 @@ def tune(spec_file: str, *, trials: int | None = None, storage: str | None = Non
         return TuneOutcome(name, storage, None, {}, None, len(study.trials))
     best = study.best_trial
     print(f"[tune] best trial {best.number}: success {best.value:.2f} with {best.params}")
-    best_path = write_best_spec(Path(spec_file), base, best.params, workdir / "tuned" / f"{name}_best.yaml")
+    best_path = write_best_spec(Path(spec_file), base, best.params, workdir / "tuned" / f"{name}_best.yaml",
+                                sets=sets or [])
     tracker.log_metrics(study_run, [("tune/best_success_rate", best.value, best.number)])
     tracker.log_artifact(study_run, best_path, "best_spec")
     print(f"[tune] best weights written as a spec: {best_path}")
     if reeval and base.tune.reeval_seeds:
-        from .plan import execute_runs, load_profile
+        from .plan import Profile, execute_runs
 
         best_spec = resolve_spec(best_path)
         entries = [(with_overrides(best_spec, [f"train.seed={s}"]), s) for s in base.tune.reeval_seeds]
         print(f"[tune] re-evaluating the best spec on seeds {list(base.tune.reeval_seeds)}")
-        execute_runs(tracker, entries, workdir=workdir, profile=load_profile("cpu"), jobs=jobs,
+        # The best spec already holds every setting the trials ran with; no profile on top.
+        execute_runs(tracker, entries, workdir=workdir, profile=Profile("tune", (), jobs or 1, None), jobs=jobs,
                      parent_run_id=study_run, plan_name=f"tune:{name}")
     return TuneOutcome(name, storage, best.value, best.params, best_path, len(study.trials))
 
 
-def write_best_spec(base_file: Path, base: Spec, params: dict, out: Path) -> Path:
-    """A spec that extends the tuned spec file and fixes the best values."""
+def write_best_spec(base_file: Path, base: Spec, params: dict, out: Path, sets: list[str] = ()) -> Path:
+    """A spec that extends the tuned spec file and fixes the `--set` overrides the study ran with,
+    then the best values."""
+    from .spec import parse_set
+
     tree: dict = {}
-    for path, value in params.items():
+    items = [parse_set(s) for s in sets] + [(k.split("."), float(v)) for k, v in params.items()]
+    for parts, value in items:
         node = tree
-        parts = path.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = float(value)
+        node[parts[-1]] = value
     doc = {"extends": str(base_file.resolve()), "name": f"{base.name}_best",
            "description": f"Best trial of the Optuna study over {', '.join(sorted(params))}", **tree}
     out.parent.mkdir(parents=True, exist_ok=True)
