@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .rollout import wilson_interval as wilson
 from .spec import GROUPS
 from .tracking import TAG_KIND, TAG_SEED, TAG_SPEC_HASH, Tracker
 
@@ -20,17 +21,6 @@ HYPOTHESES = {
     "loss dilution over 128 slots": ["fix_masked_loss"],
     "slot semantics": ["fix_velocity_slots", "native_delta"],
 }
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a success rate."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
 
 
 @dataclass
