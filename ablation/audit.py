@@ -17,6 +17,9 @@ from .spec import GROUPS, Spec
 
 SCALE_RATIO_WARN = 10.0
 CONSTANT_RMS = 1e-9  # a group whose values never change carries no signal to rank on
+# A group whose per-dim spread is under 1% of its magnitude is nearly constant (e.g. the absolute
+# orientation of an expert that never turns): its nMSE divides by a tiny variance and misleads.
+NEAR_CONSTANT_REL_STD = 0.01
 
 
 @dataclass
@@ -29,6 +32,7 @@ class GroupAudit:
     rms: float
     mean_loss_share: float
     constant: bool
+    near_constant: bool = False
 
 
 @dataclass
@@ -77,14 +81,18 @@ def audit(spec: Spec, demo_path: str | Path) -> AuditResult:
     group_loss = {g: weights[g] * float(var[slots[g]].sum()) for g in GROUPS}
     total_loss = sum(group_loss.values())
     groups: dict[str, GroupAudit] = {}
+    phys_idx = codec.rep.group_index
     for g in GROUPS:
         x = model[:, slots[g]]
+        p = phys[:, phys_idx[g]]
+        p_rms = float(np.sqrt(np.mean(p ** 2)))
+        near_const = bool(p_rms > 0 and float(p.std(0).mean()) < NEAR_CONSTANT_REL_STD * p_rms)
         rms = float(np.sqrt(np.mean(x ** 2)))
         groups[g] = GroupAudit(
             slots=[int(s) for s in slots[g]], min=float(x.min()), max=float(x.max()), std=float(x.std()),
             absmax=float(np.abs(x).max()), rms=rms,
             mean_loss_share=group_loss[g] / total_loss if total_loss > 0 else 0.0,
-            constant=bool(np.all(np.ptp(x, axis=0) <= CONSTANT_RMS)))
+            constant=bool(np.all(np.ptp(x, axis=0) <= CONSTANT_RMS)), near_constant=near_const)
     live = [g for g in GROUPS if groups[g].rms > CONSTANT_RMS]
     ratio, pair = 1.0, (GROUPS[0], GROUPS[0])
     for a in live:
@@ -108,6 +116,9 @@ def audit(spec: Spec, demo_path: str | Path) -> AuditResult:
     for g in GROUPS:
         if groups[g].constant:
             warnings.append(f"constant group: '{g}' never changes in these demos; a fix cannot be ranked on it.")
+        elif groups[g].near_constant:
+            warnings.append(f"nearly constant group: '{g}' varies by under {100 * NEAR_CONSTANT_REL_STD:g}% of its "
+                            "magnitude; its nMSE divides by a tiny variance, so do not rank fixes on it.")
         elif groups[g].mean_loss_share < 0.01:
             warnings.append(f"'{g}' carries {100 * groups[g].mean_loss_share:.2g}% of the mean-predictor loss; "
                             "errors there barely move the total.")

@@ -19,7 +19,10 @@ BASELINE = "baseline_rdt"
 HYPOTHESES = {
     "position/orientation scale": ["fix_pos_cm", "fix_minmax", "fix_meanstd", "fix_quantile", "fix_loss_weight"],
     "loss dilution over 128 slots": ["fix_masked_loss"],
-    "slot semantics": ["fix_velocity_slots", "native_delta"],
+    "slot semantics": ["fix_velocity_slots"],
+    # native_delta changes units, layout and loss width at once: reported apart, not as evidence
+    # for one hypothesis.
+    "LIBERO's native [-1, 1] actions (peers' standard)": ["native_delta"],
 }
 
 
@@ -113,8 +116,9 @@ def collect_rows(tracker: Tracker, entries: list[tuple[str, str, int]]) -> tuple
             for g in ("total", *GROUPS):
                 hist = client.get_metric_history(runs[0].info.run_id, f"train/loss/{g}")
                 curves[name][g] = sorted((m.step, m.value) for m in hist)
-            hist = client.get_metric_history(runs[0].info.run_id, "val/nmse/pos")
-            curves[name]["val_nmse_pos"] = sorted((m.step, m.value) for m in hist)
+            for key, label in (("val/nmse/pos", "val_nmse_pos"), ("train/nmse/pos", "train_nmse_pos")):
+                hist = client.get_metric_history(runs[0].info.run_id, key)
+                curves[name][label] = sorted((m.step, m.value) for m in hist)
     return rows, curves
 
 
@@ -123,8 +127,8 @@ def confounds_of(rows: list[Row]) -> list[str]:
     done = [r for r in rows if r.success_mean is not None]
     for r in done:
         if r.constant_groups:
-            out.append(f"{r.spec}: group(s) {', '.join(r.constant_groups)} are constant in the demos; "
-                       "differences on them say nothing about the representation.")
+            out.append(f"{r.spec}: group(s) {', '.join(r.constant_groups)} are constant or nearly constant in "
+                       "the demos; their nMSE and differences on them say nothing about the representation.")
         if r.episodes < FEW_EPISODES:
             out.append(f"{r.spec}: only {r.episodes} closed-loop episodes; a 95% interval is about "
                        f"+-{50 * 1.96 / math.sqrt(max(r.episodes, 1)):.0f} points wide.")
@@ -185,8 +189,10 @@ def verdicts_of(rows: list[Row], curves: dict) -> dict[str, str]:
             tag = "INCONCLUSIVE"
         out[hyp] = f"{tag}: {head}; " + "; ".join(parts) + "."
     # Training length: is the baseline's validation position error still falling at the end?
-    curve = curves.get(BASELINE, {}).get("val_nmse_pos") or curves.get(BASELINE, {}).get("pos") or []
-    if len(curve) >= 4:
+    curve = curves.get(BASELINE, {}).get("val_nmse_pos") or []
+    if len(curve) < 3:
+        curve = curves.get(BASELINE, {}).get("train_nmse_pos") or []
+    if len(curve) >= 3:
         mid = curve[len(curve) // 2][1]
         end = curve[-1][1]
         drop = (mid - end) / mid if mid > 0 else 0.0

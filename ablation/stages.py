@@ -32,7 +32,7 @@ def audit_stage(tracker: Tracker, run_id: str, spec: Spec, demo: Path) -> dict[s
     for g, a in res.groups.items():
         m[f"audit/loss_share/{g}"] = a.mean_loss_share
         m[f"audit/rms/{g}"] = a.rms
-        m[f"audit/constant/{g}"] = float(a.constant)
+        m[f"audit/constant/{g}"] = float(a.constant or a.near_constant)
     m["time/audit_s"] = time.time() - t0
     tracker.log_metrics(run_id, [(k, v, 0) for k, v in m.items()])
     with tempfile.TemporaryDirectory() as d:

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ABLATION_SHARED_DIR", REPO.parent / "shared"))
 
 
-def synthetic_episode(rng: np.random.Generator, T: int = 40, rotate: bool = True) -> Episode:
+def synthetic_episode(rng: np.random.Generator, T: int = 40, rotate: bool = True, rot_scale: float = 0.02) -> Episode:
     """A smooth reach-grasp-lift trajectory in LIBERO's format, obs recorded before each step."""
     actions = np.zeros((T, 7))
     # position steps of about +-0.012 m (native +-0.24), as in LIBERO's human demos
@@ -28,7 +28,7 @@ def synthetic_episode(rng: np.random.Generator, T: int = 40, rotate: bool = True
     actions[:, 1] = 0.15 * np.cos(phase) + 0.02 * rng.standard_normal(T)
     actions[:, 2] = -0.2 * np.sin(2 * phase) + 0.02 * rng.standard_normal(T)
     if rotate:
-        actions[:, 3:6] = 0.02 * rng.standard_normal((T, 3))
+        actions[:, 3:6] = rot_scale * rng.standard_normal((T, 3))
     actions[:, 6] = np.where(np.arange(T) > T // 2, 1.0, -1.0)
     pos = np.zeros((T, 3))
     rot = np.zeros((T, 3, 3))

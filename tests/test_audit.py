@@ -72,3 +72,30 @@ def test_cli_json_and_table(synthetic_demo_file):
                          capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "missing.hdf5: demo file not found" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_nearly_constant_orientation_is_flagged(tmp_path):
+    """An expert that barely turns: absolute 6D orientation varies far under 1% of its magnitude."""
+    import numpy as np
+    from ablation.data import write_demo_file
+    from tests.conftest import synthetic_episode, synthetic_meta
+    rng = np.random.default_rng(0)
+    p = tmp_path / "barely.hdf5"
+    # one episode: the start orientation is not varied across episodes, only the tiny turning inside it
+    write_demo_file(p, [synthetic_episode(rng, T=40, rot_scale=1e-4)], synthetic_meta())
+    r = audit(spec("baseline_rdt"), p)
+    assert r.groups["rot"].near_constant and not r.groups["rot"].constant
+    assert any("nearly constant group: 'rot'" in w for w in r.warnings)
+    assert not r.groups["pos"].near_constant
+    # with real turning (the default synthetic data) it is not flagged
+    assert not audit(spec("baseline_rdt"), _turning(tmp_path)).groups["rot"].near_constant
+
+
+def _turning(tmp_path):
+    import numpy as np
+    from ablation.data import write_demo_file
+    from tests.conftest import synthetic_episode, synthetic_meta
+    p = tmp_path / "turning.hdf5"
+    write_demo_file(p, [synthetic_episode(np.random.default_rng(1), T=20, rot_scale=0.3) for _ in range(3)],
+                    synthetic_meta())
+    return p
