@@ -160,8 +160,8 @@ def _compare(base: Row, fix: Row) -> str:
     s = (f"{fix.spec} {100 * fix.success_mean:.0f}% [{100 * f_lo:.0f}, {100 * f_hi:.0f}] {outcome}")
     bp, fp = base.nmse.get("pos"), fix.nmse.get("pos")
     if bp is not None and fp is not None and fp > 0:
-        s += f"; position nMSE {bp:.3g} -> {fp:.3g} ({bp / fp:.2g}x lower)" if fp < bp else \
-            f"; position nMSE {bp:.3g} -> {fp:.3g} (not lower)"
+        change = f"{bp / fp:.2g}x lower" if bp / fp >= 1.2 else "not lower" if fp >= bp else "about the same"
+        s += f"; position nMSE {bp:.3g} -> {fp:.3g} ({change})"
     return s
 
 
