@@ -126,6 +126,7 @@ def run_job(job: Job) -> JobResult:
     stage = "start"
     buf = MetricBuffer(tracker, job.run_id)
     try:
+        from .data import prepare_data
         from .stages import closed_loop_stage, log_bundle, open_loop_stage, audit_stage, train_stage
 
         stage = "audit"
@@ -133,11 +134,13 @@ def run_job(job: Job) -> JobResult:
         audit_stage(tracker, job.run_id, spec, Path(job.demo_path))
         stage = "train"
         tracker.set_tags(job.run_id, {TAG_STAGE: stage})
-        result = train_stage(spec, Path(job.demo_path), Path(job.ckpt_dir), buf, progress=job.progress)
+        # Read and window the demos once: the trainer and the predicted-vs-demo plot share them.
+        data = prepare_data(spec.data, spec.codec, Path(job.demo_path))
+        result = train_stage(spec, Path(job.demo_path), Path(job.ckpt_dir), buf, progress=job.progress, data=data)
         buf.flush()
         stage = "open_loop"
         tracker.set_tags(job.run_id, {TAG_STAGE: stage})
-        metrics = open_loop_stage(tracker, job.run_id, spec, Path(job.demo_path), result)
+        metrics = open_loop_stage(tracker, job.run_id, spec, Path(job.demo_path), result, data)
         stage = "closed_loop"
         tracker.set_tags(job.run_id, {TAG_STAGE: stage})
         metrics.update(closed_loop_stage(tracker, job.run_id, spec, result, workers=job.rollout_workers))

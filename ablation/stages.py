@@ -42,13 +42,14 @@ def audit_stage(tracker: Tracker, run_id: str, spec: Spec, demo: Path) -> dict[s
     return m
 
 
-def train_stage(spec: Spec, demo: Path, out_dir: Path, on_metrics: Callable | None, progress: bool = True):
+def train_stage(spec: Spec, demo: Path, out_dir: Path, on_metrics: Callable | None, progress: bool = True,
+                data=None):
     from .train import train
 
-    return train(spec, demo, out_dir, on_metrics=on_metrics, resume=True, progress=progress)
+    return train(spec, demo, out_dir, on_metrics=on_metrics, resume=True, progress=progress, data=data)
 
 
-def open_loop_stage(tracker: Tracker, run_id: str, spec: Spec, demo: Path, result) -> dict[str, float]:
+def open_loop_stage(tracker: Tracker, run_id: str, spec: Spec, demo: Path, result, data=None) -> dict[str, float]:
     """Log the trainer's final open-loop figures and a plot of predicted vs demo actions."""
     m = {f"val/openloop/{k}": float(v) for k, v in (result.open_loop or {}).items()
          if isinstance(v, (int, float)) and np.isfinite(v)}
@@ -57,7 +58,7 @@ def open_loop_stage(tracker: Tracker, run_id: str, spec: Spec, demo: Path, resul
     tracker.log_metrics(run_id, [(k, v, result.steps) for k, v in m.items()])
     try:
         with tempfile.TemporaryDirectory() as d:
-            p = plot_predicted_vs_demo(spec, demo, Path(result.checkpoint_dir), Path(d) / "pred_vs_demo.png")
+            p = plot_predicted_vs_demo(spec, demo, Path(result.checkpoint_dir), Path(d) / "pred_vs_demo.png", data)
             if p is not None:
                 tracker.log_artifact(run_id, p, "plots")
     except Exception as e:  # a plot must never fail a run; say why it is missing
@@ -136,7 +137,8 @@ def plot_loss_curves(history: dict, out: Path, title: str = "") -> Path | None:
     return out
 
 
-def plot_predicted_vs_demo(spec: Spec, demo: Path, bundle: Path, out: Path, max_steps: int = 300) -> Path | None:
+def plot_predicted_vs_demo(spec: Spec, demo: Path, bundle: Path, out: Path, data=None,
+                           max_steps: int = 300) -> Path | None:
     """First action of the sampled chunk at every step of one held-out demo, against the demo,
     per group in physical units."""
     import matplotlib
@@ -150,7 +152,7 @@ def plot_predicted_vs_demo(spec: Spec, demo: Path, bundle: Path, out: Path, max_
     from .train import WindowTensors
 
     policy = load_policy(bundle)
-    prep = prepare_data(spec.data, spec.codec, demo)
+    prep = data or prepare_data(spec.data, spec.codec, demo)
     w = prep.val or prep.train
     first = np.nonzero(w.demo_index == w.demo_index[0])[0][:max_steps]
     wt = WindowTensors(w, torch.device("cpu"))

@@ -26,10 +26,11 @@ def demo_path_for(spec: Spec, workdir: Path = DEFAULT_WORKDIR, seed: int = 0) ->
             raise UserError(f"spec {spec.name}: data.demo_file: '{p}' does not exist; fix the path, or set "
                             "data.demo_file: null to generate demos with the scripted expert")
         return p
+    from .sim.demos import default_demo_path  # light: the simulator itself is not imported here
+
     d = spec.data
-    name = (f"{d.suite}_task{d.task}_n{d.n_demos}_dart{d.dart_noise:g}_speed{d.expert_speed:g}"
-            f"{'_img' + str(d.image_size) if d.images else ''}_seed{seed}.hdf5")
-    return Path(workdir) / "demos" / name
+    return default_demo_path(Path(workdir) / "demos", d.suite, d.task, d.n_demos, d.images, d.dart_noise, seed,
+                             d.expert_speed, d.image_size)
 
 
 def ensure_demos(spec: Spec, workdir: Path = DEFAULT_WORKDIR, seed: int = 0) -> Path:

@@ -45,8 +45,9 @@ def cache_key(suite: str, task: int, n: int, images: bool, dart_sigma: float, se
 
 
 def default_demo_path(root: str | Path, suite: str, task: int, n: int, images: bool = False,
-                      dart_sigma: float = 0.3, seed: int = 0, speed: float = 1.0) -> Path:
-    h, _ = cache_key(suite, task, n, images, dart_sigma, seed, speed)
+                      dart_sigma: float = 0.3, seed: int = 0, speed: float = 1.0, image_size: int = 128) -> Path:
+    """A file name that is its cache key: other inputs, or another expert version, get another file."""
+    h, _ = cache_key(suite, task, n, images, dart_sigma, seed, speed, image_size)
     return Path(root) / f"{suite}_task{task}_n{n}_{h}.hdf5"
 
 
