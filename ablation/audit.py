@@ -53,6 +53,9 @@ class AuditResult:
     total_slots: int
     dilution_factor: float
     mean_predictor_loss: float
+    # How far the demos turn the gripper: per demo the largest angle (degrees) between the EEF
+    # orientation and its start; the median over demos. Near 0 means rotation cannot be tested here.
+    rot_spread_deg: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -123,11 +126,22 @@ def audit(spec: Spec, demo_path: str | Path) -> AuditResult:
             warnings.append(f"'{g}' carries {100 * groups[g].mean_loss_share:.2g}% of the mean-predictor loss; "
                             "errors there barely move the total.")
     return AuditResult(
+        rot_spread_deg=rotation_spread_deg(views),
         spec=spec.name, spec_hash=spec.hash(), demo_file=str(demo_path), n_demos=len(views),
         n_steps=int(model.shape[0]), representation=spec.codec.representation, layout=spec.codec.layout,
         normalizer=spec.codec.normalizer, reduction=spec.loss.reduction, groups=groups,
         scale_ratio=float(ratio), scale_ratio_groups=pair, filled_slots=filled, total_slots=width,
         dilution_factor=float(dilution), mean_predictor_loss=float(total_loss / denom), warnings=warnings)
+
+
+def rotation_spread_deg(views) -> float:
+    """Median over demos of the largest angle (degrees) the EEF turns away from its start pose."""
+    per_demo = []
+    for v in views:
+        rel = np.einsum("ji,tjk->tik", v.ee_rot[0], v.ee_rot)  # R0^T R_t
+        cos = np.clip((np.trace(rel, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
+        per_demo.append(float(np.degrees(np.arccos(cos)).max()))
+    return float(np.median(per_demo)) if per_demo else 0.0
 
 
 def format_table(res: AuditResult) -> str:
@@ -147,6 +161,7 @@ def format_table(res: AuditResult) -> str:
         f"  largest group scale ratio: {res.scale_ratio:.1f} ({res.scale_ratio_groups[0]} / {res.scale_ratio_groups[1]})",
         f"  loss dilution factor: {res.dilution_factor:.3f} ({res.filled_slots} filled of {res.total_slots} slots)",
         f"  loss of the per-dim mean predictor: {res.mean_predictor_loss:.4g}",
+        f"  rotation spread of the demos: {res.rot_spread_deg:.1f} deg (median over demos of the largest turn)",
     ]
     if res.warnings:
         lines.append("")

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "ablation.commands.plan",
     "ablation.commands.tune",
     "ablation.commands.report",
+    "ablation.commands.doctor",
 ]
 
 

@@ -119,8 +119,25 @@ def gripper_history_features(prev_grip_cmds: Iterable[float]) -> np.ndarray:
     return np.array([signs[-1], min(since, GRIPPER_HISTORY_CAP) / GRIPPER_HISTORY_CAP])
 
 
+# Features computed from stored obs rather than read from the file. `ee_rot6d` is the policy's
+# orientation input: `ee_ori` (axis-angle with the quaternion forced to w >= 0) jumps from about
+# (+3.1, +0.5, 0) to (-3.1, -0.5, 0) under a 0.01 rad tilt at the top-down gripper pose, where LIBERO
+# arms spend their time; the first two columns of the rotation matrix are continuous everywhere.
+# `ee_ori` stays what LIBERO files store.
+DERIVED_OBS = {"ee_rot6d": lambda obs: R.matrix_to_rot6d(R.axis_angle_to_matrix(np.asarray(obs["ee_ori"], dtype=np.float64)))}
+
+
+def obs_value(obs: dict[str, np.ndarray], key: str) -> np.ndarray:
+    """A stored or derived observation (derived keys are computed from the stored ones)."""
+    if key in obs:
+        return np.asarray(obs[key])
+    if key in DERIVED_OBS:
+        return DERIVED_OBS[key](obs)
+    raise KeyError(key)
+
+
 def obs_feature_dim(key: str, ep_obs: dict[str, np.ndarray] | None = None) -> int:
-    fixed = {"ee_pos": 3, "ee_ori": 3, "ee_states": 6, "gripper_states": 2, "joint_states": 7,
+    fixed = {"ee_pos": 3, "ee_ori": 3, "ee_rot6d": 6, "ee_states": 6, "gripper_states": 2, "joint_states": 7,
              "gripper_history": 2}
     if key in fixed:
         return fixed[key]
@@ -131,7 +148,7 @@ def obs_feature_dim(key: str, ep_obs: dict[str, np.ndarray] | None = None) -> in
 
 def obs_features(obs: dict[str, np.ndarray], keys: Iterable[str]) -> np.ndarray:
     """One step's low-dim observation dict -> flat float vector in `keys` order."""
-    return np.concatenate([np.asarray(obs[k], dtype=np.float64).ravel() for k in keys])
+    return np.concatenate([np.asarray(obs_value(obs, k), dtype=np.float64).ravel() for k in keys])
 
 
 # ----------------------------------------------------------------------------- writing
@@ -196,10 +213,47 @@ def _attr_str(g, key: str) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
+def _resolve_convention(path: Path, g, asked: str | None) -> str:
+    """The file's obs convention: its own attribute when it has one (a spec that contradicts it is an
+    error), else what the data show (actions vs the following EEF motion), else the spec must say."""
+    if asked not in (None, "auto", "before", "after"):
+        raise DemoFileError(f"{path}: data.obs_convention '{asked}' is not one of auto, before, after")
+    stated = _attr_str(g, "obs_convention") or None
+    if stated is not None and stated not in ("before", "after"):
+        raise DemoFileError(f"{path}: attribute data.obs_convention '{stated}' is not one of before, after")
+    if asked in (None, "auto"):
+        if stated:
+            return stated
+        detected = _detect_convention(path)
+        if detected is None:
+            raise DemoFileError(
+                f"{path}: the file does not say when its obs were recorded (no data.obs_convention attribute) and "
+                "the actions do not tell it apart; set data.obs_convention: before (obs recorded before each "
+                "step) or after (LIBERO's original create_dataset.py) in the spec")
+        return detected
+    if stated and stated != asked:
+        raise DemoFileError(
+            f"{path}: the spec says data.obs_convention: {asked} but the file records obs {stated} each step "
+            f"(attribute data.obs_convention); set data.obs_convention: auto or {stated}")
+    return asked
+
+
+def _detect_convention(path: Path) -> str | None:
+    try:
+        from .libero_file import detect_obs_convention
+    except ImportError:  # pragma: no cover - the module ships with the package
+        return None
+    try:
+        got = detect_obs_convention(path)
+    except Exception:
+        return None
+    return got[0] if isinstance(got, tuple) else got
+
+
 def read_demo_file(path: str | Path, obs_convention: str | None = None, load_images: bool = False,
                    required_obs: Iterable[str] = REQUIRED_OBS, max_demos: int | None = None) -> DemoSet:
-    """Read and validate a LIBERO-format file. `obs_convention=None` takes the file's own attribute,
-    defaulting to "after" (the original LIBERO script) when the file has none."""
+    """Read and validate a LIBERO-format file. `obs_convention` None/"auto" takes the file's own
+    attribute, or detects it from the data; an explicit value that contradicts the file is an error."""
     path = Path(path)
     if not path.is_file():
         raise DemoFileError(f"{path}: demo file not found (generate one with `run_ablation.py demos`)")
@@ -215,10 +269,7 @@ def read_demo_file(path: str | Path, obs_convention: str | None = None, load_ima
                        key=lambda k: int(k.split("_")[1]) if k.split("_")[1].isdigit() else 1 << 30)
         if not names:
             raise DemoFileError(f"{path}: empty file: 'data' holds no demo_* groups")
-        file_conv = _attr_str(g, "obs_convention") or "after"
-        conv = obs_convention or file_conv
-        if conv not in ("before", "after"):
-            raise DemoFileError(f"{path}: obs_convention '{conv}' is not one of before, after")
+        conv = _resolve_convention(path, g, obs_convention)
         meta = DemoMeta(
             env_name=_attr_str(g, "env_name"), problem_info=_attr_json(g, "problem_info", str(path)),
             bddl_file_name=_attr_str(g, "bddl_file_name"), bddl_file_content=_attr_str(g, "bddl_file_content"),
@@ -364,11 +415,12 @@ def build_windows(views: list[EpisodeView], ids: list[int], codec: ActionCodec, 
     for i in ids:
         v = views[i]
         T = len(v.actions)
-        missing = [k for k in keys if k not in v.obs]
+        missing = [k for k in keys if k not in v.obs and not (k in DERIVED_OBS and "ee_ori" in v.obs)]
         if missing:
             raise DemoFileError(f"demo {i}: obs key(s) {', '.join(missing)} requested by data.obs_keys are not "
                                 f"in the file (have: {', '.join(sorted(v.obs))})")
-        feats = np.stack([obs_features({k: v.obs[k][t] for k in keys}, keys) for t in range(T)])
+        stored = [k for k in v.obs if k in keys or k == "ee_ori"]
+        feats = np.stack([obs_features({k: v.obs[k][t] for k in stored}, keys) for t in range(T)])
         phys = physical_actions(v, codec.rep)
         model = codec.encode(phys)
         state = codec.encode_state(v.state)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -72,6 +73,43 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
+@dataclass(frozen=True)
+class Kernels:
+    """How the blocks compute, not what: the weights and state-dict keys are the same either way.
+
+    attention  "math": scores by two batched matmuls + softmax, the q/k RMSNorm applied before the
+               head transpose (contiguous). At this model's sequence lengths (H+3 queries, 3 keys for
+               cross-attention) that is several times cheaper on CPU than "sdpa"
+               (`F.scaled_dot_product_attention`, whose CPU flash kernel has a large per-call cost at
+               tiny sizes, and is very slow backwards in bf16). Equal to float rounding (~1e-7).
+    matmul     "bf16": the blocks' Linear layers multiply in bfloat16 (fp32 accumulation, fp32 bias,
+               fp32 activations, norms, softmax and master weights), for CPUs with AMX/AVX512-BF16.
+               The adaptors, embedders and the output head stay fp32. "fp32": everything fp32.
+    The reference (the pre-Throughput network, and the golden) is Kernels("sdpa", "fp32").
+    """
+
+    attention: Literal["math", "sdpa"] = "math"
+    matmul: Literal["fp32", "bf16"] = "fp32"
+
+    def __post_init__(self):
+        if self.attention not in ("math", "sdpa"):
+            raise ValueError(f"attention kernel '{self.attention}' is not one of math, sdpa")
+        if self.matmul not in ("fp32", "bf16"):
+            raise ValueError(f"matmul kernel '{self.matmul}' is not one of fp32, bf16")
+
+
+REFERENCE_KERNELS = Kernels("sdpa", "fp32")
+FAST_TRAIN_KERNELS = Kernels("math", "bf16")   # CPU training
+FAST_EVAL_KERNELS = Kernels("math", "fp32")    # sampling: full precision
+
+
+def linear(x: torch.Tensor, layer: nn.Linear, matmul: str) -> torch.Tensor:
+    """layer(x), with the product in bf16 when matmul == "bf16" (output and bias in fp32)."""
+    if matmul == "fp32" or x.dtype != torch.float32:
+        return layer(x)
+    return F.linear(x.to(torch.bfloat16), layer.weight.to(torch.bfloat16)).float() + layer.bias
+
+
 class Attention(nn.Module):
     """Multi-head attention with RMS-normalised queries and keys (as RDT); self or cross."""
 
@@ -83,15 +121,25 @@ class Attention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.q_norm, self.k_norm = RMSNorm(self.hd), RMSNorm(self.hd)
         self.proj = nn.Linear(dim, dim)
+        self.kernels = REFERENCE_KERNELS
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         B, N, D = x.shape
         c = x if c is None else c
         M = c.shape[1]
-        q = self.q(x).view(B, N, self.heads, self.hd).transpose(1, 2)            # (B, h, N, hd)
-        k, v = self.kv(c).view(B, M, 2, self.heads, self.hd).permute(2, 0, 3, 1, 4)  # (B, h, M, hd) each
-        out = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)   # (B, h, N, hd)
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+        mm = self.kernels.matmul
+        if self.kernels.attention == "sdpa":
+            q = linear(x, self.q, mm).view(B, N, self.heads, self.hd).transpose(1, 2)          # (B, h, N, hd)
+            k, v = linear(c, self.kv, mm).view(B, M, 2, self.heads, self.hd).permute(2, 0, 3, 1, 4)  # (B, h, M, hd)
+            out = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)             # (B, h, N, hd)
+        else:
+            q = self.q_norm(linear(x, self.q, mm).view(B, N, self.heads, self.hd)).transpose(1, 2)  # (B, h, N, hd)
+            kv = linear(c, self.kv, mm).view(B, M, 2, self.heads, self.hd)
+            k = self.k_norm(kv[:, :, 0]).transpose(1, 2)                                       # (B, h, M, hd)
+            v = kv[:, :, 1].transpose(1, 2)
+            scores = torch.matmul(q * (self.hd ** -0.5), k.transpose(-1, -2))                  # (B, h, N, M)
+            out = torch.matmul(scores.softmax(dim=-1), v)                                       # (B, h, N, hd)
+        return linear(out.transpose(1, 2).reshape(B, N, D), self.proj, mm)
 
 
 class Block(nn.Module):
@@ -102,11 +150,14 @@ class Block(nn.Module):
         self.norm3 = RMSNorm(dim)
         hid = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hid), nn.GELU(approximate="tanh"), nn.Linear(hid, dim))
+        self.kernels = REFERENCE_KERNELS
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
         x = x + self.cross(self.norm2(x), c)
-        return x + self.mlp(self.norm3(x))
+        mm = self.kernels.matmul
+        h = F.gelu(linear(self.norm3(x), self.mlp[0], mm), approximate="tanh")
+        return x + linear(h, self.mlp[2], mm)
 
 
 class ScalarEmbedder(nn.Module):
@@ -163,6 +214,15 @@ class DiffusionTransformer(nn.Module):
         self.final_norm = RMSNorm(D)
         self.head = nn.Sequential(nn.Linear(D, D), nn.GELU(approximate="tanh"), nn.Linear(D, cfg.action_width))
         self._init_weights()
+        self.kernels = REFERENCE_KERNELS
+
+    def set_kernels(self, kernels: Kernels) -> "DiffusionTransformer":
+        """Choose how the blocks compute (see `Kernels`); weights are untouched. Returns self."""
+        self.kernels = kernels
+        for m in self.modules():
+            if isinstance(m, (Attention, Block)):
+                m.kernels = kernels
+        return self
 
     def _init_weights(self) -> None:
         for m in self.modules():

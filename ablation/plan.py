@@ -1,18 +1,22 @@
-"""The orchestrator: a plan's specs x seeds -> demos, audit, training, open-loop and closed-loop
-evaluation, MLflow logging and the report.
+"""The orchestrator: a plan's hypotheses -> arms x seeds -> runs in looks -> the report.
 
-Each plan invocation is a parent MLflow run; each spec x seed is a nested run created by the parent
-*before* any worker starts (so there are no duplicates), then filled by a worker process:
+    parent run (one per plan, profile and --set; re-runs nest under it again)
+      -> demos (once per task, in the parent: workers must not race on a file)
+      -> look 1: every arm x seed gets looks[0] episodes (the same init states for every arm)
+      -> analysis: paired effects, Holm across the plan's comparisons, alpha spent per look
+      -> look k+1: only the arms of undecided comparisons get more episodes ... up to the cap
+      -> report (a plan whose report cannot be written exits non-zero)
 
-    parent: resolve specs -> skip FINISHED (same spec hash) -> make demos -> create/reuse runs
-    worker: audit -> train (resumes from its checkpoint) -> open-loop eval -> rollouts -> artifacts
-    parent: report -> exit code (non-zero if any run failed)
+Every spec x seed run goes through the one run pipeline (ablation/run.py) in a worker process.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import socket
+import tempfile
 import time
-import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -21,13 +25,18 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
-from .spec import (EXPERIMENTS_DIR, Plan, Spec, SpecError, load_plan, resolve_spec, spec_path)
-from .provenance import file_sha256, git_commit
-from .tracking import (TAG_FAILURE, TAG_KIND, TAG_SEED, TAG_SPEC, TAG_SPEC_HASH, TAG_STAGE, MetricBuffer,
-                       Tracker, default_tracking_uri, ui_command)
+from .hypothesis import Hypothesis, load_hypothesis
+from .provenance import file_sha256, git_commit, versions
+from .run import RunJob, RunResult, execute
+from .spec import EXPERIMENTS_DIR, Plan, Spec, SpecError, load_plan, resolve_spec, spec_path
+from .tracking import (TAG_FAILURE, TAG_KIND, TAG_SEED, TAG_SPEC, TAG_SPEC_HASH, Tracker, default_tracking_uri,
+                       runs_view_url, ui_command)
 from .workdir import ensure_demos
 
 PROFILES_DIR = EXPERIMENTS_DIR / "profiles"
+TAG_ARM = "ablation.arm"
+TAG_PLAN_KEY = "ablation.plan_key"
+PLAN_RECORD = "plan.json"  # artifact on the parent run: hypotheses, arms, runs, looks
 
 
 # ----------------------------------------------------------------------------- profiles
@@ -65,269 +74,424 @@ def load_profile(name: str) -> Profile:
     return Profile(name, tuple(raw.get("set", [])), int(raw.get("jobs", 1)), workers)
 
 
-# ----------------------------------------------------------------------------- jobs
+# ----------------------------------------------------------------------------- arms
 
 @dataclass(frozen=True)
-class Job:
-    spec_name: str
-    spec_yaml: str       # the resolved spec, so the worker needs no files besides the demos
-    spec_hash: str
-    seed: int
-    demo_path: str
-    ckpt_dir: str
-    tracking_uri: str
-    experiment_id: str
-    run_id: str
-    profile: str
-    device: str
-    threads: int
-    progress: bool = True
-    rollout_workers: int = 0  # 0: the spec's rollout.workers
+class Arm:
+    name: str
+    spec: Spec                      # resolved, without the seed
+    seeds: tuple[int, ...]
+
+    def spec_for(self, seed: int) -> Spec:
+        from .spec import with_overrides
+
+        return with_overrides(self.spec, [f"train.seed={seed}"])
 
 
 @dataclass
-class JobResult:
-    spec_name: str
-    seed: int
-    run_id: str
-    status: str  # FINISHED | FAILED | SKIPPED
-    reason: str = ""
-    metrics: dict = field(default_factory=dict)
-    seconds: float = 0.0
+class ResolvedPlan:
+    plan: Plan
+    hypotheses: list[Hypothesis]
+    arms: dict[str, Arm]
+    key: str                        # identifies "the same plan" across invocations
+    skipped: dict[str, str]         # arm -> why this plan leaves it out
+
+    @property
+    def comparisons(self) -> list[tuple[str, object]]:
+        """(hypothesis name, Comparison) for every comparison whose arms this plan trains."""
+        return [(h.name, c) for h in self.hypotheses for c in h.comparisons
+                if c.arm in self.arms and c.control in self.arms]
+
+    def entries(self) -> list[tuple[Arm, int]]:
+        return [(a, s) for a in self.arms.values() for s in a.seeds]
 
 
-def resolve_entries(plan: Plan, profile: Profile, seeds: list[int] | None, only: list[str] | None,
-                    extra_sets: list[str]) -> list[tuple[Spec, int]]:
-    out = []
-    names = set(only or [])
+def resolve_plan(plan: Plan, profile: Profile, seeds: list[int] | None = None, only: list[str] | None = None,
+                 extra_sets: list[str] | None = None) -> ResolvedPlan:
     plan_dir = Path(plan.path).parent if plan.path else EXPERIMENTS_DIR / "plans"
-    for entry in plan.entries:
-        path = spec_path(entry.spec, relative_to=plan_dir)
-        if names and entry.spec not in names and path.stem not in names:
+    hyps = [load_hypothesis(h, plan_dir) for h in plan.hypotheses]
+    names: list[str] = []
+    for h in hyps:
+        names += [a for a in h.arms() if a not in names]
+    entry_sets = {e.spec: e for e in plan.entries}
+    names += [e.spec for e in plan.entries if e.spec not in names]
+    skipped = {a: why for a, why in plan.skip_arms.items() if a in names}
+    names = [n for n in names if n not in skipped]
+    if only:
+        unknown = [o for o in only if o not in names]
+        if unknown:
+            raise SpecError(f"--only {', '.join(unknown)}: no such arm in plan '{plan.name}' ({', '.join(names)})")
+        names = [n for n in names if n in only]
+    arms: dict[str, Arm] = {}
+    for name in names:
+        e = entry_sets.get(name)
+        hyp_dirs = [Path(h.path).parent for h in hyps if h.path and name in h.arms()]
+        path = spec_path(name, relative_to=hyp_dirs[0] if hyp_dirs else plan_dir)
+        sets = [*profile.sets, *plan.set, *(e.set if e else ()), *(extra_sets or [])]
+        arm_seeds = tuple(seeds or (e.seeds if e and e.seeds else None) or plan.seeds)
+        arms[name] = Arm(name, resolve_spec(path, sets), arm_seeds)
+    blob = json.dumps({"plan": plan.name, "profile": profile.name, "sets": sorted(extra_sets or [])},
+                      sort_keys=True)
+    key = f"{plan.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+    return ResolvedPlan(plan, hyps, arms, key, skipped)
+
+
+# ----------------------------------------------------------------------------- the parent run
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+
+
+def mark_stale_runs(tracker: Tracker) -> int:
+    """Runs left RUNNING by a plan process of this host that no longer exists (kill -9, power loss)
+    are marked KILLED, with the reason. Returns how many."""
+    host, n = socket.gethostname(), 0
+    for r in tracker.find_runs("attributes.status = 'RUNNING'"):
+        tags = r.data.tags
+        if tags.get("ablation.host") != host:
             continue
-        for seed in (seeds or entry.seeds or plan.seeds):
-            sets = [*profile.sets, *plan.set, *entry.set, *extra_sets, f"train.seed={seed}"]
-            out.append((resolve_spec(path, sets), seed))
-    if names and not out:
-        known = ", ".join(e.spec for e in plan.entries)
-        raise SpecError(f"--only {', '.join(sorted(names))}: no such spec in plan '{plan.name}' ({known})")
+        try:
+            pid = int(tags.get("ablation.pid", "0"))
+        except ValueError:
+            continue
+        if pid and not _pid_alive(pid):
+            tracker.end_run(r.info.run_id, "KILLED", f"its process ({host} pid {pid}) ended without closing it")
+            n += 1
+    return n
+
+
+def _owner_tags() -> dict[str, str]:
+    return {"ablation.host": socket.gethostname(), "ablation.pid": str(os.getpid())}
+
+
+def open_parent(tracker: Tracker, rp: ResolvedPlan, profile: Profile) -> str:
+    """The plan's parent run: the one from an earlier invocation of the same plan, or a new one."""
+    found = tracker.find_runs(f"tags.`{TAG_PLAN_KEY}` = '{rp.key}' and tags.`{TAG_KIND}` = 'plan'")
+    tags = {TAG_KIND: "plan", "ablation.plan": rp.plan.name, TAG_PLAN_KEY: rp.key, "ablation.profile": profile.name,
+            "ablation.git_commit": git_commit(), "ablation.device": detect_device(), **_owner_tags()}
+    if found:
+        rid = found[0].info.run_id
+        tracker.client.update_run(rid, status="RUNNING")
+        tracker.set_tags(rid, {**tags, TAG_FAILURE: ""})
+        return rid
+    return tracker.start_run(f"plan:{rp.plan.name}", tags)
+
+
+def demo_provenance(path: Path) -> dict:
+    """Where a demo file's episodes started and how they were made (its `ablation_attrs`)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f["data"].attrs.get("ablation_attrs", "{}")
+        attrs = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except Exception:
+        attrs = {}
+    keep = ("starts", "seed", "n_demos", "dart_sigma", "suite", "task", "source", "min_distance_to_benchmark_init")
+    out = {k: attrs[k] for k in keep if k in attrs}
+    out.setdefault("starts", attrs.get("starts", "the benchmark's init states (older demo file)"))
+    out["path"] = str(path)
     return out
 
 
-def run_job(job: Job) -> JobResult:
-    """One spec x seed, in a worker process. Never raises: failures are recorded on the run."""
-    t0 = time.time()
-    if job.threads:
-        import torch
-
-        torch.set_num_threads(job.threads)
-    tracker = Tracker(job.tracking_uri, job.experiment_id)
-    spec = Spec.model_validate(yaml.safe_load(job.spec_yaml))
-    stage = "start"
-    buf = MetricBuffer(tracker, job.run_id)
-    try:
-        from .data import prepare_data
-        from .stages import closed_loop_stage, log_bundle, open_loop_stage, audit_stage, train_stage
-
-        stage = "audit"
-        tracker.set_tags(job.run_id, {TAG_STAGE: stage})
-        audit_stage(tracker, job.run_id, spec, Path(job.demo_path))
-        stage = "train"
-        tracker.set_tags(job.run_id, {TAG_STAGE: stage})
-        # Read and window the demos once: the trainer and the predicted-vs-demo plot share them.
-        data = prepare_data(spec.data, spec.codec, Path(job.demo_path))
-        result = train_stage(spec, Path(job.demo_path), Path(job.ckpt_dir), buf, progress=job.progress, data=data)
-        buf.flush()
-        stage = "open_loop"
-        tracker.set_tags(job.run_id, {TAG_STAGE: stage})
-        metrics = open_loop_stage(tracker, job.run_id, spec, Path(job.demo_path), result, data)
-        stage = "closed_loop"
-        tracker.set_tags(job.run_id, {TAG_STAGE: stage})
-        metrics.update(closed_loop_stage(tracker, job.run_id, spec, result, workers=job.rollout_workers))
-        stage = "artifacts"
-        log_bundle(tracker, job.run_id, spec, result, buf.history)
-        metrics["time/total_s"] = time.time() - t0
-        tracker.log_metrics(job.run_id, [("time/total_s", metrics["time/total_s"], 0)])
-        tracker.set_tags(job.run_id, {TAG_STAGE: "done"})
-        tracker.end_run(job.run_id, "FINISHED")
-        return JobResult(job.spec_name, job.seed, job.run_id, "FINISHED", metrics=metrics, seconds=time.time() - t0)
-    except BaseException as e:  # noqa: BLE001 - the plan goes on; the reason is recorded
-        try:
-            buf.flush()
-        except Exception:
-            pass
-        reason = f"{stage}: {type(e).__name__}: {e}"
-        if not isinstance(e, (UserError, KeyboardInterrupt)):
-            tb = traceback.format_exc(limit=8)
-            reason += "\n" + tb
-        try:
-            tracker.end_run(job.run_id, "FAILED", reason)
-        except Exception:
-            pass
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        return JobResult(job.spec_name, job.seed, job.run_id, "FAILED", reason=reason.splitlines()[0],
-                         seconds=time.time() - t0)
+def write_plan_record(tracker: Tracker, parent: str, rp: ResolvedPlan, runs: dict, looks: list[dict],
+                      timing: dict | None = None, demos: dict | None = None) -> dict:
+    """What the report needs to find this plan's runs and judge them, as an artifact of the parent."""
+    rec = {
+        "plan": rp.plan.name, "key": rp.key, "description": rp.plan.description,
+        "hypotheses": [{**h.model_dump(mode="json"), "path": h.path} for h in rp.hypotheses],
+        "arms": {a.name: {"spec_hash": a.spec.hash(), "seeds": list(a.seeds), "description": a.spec.description,
+                          "suite": a.spec.data.suite, "task": a.spec.data.task,
+                          "pretrained": bool(a.spec.model.pretrained or a.spec.train.init_from)}
+                 for a in rp.arms.values()},
+        "demos": demos or {},
+        "versions": versions(),
+        "skipped_arms": rp.skipped,
+        "runs": runs,                       # arm -> {seed: run_id}
+        "episodes": rp.plan.episodes.model_dump(mode="json") if rp.plan.episodes else None,
+        "looks": looks,
+        "timing": timing or {},
+    }
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / PLAN_RECORD).write_text(json.dumps(rec, indent=1, default=str))
+        tracker.log_artifact(parent, Path(d) / PLAN_RECORD)
+    return rec
 
 
-# ----------------------------------------------------------------------------- the plan run
+# ----------------------------------------------------------------------------- execution
 
 @dataclass
 class PlanOutcome:
     parent_run_id: str | None
-    results: list[JobResult]
+    results: list[RunResult]
     report_dir: Path | None
+    report_ok: bool = True
+    timing: dict = field(default_factory=dict)
 
     @property
-    def failed(self) -> list[JobResult]:
+    def failed(self) -> list[RunResult]:
         return [r for r in self.results if r.status == "FAILED"]
+
+
+class Dispatcher:
+    """Runs RunJobs: in this process (jobs=1) or in a pool of spawned processes kept for the whole
+    plan, so each worker's imports and simulator are paid once, not once per run or per look."""
+
+    def __init__(self, n_jobs: int):
+        self.n_jobs = n_jobs
+        self.pool = ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn")) if n_jobs > 1 else None
+
+    def run(self, jobs: list[RunJob], label: str) -> list[RunResult]:
+        from tqdm import tqdm
+
+        out: list[RunResult] = []
+        bar = tqdm(total=len(jobs), desc=label, unit="run", dynamic_ncols=True)
+        if self.pool is None:
+            for j in jobs:
+                bar.set_postfix_str(f"{j.spec_name} seed {j.seed}")
+                out.append(execute(j))
+                bar.update()
+        else:
+            futs = {self.pool.submit(execute, j): j for j in jobs}
+            for fut in as_completed(futs):
+                j = futs[fut]
+                try:
+                    out.append(fut.result())
+                except Exception as e:  # the worker process died (killed, out of memory): record it
+                    reason = f"worker died: {type(e).__name__}: {e}"
+                    Tracker(j.tracking_uri, j.experiment_id).end_run(j.run_id, "FAILED", reason)
+                    out.append(RunResult(j.spec_name, j.seed, j.run_id, "FAILED", reason))
+                    self._restart()
+                bar.set_postfix_str(f"{j.spec_name} seed {j.seed}: {out[-1].status}")
+                bar.update()
+        bar.close()
+        return out
+
+    def _restart(self) -> None:
+        # A broken pool refuses new work; later looks get a fresh one.
+        from concurrent.futures.process import BrokenProcessPool  # noqa: F401
+
+        try:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        except Exception:
+            pass
+        self.pool = ProcessPoolExecutor(self.n_jobs, mp_context=get_context("spawn"))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ensure_run(tracker: Tracker, arm: Arm, seed: int, parent: str | None, rp: ResolvedPlan, profile: Profile,
+                demo: Path | None) -> tuple[str, str]:
+    """(run id, state) for one arm x seed: the existing run of this exact spec and seed (any plan), or a
+    new one nested under the parent."""
+    spec = arm.spec_for(seed)
+    prev = tracker.find_spec_run(spec.hash(), seed)
+    tags = {TAG_KIND: "spec_run", TAG_SPEC: spec.name, TAG_SPEC_HASH: spec.hash(), TAG_SEED: seed, TAG_ARM: arm.name,
+            "ablation.git_commit": git_commit(), "ablation.device": detect_device(), "ablation.profile": profile.name,
+            "ablation.plan": rp.plan.name, **_owner_tags()}
+    if demo is not None:
+        tags.update({"ablation.demo_sha256": file_sha256(demo)[:16], "ablation.demo_file": str(demo)})
+    if prev is not None:
+        state = prev.info.status.lower()
+        if prev.info.status != "FINISHED":
+            tracker.set_tags(prev.info.run_id, {**tags, **({"mlflow.parentRunId": parent} if parent else {})})
+        return prev.info.run_id, state
+    if parent is None:
+        return "", "to run"
+    rid = tracker.start_run(f"{arm.name}/seed{seed}", tags, parent)
+    tracker.log_params(rid, spec.flat())
+    return rid, "new"
 
 
 def run_plan(plan_name: str, *, profile_name: str = "auto", seeds: list[int] | None = None,
              only: list[str] | None = None, dry_run: bool = False, workdir: Path = Path("workdir"),
              tracking_uri: str | None = None, extra_sets: list[str] | None = None,
-             jobs: int | None = None) -> PlanOutcome:
+             jobs: int | None = None, gate_episodes: int | None = None) -> PlanOutcome:
     t0 = time.time()
     plan = load_plan(plan_name)
     profile = load_profile(profile_name)
-    entries = resolve_entries(plan, profile, seeds, only, list(extra_sets or []))
+    rp = resolve_plan(plan, profile, seeds, only, list(extra_sets or []))
     workdir = Path(workdir).resolve()
-    uri = tracking_uri or entries[0][0].tracking.tracking_uri or default_tracking_uri(workdir)
-    experiment = entries[0][0].tracking.experiment
-    print(f"[plan] {plan.name}: {len(entries)} run(s) (specs x seeds), profile {profile.name}")
+    first = next(iter(rp.arms.values())).spec
+    uri = tracking_uri or first.tracking.tracking_uri or default_tracking_uri(workdir)
+    n_runs = len(rp.entries())
+    print(f"[plan] {plan.name}: {len(rp.arms)} arm(s) x seeds = {n_runs} run(s), profile {profile.name}")
     print(f"[plan] workdir {workdir}")
-    print(f"[plan] MLflow store {uri}, experiment '{experiment}'")
+    print(f"[plan] MLflow store {uri}, experiment '{first.tracking.experiment}'")
     print(f"[plan] open the UI with:  {ui_command(uri)}")
+    describe_plan(rp)
     workdir.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker.open(uri, experiment, workdir / "mlartifacts")
+    tracker = Tracker.open(uri, first.tracking.experiment, workdir / "mlartifacts")
+    print(f"[plan] runs view: {runs_view_url(tracker)}")
     if dry_run:
-        return PlanOutcome(None, execute_runs(tracker, entries, workdir=workdir, profile=profile, jobs=jobs,
-                                              parent_run_id=None, dry_run=True), None)
-    parent = tracker.start_run(f"plan:{plan.name}", {
-        TAG_KIND: "plan", "ablation.plan": plan.name, "ablation.profile": profile.name,
-        "ablation.git_commit": git_commit(), "ablation.device": detect_device()})
-    results: list[JobResult] = []
-    report_dir = None
+        for arm, seed in rp.entries():
+            rid, state = _ensure_run(tracker, arm, seed, None, rp, profile, None)
+            print(f"  - {arm.name:<26} seed {seed}  hash {arm.spec_for(seed).hash()}  "
+                  f"{state}{f' (run {rid[:8]})' if rid else ''}")
+        return PlanOutcome(None, [], None)
+    stale = mark_stale_runs(tracker)
+    if stale:
+        print(f"[plan] marked {stale} run(s) left RUNNING by dead processes as KILLED")
+    parent = open_parent(tracker, rp, profile)
+    timing = {"setup_s": float(os.environ.get("ABLATION_SETUP_S", "0") or 0)}
+    results: list[RunResult] = []
+    demos: dict = {}
+    looks_log: list[dict] = []
+    runs: dict[str, dict[str, str]] = {}
+    report_ok = False
+    report_dir = workdir / "report"
+    dispatcher = None
     try:
-        results = execute_runs(tracker, entries, workdir=workdir, profile=profile, jobs=jobs,
-                               parent_run_id=parent, plan_name=plan.name)
+        # Demos first, in the parent: arms share one file per task. A task whose demos cannot be made
+        # fails its runs alone; the others go on.
+        td = time.time()
+        demo_for: dict[str, Path | str] = {}
+        for arm in rp.arms.values():
+            try:
+                demo_for[arm.name] = ensure_demos(arm.spec, workdir, 0)
+            except UserError as e:
+                demo_for[arm.name] = f"demos: {e}"
+        timing["demos_s"] = time.time() - td
+        demos = {a: demo_provenance(p) for a, p in demo_for.items() if isinstance(p, Path)}
+        run_ids: dict[tuple[str, int], str] = {}
+        for arm, seed in rp.entries():
+            demo = demo_for[arm.name]
+            rid, state = _ensure_run(tracker, arm, seed, parent, rp, profile, demo if isinstance(demo, Path) else None)
+            run_ids[(arm.name, seed)] = rid
+            runs.setdefault(arm.name, {})[str(seed)] = rid
+            print(f"  - {arm.name:<26} seed {seed}  run {rid[:8]}  {state}")
+            if not isinstance(demo, Path):
+                tracker.end_run(rid, "FAILED", demo)
+        write_plan_record(tracker, parent, rp, runs, looks_log, demos=demos)
+        looks = list(plan.episodes.looks) if plan.episodes else [None]
+        n_jobs = max(1, min(jobs or profile.jobs, n_runs))
+        dispatcher = Dispatcher(n_jobs)
+        active = {(a.name, s) for a, s in rp.entries()}
+        latest: dict[tuple[str, int], RunResult] = {}
+        previous: dict = {}
+        worker_s: dict[str, float] = {}
+        for k, look in enumerate(looks):
+            job_list = []
+            for arm, seed in rp.entries():
+                if (arm.name, seed) not in active or not isinstance(demo_for[arm.name], Path):
+                    continue
+                spec = arm.spec_for(seed)
+                n_eps = look if look is not None else spec.rollout.episodes
+                ckpt = workdir / "checkpoints" / f"{arm.name}-seed{seed}-{spec.hash()}"
+                job_list.append(RunJob(
+                    arm.name, spec.to_yaml(), seed, run_ids[(arm.name, seed)], tracker.tracking_uri,
+                    tracker.experiment_id, str(demo_for[arm.name]), str(ckpt), tuple(range(n_eps)),
+                    rollout_workers=profile.rollout_workers or spec.rollout.workers,
+                    threads=1 if n_jobs > 1 else 0, progress=n_jobs == 1,
+                    gate_episodes=spec.rollout.gate_episodes if gate_episodes is None else gate_episodes,
+                    gate_cache_dir=str(workdir / "gates")))
+            label = f"look {k + 1}/{len(looks)}" + (f" ({look} episodes)" if look else "")
+            print(f"[plan] {label}: {len(job_list)} run(s), {n_jobs} at a time")
+            for r in dispatcher.run(job_list, label):
+                latest[(r.spec_name, r.seed)] = r
+                for st, v in r.stage_seconds.items():  # summed over every look, for the time breakdown
+                    worker_s[st] = worker_s.get(st, 0.0) + v
+            from .analysis import analyse_look
+
+            decision = analyse_look(rp, latest, k, looks, previous)
+            previous = decision.by_key()
+            looks_log.append(decision.to_record(look))
+            print(decision.summary_line())
+            tracker.log_metrics(parent, [("plan/undecided_comparisons", len(decision.undecided), k),
+                                         ("plan/look_episodes", look or 0, k)])
+            write_plan_record(tracker, parent, rp, runs, looks_log, demos=demos)
+            active = decision.arms_to_extend
+            if not active or look is None:
+                break
+        results = list(latest.values())
+        agg = worker_s
+        timing["training_worker_s"] = agg.get("train", 0.0) + agg.get("open_loop", 0.0)
+        timing["rollouts_worker_s"] = agg.get("closed_loop", 0.0)
+        timing["gate_worker_s"] = agg.get("gate", 0.0)
+        timing["runs_wall_s"] = time.time() - t0 - timing["demos_s"]
+    except KeyboardInterrupt:
+        tracker.end_run(parent, "KILLED", "interrupted (Ctrl-C); re-run the same command to resume")
+        raise
     finally:
-        try:
-            from .report import build_report
+        if dispatcher is not None:
+            dispatcher.close()
+    tr = time.time()
+    try:
+        from .report import build_report
 
-            report_dir = workdir / "report"
-            rep = build_report(tracker, entries=[(s.name, s.hash(), sd) for s, sd in entries],
-                               out_dir=report_dir, title=f"Plan '{plan.name}', profile {profile.name}")
-            tracker.log_artifact(parent, report_dir, "report")
-            print(f"[plan] report: {report_dir / 'report.md'}")
-            print(rep.table_markdown())
-        except Exception as e:  # the runs are safe in MLflow; say why the report is missing
-            print(f"[plan] report not written: {type(e).__name__}: {e}")
-        failed = [r for r in results if r.status == "FAILED"]
-        wall = time.time() - t0
-        tracker.log_metrics(parent, [("plan/runs_failed", len(failed), 0), ("plan/wall_s", wall, 0)])
-        tracker.end_run(parent, "FAILED" if failed or not results else "FINISHED",
-                        f"{len(failed)} run(s) failed" if failed else None)
+        rep = build_report(tracker, parent_run_id=parent, out_dir=report_dir)
+        timing["report_s"] = time.time() - tr
+        tracker.log_artifact(parent, report_dir, "report")
+        print(rep.answer)
+        print(f"[plan] report: {report_dir / 'report.html'} (and report.md)")
+        report_ok = True
+    except Exception as e:  # the runs are safe in MLflow; say why the report is missing
+        import traceback
+
+        print(f"[plan] report not written: {type(e).__name__}: {e}")
+        traceback.print_exc()
+    timing["wall_s"] = time.time() - t0
+    write_plan_record(tracker, parent, rp, runs, looks_log, timing, demos)
+    print_timing(timing)
+    failed = [r for r in results if r.status == "FAILED"]
+    tracker.log_metrics(parent, [("plan/runs_failed", len(failed), 0)] +
+                        [(f"time/{k}", v, 0) for k, v in timing.items()])
+    ok = not failed and results and report_ok
+    tracker.end_run(parent, "FINISHED" if ok else "FAILED",
+                    None if ok else (f"{len(failed)} run(s) failed" if failed else "report not written"))
     print_results(results)
-    print(f"[plan] done in {time.time() - t0:.0f} s")
-    return PlanOutcome(parent, results, report_dir)
+    return PlanOutcome(parent, results, report_dir, report_ok, timing)
 
 
-def print_results(results: list[JobResult]) -> None:
-    for r in results:
-        line = f"  {r.spec_name:<22} seed {r.seed}  {r.status:<8}"
+def describe_plan(rp: ResolvedPlan) -> None:
+    """Hypotheses, their arms and controls, and the seeds (what --dry-run shows first)."""
+    for h in rp.hypotheses:
+        print(f"[plan] hypothesis {h.name}: {h.title}")
+        for c in h.comparisons:
+            state = "" if c.arm in rp.arms and c.control in rp.arms else \
+                f"  (left out: {rp.skipped.get(c.arm) or rp.skipped.get(c.control) or 'not selected'})"
+            print(f"         {c.arm} vs {c.control} (expect {c.expect}){state}")
+        if h.correlation is not None:
+            print(f"         rank correlation of {h.correlation.x} with {h.correlation.y} over every arm x seed")
+    seeds = sorted({s for a in rp.arms.values() for s in a.seeds})
+    print(f"[plan] arms: {', '.join(rp.arms)}; seeds {seeds}")
+    if rp.plan.episodes:
+        e = rp.plan.episodes
+        print(f"[plan] episodes per arm x seed: looks at {list(e.looks)}, alpha {e.alpha} (Holm across "
+              f"comparisons, {e.spending} spending across looks)")
+
+
+def print_timing(t: dict) -> None:
+    parts = [f"set-up {t.get('setup_s', 0):.0f} s", f"demos {t.get('demos_s', 0):.0f} s",
+             f"gate A {t.get('gate_worker_s', 0):.0f} worker-s",
+             f"training {t.get('training_worker_s', 0):.0f} worker-s",
+             f"rollouts {t.get('rollouts_worker_s', 0):.0f} worker-s",
+             f"report {t.get('report_s', 0):.0f} s"]
+    print(f"[plan] time: {', '.join(parts)}; runs {t.get('runs_wall_s', 0):.0f} s wall; "
+          f"plan {t.get('wall_s', 0):.0f} s wall")
+
+
+def print_results(results: list[RunResult]) -> None:
+    for r in sorted(results, key=lambda r: (r.spec_name, r.seed)):
+        line = f"  {r.spec_name:<26} seed {r.seed}  {r.status:<8}"
         if r.status == "FINISHED":
             sr = r.metrics.get("eval/success_rate")
-            line += f"  success {sr:.2f}" if sr is not None else ""
+            n = r.metrics.get("eval/episodes")
+            line += f"  success {sr:.2f} over {n:.0f}" if sr is not None and n else ""
             line += f"  ({r.seconds:.0f} s)"
         elif r.reason:
             line += f"  {r.reason}"
         print(line)
 
 
-def execute_runs(tracker: Tracker, entries: list[tuple[Spec, int]], *, workdir: Path, profile: Profile,
-                 jobs: int | None, parent_run_id: str | None, plan_name: str = "",
-                 dry_run: bool = False) -> list[JobResult]:
-    """Run spec x seed entries as nested runs of `parent_run_id`: skip the finished ones, resume the
-    interrupted ones, record the failing ones. Returns one result per entry."""
-    todo: list[tuple[Spec, int, object | None]] = []
-    results: list[JobResult] = []
-    for spec, seed in entries:
-        prev = tracker.find_spec_run(spec.hash(), seed)
-        if prev is not None and prev.info.status == "FINISHED":
-            results.append(JobResult(spec.name, seed, prev.info.run_id, "SKIPPED", "already finished"))
-            state = f"done (run {prev.info.run_id[:8]})"
-        else:
-            todo.append((spec, seed, prev))
-            state = f"resume ({prev.info.status.lower()} run {prev.info.run_id[:8]})" if prev else "to run"
-        print(f"  - {spec.name:<22} seed {seed}  hash {spec.hash()}  {state}")
-    if dry_run or not todo:
-        return results
-    device = detect_device()
-    # Demos first, in the parent: several specs share one file, and workers must not race on it.
-    # A spec whose demos cannot be made fails alone; the others go on.
-    demo_for: dict[tuple[str, int], Path | str] = {}
-    for spec, seed, _ in todo:
-        try:
-            demo_for[(spec.name, seed)] = ensure_demos(spec, workdir, 0)
-        except UserError as e:
-            demo_for[(spec.name, seed)] = f"demos: {e}"
-    n_jobs = max(1, min(jobs or profile.jobs, len(todo)))
-    job_list = []
-    for spec, seed, prev in todo:
-        demo = demo_for[(spec.name, seed)]
-        tags = {TAG_KIND: "spec_run", TAG_SPEC: spec.name, TAG_SPEC_HASH: spec.hash(), TAG_SEED: seed,
-                "ablation.git_commit": git_commit(), "ablation.device": device, "ablation.profile": profile.name,
-                "ablation.plan": plan_name}
-        if isinstance(demo, Path):
-            tags.update({"ablation.demo_sha256": file_sha256(demo)[:16], "ablation.demo_file": str(demo)})
-        if prev is not None:
-            run_id = prev.info.run_id
-            tracker.client.update_run(run_id, status="RUNNING")
-            tracker.set_tags(run_id, {**tags, TAG_FAILURE: "", **({"mlflow.parentRunId": parent_run_id}
-                                                                 if parent_run_id else {})})
-        else:
-            run_id = tracker.start_run(f"{spec.name}/seed{seed}", tags, parent_run_id)
-        tracker.log_params(run_id, spec.flat())
-        if not isinstance(demo, Path):
-            tracker.end_run(run_id, "FAILED", demo)
-            results.append(JobResult(spec.name, seed, run_id, "FAILED", demo))
-            continue
-        ckpt = workdir / "checkpoints" / f"{spec.name}-seed{seed}-{spec.hash()}"
-        job_list.append(Job(spec.name, spec.to_yaml(), spec.hash(), seed, str(demo), str(ckpt),
-                            tracker.tracking_uri, tracker.experiment_id, run_id, profile.name, device,
-                            threads=1 if n_jobs > 1 else 0, progress=n_jobs == 1,
-                            rollout_workers=profile.rollout_workers or 0))
-    print(f"[plan] running {len(job_list)} job(s), {n_jobs} at a time")
-    return results + (_dispatch(job_list, n_jobs) if job_list else [])
-
-
-def _dispatch(jobs: list[Job], n_jobs: int) -> list[JobResult]:
-    from tqdm import tqdm
-
-    out: list[JobResult] = []
-    bar = tqdm(total=len(jobs), desc="runs", unit="run", dynamic_ncols=True)
-    if n_jobs == 1:
-        for j in jobs:
-            bar.set_postfix_str(j.spec_name)
-            out.append(run_job(j))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn")) as pool:
-            futs = {pool.submit(run_job, j): j for j in jobs}
-            for fut in as_completed(futs):
-                j = futs[fut]
-                try:
-                    out.append(fut.result())
-                except Exception as e:  # a worker process died (e.g. killed): record it
-                    reason = f"worker died: {type(e).__name__}: {e}"
-                    Tracker(j.tracking_uri, j.experiment_id).end_run(j.run_id, "FAILED", reason)
-                    out.append(JobResult(j.spec_name, j.seed, j.run_id, "FAILED", reason))
-                bar.set_postfix_str(f"{j.spec_name}: {out[-1].status}")
-                bar.update()
-    bar.close()
-    return out
-
-
 def outcome_json(o: PlanOutcome) -> dict:
-    return {"parent_run_id": o.parent_run_id, "results": [asdict(r) for r in o.results]}
+    return {"parent_run_id": o.parent_run_id, "report_ok": o.report_ok, "timing": o.timing,
+            "results": [{k: v for k, v in asdict(r).items() if k != "episodes"} for r in o.results]}

@@ -1,16 +1,7 @@
-"""`DiffusionPolicy`: network + codec + observation normaliser + diffusion schedulers, and its bundle.
+"""`DiffusionPolicy`: network + codec + observation normaliser + diffusion schedulers.
 
-Checkpoint bundle (a directory, written whole or not at all by the trainer):
-
-    model.safetensors   network weights (EMA weights when train.ema)
-    codec.json          ActionCodec.save: the action/state normaliser the policy was trained with
-    obs_norm.json       mean/std of the low-dim observation features, in data.obs_keys order
-    spec.yaml           the resolved spec
-    meta.json           spec_hash, step, model config, env metadata, demo file + sha256, versions, git commit
-    train_state.pt      optimizer / LR scheduler / EMA / step / RNG, for resuming (not needed to act)
-
-`load_policy` loads the codec strictly: a missing codec.json, or one fitted for another codec
-spec, raises `CodecError`; there is no fallback to defaults.
+The checkpoint bundle (its layout, reading and writing) is ablation/bundle.py; `load_policy` and
+`DiffusionPolicy.save_weights` here delegate to it.
 """
 from __future__ import annotations
 
@@ -22,16 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import yaml
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
-from safetensors.torch import load_file, save_file
 
 from . import rotation as R
 from .codec import ActionCodec, CodecError, phys_state
 from .data import IMAGE_KEYS, obs_features
 from .errors import UserError
 from .model import SIZES, DiffusionTransformer, DiTConfig
-from .spec import Spec, codec_guarantees_unit_range, spec_from_dict
+from .spec import Spec, codec_guarantees_unit_range
 
 OBS_NORM_MIN_STD = 1e-6  # constant features (e.g. a static object's quaternion) are only centred
 
@@ -115,6 +104,8 @@ class DiffusionPolicy(nn.Module):
         self.register_buffer("action_mask", torch.as_tensor(codec.action_mask, dtype=torch.float32), persistent=False)
         self.register_buffer("state_mask", torch.as_tensor(codec.state_mask, dtype=torch.float32), persistent=False)
         self.register_buffer("alphas_cumprod", self.train_scheduler.alphas_cumprod.clone().float(), persistent=False)
+        # Noise of `act` calls made without a generator. The rollout runner passes each episode its own
+        # generator (seeded from run seed and init state) instead, so outcomes do not depend on call order.
         self._act_gen = torch.Generator().manual_seed(seed)
         self._sampler: DPMSolverMultistepScheduler | None = None  # made on first use; reset per sample()
 
@@ -151,12 +142,19 @@ class DiffusionPolicy(nn.Module):
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def sample(self, batch: dict, generator: torch.Generator | None = None,
+    def sample(self, batch: dict, generator: torch.Generator | list[torch.Generator] | None = None,
                noise: torch.Tensor | None = None) -> torch.Tensor:
-        """DPM-Solver++ sampling from fixed `noise` (B,H,W) or noise drawn from `generator` -> (B,H,W) model space."""
+        """DPM-Solver++ sampling -> (B,H,W) model space, from fixed `noise` (B,H,W), or noise drawn from
+        `generator`: one for the whole batch, or a list of B, one per row (row i's noise then does not
+        depend on the other rows)."""
         B = batch["state"].shape[0]
         shape = (B, self.horizon, self.codec.width)
-        if noise is None:
+        if noise is None and isinstance(generator, (list, tuple)):
+            if len(generator) != B:
+                raise ValueError(f"{len(generator)} generators for a batch of {B}")
+            noise = torch.cat([torch.randn((1, *shape[1:]), generator=g, device=g.device).to(self.device)
+                               for g in generator])
+        elif noise is None:
             noise = torch.randn(shape, generator=generator,
                                 device=generator.device if generator is not None else torch.device("cpu"))
         x = noise.to(self.device, torch.float32)
@@ -195,21 +193,34 @@ class DiffusionPolicy(nn.Module):
         return batch
 
     @torch.no_grad()
-    def act(self, obs_history: list[dict[str, np.ndarray]]) -> np.ndarray:
-        """Observation history (oldest first) -> action chunk (H, W) in MODEL space (decode with `codec`)."""
+    def act(self, obs_history: list[dict[str, np.ndarray]], generator: torch.Generator | None = None) -> np.ndarray:
+        """Observation history (oldest first) -> action chunk (H, W) in MODEL space (decode with `codec`).
+        Noise comes from `generator`, else from the policy's own generator (seeded once per policy)."""
+        return self.act_batch([obs_history], [generator if generator is not None else self._act_gen])[0]
+
+    @torch.no_grad()
+    def act_batch(self, obs_histories: list[list[dict[str, np.ndarray]]],
+                  generators: list[torch.Generator]) -> list[np.ndarray]:
+        """One sampling call for several episodes: history i -> chunk i (H, W), model space, its noise
+        drawn from generators[i] alone (the rollout runner's per-episode generator)."""
+        if len(obs_histories) != len(generators):
+            raise ValueError(f"{len(obs_histories)} observation histories but {len(generators)} generators")
+        rows = [self.batch_from_history(h) for h in obs_histories]
+        batch = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
         was_training = self.training
         self.eval()
-        chunk = self.sample(self.batch_from_history(obs_history), generator=self._act_gen)
-        self.train(was_training)
-        return chunk[0].cpu().numpy().astype(np.float64)
+        try:
+            chunks = self.sample(batch, generator=list(generators))
+        finally:
+            self.train(was_training)
+        return list(chunks.cpu().numpy().astype(np.float64))
 
     # ------------------------------------------------------------------ bundle
     def save_weights(self, bundle: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        sd = state_dict if state_dict is not None else self.net.state_dict()
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in sd.items()}, str(bundle / "model.safetensors"))
-        self.codec.save(bundle / "codec.json")
-        self.obs_norm.save(bundle / "obs_norm.json")
-        (bundle / "spec.yaml").write_text(self.spec.to_yaml())
+        """Weights, codec, observation normaliser and spec into `bundle` (see ablation.bundle)."""
+        from .bundle import save_weights
+
+        save_weights(self, Path(bundle), state_dict)
 
 
 def build_policy(spec: Spec, codec: ActionCodec, obs_norm: ObsNormalizer, obs_dim: int, n_cams: int = 0,
@@ -243,33 +254,7 @@ def build_policy(spec: Spec, codec: ActionCodec, obs_norm: ObsNormalizer, obs_di
 
 
 def load_policy(bundle_dir: str | Path, device: str | torch.device = "cpu") -> DiffusionPolicy:
-    """Load a checkpoint bundle. The codec comes from the bundle's codec.json and nowhere else."""
-    bundle = Path(bundle_dir)
-    if not bundle.is_dir():
-        raise PolicyError(f"{bundle}: checkpoint directory not found")
-    for name in ("spec.yaml", "meta.json", "model.safetensors"):
-        if not (bundle / name).is_file():
-            raise PolicyError(f"{bundle / name}: missing; not a complete checkpoint bundle")
-    spec = spec_from_dict(yaml.safe_load((bundle / "spec.yaml").read_text()), str(bundle / "spec.yaml"))
-    meta = json.loads((bundle / "meta.json").read_text())
-    if meta.get("spec_hash") != spec.hash():
-        raise PolicyError(f"{bundle}: spec.yaml hashes to {spec.hash()} but meta.json says {meta.get('spec_hash')}; "
-                          "the bundle was edited or mixed from two runs")
-    codec = ActionCodec.load(bundle / "codec.json", expected=spec.codec)
-    obs_norm = ObsNormalizer.load(bundle / "obs_norm.json")
-    mc = dict(meta["model_config"])
-    net = None
-    if mc.get("kind") == "rdt":
-        from .rdt.adapter import RDTNetConfig, build_rdt_net
+    """Load a checkpoint bundle (ablation.bundle.load_policy; kept here for the many importers)."""
+    from .bundle import load_policy as _load
 
-        cfg = RDTNetConfig(**mc)
-        net = build_rdt_net(cfg)  # buffers and weights come from model.safetensors below
-    else:
-        cfg = DiTConfig(**mc)
-    policy = DiffusionPolicy(spec, codec, obs_norm, cfg, seed=spec.train.seed, net=net)
-    state = load_file(str(bundle / "model.safetensors"))
-    missing, unexpected = policy.net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise PolicyError(f"{bundle / 'model.safetensors'}: weights do not fit the model "
-                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    return policy.to(device).eval()
+    return _load(bundle_dir, device)

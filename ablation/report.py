@@ -1,268 +1,556 @@
-"""The comparison report: one row per fix, plots, confounds and a verdict per hypothesis.
+"""The plan's report: the answer first, then the evidence, then the caveats.
 
-Read entirely from MLflow, so it can be rebuilt at any time from recorded runs. Verdicts are computed
-from the numbers with fixed rules (below); no wording is decided in advance of the data.
+Everything is read from MLflow: the plan's parent run holds `plan.json` (its hypotheses, arms, the
+run of each arm x seed, and the record of every look); each run holds its metrics and its per-episode
+record (`rollouts/episodes.json`). No spec or hypothesis name appears in this code: a user adds a
+hypothesis by writing a YAML file. Statistics come from ablation/stats via ablation/analysis.
 """
 from __future__ import annotations
 
+import base64
+import html
 import json
 import math
+import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .rollout import wilson_interval as wilson
+from .analysis import ArmFacts, ComparisonResult, judge
+from .hypothesis import Hypothesis
 from .spec import GROUPS
-from .tracking import TAG_KIND, TAG_SEED, TAG_SPEC_HASH, Tracker
+from .tracking import TAG_KIND, Tracker
 
-FEW_EPISODES = 20  # below this many closed-loop episodes per fix, rankings are noise (+-20 points)
-BASELINE = "baseline_rdt"
-HYPOTHESES = {
-    "position/orientation scale": ["fix_pos_cm", "fix_minmax", "fix_meanstd", "fix_quantile", "fix_loss_weight"],
-    "loss dilution over 128 slots": ["fix_masked_loss"],
-    "slot semantics": ["fix_velocity_slots"],
-    # native_delta changes units, layout and loss width at once: reported apart, not as evidence
-    # for one hypothesis.
-    "LIBERO's native [-1, 1] actions (peers' standard)": ["native_delta"],
-}
+BASELINE_FAILS_BELOW = 0.10
+CORR_STRONG = 0.3             # |rank correlation| below this is "no strong relation"   # "success near 0" for the seed's failure signature
+OPEN_LOOP_KEYS = {g: f"val/openloop/nmse/{g}" for g in GROUPS}
+
+
+class ReportError(Exception):
+    """The report cannot be built (no plan record, no runs): a one-line reason."""
 
 
 @dataclass
-class Row:
-    spec: str
+class ArmRow:
+    arm: str
+    description: str
     seeds: list[int]
+    finished_seeds: list[int]
+    failed: dict[int, str]                  # seed -> reason
     episodes: int
-    success_mean: float | None
-    success_ci: tuple[float, float] | None
-    nmse: dict[str, float | None]
-    train_loss: float | None
+    successes: int
+    crashed: int
+    per_seed_rate: dict[int, float]
+    final_train_loss: float | None          # mean over seeds, as the user reads it (train/loss/total)
+    openloop_nmse: dict[str, float | None]  # sampled actions, held-out demos
     clip_rate: float | None
     pos_out_of_range: float | None
-    open_loop_clip_rate: float | None
-    constant_groups: list[str]
-    run_ids: list[str]
-    missing_seeds: list[int] = field(default_factory=list)
+    r2_abs: float | None
+    r2_delta: float | None
+    rot_spread_deg: float | None
+
+    @property
+    def rate(self) -> float | None:
+        return self.successes / self.episodes if self.episodes else None
+
+
+@dataclass
+class HypothesisVerdict:
+    name: str
+    title: str
+    claim: str
+    word: str          # SUPPORTED | NOT SUPPORTED | CONTRADICTED | INCONCLUSIVE | UNTESTABLE HERE
+    meaning: str       # the hypothesis file's text for this outcome
+    lines: list[str]
+    correlation: dict | None = None
 
 
 @dataclass
 class Report:
-    rows: list[Row]
-    confounds: list[str]
-    verdicts: dict[str, str]
-    curves: dict[str, dict[str, list[tuple[int, float]]]]
-
-    def table_markdown(self) -> str:
-        head = ("| fix | success (mean, 95% CI) | episodes | nMSE pos | nMSE rot | nMSE grip | final train loss "
-                "| clip rate | pos out-of-range (x train range) |")
-        lines = [head, "|" + "---|" * 9]
-        for r in self.rows:
-            if r.success_mean is None:
-                lines.append(f"| {r.spec} | no finished run | | | | | | | |")
-                continue
-            lo, hi = r.success_ci
-            lines.append(
-                f"| {r.spec} | {100 * r.success_mean:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}] | {r.episodes} | "
-                + " | ".join(_fmt(r.nmse.get(g)) for g in GROUPS)
-                + f" | {_fmt(r.train_loss)} | {_fmt(r.clip_rate)} | {_fmt(r.pos_out_of_range)} |")
-        return "\n".join(lines)
+    plan: str
+    answer: str
+    baseline: str | None
+    baseline_reproduced: bool | None
+    baseline_note: str
+    arms: list[ArmRow]
+    comparisons: list[ComparisonResult]
+    verdicts: list[HypothesisVerdict]
+    caveats: list[str]
+    method: str
+    versions: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"rows": [asdict(r) for r in self.rows], "confounds": self.confounds, "verdicts": self.verdicts}
+        return {"plan": self.plan, "answer": self.answer, "baseline": self.baseline,
+                "baseline_reproduced": self.baseline_reproduced, "baseline_note": self.baseline_note,
+                "arms": [asdict(a) for a in self.arms], "comparisons": [asdict(c) for c in self.comparisons],
+                "verdicts": [asdict(v) for v in self.verdicts], "caveats": self.caveats, "method": self.method,
+                "versions": self.versions, "timing": self.timing}
 
 
-def _fmt(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:.3g}"
+# ----------------------------------------------------------------------------- reading MLflow
+
+def find_plan_run(tracker: Tracker, plan: str | None = None, parent_run_id: str | None = None):
+    if parent_run_id:
+        return tracker.client.get_run(parent_run_id)
+    q = f"tags.`{TAG_KIND}` = 'plan'" + (f" and tags.`ablation.plan` = '{plan}'" if plan else "")
+    runs = tracker.find_runs(q)
+    if not runs:
+        raise ReportError(f"no plan run{f' of plan {plan!r}' if plan else ''} in {tracker.tracking_uri}; "
+                          "run `run_ablation.py --plan NAME` first")
+    return runs[0]
+
+
+def _download_json(tracker: Tracker, run_id: str, path: str):
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file floods the log
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            local = tracker.client.download_artifacts(run_id, path, d)
+        except Exception:
+            return None
+        return json.loads(Path(local).read_text())
 
 
 def _last(run, key: str) -> float | None:
-    v = run.data.metrics.get(key)
-    return float(v) if v is not None else None
+    v = run.data.metrics.get(key) if run is not None else None
+    return float(v) if v is not None and math.isfinite(float(v)) else None
 
 
-def collect_rows(tracker: Tracker, entries: list[tuple[str, str, int]]) -> tuple[list[Row], dict]:
-    """entries: (spec name, spec hash, seed). Uses the FINISHED run of each exact resolved spec."""
-    by_spec: dict[str, list[tuple[str, int]]] = {}
-    for name, h, seed in entries:
-        by_spec.setdefault(name, []).append((h, seed))
-    rows, curves = [], {}
-    for name, items in by_spec.items():
-        runs, missing = [], []
-        for h, seed in items:
-            found = tracker.find_runs(f"tags.`{TAG_SPEC_HASH}` = '{h}' and tags.`{TAG_SEED}` = '{seed}' "
-                                      f"and tags.`{TAG_KIND}` = 'spec_run' and attributes.status = 'FINISHED'")
-            (runs.append(found[0]) if found else missing.append(seed))
-        succ = sum(int(_last(r, "eval/successes") or 0) for r in runs)
-        eps = sum(int(_last(r, "eval/episodes") or 0) for r in runs)
-        rates = [_last(r, "eval/success_rate") for r in runs if _last(r, "eval/success_rate") is not None]
-
-        def mean_of(key: str) -> float | None:
-            vals = [_last(r, key) for r in runs if _last(r, key) is not None]
-            return sum(vals) / len(vals) if vals else None
-
-        nmse = {g: mean_of(f"val/nmse/{g}") if mean_of(f"val/nmse/{g}") is not None else mean_of(f"train/nmse/{g}")
-                for g in GROUPS}
-        const = sorted({g for r in runs for g in GROUPS if (_last(r, f"audit/constant/{g}") or 0) > 0})
-        rows.append(Row(
-            spec=name, seeds=[s for _, s in items if s not in missing], episodes=eps,
-            success_mean=sum(rates) / len(rates) if rates else None,
-            success_ci=wilson(succ, eps) if eps else None, nmse=nmse, train_loss=mean_of("train/loss/total"),
-            clip_rate=mean_of("eval/clip_rate"), pos_out_of_range=mean_of("eval/pos_out_of_range"),
-            open_loop_clip_rate=mean_of("val/openloop/clip_rate"), constant_groups=const,
-            run_ids=[r.info.run_id for r in runs], missing_seeds=missing))
-        if runs:
-            client = tracker.client
-            curves[name] = {}
-            for g in ("total", *GROUPS):
-                hist = client.get_metric_history(runs[0].info.run_id, f"train/loss/{g}")
-                curves[name][g] = sorted((m.step, m.value) for m in hist)
-            for key, label in (("val/nmse/pos", "val_nmse_pos"), ("train/nmse/pos", "train_nmse_pos")):
-                hist = client.get_metric_history(runs[0].info.run_id, key)
-                curves[name][label] = sorted((m.step, m.value) for m in hist)
-    return rows, curves
+def _mean(vals) -> float | None:
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
-def confounds_of(rows: list[Row]) -> list[str]:
-    out = []
-    done = [r for r in rows if r.success_mean is not None]
-    for r in done:
-        if r.constant_groups:
-            out.append(f"{r.spec}: group(s) {', '.join(r.constant_groups)} are constant or nearly constant in "
-                       "the demos; their nMSE and differences on them say nothing about the representation.")
-        if r.episodes < FEW_EPISODES:
-            out.append(f"{r.spec}: only {r.episodes} closed-loop episodes; a 95% interval is about "
-                       f"+-{50 * 1.96 / math.sqrt(max(r.episodes, 1)):.0f} points wide.")
-        if r.missing_seeds:
-            out.append(f"{r.spec}: no finished run for seed(s) {r.missing_seeds}.")
-    if len(done) >= 2:
-        ranked = sorted(done, key=lambda r: r.success_mean, reverse=True)
-        a, b = ranked[0], ranked[1]
-        if a.success_ci[0] <= b.success_ci[1]:
-            out.append(f"intervals too wide to separate the top two: {a.spec} [{100 * a.success_ci[0]:.0f}, "
-                       f"{100 * a.success_ci[1]:.0f}] vs {b.spec} [{100 * b.success_ci[0]:.0f}, "
-                       f"{100 * b.success_ci[1]:.0f}].")
-    missing = [r.spec for r in rows if r.success_mean is None]
-    if missing:
-        out.append(f"no finished run for: {', '.join(missing)}.")
-    return out
+def collect(tracker: Tracker, record: dict) -> tuple[list[ArmRow], list[dict], dict]:
+    """Arm rows, per-episode stats records and per-run curves from the plan record's runs."""
+    rows, records, curves = [], [], {}
+    for arm, info in record["arms"].items():
+        runs = {}
+        for seed, rid in (record.get("runs", {}).get(arm) or {}).items():
+            try:
+                runs[int(seed)] = tracker.client.get_run(rid)
+            except Exception:
+                continue
+        finished = {s: r for s, r in runs.items() if r.info.status == "FINISHED"}
+        failed = {s: (r.data.tags.get("ablation.failure_reason") or r.info.status).splitlines()[0]
+                  for s, r in runs.items() if r.info.status != "FINISHED"}
+        eps_n = succ = crashed = 0
+        per_seed = {}
+        task = f"{info.get('suite')}/{info.get('task')}"
+        for s, r in finished.items():
+            eps = _download_json(tracker, r.info.run_id, "rollouts/episodes.json") or []
+            k = sum(bool(e.get("success")) and not e.get("error") for e in eps)
+            eps_n, succ = eps_n + len(eps), succ + k
+            crashed += sum(bool(e.get("error")) for e in eps)
+            per_seed[s] = k / len(eps) if eps else float("nan")
+            records += [{"arm": arm, "task": task, "seed": s, "init_state": int(e.get("init_state", e.get("episode"))),
+                         "success": bool(e.get("success")) and not e.get("error")} for e in eps]
+        fr = list(finished.values())
+        rows.append(ArmRow(
+            arm=arm, description=info.get("description", ""), seeds=list(info.get("seeds", [])),
+            finished_seeds=sorted(finished), failed=failed, episodes=eps_n, successes=succ, crashed=crashed,
+            per_seed_rate=per_seed, final_train_loss=_mean(_last(r, "train/loss/total") for r in fr),
+            openloop_nmse={g: _mean(_last(r, k) for r in fr) for g, k in OPEN_LOOP_KEYS.items()},
+            clip_rate=_mean(_last(r, "eval/clip_rate") for r in fr),
+            pos_out_of_range=_mean(_last(r, "eval/pos_out_of_range") for r in fr),
+            r2_abs=_mean(_last(r, "val/openloop/r2/pos_vs_abs_pose") for r in fr),
+            r2_delta=_mean(_last(r, "val/openloop/r2/pos_vs_delta") for r in fr),
+            rot_spread_deg=_mean(_last(r, "audit/rot_spread_deg") for r in fr)))
+        if fr:
+            curves[arm] = {}
+            for g, key in OPEN_LOOP_KEYS.items():
+                pts: dict[int, list[float]] = {}
+                for r in fr:
+                    for m in tracker.client.get_metric_history(r.info.run_id, key):
+                        pts.setdefault(m.step, []).append(m.value)
+                curves[arm][g] = sorted((s, sum(v) / len(v)) for s, v in pts.items())
+            curves[arm]["_scatter"] = [(s, _last(r, "train/loss/total"), per_seed.get(s)) for s, r in finished.items()]
+    return rows, records, curves
 
 
-def _compare(base: Row, fix: Row) -> str:
-    """One sentence from the numbers: interval separation decides, nMSE gives the direction."""
-    b_lo, b_hi = base.success_ci
-    f_lo, f_hi = fix.success_ci
-    if f_lo > b_hi:
-        outcome = "beats the baseline (intervals separate)"
-    elif f_hi < b_lo:
-        outcome = "is worse than the baseline (intervals separate)"
+# ----------------------------------------------------------------------------- judging
+
+def _baseline(record: dict, hyps: list[Hypothesis]) -> str | None:
+    """The plan's common control: the arm most comparisons are made against."""
+    counts: dict[str, int] = {}
+    for h in hyps:
+        for c in h.comparisons:
+            counts[c.control] = counts.get(c.control, 0) + 1
+    return max(counts, key=counts.get) if counts else None
+
+
+def baseline_check(rows: list[ArmRow], baseline: str | None) -> tuple[bool | None, str]:
+    """Did the baseline reproduce the seed's failure signature: success near 0, the lowest training
+    loss of all arms, and the worst position error?"""
+    by = {r.arm: r for r in rows}
+    b = by.get(baseline) if baseline else None
+    if b is None or b.rate is None:
+        return None, "no finished baseline run: the seed's failure could not be checked"
+    others = [r for r in rows if r.arm != baseline and r.final_train_loss is not None]
+    low_success = b.rate <= BASELINE_FAILS_BELOW
+    lowest_loss = b.final_train_loss is not None and all(b.final_train_loss <= r.final_train_loss for r in others)
+    pos = b.openloop_nmse.get("pos")
+    worst_pos = pos is not None and all(pos >= (r.openloop_nmse.get("pos") or 0) for r in others)
+    parts = [f"success {100 * b.rate:.0f}% over {b.episodes} episodes ({'near 0' if low_success else 'NOT near 0'})",
+             f"final training loss {b.final_train_loss:.3g} "
+             f"({'the lowest of all arms' if lowest_loss else 'NOT the lowest'})" if b.final_train_loss is not None
+             else "no training loss recorded",
+             f"open-loop position nMSE {pos:.3g} ({'the worst' if worst_pos else 'NOT the worst'})"
+             if pos is not None else "no open-loop position error recorded"]
+    ok = low_success and lowest_loss and worst_pos
+    return ok, ("reproduced the seed's failure signature: " if ok else
+                "did NOT reproduce the seed's failure signature; every verdict below carries that warning: ") \
+        + "; ".join(parts)
+
+
+def _correlation(h: Hypothesis, rows: list[ArmRow], curves: dict) -> dict:
+    from .stats import rank_correlation
+
+    xs, ys = [], []
+    for r in rows:
+        for s, loss, rate in curves.get(r.arm, {}).get("_scatter", []):
+            x = loss if h.correlation.x == "final_train_loss" else r.openloop_nmse.get("pos")
+            if x is not None and rate is not None and rate == rate:
+                xs.append(x)
+                ys.append(rate)
+    if len(xs) < 4:
+        return {"word": "inconclusive", "n": len(xs), "why": f"only {len(xs)} arm x seed points (need >= 4)"}
+    rc = rank_correlation(xs, ys)
+    rho, lo, hi, n = (rc.rho, rc.lo, rc.hi, rc.n) if hasattr(rc, "rho") else rc
+    word = ("positive" if lo > 0 else "negative" if hi < 0 else
+            "none" if max(abs(lo), abs(hi)) < CORR_STRONG else "unclear")
+    return {"rho": rho, "lo": lo, "hi": hi, "n": n, "word": word}
+
+
+def hypothesis_verdict(h: Hypothesis, comps: list[ComparisonResult], corr: dict | None, warn: str) -> HypothesisVerdict:
+    mine = [c for c in comps if c.hypothesis == h.name]
+    lines = [_comparison_line(c) for c in mine]
+    if h.kind == "correlation" and corr is not None:
+        if "rho" in corr:
+            lines.insert(0, f"rank correlation of {h.correlation.x} with {h.correlation.y}: rho {corr['rho']:+.2f} "
+                            f"[{corr['lo']:+.2f}, {corr['hi']:+.2f}] over {corr['n']} arm x seed runs ({corr['word']})")
+        else:
+            lines.insert(0, f"rank correlation: {corr['why']}")
+        want, lo, hi = h.correlation.expect, corr.get("lo"), corr.get("hi")
+        if lo is None:
+            word = "INCONCLUSIVE"
+        elif want == "positive":
+            word = "SUPPORTED" if lo > 0 else "CONTRADICTED" if hi < 0 else "INCONCLUSIVE"
+        elif want == "negative":
+            word = "SUPPORTED" if hi < 0 else "CONTRADICTED" if lo > 0 else "INCONCLUSIVE"
+        else:  # "none": no strong negative relation (a lower loss does not reliably mean more success)
+            word = "SUPPORTED" if lo > -CORR_STRONG else "NOT SUPPORTED" if hi < 0 else "INCONCLUSIVE"
     else:
-        outcome = "is not separable from the baseline (intervals overlap)"
-    s = (f"{fix.spec} {100 * fix.success_mean:.0f}% [{100 * f_lo:.0f}, {100 * f_hi:.0f}] {outcome}")
-    bp, fp = base.nmse.get("pos"), fix.nmse.get("pos")
-    if bp is not None and fp is not None and fp > 0:
-        change = f"{bp / fp:.2g}x lower" if bp / fp >= 1.2 else "not lower" if fp >= bp else "about the same"
-        s += f"; position nMSE {bp:.3g} -> {fp:.3g} ({change})"
+        testable = [c for c in mine if c.word not in ("untestable", "missing", "left out")]
+        if not testable:
+            word = "UNTESTABLE HERE" if any(c.word == "untestable" for c in mine) else "INCONCLUSIVE"
+        else:
+            match = [c for c in testable if c.matches_expectation]
+            opposite = [c for c in testable if c.decided and not c.matches_expectation and
+                        {c.word, c.expect} == {"better", "worse"}]
+            all_decided = all(c.decided for c in testable)
+            if h.decide == "any":
+                word = ("SUPPORTED" if match else "CONTRADICTED" if opposite else
+                        "NOT SUPPORTED" if all_decided else "INCONCLUSIVE")
+            else:
+                word = ("SUPPORTED" if len(match) == len(testable) else "CONTRADICTED" if opposite else
+                        "NOT SUPPORTED" if all_decided else "INCONCLUSIVE")
+    meaning = {"SUPPORTED": h.outcomes.supported, "NOT SUPPORTED": h.outcomes.not_supported,
+               "CONTRADICTED": h.outcomes.contradicted or h.outcomes.not_supported,
+               "INCONCLUSIVE": h.outcomes.inconclusive, "UNTESTABLE HERE": h.outcomes.untestable}[word]
+    untestable = [c for c in mine if c.word == "untestable"]
+    if word == "UNTESTABLE HERE":
+        meaning = f"untestable here, because {untestable[0].why}. {meaning}".strip()
+    elif untestable:
+        lines.append(f"untestable here: {', '.join(c.arm for c in untestable)}, because {untestable[0].why}")
+    if warn:
+        meaning = f"{meaning} (Warning: the baseline did not reproduce the seed's failure.)".strip()
+    return HypothesisVerdict(h.name, h.title, h.claim, word, meaning, lines, corr)
+
+
+def _pts(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:+.0f}"
+
+
+def _comparison_line(c: ComparisonResult) -> str:
+    if c.word in ("untestable", "missing", "left out"):
+        return f"{c.arm} vs {c.control}: {c.word} ({c.why})"
+    s = (f"{c.arm} vs {c.control}: {_pts(c.estimate)} pts [{_pts(c.lo)}, {_pts(c.hi)}], "
+         f"{100 * (c.rate_arm or 0):.0f}% vs {100 * (c.rate_control or 0):.0f}%, Holm p {c.p_holm:.3g} -> {c.word}")
+    if c.decided_at_look is not None:
+        s += f" (decided at look {c.decided_at_look + 1})"
+    if c.word == "inconclusive" and c.why:
+        s += f"; {c.why}"
     return s
 
 
-def verdicts_of(rows: list[Row], curves: dict) -> dict[str, str]:
-    by = {r.spec: r for r in rows if r.success_mean is not None}
-    out: dict[str, str] = {}
-    base = by.get(BASELINE)
-    if base is None:
-        return {h: f"no finished {BASELINE} run to compare against" for h in (*HYPOTHESES, "training length")}
-    head = f"baseline {100 * base.success_mean:.0f}% [{100 * base.success_ci[0]:.0f}, {100 * base.success_ci[1]:.0f}]"
-    for hyp, fixes in HYPOTHESES.items():
-        parts = [_compare(base, by[f]) for f in fixes if f in by]
-        if not parts:
-            out[hyp] = "not tested in this plan"
-            continue
-        wins = sum("beats the baseline" in p for p in parts)
-        losses = sum("worse than the baseline" in p for p in parts)
-        if wins:
-            tag = "SUPPORTED"
-        elif losses == len(parts):
-            tag = "CONTRADICTED"
-        elif all(by[f].success_mean <= base.success_mean for f in fixes if f in by) and base.episodes >= FEW_EPISODES:
-            tag = "NOT SUPPORTED"
-        else:
-            tag = "INCONCLUSIVE"
-        out[hyp] = f"{tag}: {head}; " + "; ".join(parts) + "."
-    # Training length: is the baseline's validation position error still falling at the end?
-    curve = curves.get(BASELINE, {}).get("val_nmse_pos") or []
-    if len(curve) < 3:
-        curve = curves.get(BASELINE, {}).get("train_nmse_pos") or []
-    if len(curve) >= 3:
-        mid = curve[len(curve) // 2][1]
-        end = curve[-1][1]
-        drop = (mid - end) / mid if mid > 0 else 0.0
-        state = "still falling" if drop > 0.2 else "flat"
-        out["training length"] = (
-            f"{'PLAUSIBLE' if drop > 0.2 else 'NOT SUPPORTED'}: the baseline's position error went "
-            f"{mid:.3g} -> {end:.3g} over the second half of training ({100 * drop:.0f}% lower, {state}); "
-            + ("a longer run may still help." if drop > 0.2 else "more steps alone are unlikely to fix it."))
+def write_answer(rows: list[ArmRow], comps: list[ComparisonResult], verdicts: list[HypothesisVerdict],
+                 baseline: str | None, reproduced: bool | None, hyps: list[Hypothesis]) -> str:
+    """One paragraph: why the baseline fails and which fix to use, with the numbers."""
+    by = {r.arm: r for r in rows}
+    out = []
+    b = by.get(baseline) if baseline else None
+    if b is not None and b.rate is not None:
+        out.append(f"The baseline ({baseline}) succeeded in {100 * b.rate:.0f}% of {b.episodes} episodes"
+                   + (f" with a final training loss of {b.final_train_loss:.2g}" if b.final_train_loss else "")
+                   + ("; it reproduces the seed's symptom (tiny loss, no success)." if reproduced else
+                      "; it does NOT reproduce the seed's failure signature, so read every verdict with care."))
+    supported = [v for v in verdicts if v.word == "SUPPORTED"]
+    if supported:
+        out.append("Why it fails: " + " ".join(f"{v.claim.rstrip('.')} ({v.name}: supported)." for v in supported))
+    seed = [v for v, h in zip(verdicts, hyps) if getattr(h, "seed_claim", False) and
+            v.word in ("NOT SUPPORTED", "CONTRADICTED")]
+    for v in seed:
+        out.append(f"The data contradict the seed's hypothesis that {v.claim[0].lower() + v.claim[1:].rstrip('.')} "
+                   f"({v.name}: {v.word.lower()}).")
+    wins = [c for c in comps if c.control == baseline and c.word == "better"]
+    if wins:
+        best = max(wins, key=lambda c: (c.estimate or 0))
+        out.append(f"Use {best.arm}: {100 * (best.rate_arm or 0):.0f}% against {100 * (best.rate_control or 0):.0f}%, "
+                   f"{_pts(best.estimate)} points [{_pts(best.lo)}, {_pts(best.hi)}] (95% interval over seeds and "
+                   f"init states, Holm p {best.p_holm:.2g}).")
+        others = [c.arm for c in wins if c is not best]
+        if others:
+            out.append(f"Also better than the baseline: {', '.join(others)}.")
     else:
-        out["training length"] = "INCONCLUSIVE: too few logged points of the baseline's loss curve"
+        pending = [c for c in comps if c.control == baseline and c.word == "inconclusive"]
+        out.append("No fix is shown better than the baseline yet" +
+                   (f" (inconclusive: {pending[0].why})." if pending else "."))
+    open_ = [v.name for v in verdicts if v.word in ("INCONCLUSIVE", "UNTESTABLE HERE")]
+    if open_:
+        out.append(f"Still open: {', '.join(open_)} (see below for what each would need).")
+    return " ".join(out) if out else "No finished runs: nothing can be concluded yet."
+
+
+def caveats_of(rows: list[ArmRow], comps: list[ComparisonResult], record: dict, reproduced: bool | None,
+               baseline_note: str, demos: dict) -> list[str]:
+    """Confounds collapsed: one line per confound, naming the arms it touches."""
+    out = []
+    if reproduced is False:
+        out.append(f"Baseline: {baseline_note}.")
+    crashed = [f"{r.arm} ({r.crashed})" for r in rows if r.crashed]
+    if crashed:
+        out.append(f"Crashed episodes (counted as failures): {', '.join(crashed)}.")
+    failed = [f"{r.arm} seed {s}: {why}" for r in rows for s, why in r.failed.items()]
+    if failed:
+        out.append(f"Runs that did not finish (left out): {'; '.join(failed)}.")
+    few = [r.arm for r in rows if r.finished_seeds and len(r.finished_seeds) < 3]
+    if few:
+        out.append(f"Fewer than 3 finished seeds, so seed-to-seed variation is barely estimated: {', '.join(few)}.")
+    const = [r.arm for r in rows if r.rot_spread_deg is not None and r.rot_spread_deg < 5.0]
+    if const:
+        out.append(f"The demos barely turn (rotation spread < 5 deg): rotation errors cannot rank "
+                   f"{', '.join(const)}; rotation-scale comparisons are untestable on this task.")
+    starts = sorted({str(v.get('starts', 'unknown')) for v in demos.values()})
+    if starts:
+        out.append(f"Training demos started from: {', '.join(starts)}; closed-loop episodes start from the "
+                   "benchmark's fixed init states (episode i from init state i, the same for every arm).")
+    for arm, why in (record.get("skipped_arms") or {}).items():
+        out.append(f"{arm} left out of this plan: {why}.")
+    und = [f"{c.arm} vs {c.control}" for c in comps if c.word == "inconclusive"]
+    if und:
+        out.append(f"Inconclusive after the last look: {', '.join(und)}.")
     return out
 
 
-def write_plots(report: Report, out_dir: Path) -> list[Path]:
+# ----------------------------------------------------------------------------- plots
+
+def _plots(rep: Report, curves: dict, out_dir: Path) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
-    rows = [r for r in report.rows if r.success_mean is not None]
-    if rows:
-        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
-        xs = range(len(rows))
-        means = [100 * r.success_mean for r in rows]
-        err = [[m - 100 * r.success_ci[0] for m, r in zip(means, rows)],
-               [100 * r.success_ci[1] - m for m, r in zip(means, rows)]]
-        ax.bar(xs, means, yerr=err, capsize=4, color="tab:blue")
-        ax.set_xticks(list(xs), [r.spec for r in rows], rotation=30, ha="right")
-        ax.set_ylabel("closed-loop success (%)")
-        ax.set_ylim(0, 100)
-        ax.set_title("Success by fix (95% Wilson interval)")
+    paths: dict[str, Path] = {}
+    comps = [c for c in rep.comparisons if c.estimate is not None]
+    if comps:
+        fig, ax = plt.subplots(figsize=(8, 0.45 * len(comps) + 1.2))
+        colors = {"better": "tab:green", "worse": "tab:red", "no meaningful difference": "tab:gray"}
+        for i, c in enumerate(comps):
+            y = len(comps) - 1 - i
+            # Bounds can cross the estimate by float round-off at 0% or 100%: never a negative error bar.
+            lo, hi = min(c.lo, c.estimate), max(c.hi, c.estimate)
+            ax.errorbar([100 * c.estimate], [y], xerr=[[100 * (c.estimate - lo)], [100 * (hi - c.estimate)]],
+                        fmt="o", color=colors.get(c.word, "tab:blue"), capsize=3)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(comps)), [f"{c.arm} vs {c.control}" for c in reversed(comps)], fontsize=8)
+        ax.set_xlabel("effect on success (points), 95% interval over seeds and init states")
+        ax.set_xlim(-105, 105)
+        ax.set_title("Effect of each arm against its control (green better, red worse, grey no difference)")
         fig.tight_layout()
-        p = out_dir / "success_by_fix.png"
-        fig.savefig(p, dpi=100)
+        paths["forest"] = out_dir / "forest.png"
+        fig.savefig(paths["forest"], dpi=90)
         plt.close(fig)
-        paths.append(p)
-    if report.curves:
-        fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-        for ax, g in zip(axes, ("total", *GROUPS)):
-            for name, c in report.curves.items():
-                pts = c.get(g) or []
-                if pts:
-                    ax.plot([s for s, _ in pts], [max(v, 1e-12) for _, v in pts], label=name)
+    pts = [(arm, loss, rate) for arm, c in curves.items() for _s, loss, rate in c.get("_scatter", [])
+           if loss is not None and rate is not None and rate == rate]
+    if pts:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for arm in dict.fromkeys(p[0] for p in pts):
+            xs = [p[1] for p in pts if p[0] == arm]
+            ys = [100 * p[2] for p in pts if p[0] == arm]
+            ax.scatter(xs, ys, label=arm, s=30)
+        ax.set_xscale("log")
+        ax.set_xlabel("final training loss (as the user reads it; units differ between arms)")
+        ax.set_ylabel("closed-loop success (%)")
+        ax.set_ylim(-5, 105)
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_title("Training loss against success, one point per arm x seed")
+        fig.tight_layout()
+        paths["scatter"] = out_dir / "loss_vs_success.png"
+        fig.savefig(paths["scatter"], dpi=90)
+        plt.close(fig)
+    if any(c.get(g) for c in curves.values() for g in GROUPS):
+        fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+        for ax, g in zip(axes, GROUPS):
+            for arm, c in curves.items():
+                p = c.get(g) or []
+                if p:
+                    ax.plot([s for s, _ in p], [max(v, 1e-6) for _, v in p], marker=".", label=arm)
             ax.set_yscale("log")
-            ax.set_title(f"train loss: {g}")
-            ax.set_xlabel("step")
+            ax.axhline(1.0, color="k", lw=0.6, ls="--")
+            ax.set_title(f"open-loop nMSE, {g} (sampled actions)")
+            ax.set_xlabel("training step")
         axes[0].legend(fontsize=6)
         fig.tight_layout()
-        p = out_dir / "loss_curves.png"
-        fig.savefig(p, dpi=100)
+        paths["openloop"] = out_dir / "openloop_nmse.png"
+        fig.savefig(paths["openloop"], dpi=90)
         plt.close(fig)
-        paths.append(p)
     return paths
 
 
-def build_report(tracker: Tracker, *, entries: list[tuple[str, str, int]], out_dir: Path,
-                 title: str = "Action-representation ablation") -> Report:
-    rows, curves = collect_rows(tracker, entries)
-    report = Report(rows, confounds_of(rows), verdicts_of(rows, curves), curves)
+# ----------------------------------------------------------------------------- writing
+
+def _arm_table(rows: list[ArmRow]) -> list[list[str]]:
+    def f(x, fmt="{:.3g}"):
+        return "-" if x is None else fmt.format(x)
+
+    head = ["arm", "success (all seeds)", "per seed", "crashed", "final train loss", "open-loop nMSE pos / rot / grip",
+            "clip rate", "pos step vs train range", "R2 pos vs abs pose / delta"]
+    body = []
+    for r in rows:
+        per = ", ".join(f"{100 * v:.0f}%" for _s, v in sorted(r.per_seed_rate.items()) if v == v) or "-"
+        body.append([r.arm, f"{r.successes}/{r.episodes}" + (f" = {100 * r.rate:.0f}%" if r.rate is not None else ""),
+                     per, str(r.crashed), f(r.final_train_loss),
+                     " / ".join(f(r.openloop_nmse.get(g)) for g in GROUPS), f(r.clip_rate),
+                     f(r.pos_out_of_range, "{:.2f}x"), f"{f(r.r2_abs, '{:.2f}')} / {f(r.r2_delta, '{:.2f}')}"])
+    return [head] + body
+
+
+def _effects_table(comps: list[ComparisonResult]) -> list[list[str]]:
+    head = ["hypothesis", "arm vs control", "expect", "effect (pts)", "95% interval", "Holm p", "verdict", "look"]
+    body = []
+    for c in comps:
+        body.append([c.hypothesis, f"{c.arm} vs {c.control}", c.expect, _pts(c.estimate),
+                     "-" if c.lo is None else f"[{_pts(c.lo)}, {_pts(c.hi)}]",
+                     "-" if c.p_holm is None else f"{c.p_holm:.3g}", c.word,
+                     "-" if c.decided_at_look is None else str(c.decided_at_look + 1)])
+    return [head] + body
+
+
+def _md_table(t: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(t[0]) + " |", "|" + "---|" * len(t[0])] + ["| " + " | ".join(r) + " |" for r in t[1:]]
+
+
+def _html_table(t: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in t[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in t[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+NMSE_NOTE = ("Open-loop nMSE: the group's mean squared error of fully sampled actions (DPM-Solver from noise, as "
+             "in closed loop) on held-out demos, divided by that group's variance in the training data; 1.0 is "
+             "the error of always predicting the training mean. The trainer's one-step x0 figures (val/nmse/*) "
+             "are training diagnostics only: at a random diffusion step they favour data that are large "
+             "relative to the unit noise.")
+
+
+def render(rep: Report, plots: dict[str, Path], out_dir: Path) -> None:
+    arms, effects = _arm_table(rep.arms), _effects_table(rep.comparisons)
+    md = [f"# Plan '{rep.plan}'", "", "## Answer", "", rep.answer, "", "## Baseline", "", f"{rep.baseline_note}.", "",
+          "## Verdicts", ""]
+    for v in rep.verdicts:
+        md += [f"### {v.name}: {v.title} — **{v.word}**", "", f"Claim: {v.claim}", "", v.meaning, ""]
+        md += [f"- {line}" for line in v.lines] + [""]
+    md += ["## Effects", ""] + _md_table(effects) + ["", f"Method: {rep.method}", "", "## Arms", ""]
+    md += _md_table(arms) + ["", NMSE_NOTE, ""]
+    md += [f"![{k}]({p.name})" for k, p in plots.items()] + ["", "## Caveats", ""]
+    md += [f"- {c}" for c in rep.caveats] or ["- none"]
+    if rep.versions:
+        md += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in rep.versions.items())]
+    (out_dir / "report.md").write_text("\n".join(md) + "\n")
+
+    def img(p: Path) -> str:
+        b64 = base64.b64encode(p.read_bytes()).decode()
+        return f'<img alt="{p.stem}" src="data:image/png;base64,{b64}">'
+
+    e = html.escape
+    parts = [f"<h1>Plan '{e(rep.plan)}'</h1>", "<h2>Answer</h2>", f"<p class='answer'>{e(rep.answer)}</p>",
+             "<h2>Baseline</h2>", f"<p>{e(rep.baseline_note)}.</p>", "<h2>Verdicts</h2>"]
+    for v in rep.verdicts:
+        parts += [f"<h3>{e(v.name)}: {e(v.title)} — <span class='w'>{e(v.word)}</span></h3>",
+                  f"<p>Claim: {e(v.claim)}</p><p>{e(v.meaning)}</p>",
+                  "<ul>" + "".join(f"<li>{e(x)}</li>" for x in v.lines) + "</ul>"]
+    parts += ["<h2>Effects</h2>", _html_table(effects), f"<p>Method: {e(rep.method)}</p>"]
+    parts += [img(p) for k, p in plots.items() if k == "forest"]
+    parts += ["<h2>Arms</h2>", _html_table(arms), f"<p>{e(NMSE_NOTE)}</p>"]
+    parts += [img(p) for k, p in plots.items() if k != "forest"]
+    parts += ["<h2>Caveats</h2>", "<ul>" + "".join(f"<li>{e(c)}</li>" for c in rep.caveats) + "</ul>"]
+    if rep.versions:
+        parts.append(f"<p>Versions: {e(', '.join(f'{k} {v}' for k, v in rep.versions.items()))}</p>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+             ".answer{font-size:16px;background:#f4f8ff;padding:10px}.w{color:#124}img{max-width:100%}")
+    (out_dir / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>Plan "
+                                         f"{e(rep.plan)}</title><style>{style}</style></head><body>"
+                                         + "\n".join(parts) + "</body></html>\n")
+
+
+def build_report(tracker: Tracker, *, parent_run_id: str | None = None, plan: str | None = None,
+                 out_dir: Path) -> Report:
+    """Build report.md, report.html (plots embedded), report.json and the PNGs from MLflow."""
+    from .plan import PLAN_RECORD
+
+    parent = find_plan_run(tracker, plan, parent_run_id)
+    record = _download_json(tracker, parent.info.run_id, PLAN_RECORD)
+    if record is None:
+        raise ReportError(f"plan run {parent.info.run_id} has no {PLAN_RECORD}: it was made by an older version "
+                          "or killed before its runs were created; re-run the plan")
+    hyps = [Hypothesis.model_validate({k: v for k, v in h.items() if k != "path"}) for h in record["hypotheses"]]
+    rows, records, curves = collect(tracker, record)
+    baseline = _baseline(record, hyps)
+    reproduced, note = baseline_check(rows, baseline)
+    facts = {r.arm: ArmFacts(rot_spread_deg=r.rot_spread_deg,
+                             pretrained=bool(record["arms"][r.arm].get("pretrained", False))) for r in rows}
+    sched = record.get("episodes") or {}
+    looks = list(sched.get("looks") or [None])
+    previous = {}
+    for look in record.get("looks", []):
+        for c in look.get("comparisons", []):
+            res = ComparisonResult(**c)
+            if res.decided and (c["hypothesis"], c["arm"], c["control"]) not in previous:
+                previous[(c["hypothesis"], c["arm"], c["control"])] = res
+    k = max(0, len(record.get("looks", [])) - 1)
+    comps = judge(hyps, records, facts, look_index=k, n_looks=len(looks), looks=looks, previous=previous,
+                  **{key: sched[key] for key in ("alpha", "spending", "margin") if key in sched})
+    for c in comps:  # an arm the plan leaves out on purpose is not "missing"
+        why = (record.get("skipped_arms") or {}).get(c.arm) or (record.get("skipped_arms") or {}).get(c.control)
+        if c.word == "missing" and why:
+            c.word, c.why = "left out", f"left out of this plan: {why}"
+    warn = "" if reproduced is not False else "baseline"
+    verdicts = [hypothesis_verdict(h, comps, _correlation(h, rows, curves) if h.kind == "correlation" else None, warn)
+                for h in hyps]
+    demos = {}
+    method = next((c.method for c in comps if c.method), "")
+    if sched:
+        method = method.rstrip(".") + "." if method else ""
+        method += (f" Holm across the plan's {len(comps)} comparisons; looks at {looks} episodes per arm x seed, "
+                   f"alpha {sched.get('alpha')} spent by {sched.get('spending')}; 'no meaningful difference' when the "
+                   f"(1 - 2 alpha) interval lies within +-{100 * sched.get('margin', 0.15):.0f} points.")
+    rep = Report(record["plan"], write_answer(rows, comps, verdicts, baseline, reproduced, hyps), baseline, reproduced,
+                 note, rows, comps, verdicts, [], method.strip(), record.get("versions", {}), record.get("timing", {}))
+    rep.caveats = caveats_of(rows, comps, record, reproduced, note, record.get("demos", demos))
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_plots(report, out_dir)
-    md = [f"# {title}", "", report.table_markdown(), "",
-          "nMSE = the group's validation MSE divided by that group's variance in the data (1.0 = no better "
-          "than predicting the mean). Pos out-of-range = largest predicted position step / largest step in "
-          "the training data.", "", "## Confounds", ""]
-    md += [f"- {c}" for c in report.confounds] or ["- none detected"]
-    md += ["", "## Verdicts", ""]
-    md += [f"- **{h}**: {v}" for h, v in report.verdicts.items()]
-    md += ["", "![success](success_by_fix.png)", "", "![loss curves](loss_curves.png)", ""]
-    (out_dir / "report.md").write_text("\n".join(md))
-    (out_dir / "report.json").write_text(json.dumps(report.to_json(), indent=1))
-    return report
+    plots = _plots(rep, curves, out_dir)
+    render(rep, plots, out_dir)
+    (out_dir / "report.json").write_text(json.dumps(rep.to_json(), indent=1, default=str))
+    return rep

@@ -1,34 +1,43 @@
-"""Closed-loop rollouts of a policy in LIBERO, serial or in parallel worker processes.
+"""Closed-loop rollouts of a policy in LIBERO: the episode engine, the in-process runner, built-in policies.
 
 Protocol (OpenVLA / openpi / LeRobot): episode i starts from init state i; 10 wait steps with
 [0,0,0,0,0,0,-1]; then the policy for at most the suite's max steps; success = env done.
 
-Each policy step the runner
+Each policy step an episode
   1. appends the current obs (LIBERO names, plus `gripper_history` = gripper_history_features(the
-     gripper commands executed so far) and `t` = the policy step index) to the history;
-  2. when the current chunk is used up (every `replan_every` steps), calls
-     `policy.act(last To obs dicts, padded at the start by repeating the first)` -> chunk (H, W) in
-     MODEL space;
+     gripper commands executed so far) and `t` = the policy step index) to its history;
+  2. when its current chunk is used up (every `replan_every` steps), gets a chunk (H, W) in MODEL
+     space for its last To obs dicts (padded at the start by repeating the first);
   3. decodes the next chunk row with `policy.codec.to_env(row, ee_pos, ee_rotmat)` using the CURRENT
      eef pose (absolute-pose codecs need it), executes the clipped action, and records clip and
      out-of-range statistics of the raw decoded action.
 
-Determinism: every episode seeds numpy and torch with (seed, episode index) and resets the policy,
-and every env reset rebuilds the sim, so results do not depend on the number of workers.
-A policy may define optional hooks: `reset(episode_index)`, `attach_env(env)` (privileged policies),
-`init_state_for(episode_index)` (replay of recorded demos) and `wait_steps` (int).
+Batching: one process steps up to `batch` episodes (each on its own env) in lockstep and asks the
+policy once per step for all episodes that need a chunk, `policy.act_batch(windows, generators)`
+-> list of chunks. Only policies that define `act_batch` are batched; they must keep no per-episode
+state and draw all randomness from the generators they are given. Other policies run one episode at
+a time through `policy.act(window)`.
+
+Determinism: every episode draws its sampling noise from its own torch.Generator seeded with
+(run seed, init-state index), seeds numpy and torch's global RNGs with the same pair and resets the
+policy; every env reset rebuilds the sim. So an episode's outcome depends neither on the number of
+workers, nor on the episodes run before it, nor on its batch-mates (the last up to float rounding
+of batched matmuls; tests/test_rollout.py measures it).
+Optional policy hooks: `reset(episode_index)`, `attach_env(env)` (privileged policies),
+`init_state_for(episode_index)` (replay of recorded demos), `wait_steps` (int), `act_batch`.
+
+Worker processes and the warm pool that outlives one evaluation: `ablation/rollout_pool.py`.
 """
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
-import os
+import sys
 import time
 import traceback
+from collections import deque
 from dataclasses import asdict, dataclass, field
-from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -36,6 +45,9 @@ from . import rotation as R
 from .codec import CONTROLLER_POS_SCALE_M, ActionCodec
 from .data import gripper_history_features
 from .spec import CodecSpec
+
+if TYPE_CHECKING:
+    from .rollout_pool import RolloutPool
 
 WAIT_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
 DEFAULT_WAIT_STEPS = 10
@@ -56,6 +68,7 @@ class Policy(Protocol):
 @dataclass
 class EpisodeRecord:
     episode: int
+    init_state: int | None = None  # index into the task's init states (None: the policy brought its own)
     success: bool = False
     steps: int = 0                 # policy steps (after the wait)
     clip_fraction: float = 0.0     # fraction of executed arm dims that lay outside [-1, 1]
@@ -66,6 +79,9 @@ class EpisodeRecord:
     action_std: list[float] = field(default_factory=list)
     action_min: list[float] = field(default_factory=list)
     action_max: list[float] = field(default_factory=list)
+    # Seconds of this episode's own work (its reset and env steps, its share of batched policy calls):
+    # they add up over episodes that ran in lockstep in one process.
+    policy_calls: int = 0          # chunks this episode got from the policy
     policy_s: float = 0.0
     env_s: float = 0.0
     wall_s: float = 0.0
@@ -165,17 +181,103 @@ class RolloutResult:
                 + (f", {len(self.errors)} episode(s) crashed" if self.errors else ""))
 
 
-# ----------------------------------------------------------------------------- one episode
+# ----------------------------------------------------------------------------- seeds and envs
+
+def episode_seed(seed: int, episode: int) -> int:
+    """One 31-bit seed from (run seed, init-state index)."""
+    return (int(seed) * 1_000_003 + int(episode)) % (2**31 - 1)
+
+
+def episode_generator(seed: int, episode: int):
+    """The torch.Generator (CPU) an episode draws its sampling noise from."""
+    import torch
+
+    return torch.Generator().manual_seed(episode_seed(seed, episode))
+
 
 def _seed_everything(seed: int, episode: int) -> None:
-    s = (int(seed) * 1_000_003 + int(episode)) % (2**31 - 1)
+    s = episode_seed(seed, episode)
     np.random.seed(s)
-    import sys
-
     if "torch" in sys.modules:
         import torch
 
         torch.manual_seed(s)
+
+
+def _describe(e: BaseException) -> str:
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+    return f"{type(e).__name__}: {e}{where}"
+
+
+# Idle envs of this process per (suite, task, images, image_size). Creating one costs ~4 s on 2 cores,
+# so a process that runs many evaluations (a pool worker, a plan's job process) builds each once.
+# An env whose episode raised is closed, not kept (its sim may be in any state).
+_IDLE_ENVS: dict[tuple, list] = {}
+
+
+def _take_env(key: tuple):
+    idle = _IDLE_ENVS.get(key)
+    if idle:
+        return idle.pop()
+    from .sim.env import make_env
+
+    suite, task, images, image_size = key
+    return make_env(suite, task, images=images, image_size=image_size)
+
+
+def _keep_env(key: tuple, env) -> None:
+    _IDLE_ENVS.setdefault(key, []).append(env)
+
+
+def _close_env(env) -> None:
+    if env is not None:
+        try:
+            env.close()
+        except Exception:
+            pass
+
+
+def warm_envs(suite: str, task: int, images: bool = False, image_size: int = 128, n: int = 1) -> None:
+    """Make sure this process holds n idle envs for (suite, task, images, image_size)."""
+    key = (suite, int(task), bool(images), int(image_size))
+    made = [_take_env(key) for _ in range(n)]
+    for env in made:
+        _keep_env(key, env)
+
+
+def close_cached_envs() -> None:
+    """Close every idle env this process keeps."""
+    for envs in _IDLE_ENVS.values():
+        for env in envs:
+            _close_env(env)
+    _IDLE_ENVS.clear()
+
+
+# ----------------------------------------------------------------------------- one episode
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything about a rollout run except the policy (picklable: pool workers receive it)."""
+
+    suite: str
+    task: int
+    replan_every: int
+    max_steps: int | None = None
+    images: bool = False
+    image_size: int = 128
+    videos: tuple[int, ...] = ()
+    video_dir: str | None = None
+    wait_steps: int = DEFAULT_WAIT_STEPS
+    seed: int = 0
+    batch: int = 1  # episodes one process steps in lockstep (policies with act_batch only)
+
+    def wants_video(self, episode: int) -> bool:
+        return episode in self.videos and self.video_dir is not None
+
+    def env_key(self, episode: int) -> tuple:
+        # episodes recorded on video need cameras; the others keep the fast low-dim env
+        return (self.suite, int(self.task), bool(self.images or self.wants_video(episode)), int(self.image_size))
 
 
 def _with_history(obs: dict, grip_cmds: list[float], t: int) -> dict:
@@ -185,183 +287,273 @@ def _with_history(obs: dict, grip_cmds: list[float], t: int) -> dict:
     return o
 
 
-def run_episode(policy, env, episode: int, replan_every: int, max_steps: int | None = None,
-                wait_steps: int = DEFAULT_WAIT_STEPS, seed: int = 0, video_path: str | None = None) -> EpisodeRecord:
-    """Run one episode; exceptions propagate (the caller records them)."""
-    t_start = time.perf_counter()
-    rec = EpisodeRecord(episode=episode)
-    _seed_everything(seed, episode)
-    if hasattr(policy, "reset"):
-        policy.reset(episode)
-    init = policy.init_state_for(episode) if hasattr(policy, "init_state_for") else None
-    if init is None:
-        if not 0 <= episode < len(env.init_states):
-            raise IndexError(f"episode {episode}: the task has {len(env.init_states)} init states")
-        init = env.init_states[episode]
-    wait_steps = int(getattr(policy, "wait_steps", wait_steps))
-    max_steps = int(max_steps or env.max_steps)
-    codec: ActionCodec = policy.codec
-    to = max(1, int(getattr(policy, "obs_history", 1)))
-    ref = codec.stats.get("pos_step_m", {}).get("absmax") if isinstance(codec.stats, dict) else None
-    frames = []
-    env_s = 0.0
+class _Episode:
+    """One episode in progress on its own env: reset and wait steps on creation, then `window()` (the
+    obs a policy call needs, when one is due), `set_chunk()`, and one env step per `step()`."""
 
-    t0 = time.perf_counter()
-    obs = env.reset_to(init)
-    for _ in range(wait_steps):
-        obs, _ = env.step(WAIT_ACTION)
-    env_s += time.perf_counter() - t0
-    rec.env_steps = wait_steps
-    if video_path is not None and "agentview_rgb" in obs:
-        frames.append(obs["agentview_rgb"][::-1].copy())
+    def __init__(self, policy, env, episode: int, cfg: RunConfig):
+        t0 = time.perf_counter()
+        self.policy, self.env, self.cfg = policy, env, cfg
+        self.rec = EpisodeRecord(episode=episode)
+        self._gen = None
+        _seed_everything(cfg.seed, episode)
+        if hasattr(policy, "reset"):
+            policy.reset(episode)
+        init = policy.init_state_for(episode) if hasattr(policy, "init_state_for") else None
+        if init is None:
+            if not 0 <= episode < len(env.init_states):
+                raise IndexError(f"episode {episode}: the task has {len(env.init_states)} init states")
+            init = env.init_states[episode]
+            self.rec.init_state = episode
+        self.codec: ActionCodec = policy.codec
+        self.obs_history = max(1, int(getattr(policy, "obs_history", 1)))
+        self.max_steps = int(cfg.max_steps or env.max_steps)
+        stats = self.codec.stats if isinstance(self.codec.stats, dict) else {}
+        self.ref_pos_step_m = stats.get("pos_step_m", {}).get("absmax")
+        self.frames: list[np.ndarray] | None = [] if cfg.wants_video(episode) else None
 
-    history: list[dict] = []
-    grip_cmds: list[float] = []
-    executed, clip_fr, excess, pos_steps = [], [], [], []
-    chunk, ci = None, 0
-    done = False
-    for t in range(max_steps):
-        history.append(_with_history(obs, grip_cmds, t))
-        if chunk is None or ci >= min(replan_every, len(chunk)):
-            window = history[-to:]
-            window = [window[0]] * (to - len(window)) + window
-            tp = time.perf_counter()
-            chunk = np.asarray(policy.act(window), dtype=np.float64)
-            rec.policy_s += time.perf_counter() - tp
-            if chunk.ndim == 1:
-                chunk = chunk[None]
-            if chunk.ndim != 2 or chunk.shape[0] == 0 or chunk.shape[1] != codec.width:
-                raise ValueError(f"policy.act returned shape {chunk.shape}; expected (H>=1, {codec.width})")
-            ci = 0
-        ea = codec.to_env(chunk[ci:ci + 1], obs["ee_pos"], R.axis_angle_to_matrix(obs["ee_ori"]))
-        ci += 1
+        obs = env.reset_to(init)
+        wait_steps = int(getattr(policy, "wait_steps", cfg.wait_steps))
+        for _ in range(wait_steps):
+            obs, _ = env.step(WAIT_ACTION)
+        self.rec.env_steps = wait_steps
+        self.obs = obs
+        self._add_frame()
+        self.grip_cmds: list[float] = []
+        self.history = [_with_history(obs, self.grip_cmds, 0)]
+        self.executed, self.clip_fr, self.excess, self.pos_steps = [], [], [], []
+        self.chunk, self.ci = None, 0
+        dt = time.perf_counter() - t0
+        self.rec.env_s += dt
+        self.rec.wall_s += dt
+
+    @property
+    def generator(self):
+        if self._gen is None:
+            self._gen = episode_generator(self.cfg.seed, self.rec.episode)
+        return self._gen
+
+    def window(self) -> list[dict] | None:
+        """The last `obs_history` obs (the first repeated in front while short) when the current chunk
+        is used up, i.e. when this episode needs a policy call before its next step; else None."""
+        if self.chunk is not None and self.ci < min(self.cfg.replan_every, len(self.chunk)):
+            return None
+        w = self.history[-self.obs_history:]
+        return [w[0]] * (self.obs_history - len(w)) + w
+
+    def set_chunk(self, chunk, policy_s: float) -> None:
+        self.rec.policy_calls += 1
+        self.rec.policy_s += policy_s
+        self.rec.wall_s += policy_s
+        chunk = np.asarray(chunk, dtype=np.float64)
+        if chunk.ndim == 1:
+            chunk = chunk[None]
+        if chunk.ndim != 2 or chunk.shape[0] == 0 or chunk.shape[1] != self.codec.width:
+            raise ValueError(f"the policy returned a chunk of shape {chunk.shape}; expected (H>=1, {self.codec.width})")
+        self.chunk, self.ci = chunk, 0
+
+    def step(self) -> bool:
+        """Execute the next row of the chunk; True when the episode is over (success or step budget)."""
+        t0 = time.perf_counter()
+        obs, t = self.obs, len(self.executed)
+        ea = self.codec.to_env(self.chunk[self.ci:self.ci + 1], obs["ee_pos"], R.axis_angle_to_matrix(obs["ee_ori"]))
+        self.ci += 1
         raw = ea.raw[0]
         if not np.all(np.isfinite(raw)):
             raise ValueError(f"step {t}: decoded action is not finite: {raw}")
         action = ea.clipped[0]
-        clip_fr.append(ea.clip_fraction)
-        excess.append(ea.max_excess)
-        pos_steps.append(float(np.max(np.abs(raw[:3]))) * CONTROLLER_POS_SCALE_M if codec.rep.kind == "native"
-                         else float(np.max(np.abs(ea.pos_step_m))))
-        t0 = time.perf_counter()
-        obs, done = env.step(action)
-        env_s += time.perf_counter() - t0
-        rec.env_steps += 1
-        executed.append(action)
-        grip_cmds.append(float(action[6]))
-        if video_path is not None and "agentview_rgb" in obs:
-            frames.append(obs["agentview_rgb"][::-1].copy())
-        if done:
-            break
-    rec.success = bool(done)
-    rec.steps = len(executed)
-    if executed:
-        ex = np.asarray(executed)
-        rec.action_mean, rec.action_std = ex.mean(0).tolist(), ex.std(0).tolist()
-        rec.action_min, rec.action_max = ex.min(0).tolist(), ex.max(0).tolist()
-        rec.clip_fraction = float(np.mean(clip_fr))
-        rec.max_excess = float(np.max(excess))
-        rec.max_pos_step_m = float(np.max(pos_steps))
-        if ref:
-            rec.pos_step_ratio = rec.max_pos_step_m / max(float(ref), 1e-9)
-    if video_path is not None and frames:
-        import imageio.v2 as imageio
+        self.clip_fr.append(ea.clip_fraction)
+        self.excess.append(ea.max_excess)
+        self.pos_steps.append(float(np.max(np.abs(raw[:3]))) * CONTROLLER_POS_SCALE_M if self.codec.rep.kind == "native"
+                              else float(np.max(np.abs(ea.pos_step_m))))
+        te = time.perf_counter()
+        self.obs, done = self.env.step(action)
+        self.rec.env_s += time.perf_counter() - te
+        self.rec.env_steps += 1
+        self.rec.success = bool(done)
+        self.executed.append(action)
+        self.grip_cmds.append(float(action[6]))
+        self._add_frame()
+        self.history.append(_with_history(self.obs, self.grip_cmds, t + 1))
+        del self.history[:-self.obs_history]  # only the policy's window is ever read
+        self.rec.wall_s += time.perf_counter() - t0
+        return bool(done) or len(self.executed) >= self.max_steps
 
-        Path(video_path).parent.mkdir(parents=True, exist_ok=True)
-        imageio.mimwrite(video_path, frames, fps=20, macro_block_size=1)
+    def _add_frame(self) -> None:
+        if self.frames is not None and "agentview_rgb" in self.obs:
+            self.frames.append(self.obs["agentview_rgb"][::-1].copy())  # upright
+
+    def record(self) -> EpisodeRecord:
+        """The finished episode's record (writes its video, if one was asked for)."""
+        rec = self.rec
+        rec.steps = len(self.executed)
+        if self.executed:
+            ex = np.asarray(self.executed)
+            rec.action_mean, rec.action_std = ex.mean(0).tolist(), ex.std(0).tolist()
+            rec.action_min, rec.action_max = ex.min(0).tolist(), ex.max(0).tolist()
+            rec.clip_fraction = float(np.mean(self.clip_fr))
+            rec.max_excess = float(np.max(self.excess))
+            rec.max_pos_step_m = float(np.max(self.pos_steps))
+            if self.ref_pos_step_m:
+                rec.pos_step_ratio = rec.max_pos_step_m / max(float(self.ref_pos_step_m), 1e-9)
+        if self.frames:
+            import imageio.v2 as imageio
+
+            path = Path(self.cfg.video_dir) / f"episode_{rec.episode:03d}.mp4"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            imageio.mimwrite(path, self.frames, fps=20, macro_block_size=1)
+            rec.video = str(path)
+        return rec
+
+
+class EpisodeRunner:
+    """Runs one rollout run's episodes in this process, up to `capacity` of them in lockstep.
+
+    Feed it with `start(episode)` while `free()`, and call `step()` while `active`; every episode
+    ends in exactly one record (an exception fails only the episode it belongs to)."""
+
+    def __init__(self, policy_factory: Callable[[], Policy], cfg: RunConfig):
+        self.cfg = cfg
+        self.policy, self.policy_error = None, None
+        try:
+            self.policy = policy_factory()
+        except Exception as e:  # every episode of the run fails with this reason
+            self.policy_error = f"the policy could not be built: {_describe(e)}"
+        batching = hasattr(self.policy, "act_batch")
+        self.capacity = max(1, int(cfg.batch)) if batching else 1
+        self.active: list[_Episode] = []
+
+    def free(self) -> bool:
+        return len(self.active) < self.capacity
+
+    def start(self, episode: int) -> EpisodeRecord | None:
+        """Begin an episode; returns its record at once if it could not start."""
+        if self.policy_error:
+            return EpisodeRecord(episode=episode, error=self.policy_error)
+        t0 = time.perf_counter()
+        key, env = self.cfg.env_key(episode), None
+        try:
+            env = _take_env(key)
+            if hasattr(self.policy, "attach_env"):
+                self.policy.attach_env(env)
+            ep = _Episode(self.policy, env, episode, self.cfg)
+        except Exception as e:
+            _close_env(env)
+            return EpisodeRecord(episode=episode, error=_describe(e), wall_s=time.perf_counter() - t0)
+        ep.env_key = key
+        self.active.append(ep)
+        return None
+
+    def step(self) -> list[EpisodeRecord]:
+        """One lockstep step: one policy call for the episodes whose chunk is used up, then one env
+        step for every active episode. Returns the records of the episodes that ended."""
+        ended: list[EpisodeRecord] = []
+        due = [(ep, w) for ep in self.active if (w := ep.window()) is not None]
+        if due:
+            for ep, err in self._act(due):
+                ended.append(self._end(ep, err))
+        for ep in list(self.active):
+            try:
+                over = ep.step()
+            except Exception as e:
+                ended.append(self._end(ep, e))
+                continue
+            if over:
+                ended.append(self._end(ep))
+        return ended
+
+    def _act(self, due: list[tuple[_Episode, list[dict]]]) -> list[tuple[_Episode, Exception]]:
+        """Give each episode in `due` its next chunk; returns the episodes that got none, with why."""
+        batched = hasattr(self.policy, "act_batch")
+        gens = [ep.generator for ep, _ in due] if batched else []
+        saved = [g.get_state() for g in gens]
+        t0 = time.perf_counter()
+        try:
+            if batched:
+                chunks = list(self.policy.act_batch([w for _, w in due], gens))
+            else:
+                chunks = [self.policy.act(w) for _, w in due]
+            if len(chunks) != len(due):
+                raise ValueError(f"act_batch returned {len(chunks)} chunks for {len(due)} windows")
+        except Exception as e:
+            if len(due) == 1:
+                return [(due[0][0], e)]
+            # Which episode broke the batched call is unknown: ask again one at a time, from the same
+            # noise, so the episodes that are fine go on as if nothing had happened.
+            for g, s in zip(gens, saved):
+                g.set_state(s)
+            return [f for d in due for f in self._act([d])]
+        share_s = (time.perf_counter() - t0) / len(due)
+        failed = []
+        for (ep, _), chunk in zip(due, chunks):
+            try:
+                ep.set_chunk(chunk, share_s)
+            except Exception as e:
+                failed.append((ep, e))
+        return failed
+
+    def _end(self, ep: _Episode, error: Exception | None = None) -> EpisodeRecord:
+        self.active.remove(ep)
+        if error is None:
+            try:
+                rec = ep.record()
+            except Exception as e:
+                error = e
+        if error is not None:
+            _close_env(ep.env)
+            rec = ep.rec
+            rec.success, rec.steps, rec.error = False, len(ep.executed), _describe(error)
+        else:
+            _keep_env(ep.env_key, ep.env)
+        return rec
+
+    def close(self) -> None:
+        """Fail nothing, keep nothing: close the envs of episodes still running (an interrupted run)."""
+        for ep in self.active:
+            _close_env(ep.env)
+        self.active.clear()
+
+
+def run_episode(policy, env, episode: int, replan_every: int, max_steps: int | None = None,
+                wait_steps: int = DEFAULT_WAIT_STEPS, seed: int = 0, video_path: str | None = None) -> EpisodeRecord:
+    """Run one episode of `policy` on `env`; exceptions propagate (the caller records them)."""
+    cfg = RunConfig(env.suite, env.task_id, replan_every, max_steps, wait_steps=wait_steps, seed=seed,
+                    videos=(episode,) if video_path else (), video_dir=str(Path(video_path).parent) if video_path else None)
+    ep = _Episode(policy, env, episode, cfg)
+    while True:
+        w = ep.window()
+        if w is not None:
+            tp = time.perf_counter()
+            chunk = policy.act_batch([w], [ep.generator])[0] if hasattr(policy, "act_batch") else policy.act(w)
+            ep.set_chunk(chunk, time.perf_counter() - tp)
+        if ep.step():
+            break
+    rec = ep.record()
+    if video_path and rec.video and rec.video != str(video_path):
+        Path(rec.video).replace(video_path)
         rec.video = str(video_path)
-    rec.env_s = env_s
-    rec.wall_s = time.perf_counter() - t_start
     return rec
 
 
-# ----------------------------------------------------------------------------- workers
-
-class _EpisodeRunner:
-    """Owns a policy and (lazily) the envs of one process."""
-
-    def __init__(self, policy_factory, suite, task, replan_every, max_steps, images, image_size,
-                 videos, video_dir, wait_steps, seed):
-        self.policy_factory, self.suite, self.task = policy_factory, suite, task
-        self.replan_every, self.max_steps, self.images = replan_every, max_steps, images
-        self.image_size, self.videos, self.video_dir = image_size, set(videos), video_dir
-        self.wait_steps, self.seed = wait_steps, seed
-        self.policy = None
-        self.envs: dict[bool, object] = {}
-
-    def _env(self, images: bool):
-        if images not in self.envs:
-            from .sim.env import make_env
-
-            env = make_env(self.suite, self.task, images=images, image_size=self.image_size)
-            if self.policy is not None and hasattr(self.policy, "attach_env"):
-                self.policy.attach_env(env)
-            self.envs[images] = env
-        return self.envs[images]
-
-    def run(self, episode: int) -> EpisodeRecord:
-        t0 = time.perf_counter()
-        try:
-            if self.policy is None:
-                self.policy = self.policy_factory()
-            want_video = episode in self.videos and self.video_dir is not None
-            env = self._env(self.images or want_video)
-            if hasattr(self.policy, "attach_env"):
-                self.policy.attach_env(env)
-            vp = str(Path(self.video_dir) / f"episode_{episode:03d}.mp4") if want_video else None
-            return run_episode(self.policy, env, episode, self.replan_every, self.max_steps,
-                               self.wait_steps, self.seed, vp)
-        except Exception as e:  # the episode fails with its reason; the env is rebuilt
-            tb = traceback.extract_tb(e.__traceback__)
-            where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
-            for k, env in list(self.envs.items()):
-                try:
-                    env.close()
-                except Exception:
-                    pass
-                del self.envs[k]
-            return EpisodeRecord(episode=episode, error=f"{type(e).__name__}: {e}{where}",
-                                 wall_s=time.perf_counter() - t0)
-
-    def close(self) -> None:
-        for env in self.envs.values():
-            try:
-                env.close()
-            except Exception:
-                pass
-        self.envs.clear()
-
-
-def _worker_main(conn, runner_args: dict) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except Exception:
-        pass
-    runner = _EpisodeRunner(**runner_args)
-    try:
-        while True:
-            msg = conn.recv()
-            if msg is None:
-                break
-            conn.send(runner.run(int(msg)))
-    except (EOFError, KeyboardInterrupt):
-        pass
-    finally:
-        runner.close()
-
+# ----------------------------------------------------------------------------- runs
 
 def run_rollouts(policy_factory: Callable[[], Policy], suite: str, task: int,
                  episodes: int | Iterable[int], replan_every: int, workers: int = 1,
                  videos: Iterable[int] = (), video_dir: str | Path | None = None,
                  max_steps: int | None = None, images: bool = False, *, image_size: int = 128,
-                 wait_steps: int = DEFAULT_WAIT_STEPS, seed: int = 0,
+                 wait_steps: int = DEFAULT_WAIT_STEPS, seed: int = 0, batch: int = 1,
+                 pool: "RolloutPool | None" = None,
                  progress: Callable[[EpisodeRecord], None] | None = None) -> RolloutResult:
-    """Run episodes (an int n means episodes 0..n-1) and collect per-episode records.
+    """Run episodes and collect per-episode records, in the order of `episodes`.
 
-    policy_factory: picklable zero-arg callable, called once inside each worker process.
+    episodes: an int n means init states 0..n-1; else the init-state indices to run (episode index ==
+    init-state index), each at most once.
+    policy_factory: picklable zero-arg callable, called once per run in each process that runs episodes.
+    workers: 1 runs here (envs are cached in this process, so the next call pays no env creation);
+    N > 1 starts a RolloutPool of N processes for this call only. `pool`: run in that warm pool instead
+    (`workers` is then ignored).
+    batch: episodes one process steps in lockstep, with one policy call per step for all of them
+    (policies with `act_batch` only; 1 = one episode at a time).
     videos: episode indices to record as mp4 (agentview, upright) into video_dir; those episodes
     run in an env with cameras on (others keep the fast low-dim env unless images=True).
     """
@@ -369,102 +561,54 @@ def run_rollouts(policy_factory: Callable[[], Policy], suite: str, task: int,
 
     if replan_every < 1:
         raise ValueError("replan_every must be >= 1")
+    if batch < 1:
+        raise ValueError("batch must be >= 1")
     ensure_libero()  # env vars (config path, render backend) are inherited by spawned workers
     check_task(suite, task)
     eps = list(range(episodes)) if isinstance(episodes, int) else [int(e) for e in episodes]
-    videos = [int(v) for v in videos]
+    if len(set(eps)) != len(eps):
+        raise ValueError(f"episodes repeat an init state: {eps}")
+    videos = tuple(int(v) for v in videos)
     if videos and video_dir is None:
         raise ValueError("videos requested but video_dir is None")
-    args = dict(policy_factory=policy_factory, suite=suite, task=task, replan_every=replan_every,
-                max_steps=max_steps, images=images, image_size=image_size, videos=videos,
-                video_dir=str(video_dir) if video_dir is not None else None, wait_steps=wait_steps, seed=seed)
-    workers = max(1, min(int(workers), len(eps) or 1))
+    cfg = RunConfig(suite, int(task), int(replan_every), max_steps, bool(images), int(image_size), videos,
+                    str(video_dir) if video_dir is not None else None, int(wait_steps), int(seed), int(batch))
     t0 = time.perf_counter()
-    records: dict[int, EpisodeRecord] = {}
-    if workers == 1:
-        runner = _EpisodeRunner(**args)
-        try:
-            for e in eps:
-                records[e] = runner.run(e)
-                if progress:
-                    progress(records[e])
-        finally:
-            runner.close()
+    if pool is not None:
+        records, n_workers = pool.run_config(policy_factory, cfg, eps, progress), pool.workers
+    elif min(int(workers), len(eps)) > 1:
+        from .rollout_pool import RolloutPool
+
+        n_workers = min(int(workers), len(eps))
+        with RolloutPool(n_workers) as tmp:
+            records = tmp.run_config(policy_factory, cfg, eps, progress)
     else:
-        records = _run_parallel(args, eps, workers, progress)
-    wall = time.perf_counter() - t0
-    ordered = [records[e] for e in eps]
-    return RolloutResult(suite, task, ordered, replan_every, workers, wall)
+        records, n_workers = run_here(policy_factory, cfg, eps, progress), 1
+    return RolloutResult(suite, task, [records[e] for e in eps], replan_every, n_workers,
+                         time.perf_counter() - t0)
 
 
-def _run_parallel(args: dict, eps: list[int], workers: int, progress) -> dict[int, EpisodeRecord]:
-    ctx = mp.get_context("spawn")
-    pending = list(eps)
-    records: dict[int, EpisodeRecord] = {}
-    procs: dict = {}  # conn -> [process, episode or None]
+def run_here(policy_factory: Callable[[], Policy], cfg: RunConfig, eps: list[int],
+             progress: Callable[[EpisodeRecord], None] | None = None) -> dict[int, EpisodeRecord]:
+    """Run the episodes in this process (up to cfg.batch in lockstep); records by episode index."""
+    runner = EpisodeRunner(policy_factory, cfg)
+    pending, records = deque(eps), {}
 
-    def start():
-        parent, child = ctx.Pipe()
-        p = ctx.Process(target=_worker_main, args=(child, args), daemon=True)
-        p.start()
-        child.close()
-        procs[parent] = [p, None]
+    def done(rec: EpisodeRecord) -> None:
+        records[rec.episode] = rec
+        if progress:
+            progress(rec)
 
-    def feed(conn):
-        if pending:
-            e = pending.pop(0)
-            procs[conn][1] = e
-            conn.send(e)
-        else:
-            procs[conn][1] = None
-
-    for _ in range(workers):
-        start()
     try:
-        for conn in list(procs):
-            feed(conn)
-        while len(records) < len(eps):
-            busy = {c: v for c, v in procs.items() if v[1] is not None}
-            if not busy:
-                break
-            ready = mp_wait(list(busy) + [v[0].sentinel for v in busy.values()])
-            for conn, (p, e) in list(busy.items()):
-                got = False
-                if conn in ready:
-                    try:
-                        rec = conn.recv()
-                        got = True
-                    except (EOFError, OSError):
-                        got = False
-                    if got:
-                        records[e] = rec
-                        if progress:
-                            progress(rec)
-                        feed(conn)
-                        continue
-                if (conn in ready and not got) or p.sentinel in ready:
-                    if not p.is_alive() or not got:
-                        p.join(timeout=5)
-                        records[e] = EpisodeRecord(episode=e, error=f"worker process died (exit code {p.exitcode}) "
-                                                                   "during this episode")
-                        if progress:
-                            progress(records[e])
-                        del procs[conn]
-                        conn.close()
-                        if pending:
-                            start()
-                            feed(list(procs)[-1])
+        while pending or runner.active:
+            while pending and runner.free():
+                rec = runner.start(pending.popleft())
+                if rec is not None:
+                    done(rec)
+            for rec in runner.step():
+                done(rec)
     finally:
-        for conn, (p, _e) in procs.items():
-            try:
-                conn.send(None)
-            except Exception:
-                pass
-        for conn, (p, _e) in procs.items():
-            p.join(timeout=10)
-            if p.is_alive():
-                p.terminate()
-            conn.close()
+        runner.close()
     return records
 
 

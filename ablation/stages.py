@@ -1,6 +1,7 @@
 """The stages of one spec x seed run, each logging what it measured to its MLflow run.
 
-Used by the plan (ablation/plan.py) and the tuner (ablation/tune.py). Metric keys:
+Called in order by the one run pipeline (ablation/run.py). Metric keys:
+    gate/*                   Gate A: demo replay through the spec's own codec path
     audit/*                  scale audit figures (audit/constant/{g} = 1 flags a constant group)
     train/*, val/*           from the trainer's callback (loss, nmse, phys errors per group)
     val/openloop/*           sampled chunks on held-out demos: phys errors, clip rate, pos step ratio
@@ -12,7 +13,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +28,7 @@ def audit_stage(tracker: Tracker, run_id: str, spec: Spec, demo: Path) -> dict[s
     t0 = time.time()
     res = audit(spec, demo)
     m = {"audit/scale_ratio": res.scale_ratio, "audit/dilution_factor": res.dilution_factor,
-         "audit/flagged": float(res.flagged)}
+         "audit/flagged": float(res.flagged), "audit/rot_spread_deg": res.rot_spread_deg}
     for g, a in res.groups.items():
         m[f"audit/loss_share/{g}"] = a.mean_loss_share
         m[f"audit/rms/{g}"] = a.rms
@@ -66,35 +66,31 @@ def open_loop_stage(tracker: Tracker, run_id: str, spec: Spec, demo: Path, resul
     return m
 
 
-def closed_loop_stage(tracker: Tracker, run_id: str, spec: Spec, result, workers: int = 0) -> dict[str, float]:
-    from .policy import load_policy
-    from .rollout import run_rollouts
+def gate_stage(tracker: Tracker, run_id: str, spec: Spec, demo: Path, *, episodes: int, cache_dir: Path,
+               min_success: float) -> dict[str, float]:
+    """Gate A: replay the demos through this spec's own encode -> decode -> env path in the simulator.
+    Below `min_success` the run cannot measure anything about learning: it fails with that reason."""
+    from .gates import replay_gate
+    from .run import GateFailed
 
     t0 = time.time()
-    video_dir = Path(tempfile.mkdtemp(prefix="videos_"))
-    # On a GPU profile every rollout worker runs its policy on the GPU, the simulator on its CPU core.
-    device = "cuda" if spec.train.device == "cuda" else "cpu"
-    r = run_rollouts(partial(load_policy, str(result.checkpoint_dir), device=device), spec.data.suite, spec.data.task,
-                     episodes=spec.rollout.episodes, replan_every=spec.rollout.replan_every,
-                     workers=workers or spec.rollout.workers, videos=tuple(range(spec.rollout.videos)),
-                     video_dir=video_dir, max_steps=spec.rollout.max_steps, images=spec.data.images,
-                     image_size=spec.data.image_size, wait_steps=spec.rollout.wait_steps, seed=spec.train.seed)
-    s = r.summary()
-    names = {"success_rate": "success_rate", "success_ci95_low": "success_ci95_low",
-             "success_ci95_high": "success_ci95_high", "successes": "successes", "episodes": "episodes",
-             "mean_clip_rate": "clip_rate", "max_out_of_range_ratio": "pos_out_of_range",
-             "mean_length": "episode_len", "env_steps_per_s": "env_steps_per_s",
-             "policy_time_share": "policy_time_share", "n_errors": "crashed_episodes"}
-    m = {f"eval/{new}": float(s[old]) for old, new in names.items() if s.get(old) is not None}
-    m["time/rollout_s"] = time.time() - t0
+    g = replay_gate(spec, demo, episodes=episodes, cache_dir=cache_dir)
+    m = {"gate/replay_success_rate": float(g.success_rate), "gate/replay_episodes": float(g.n),
+         "time/gate_s": time.time() - t0}
     tracker.log_metrics(run_id, [(k, v, 0) for k, v in m.items()])
-    print(f"[{spec.name}] {r.line()}")
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "episodes.json").write_text(json.dumps(r.to_dict(), indent=1, default=float))
-        tracker.log_artifact(run_id, Path(d) / "episodes.json", "rollouts")
-    if any(video_dir.iterdir()):
-        tracker.log_artifact(run_id, video_dir, "videos")
+    if g.success_rate < min_success:
+        raise GateFailed(f"Gate A failed: replaying the demos through codec {spec.codec.representation}/"
+                         f"{spec.codec.layout}/{spec.codec.normalizer} succeeded in {g.success_rate:.0%} of {g.n} "
+                         f"episodes (< {min_success:.0%}); the action interface is broken, not the learning. "
+                         f"Run `run_ablation.py doctor --data {demo}` for the details")
     return m
+
+
+def log_episodes(tracker: Tracker, run_id: str, episodes: list[dict]) -> None:
+    """The run's per-episode record (every look so far), replacing the previous copy."""
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "episodes.json").write_text(json.dumps(episodes, indent=1, default=float))
+        tracker.log_artifact(run_id, Path(d) / "episodes.json", "rollouts")
 
 
 def log_bundle(tracker: Tracker, run_id: str, spec: Spec, result, history: dict) -> None:

@@ -39,6 +39,13 @@ def ui_command(tracking_uri: str) -> str:
             "--workers 1 --host 127.0.0.1 --port 5000")
 
 
+def runs_view_url(tracker: "Tracker", base: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's runs table in the UI. MLflow 3's plain experiment link opens the GenAI overview
+    (traces), where a plan's runs are not shown."""
+    root = tracker.tracking_uri if tracker.tracking_uri.startswith(("http://", "https://")) else base
+    return f"{root.rstrip('/')}/#/experiments/{tracker.experiment_id}/runs"
+
+
 @contextmanager
 def sqlite_lock(uri: str):
     """An exclusive file lock beside a sqlite database (no-op for other URIs)."""

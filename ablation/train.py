@@ -1,11 +1,20 @@
 """The trainer (no tracking inside: metrics go to an `on_metrics(step, metrics)` callback).
 
+    configure_torch(num_threads)             process-wide torch options; call once at a process entry point
     train(spec, demo_path, out_dir)          -> TrainResult
-    open_loop_eval(policy, windows, n=...)   -> flat dict of open-loop figures
+    open_loop_eval(policy, windows, n=...)   re-exported from ablation.openloop
 
 One step: sample a batch (with replacement, from one seeded generator that also draws the noise
 and timesteps, so a run is a pure function of its seed and resumes exactly), noise the chunk,
 predict, reduce the loss per group (ablation.loss), AdamW step with clipping and warmup+cosine LR.
+Checkpoint bundles are read and written by ablation.bundle; open-loop figures come from
+ablation.openloop.
+
+Compute kernels (`train.kernels`, default "fast"; "reference" is the pre-Throughput trainer):
+    fast       on CPU, the blocks' matmuls in bf16 and attention by plain matmuls while training
+               (ablation.model.Kernels), fp32 for validation and sampling; fused AdamW, foreach EMA
+    reference  SDPA attention, fp32 throughout, for-loop AdamW (today's figures, side by side)
+On CUDA both train as before (bf16 autocast when train.bf16).
 
 Metrics passed to on_metrics every train.log_every steps (losses averaged over those steps):
     train/loss/{total,pos,rot,grip,pad}   shares of the loss; pos+rot+grip+pad == total (pad: unfilled
@@ -13,18 +22,15 @@ Metrics passed to on_metrics every train.log_every steps (losses averaged over t
     train/nmse/{pos,rot,grip}             x0 error / group variance (x0 from one denoising step at a random t)
     train/phys/{pos_mm,rot_deg,grip}      that x0 decoded to physical units, last batch, valid steps
     train/lr, train/grad_norm, train/samples_per_s
-    every train.eval_every steps also val/loss/*, val/nmse/*, val/phys/* (held-out demos) and
-    val/openloop/* (sampled chunks; see open_loop_eval)
+    every train.eval_every steps also val/loss/*, val/nmse/*, val/phys/* (held-out demos, one-step
+    x0: see `validate`) and val/openloop/* (fully sampled chunks; see ablation.openloop)
 
-Out dir layout:
-    out_dir/checkpoints/step_0001000/   the newest bundle (see ablation.policy); older ones are removed
-    out_dir/checkpoints/.tmp_*          a bundle being written; renamed when complete
+Out dir layout: out_dir/checkpoints/step_0001000/, the newest bundle (see ablation.bundle).
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,18 +40,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .codec import ActionCodec, CodecError
+from .bundle import check_resumable, latest_bundle, load_weights, read_train_state, write_bundle
 from .data import PreparedData, Windows, prepare_data
 from .errors import UserError
 from .loss import SHARES, DiffusionLoss, physical_errors
+from .model import FAST_EVAL_KERNELS, FAST_TRAIN_KERNELS, REFERENCE_KERNELS, DiffusionTransformer
+from .openloop import open_loop_eval  # noqa: F401  (re-exported: `from ablation.train import open_loop_eval`)
 from .policy import DiffusionPolicy, ObsNormalizer, build_policy
 from .provenance import file_sha256, git_commit, versions
-from .rotation import rot6d_to_matrix
 from .spec import GROUPS, Spec
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
 VAL_BATCHES = 4        # batches of held-out windows per validation
 VAL_OPEN_LOOP_N = 64   # sampled windows for the open-loop figures logged during training
+KERNEL_CHOICES = ("fast", "reference")
 
 
 class TrainingDiverged(UserError):
@@ -65,6 +73,15 @@ class TrainResult:
     eval_time_s: float = 0.0                     # of which validation (held-out loss + open-loop sampling)
     checkpoint_time_s: float = 0.0               # of which writing bundles
     open_loop: dict[str, float] = field(default_factory=dict)
+
+
+def configure_torch(num_threads: int = 0) -> None:
+    """Process-wide torch options, set once by a process entry point (CLI command, plan/tune worker,
+    benchmark), never by library code: flush denormals (unnormalised tiny actions make denormals,
+    ~5x slower on CPU) and the intra-op thread count (0: torch's default)."""
+    torch.set_flush_denormal(True)
+    if num_threads:
+        torch.set_num_threads(num_threads)
 
 
 # ----------------------------------------------------------------------------- batches
@@ -91,7 +108,7 @@ class WindowTensors:
         return b
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- training state
 
 class EMA:
     """Exponential moving average of parameters (decay warms up as (1+k)/(10+k))."""
@@ -99,23 +116,30 @@ class EMA:
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay, self.updates = decay, 0
         self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+        self._bind(model)
+
+    def _bind(self, model: torch.nn.Module) -> None:
+        sd = model.state_dict()  # tensors that share storage with the model's (updated in place)
+        self._float = [(self.shadow[k], v) for k, v in sd.items() if v.dtype.is_floating_point]
+        self._other = [(self.shadow[k], v) for k, v in sd.items() if not v.dtype.is_floating_point]
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v.float(), 1.0 - d)
-            else:
-                self.shadow[k].copy_(v)
+        if self._float:
+            src = [v if v.dtype == torch.float32 else v.float() for _, v in self._float]
+            torch._foreach_lerp_([s for s, _ in self._float], src, 1.0 - d)
+        for s, v in self._other:
+            s.copy_(v)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
 
-    def load_state_dict(self, d: dict) -> None:
+    def load_state_dict(self, d: dict, model: torch.nn.Module) -> None:
         self.decay, self.updates = d["decay"], d["updates"]
         self.shadow = {k: v.clone() for k, v in d["shadow"].items()}
+        self._bind(model)
 
 
 def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
@@ -137,331 +161,291 @@ def pick_device(spec: Spec) -> torch.device:
     return torch.device(want)
 
 
-# ----------------------------------------------------------------------------- metrics
+def total_steps(spec: Spec) -> int:
+    return int(getattr(spec.train, "total_steps", spec.train.steps))
 
-def batch_metrics(policy: DiffusionPolicy, loss_fn: DiffusionLoss, out, x0_pred: torch.Tensor,
-                  phys_true: np.ndarray, valid: np.ndarray, prefix: str,
-                  loss_sums: dict[str, float], mse_sums: dict[str, float], n: int) -> dict[str, float]:
-    """Namespaced metrics from summed per-group losses over n steps, plus physical errors of one batch."""
-    m = {f"{prefix}/loss/total": loss_sums["total"] / n}
-    for g in (*GROUPS, "pad"):
-        m[f"{prefix}/loss/{g}"] = loss_sums[g] / n
-    nmse = loss_fn.nmse({g: mse_sums[g] / n for g in GROUPS})
-    for g in GROUPS:
-        m[f"{prefix}/nmse/{g}"] = nmse[g]
+
+@dataclass
+class TrainState:
+    """What a step changes and a bundle saves for resuming: optimiser, schedule, EMA, RNG, history."""
+
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    ema: EMA | None
+    gen: torch.Generator
+    step: int = 0
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+    @classmethod
+    def create(cls, spec: Spec, net: torch.nn.Module, fused_opt: bool) -> "TrainState":
+        opt = torch.optim.AdamW(net.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay,
+                                **({"fused": True} if fused_opt else {}))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec.train.warmup_steps, total_steps(spec)))
+        ema = EMA(net, spec.train.ema_decay) if spec.train.ema else None
+        return cls(net, opt, sched, ema, torch.Generator().manual_seed(spec.train.seed))
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+                "lr_scheduler": self.sched.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+                "rng": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "history": self.history}
+
+    def load_state_dict(self, st: dict) -> None:
+        fused = [g.get("fused") for g in self.opt.param_groups]
+        self.net.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        for g, f in zip(self.opt.param_groups, fused):  # keep this run's optimiser kernel
+            g["fused"] = f
+        self.sched.load_state_dict(st["lr_scheduler"])
+        if self.ema is not None and st.get("ema") is not None:
+            self.ema.load_state_dict(st["ema"], self.net)
+        self.gen.set_state(st["rng"])
+        torch.set_rng_state(st["torch_rng"])
+        self.step, self.history = st["step"], [(s, m) for s, m in st.get("history", [])]
+        self.resumed_from = self.step
+
+    @contextlib.contextmanager
+    def eval_weights(self):
+        """The EMA weights swapped in (when EMA is on), the raw ones restored after."""
+        if self.ema is None:
+            yield
+            return
+        raw = {k: v.clone() for k, v in self.net.state_dict().items()}
+        self.net.load_state_dict(self.ema.shadow)
+        try:
+            yield
+        finally:
+            self.net.load_state_dict(raw)
+
+
+class LossMeter:
+    """Per-group loss shares and x0 MSEs summed on the device (no sync per step) between logs."""
+
+    def __init__(self, device: torch.device):
+        self.total = torch.zeros((), device=device)
+        self.shares = torch.zeros(len(SHARES), device=device)
+        self.mse = torch.zeros(len(GROUPS), device=device)
+        self.n = 0
+
+    @torch.no_grad()
+    def add(self, lo) -> None:
+        self.total += lo.total.detach()
+        self.shares += lo.contrib_vec.detach()
+        self.mse += lo.mse_vec.detach()
+        self.n += 1
+
+    def metrics(self, loss_fn: DiffusionLoss, prefix: str) -> dict[str, float]:
+        """{prefix}/loss/{total,pos,rot,grip,pad} and {prefix}/nmse/{g}, averaged over the steps added."""
+        n = max(self.n, 1)
+        m = {f"{prefix}/loss/total": float(self.total) / n}
+        m.update({f"{prefix}/loss/{g}": v / n for g, v in zip(SHARES, self.shares.tolist())})
+        nmse = loss_fn.nmse({g: v / n for g, v in zip(GROUPS, self.mse.tolist())})
+        m.update({f"{prefix}/nmse/{g}": nmse[g] for g in GROUPS})
+        return m
+
+
+def phys_metrics(policy: DiffusionPolicy, x0_pred: torch.Tensor, w: Windows, idx: torch.Tensor,
+                 prefix: str) -> dict[str, float]:
+    """Physical errors of one batch's x0 estimate, {prefix}/phys/{pos_mm,rot_deg,grip}."""
+    ni = idx.cpu().numpy()
     pred_phys = policy.codec.decode(x0_pred.detach().float().cpu().numpy())
-    for k, v in physical_errors(policy.codec, pred_phys, phys_true, valid).items():
-        m[f"{prefix}/phys/{k}"] = v
-    return m
+    errs = physical_errors(policy.codec, pred_phys, w.phys_actions[ni], w.action_valid[ni])
+    return {f"{prefix}/phys/{k}": v for k, v in errs.items()}
 
 
-def _chunk_poses(codec: ActionCodec, w: Windows, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """EEF pose before each chunk step, (n,H,3), (n,H,3,3), as if the arm followed the demo.
+# ----------------------------------------------------------------------------- one step, validation
 
-    Step 0 uses the window's pose; step h>0 the demo's target of step h-1, which for absolute
-    representations is the pose reached after it. Delta representations do not read the pose.
-    """
-    H = w.phys_actions.shape[1]
-    pos = np.repeat(w.ee_pos[idx][:, None], H, axis=1)
-    rot = np.repeat(w.ee_rot[idx][:, None], H, axis=1)
-    gi = codec.rep.group_index
-    phys = w.phys_actions[idx]
-    if codec.spec.representation == "abs_pose":
-        pos[:, 1:] = phys[:, :-1][..., gi["pos"]]
-    if codec.spec.representation in ("abs_pose", "seed_mix"):
-        rot[:, 1:] = rot6d_to_matrix(phys[:, :-1][..., gi["rot"]])
-    return pos, rot
+class Trainer:
+    """The parts of a run that the loop calls: a step, validation, a checkpoint."""
+
+    def __init__(self, spec: Spec, data: PreparedData, demo_path: Path, out_dir: Path, kernels: str):
+        if kernels not in KERNEL_CHOICES:
+            raise UserError(f"train.kernels '{kernels}' is not one of {', '.join(KERNEL_CHOICES)}")
+        self.spec, self.data, self.out_dir, self.demo_path = spec, data, out_dir, demo_path
+        self.device = device = pick_device(spec)
+        obs_norm = ObsNormalizer.fit(data.train.obs, spec.data.obs_keys)
+        n_cams = data.train.images.shape[2] if data.train.images is not None else 0
+        instruction = data.demo_set.meta.problem_info.get("language_instruction")
+        self.policy = build_policy(spec, data.codec, obs_norm, data.train.obs.shape[-1], n_cams, instruction).to(device)
+        net = self.policy.net
+        fast_cpu = kernels == "fast" and device.type == "cpu" and isinstance(net, DiffusionTransformer)
+        self.train_kernels = FAST_TRAIN_KERNELS if fast_cpu else REFERENCE_KERNELS
+        self.eval_kernels = FAST_EVAL_KERNELS if fast_cpu else REFERENCE_KERNELS
+        self.kernels = kernels
+        self.loss_fn = DiffusionLoss(data.codec, spec.loss, device)
+        self.state = TrainState.create(spec, net, fused_opt=(kernels == "fast" and device.type == "cpu"))
+        self.demo_sha = file_sha256(demo_path)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+                                       enabled=(device.type == "cuda" and spec.train.bf16))
+        self.train_t = WindowTensors(data.train, device)
+        self.val_t = WindowTensors(data.val, device) if data.val is not None else None
+        self.data_time = 0.0  # seconds spent gathering batches
+
+    def _set_kernels(self, k) -> None:
+        if isinstance(self.policy.net, DiffusionTransformer):
+            self.policy.net.set_kernels(k)
+
+    def resume_or_init(self, resume: bool) -> Path | None:
+        """Continue from the newest bundle in out_dir (same spec, demos, codec), else start from
+        train.init_from's weights (when set) or the seeded initialisation. Returns the bundle resumed."""
+        prev = latest_bundle(self.out_dir) if resume else None
+        if prev is not None:
+            check_resumable(prev, self.spec, self.demo_sha, self.data.codec)
+            self.state.load_state_dict(read_train_state(prev, self.device))
+        elif getattr(self.spec.train, "init_from", None):
+            self.policy.net.load_state_dict(load_weights(self.spec.train.init_from), strict=True)
+            if self.state.ema is not None:
+                self.state.ema = EMA(self.policy.net, self.spec.train.ema_decay)
+        return prev
+
+    def step(self, meter: LossMeter) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """One optimiser step on a fresh batch -> (batch indices, training outputs, grad norm)."""
+        st, spec = self.state, self.spec
+        t0 = time.perf_counter()
+        idx = torch.randint(0, len(self.train_t), (spec.train.batch_size,), generator=st.gen)
+        batch = self.train_t.batch(idx)
+        self.data_time += time.perf_counter() - t0
+        with self.autocast:
+            o = self.policy.training_outputs(batch, st.gen)
+        lo = self.loss_fn(o["pred"], o["target"], o["x0_pred"], o["x0"])
+        if not torch.isfinite(lo.total):
+            bad = [g for g in SHARES if not torch.isfinite(lo.contrib[g])]
+            raise TrainingDiverged(f"{spec.name}: step {st.step + 1}: loss is {float(lo.total.detach())}; non-finite in "
+                                   f"group(s) {', '.join(bad) or '?'} (lr {st.sched.get_last_lr()[0]:.3g}); "
+                                   "lower train.lr, or check the codec's scales")
+        st.opt.zero_grad(set_to_none=True)
+        lo.total.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(st.opt.param_groups[0]["params"], spec.train.grad_clip,
+                                               foreach=True if self.kernels == "fast" else None)
+        if not torch.isfinite(gnorm):
+            raise TrainingDiverged(f"{spec.name}: step {st.step + 1}: gradient norm is {float(gnorm)} "
+                                   "(loss was finite); lower train.lr")
+        st.opt.step()
+        st.sched.step()
+        if st.ema is not None:
+            st.ema.update(self.policy.net)
+        st.step += 1
+        meter.add(lo)
+        return idx, o, gnorm
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Training diagnostic on held-out windows, with the eval (EMA) weights:
+
+        val/loss/*, val/nmse/*, val/phys/*  from a ONE-STEP x0 estimate (noise at a random t, one
+            network call), like train/*: cheap, but not what a rollout executes;
+        val/openloop/*  fully sampled chunks on VAL_OPEN_LOOP_N windows (ablation.openloop).
+        The key names stay val/nmse/* (other code reads them); open-loop figures are val/openloop/*.
+        """
+        if self.val_t is None:
+            return {}
+        policy, spec = self.policy, self.spec
+        self._set_kernels(self.eval_kernels)
+        policy.eval()
+        try:
+            with self.state.eval_weights():
+                vgen = torch.Generator().manual_seed(spec.train.seed + 1)
+                meter = LossMeter(self.device)
+                bs = min(spec.train.batch_size, len(self.val_t))
+                for _ in range(VAL_BATCHES):
+                    idx = torch.randint(0, len(self.val_t), (bs,), generator=vgen)
+                    with self.autocast:
+                        o = policy.training_outputs(self.val_t.batch(idx), vgen)
+                    meter.add(self.loss_fn(o["pred"], o["target"], o["x0_pred"], o["x0"]))
+                m = meter.metrics(self.loss_fn, "val")
+                m.update(phys_metrics(policy, o["x0_pred"], self.data.val, idx, "val"))
+                ol = open_loop_eval(policy, self.data.val, n=VAL_OPEN_LOOP_N, seed=spec.train.seed)
+                m.update({f"val/openloop/{k}": v for k, v in ol.items()})
+        finally:
+            policy.train()
+            self._set_kernels(self.train_kernels)
+        return m
+
+    def checkpoint(self) -> Path:
+        st, spec, data = self.state, self.spec, self.data
+        meta = {"spec_hash": spec.hash(), "spec_name": spec.name, "step": st.step, "resumed_from": st.resumed_from,
+                "model_config": self.policy.cfg.to_dict(),
+                "n_params": sum(p.numel() for p in self.policy.net.parameters()),
+                "env": {"suite": spec.data.suite, "task": spec.data.task},
+                "demo_file": str(self.demo_path.resolve()), "demo_sha256": self.demo_sha,
+                "demo_attrs": data.demo_set.meta.attrs, "train_demos": data.train_ids, "val_demos": data.val_ids,
+                "versions": versions(), "git_commit": git_commit(), "device": str(self.device),
+                "weights": "ema" if st.ema is not None else "raw", "kernels": self.kernels,
+                "init_from": getattr(spec.train, "init_from", None)}
+        return write_bundle(self.out_dir, self.policy, meta, st.state_dict(), st.ema.shadow if st.ema else None)
+
+    def final_open_loop(self) -> dict[str, float]:
+        """Open-loop figures of the final (EMA) weights on the held-out windows (training ones if none)."""
+        if self.state.ema is not None:
+            self.policy.net.load_state_dict(self.state.ema.shadow)
+        self._set_kernels(self.eval_kernels)
+        windows = self.data.val if self.data.val is not None else self.data.train
+        return open_loop_eval(self.policy, windows, n=256, seed=self.spec.train.seed)
 
 
-@torch.no_grad()
-def open_loop_eval(policy: DiffusionPolicy, windows: Windows, n: int = 256, seed: int = 0,
-                   batch_size: int = 256) -> dict[str, float]:
-    """Sample chunks for up to n evenly spaced windows and compare them with the demo.
-
-    Returns: pos_mm / rot_deg / grip (mean physical errors of the sampled chunks over valid steps),
-    nmse/{g} (model-space group MSE / group variance), clip_fraction and max_excess (decoded env
-    actions outside [-1, 1] before clipping, arm dims, all chunk steps) with demo_clip_fraction for
-    reference, pos_step_max_m and pos_step_ratio (largest commanded position step / largest in the
-    training data: far above 1 is the seed's failure), std_ratio/{g} (std of predicted / demo
-    physical actions, mean over the group's dims; NaN when the demo group is constant, flagged by
-    const/{g} = 1), n_windows.
-    """
-    was_training = policy.training
-    policy.eval()
-    codec, dev = policy.codec, policy.device
-    N = len(windows)
-    idx = np.unique(np.linspace(0, N - 1, min(n, N)).round().astype(int))
-    wt = WindowTensors(windows, torch.device("cpu"))
-    gen = torch.Generator().manual_seed(seed)
-    preds = []
-    for s in range(0, len(idx), batch_size):
-        b = {k: v.to(dev) for k, v in wt.batch(torch.as_tensor(idx[s:s + batch_size])).items()}
-        preds.append(policy.sample(b, generator=gen).float().cpu().numpy())
-    pred = np.concatenate(preds).astype(np.float64)                        # (n, H, W)
-    true_model = windows.actions[idx].astype(np.float64)
-    pred_phys, true_phys = codec.decode(pred), windows.phys_actions[idx]    # (n, H, D)
-    valid = windows.action_valid[idx]
-    out: dict[str, float] = dict(physical_errors(codec, pred_phys, true_phys, valid))
-    var = codec.group_variance_model()
-    for g, slots in codec.group_slots.items():
-        out[f"nmse/{g}"] = float(np.mean((pred[..., slots] - true_model[..., slots]) ** 2) / max(var[g], 1e-12))
-    pos, rot = _chunk_poses(codec, windows, idx)
-    H = pred.shape[1]
-    env = codec.to_env(pred.reshape(-1, pred.shape[-1]), pos.reshape(-1, 3), rot.reshape(-1, 3, 3))
-    demo_env = codec.rep.to_env(true_phys.reshape(-1, true_phys.shape[-1]), pos.reshape(-1, 3), rot.reshape(-1, 3, 3))
-    out["clip_fraction"] = env.clip_fraction
-    out["max_excess"] = env.max_excess
-    out["demo_clip_fraction"] = demo_env.clip_fraction
-    step_max = float(np.abs(env.pos_step_m).max())
-    out["pos_step_max_m"] = step_max
-    out["pos_step_ratio"] = step_max / max(float(codec.stats.get("pos_step_m", {}).get("absmax", 0.0)), 1e-9)
-    for g, gi in codec.rep.group_index.items():
-        sp = pred_phys.reshape(-1, pred_phys.shape[-1])[:, gi].std(0)
-        sd = true_phys.reshape(-1, true_phys.shape[-1])[:, gi].std(0)
-        ok = sd > 1e-9
-        out[f"std_ratio/{g}"] = float(np.mean(sp[ok] / sd[ok])) if ok.any() else float("nan")
-        out[f"const/{g}"] = 0.0 if ok.any() else 1.0
-    out["n_windows"] = float(len(idx))
-    out["horizon"] = float(H)
-    policy.train(was_training)
-    return out
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def _ckpt_root(out_dir: Path) -> Path:
-    return Path(out_dir) / "checkpoints"
-
-
-def latest_bundle(out_dir: Path) -> Path | None:
-    """The newest complete bundle under out_dir/checkpoints (temp dirs are ignored)."""
-    root = _ckpt_root(out_dir)
-    if not root.is_dir():
-        return None
-    steps = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")
-                    and (p / "meta.json").is_file()), key=lambda p: int(p.name.split("_")[1]))
-    return steps[-1] if steps else None
-
-
-def save_bundle(out_dir: Path, policy: DiffusionPolicy, meta: dict, train_state: dict, ema: EMA | None) -> Path:
-    """Write the bundle to a temp dir, then rename: a crash never leaves a half bundle."""
-    root = _ckpt_root(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    step = meta["step"]
-    final = root / f"step_{step:07d}"
-    tmp = root / f".tmp_step_{step:07d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    weights = {k: v for k, v in ema.shadow.items()} if ema is not None else None
-    policy.save_weights(tmp, weights)
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-    torch.save(train_state, tmp / "train_state.pt")
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    for old in root.iterdir():  # keep only the newest bundle
-        if old.is_dir() and old.name.startswith("step_") and old != final:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-# ----------------------------------------------------------------------------- the trainer
+# ----------------------------------------------------------------------------- the loop
 
 def train(spec: Spec, demo_path: str | Path, out_dir: str | Path, *, on_metrics: MetricsCallback | None = None,
-          resume: bool = True, progress: bool = True, data: PreparedData | None = None) -> TrainResult:
+          resume: bool = True, progress: bool = True, data: PreparedData | None = None,
+          kernels: str | None = None) -> TrainResult:
     """Train one spec on one demo file; write bundles under out_dir/checkpoints.
 
     Resumes from the newest bundle in out_dir when `resume` (it must have the same spec hash and
-    demo file). Raises TrainingDiverged on a non-finite loss or gradient.
+    demo file). Raises TrainingDiverged on a non-finite loss or gradient. `kernels` overrides
+    train.kernels ("fast" | "reference"; for benchmarks). Process-wide torch options (threads,
+    denormals) are the caller's: see `configure_torch`.
     """
-    torch.set_flush_denormal(True)  # unnormalised tiny actions make denormals: ~5x slower on CPU
-    if spec.train.num_threads:
-        torch.set_num_threads(spec.train.num_threads)
-    device = pick_device(spec)
-    out_dir, demo_path = Path(out_dir), Path(demo_path)
     t_start = time.perf_counter()
-
+    out_dir, demo_path = Path(out_dir), Path(demo_path)
     data = data or prepare_data(spec.data, spec.codec, demo_path)
-    codec = data.codec
-    obs_norm = ObsNormalizer.fit(data.train.obs, spec.data.obs_keys)
-    n_cams = data.train.images.shape[2] if data.train.images is not None else 0
-    instruction = data.demo_set.meta.problem_info.get("language_instruction")
-    policy = build_policy(spec, codec, obs_norm, data.train.obs.shape[-1], n_cams, instruction).to(device)
-    net = policy.net
-    loss_fn = DiffusionLoss(codec, spec.loss, device)
-    opt = torch.optim.AdamW(net.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec.train.warmup_steps, spec.train.steps))
-    ema = EMA(net, spec.train.ema_decay) if spec.train.ema else None
-    gen = torch.Generator().manual_seed(spec.train.seed)
-    demo_sha = file_sha256(demo_path)
-    history: list[tuple[int, dict[str, float]]] = []
-    step = 0
-    resumed_from: int | None = None
-
-    prev = latest_bundle(out_dir) if resume else None
-    if prev is not None:
-        meta = json.loads((prev / "meta.json").read_text())
-        if meta.get("spec_hash") != spec.hash():
-            raise UserError(f"{out_dir}: holds a run of another spec (hash {meta.get('spec_hash')}, this spec "
-                            f"{spec.hash()}); use another --out, or resume=False to start over there")
-        if meta.get("demo_sha256") != demo_sha:
-            raise UserError(f"{out_dir}: was trained on another demo file ({meta.get('demo_file')}); "
-                            "use another --out")
-        saved = ActionCodec.load(prev / "codec.json", expected=spec.codec)
-        if json.dumps(saved.to_json(), sort_keys=True) != json.dumps(codec.to_json(), sort_keys=True):
-            raise CodecError(f"{prev / 'codec.json'}: differs from the codec fitted now on the same data")
-        st = torch.load(prev / "train_state.pt", map_location=device, weights_only=False)
-        net.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["lr_scheduler"])
-        if ema is not None and st.get("ema") is not None:
-            ema.load_state_dict(st["ema"])
-        gen.set_state(st["rng"])
-        torch.set_rng_state(st["torch_rng"])
-        step, history = st["step"], [(s, m) for s, m in st.get("history", [])]
-        resumed_from = step
-
-    if spec.train.compile:
-        net.compile()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=(device.type == "cuda" and spec.train.bf16))
-    train_t = WindowTensors(data.train, device)
-    val_t = WindowTensors(data.val, device) if data.val is not None else None
-
-    def meta_now(at: int) -> dict:
-        return {"spec_hash": spec.hash(), "spec_name": spec.name, "step": at, "resumed_from": resumed_from,
-                "model_config": policy.cfg.to_dict(),
-                "n_params": sum(p.numel() for p in net.parameters()),
-                "env": {"suite": spec.data.suite, "task": spec.data.task},
-                "demo_file": str(demo_path.resolve()), "demo_sha256": demo_sha,
-                "demo_attrs": data.demo_set.meta.attrs, "train_demos": data.train_ids, "val_demos": data.val_ids,
-                "versions": versions(), "git_commit": git_commit(), "device": str(device),
-                "weights": "ema" if ema is not None else "raw"}
-
-    def checkpoint(at: int) -> Path:
-        state = {"step": at, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                 "lr_scheduler": sched.state_dict(), "ema": ema.state_dict() if ema else None,
-                 "rng": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history}
-        return save_bundle(out_dir, policy, meta_now(at), state, ema)
-
-    def with_eval_weights(fn):
-        """Run fn with the EMA weights swapped in (when EMA is on)."""
-        if ema is None:
-            return fn()
-        raw = {k: v.clone() for k, v in net.state_dict().items()}
-        net.load_state_dict(ema.shadow)
-        try:
-            return fn()
-        finally:
-            net.load_state_dict(raw)
-
-    @torch.no_grad()
-    def validate() -> dict[str, float]:
-        if val_t is None:
-            return {}
-        policy.eval()
-        vgen = torch.Generator().manual_seed(spec.train.seed + 1)
-        sums = {k: 0.0 for k in ("total", *GROUPS, "pad")}
-        mse = {g: 0.0 for g in GROUPS}
-        bs = min(spec.train.batch_size, len(val_t))
-        for _ in range(VAL_BATCHES):
-            idx = torch.randint(0, len(val_t), (bs,), generator=vgen)
-            b = val_t.batch(idx)
-            with autocast:
-                o = policy.training_outputs(b, vgen)
-            lo = loss_fn(o["pred"], o["target"], o["x0_pred"], o["x0"])
-            sums["total"] += float(lo.total)
-            for g in (*GROUPS, "pad"):
-                sums[g] += float(lo.contrib[g])
-            for g in GROUPS:
-                mse[g] += float(lo.mse[g])
-        ni = idx.cpu().numpy()
-        m = batch_metrics(policy, loss_fn, lo, o["x0_pred"], data.val.phys_actions[ni],
-                          data.val.action_valid[ni], "val", sums, mse, VAL_BATCHES)
-        ol = open_loop_eval(policy, data.val, n=VAL_OPEN_LOOP_N, seed=spec.train.seed)
-        m.update({f"val/openloop/{k}": v for k, v in ol.items()})
-        policy.train()
-        return m
-
-    # Running sums on the device (no sync per step): total | pos rot grip pad shares | pos rot grip mse
-    acc = torch.zeros(8, device=device)
-    n_acc, data_time, step_time, start_step = 0, 0.0, 0.0, step
-    eval_time, ckpt_time = 0.0, 0.0
-    last: dict[str, float] = history[-1][1] if history else {}
-    bar = tqdm(total=spec.train.steps, initial=step, disable=not progress, desc=spec.name, dynamic_ncols=True)
-    policy.train()
-    ckpt_dir = prev
+    tr = Trainer(spec, data, demo_path, out_dir, kernels or getattr(spec.train, "kernels", "fast"))
+    st, tcfg, total = tr.state, spec.train, total_steps(spec)
+    ckpt_dir = tr.resume_or_init(resume)
+    if tcfg.compile:
+        tr.policy.net.compile()
+    tr._set_kernels(tr.train_kernels)
+    start_step, last = st.step, (st.history[-1][1] if st.history else {})
+    meter = LossMeter(tr.device)
+    step_time = eval_time = ckpt_time = 0.0
+    bar = tqdm(total=total, initial=st.step, disable=not progress, desc=spec.name, dynamic_ncols=True)
+    tr.policy.train()
     t_loop = time.perf_counter()
-    while step < spec.train.steps:
+    while st.step < total:
         t0 = time.perf_counter()
-        idx = torch.randint(0, len(train_t), (spec.train.batch_size,), generator=gen)
-        batch = train_t.batch(idx)
-        t1 = time.perf_counter()
-        with autocast:
-            o = policy.training_outputs(batch, gen)
-        lo = loss_fn(o["pred"], o["target"], o["x0_pred"], o["x0"])
-        if not torch.isfinite(lo.total):
-            bad = [g for g in (*GROUPS, "pad") if not torch.isfinite(lo.contrib[g])]
-            raise TrainingDiverged(f"{spec.name}: step {step + 1}: loss is {float(lo.total.detach())}; non-finite in "
-                                   f"group(s) {', '.join(bad) or '?'} (lr {sched.get_last_lr()[0]:.3g}); "
-                                   "lower train.lr, or check the codec's scales")
-        opt.zero_grad(set_to_none=True)
-        lo.total.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), spec.train.grad_clip)
-        if not torch.isfinite(gnorm):
-            raise TrainingDiverged(f"{spec.name}: step {step + 1}: gradient norm is {float(gnorm)} "
-                                   "(loss was finite); lower train.lr")
-        opt.step()
-        sched.step()
-        if ema is not None:
-            ema.update(net)
-        step += 1
-        with torch.no_grad():
-            acc += torch.cat([lo.total.detach()[None], lo.contrib_vec.detach(), lo.mse_vec.detach()])
-        n_acc += 1
-        t2 = time.perf_counter()
-        data_time += t1 - t0
-        step_time += t2 - t0
+        idx, o, gnorm = tr.step(meter)
+        step_time += time.perf_counter() - t0
         bar.update(1)
-
-        if step % spec.train.log_every == 0 or step == spec.train.steps:
-            ni = idx.cpu().numpy()
-            a = acc.tolist()
-            sums = dict(zip(("total", *SHARES), a[:5]))
-            mse_sums = dict(zip(GROUPS, a[5:]))
-            m = batch_metrics(policy, loss_fn, lo, o["x0_pred"], data.train.phys_actions[ni],
-                              data.train.action_valid[ni], "train", sums, mse_sums, n_acc)
-            m["train/lr"] = sched.get_last_lr()[0]
+        at_end = st.step == total
+        if st.step % tcfg.log_every == 0 or at_end:
+            m = meter.metrics(tr.loss_fn, "train")
+            m.update(phys_metrics(tr.policy, o["x0_pred"], data.train, idx, "train"))
+            m["train/lr"] = st.sched.get_last_lr()[0]
             m["train/grad_norm"] = float(gnorm)
-            m["train/samples_per_s"] = (step - start_step) * spec.train.batch_size / max(step_time, 1e-9)
-            if step % spec.train.eval_every == 0 or step == spec.train.steps:
+            m["train/samples_per_s"] = (st.step - start_step) * tcfg.batch_size / max(step_time, 1e-9)
+            if st.step % tcfg.eval_every == 0 or at_end:
                 tv = time.perf_counter()
-                m.update(with_eval_weights(validate))
+                m.update(tr.validate())
                 eval_time += time.perf_counter() - tv
-            acc.zero_()
-            n_acc = 0
-            history.append((step, m))
+            meter = LossMeter(tr.device)
+            st.history.append((st.step, m))
             last = m
             bar.set_postfix(loss=f"{m['train/loss/total']:.3g}", nmse_pos=f"{m['train/nmse/pos']:.3g}")
             if on_metrics is not None:
-                on_metrics(step, m)
-        if step % spec.train.checkpoint_every == 0 or step == spec.train.steps:
+                on_metrics(st.step, m)
+        if st.step % tcfg.checkpoint_every == 0 or at_end:
             tc = time.perf_counter()
-            ckpt_dir = checkpoint(step)
+            ckpt_dir = tr.checkpoint()
             ckpt_time += time.perf_counter() - tc
     bar.close()
     loop_wall = time.perf_counter() - t_loop
-    if ckpt_dir is None:  # resumed a finished run
-        ckpt_dir = latest_bundle(out_dir)
-    eval_windows = data.val if data.val is not None else data.train
-    if ema is not None:
-        net.load_state_dict(ema.shadow)
-    ol = open_loop_eval(policy, eval_windows, n=256, seed=spec.train.seed)
-    wall = time.perf_counter() - t_start
-    trained = step - start_step
+    ckpt_dir = ckpt_dir or latest_bundle(out_dir)  # resumed a finished run: its bundle
+    ol = tr.final_open_loop()
+    trained = st.step - start_step
     final = dict(last)
     final.update({f"openloop/{k}": v for k, v in ol.items()})
-    return TrainResult(final=final, history=history, checkpoint_dir=Path(ckpt_dir), wall_time_s=wall,
-                       samples_per_s=trained * spec.train.batch_size / max(step_time, 1e-9), steps=step,
-                       data_time_share=data_time / max(step_time, 1e-9), loop_wall_s=loop_wall, eval_time_s=eval_time,
-                       checkpoint_time_s=ckpt_time, open_loop=ol)
+    return TrainResult(final=final, history=st.history, checkpoint_dir=Path(ckpt_dir),
+                       wall_time_s=time.perf_counter() - t_start,
+                       samples_per_s=trained * tcfg.batch_size / max(step_time, 1e-9), steps=st.step,
+                       data_time_share=tr.data_time / max(step_time, 1e-9), loop_wall_s=loop_wall,
+                       eval_time_s=eval_time, checkpoint_time_s=ckpt_time, open_loop=ol)

@@ -22,11 +22,12 @@ import yaml
 from .errors import UserError
 from .spec import Spec, resolve_spec, with_overrides
 from .provenance import git_commit
-from .tracking import (TAG_KIND, TAG_SEED, TAG_SPEC, TAG_SPEC_HASH, MetricBuffer, Tracker,
+from .tracking import (TAG_KIND, TAG_SEED, TAG_SPEC, TAG_SPEC_HASH, Tracker,
                        default_tracking_uri, ui_command)
 from .workdir import ensure_demos
 
-INTERMEDIATE_KEY = "val/phys/pos_mm"  # open-loop position error of the x0 prediction, lower is better
+# Position nMSE of fully sampled chunks on held-out demos (the early signal for pruning); lower is better.
+INTERMEDIATE_KEY = "val/openloop/nmse/pos"
 STUDY_RUN_ATTR = "mlflow_run_id"
 
 
@@ -51,11 +52,16 @@ def make_storage(url: str, heartbeat_s: int):
                         "postgresql+psycopg2://user:pass@host/db") from None
 
 
-def make_pruner(kind: str):
+def make_pruner(kind: str, spec: Spec | None = None):
     import optuna
 
     if kind == "none":
         return optuna.pruners.NopPruner()
+    if kind == "hyperband" and spec is not None:
+        # Multi-fidelity on training steps: the open-loop error reported every train.eval_every steps is
+        # the early signal; brackets stop weak weights after a fraction of the budget.
+        return optuna.pruners.HyperbandPruner(min_resource=spec.train.eval_every,
+                                              max_resource=spec.train.total_steps, reduction_factor=3)
     # Short studies: judge from the first trial, after one report.
     return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
 
@@ -116,10 +122,12 @@ def suggest_overrides(trial, spec: Spec) -> list[str]:
 
 
 def run_trial(trial, base: Spec, demo: Path, workdir: Path, tracker: Tracker, study_run: str,
-              progress: bool) -> float:
+              progress: bool, rollout_workers: int = 1) -> float:
+    """One trial = one run of the one run pipeline (gate, audit, train, open loop, closed loop,
+    artifacts), nested under the study's run, with the open-loop error reported for pruning."""
     import optuna
 
-    from .stages import closed_loop_stage, train_stage
+    from .run import RunJob, execute
 
     sets = suggest_overrides(trial, base)
     spec = with_overrides(base, sets)
@@ -129,43 +137,42 @@ def run_trial(trial, base: Spec, demo: Path, workdir: Path, tracker: Tracker, st
         study_run)
     trial.set_user_attr(STUDY_RUN_ATTR, run_id)
     tracker.log_params(run_id, {**spec.flat(), "optuna.trial": trial.number})
-    buf = MetricBuffer(tracker, run_id)
 
     def on_metrics(step: int, metrics: dict[str, float]) -> None:
-        buf(step, metrics)
         if INTERMEDIATE_KEY in metrics:
             trial.report(-float(metrics[INTERMEDIATE_KEY]), step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step}: {INTERMEDIATE_KEY}={metrics[INTERMEDIATE_KEY]:.3g}")
 
+    ckpt = workdir / "checkpoints" / f"tune-{trial.study.study_name}-t{trial.number}-{spec.hash()}"
+    job = RunJob(spec.name, spec.to_yaml(), spec.train.seed, run_id, tracker.tracking_uri, tracker.experiment_id,
+                 str(demo), str(ckpt), tuple(range(spec.tune.episodes)), rollout_workers=rollout_workers,
+                 progress=progress, gate_episodes=spec.rollout.gate_episodes, gate_cache_dir=str(workdir / "gates"))
     try:
-        ckpt = workdir / "checkpoints" / f"tune-{trial.study.study_name}-t{trial.number}-{spec.hash()}"
-        result = train_stage(spec, demo, ckpt, on_metrics, progress=progress)
-        buf.flush()
-        metrics = closed_loop_stage(tracker, run_id, spec, result)
-        success = float(metrics["eval/success_rate"])
-        tracker.end_run(run_id, "FINISHED")
-        return success
+        res = execute(job, on_train_metrics=on_metrics)
     except optuna.TrialPruned as e:
-        buf.flush()
         tracker.set_tags(run_id, {"optuna.state": "PRUNED"})
         tracker.end_run(run_id, "KILLED", str(e))
         raise
-    except BaseException as e:
-        buf.flush()
-        tracker.end_run(run_id, "FAILED", f"{type(e).__name__}: {e}")
-        raise
+    if res.status != "FINISHED":
+        raise UserError(f"trial {trial.number} failed: {res.reason}")
+    return float(res.metrics["eval/success_rate"])
 
 
 def tune(spec_file: str, *, trials: int | None = None, storage: str | None = None, tracking_uri: str | None = None,
          study_name: str | None = None, workdir: Path = Path("workdir"), sets: list[str] | None = None,
-         heartbeat_s: int = 20, reeval: bool = True, progress: bool = True, jobs: int | None = None) -> TuneOutcome:
+         heartbeat_s: int = 20, reeval: bool = True, progress: bool = True, jobs: int | None = None,
+         profile_name: str | None = None) -> TuneOutcome:
     import optuna
+
+    from .plan import load_profile
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    base = resolve_spec(spec_file, sets)
+    profile = load_profile(profile_name) if profile_name else None
+    profile_sets = list(profile.sets) if profile else []
+    base = resolve_spec(spec_file, [*profile_sets, *(sets or [])])
     if not base.tune.search_space:
         raise UserError(f"{spec_file}: tune.search_space is empty; list the dotted fields to search, "
                         "e.g. loss.weights.pos: {low: 0.01, high: 1000, log: true}")
@@ -173,12 +180,14 @@ def tune(spec_file: str, *, trials: int | None = None, storage: str | None = Non
     uri = tracking_uri or base.tracking.tracking_uri or default_tracking_uri(workdir)
     name = study_name or base.tune.study or f"{base.name}-{base.hash()[:8]}"
     n_trials = trials or base.tune.trials
-    print(f"[tune] study '{name}' on {storage}")
+    print(f"[tune] study '{name}' on {storage}" + (f", profile {profile.name}" if profile else ""))
+    print(f"[tune] {n_trials} trial(s) x {base.train.total_steps} steps, {base.tune.episodes} episodes each "
+          f"(init states 0-{base.tune.episodes - 1}, the same for every trial), pruner {base.tune.pruner}")
     print(f"[tune] dashboard:  {dashboard_command(storage)}")
     print(f"[tune] MLflow {uri}; UI:  {ui_command(uri)}")
     tracker = Tracker.open(uri, base.tracking.experiment, workdir / "mlartifacts")
     study = optuna.create_study(study_name=name, storage=make_storage(storage, heartbeat_s), direction="maximize",
-                                pruner=make_pruner(base.tune.pruner), load_if_exists=True,
+                                pruner=make_pruner(base.tune.pruner, base), load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=None))
     study_run = _study_run(tracker, study, base)
     tracker.client.update_run(study_run, status="RUNNING")
@@ -187,7 +196,8 @@ def tune(spec_file: str, *, trials: int | None = None, storage: str | None = Non
         print("[tune] marked MLflow runs of dead trials as FAILED")
     demo = ensure_demos(base, workdir, 0)
     t0 = time.time()
-    study.optimize(lambda t: run_trial(t, base, demo, workdir, tracker, study_run, progress),
+    workers = (profile.rollout_workers if profile and profile.rollout_workers else base.rollout.workers)
+    study.optimize(lambda t: run_trial(t, base, demo, workdir, tracker, study_run, progress, workers),
                    n_trials=n_trials, catch=(UserError,), gc_after_trial=True)
     sync_failed_trials(study, tracker)
     done = [t for t in study.trials if t.value is not None]
@@ -197,21 +207,52 @@ def tune(spec_file: str, *, trials: int | None = None, storage: str | None = Non
         return TuneOutcome(name, storage, None, {}, None, len(study.trials))
     best = study.best_trial
     print(f"[tune] best trial {best.number}: success {best.value:.2f} with {best.params}")
-    best_path = write_best_spec(Path(spec_file), base, best.params, workdir / "tuned" / f"{name}_best.yaml",
+    tuned_dir = workdir / "tuned"
+    best_path = write_best_spec(Path(spec_file), base, best.params, tuned_dir / f"{_safe(name)}_best.yaml",
                                 sets=sets or [])
     tracker.log_metrics(study_run, [("tune/best_success_rate", best.value, best.number)])
     tracker.log_artifact(study_run, best_path, "best_spec")
     print(f"[tune] best weights written as a spec: {best_path}")
     if reeval and base.tune.reeval_seeds:
-        from .plan import Profile, execute_runs
+        from .plan import run_plan
 
-        best_spec = resolve_spec(best_path)
-        entries = [(with_overrides(best_spec, [f"train.seed={s}"]), s) for s in base.tune.reeval_seeds]
-        print(f"[tune] re-evaluating the best spec on seeds {list(base.tune.reeval_seeds)}")
-        # The best spec already holds every setting the trials ran with; no profile on top.
-        execute_runs(tracker, entries, workdir=workdir, profile=Profile("tune", (), jobs or 1, None), jobs=jobs,
-                     parent_run_id=study_run, plan_name=f"tune:{name}")
+        plan_path = write_reeval_plan(tuned_dir, name, best_path, base)
+        print(f"[tune] re-evaluating the best spec on seeds {list(base.tune.reeval_seeds)} beside "
+              f"{base.tune.compare_with}, with the plan's statistics ({plan_path})")
+        run_plan(str(plan_path), profile_name=profile.name if profile else "auto", workdir=workdir,
+                 tracking_uri=uri, extra_sets=list(sets or []), jobs=jobs)
     return TuneOutcome(name, storage, best.value, best.params, best_path, len(study.trials))
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+def write_reeval_plan(tuned_dir: Path, study: str, best_path: Path, base: Spec) -> Path:
+    """A hypothesis and a plan beside the best spec: the tuned weights against the best hand-made fix,
+    over the study's re-evaluation seeds, judged like any plan (paired, Holm, adaptive looks)."""
+    best = best_path.stem
+    hyp = {"title": f"Tuning ({study}): did the study's best weights beat {base.tune.compare_with}?",
+           "claim": f"The Optuna study's best loss weights beat the best hand-made fix ({base.tune.compare_with}).",
+           "mechanism": "The study searched the loss weights on one seed and 20 paired episodes per trial; the "
+                        "re-evaluation uses fresh seeds, so selection luck does not count as an effect.",
+           "comparisons": [{"arm": best, "control": base.tune.compare_with, "expect": "better",
+                            "label": "tuned weights vs the hand-made fix"}],
+           "rule": "Supported when the tuned spec beats the hand-made fix (paired, over the re-evaluation seeds).",
+           "outcomes": {"supported": "Tuning found better weights than the hand-made fix: use the tuned spec.",
+                        "not_supported": "Tuning did not beat the hand-made fix: keep the simpler fix.",
+                        "contradicted": "The tuned weights are worse than the hand-made fix on fresh seeds: the "
+                                        "study chased luck.",
+                        "inconclusive": "More seeds or episodes are needed to tell them apart."}}
+    hyp_path = tuned_dir / f"{best}_vs_{base.tune.compare_with}.yaml"
+    hyp_path.write_text(yaml.safe_dump(hyp, sort_keys=False))
+    plan = {"description": f"Re-evaluation of study {study}'s best spec beside {base.tune.compare_with}",
+            "seeds": list(base.tune.reeval_seeds), "hypotheses": [hyp_path.stem],
+            "episodes": {"looks": [base.tune.episodes, min(50, base.tune.episodes + 15)] if base.tune.episodes < 50
+                         else [50]}}
+    plan_path = tuned_dir / f"{_safe(study)}_reeval.yaml"
+    plan_path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    return plan_path
 
 
 def write_best_spec(base_file: Path, base: Spec, params: dict, out: Path, sets: list[str] = ()) -> Path:

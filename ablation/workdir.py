@@ -25,12 +25,29 @@ def demo_path_for(spec: Spec, workdir: Path = DEFAULT_WORKDIR, seed: int = 0) ->
         if not p.is_file():
             raise UserError(f"spec {spec.name}: data.demo_file: '{p}' does not exist; fix the path, or set "
                             "data.demo_file: null to generate demos with the scripted expert")
+        check_file_task(spec, p)
         return p
     from .sim.demos import default_demo_path  # light: the simulator itself is not imported here
 
     d = spec.data
     return default_demo_path(Path(workdir) / "demos", d.suite, d.task, d.n_demos, d.images, d.dart_noise, seed,
                              d.expert_speed, d.image_size)
+
+
+def check_file_task(spec: Spec, path: Path) -> None:
+    """A user's LIBERO file names its own task (BDDL file, instruction): rollouts must run that task.
+    A spec that says another one is an error that names both; a file that cannot tell is trusted to
+    be the spec's task."""
+    from .libero_file import LiberoFileError, infer_suite_task
+
+    try:
+        suite, task = infer_suite_task(path)
+    except LiberoFileError:
+        return
+    if (suite, task) != (spec.data.suite, spec.data.task):
+        raise UserError(f"{path}: the file holds {suite} task {task} (from its BDDL/problem_info attributes) but "
+                        f"spec {spec.name} evaluates {spec.data.suite} task {spec.data.task}; set "
+                        f"data.suite={suite} data.task={task} (e.g. --set data.suite={suite} --set data.task={task})")
 
 
 def ensure_demos(spec: Spec, workdir: Path = DEFAULT_WORKDIR, seed: int = 0) -> Path:

@@ -1,49 +1,117 @@
-"""Rollout throughput on this machine: env steps/s with 1 and 2 workers, cameras off and on,
-the 2-vs-1 ratio and the policy's share of wall time, all measured in one run.
+"""Rollout throughput on this machine: warm worker pools of 1 and N, unbatched and batched policy calls.
 
-    python benchmarks/rollout_throughput.py [--episodes 4] [--max-steps 120] [--camera-steps 30]
+    python benchmarks/rollout_throughput.py [--workers 2] [--episodes 10] [--max-steps 120] [--batch 4]
+                                            [--checkpoint DIR] [--cameras]
 
-Wall time includes env creation in each worker (~4 s), as a real evaluation pays it too.
+1. Pool start: spawn, imports and env creation of a pool of 1 and of N workers, printed apart
+   (a plan or tuning study pays it once).
+2. Scripted expert (policy cost ~0: the simulator's own scaling): env steps/s of the same episodes
+   in the warm pools, N workers vs 1, pool start excluded.
+3. A diffusion policy, a 10-episode evaluation: --checkpoint DIR, or else a `small` model (the CPU
+   profile's size) trained for a few steps on 2 expert demos (cached under the temp dir); its
+   actions are poor, which does not matter for speed. In both pools, unbatched and with `--batch`
+   episodes per worker in lockstep: env steps/s, the N-vs-1 ratio, policy chunks per second of
+   policy time and the policy's share of wall time.
+4. --cameras: the expert with two 128x128 cameras (slow on CPU; off by default).
+
+The machine's load is printed first: on shared cores the ratios move with what else runs.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablation.rollout import ExpertPolicy, run_rollouts  # noqa: E402
+from ablation.rollout import ExpertPolicy, RolloutResult  # noqa: E402
+from ablation.rollout_pool import RolloutPool  # noqa: E402
+
+SUITE, TASK = "libero_object", 0
 
 
-def measure(label, workers, episodes, max_steps, images):
-    r = run_rollouts(functools.partial(ExpertPolicy, "libero_object", 0), "libero_object", 0,
-                     list(range(episodes)), replan_every=8, workers=workers, max_steps=max_steps, images=images)
-    env_only = sum(e.env_steps for e in r.episodes) / max(sum(e.env_s for e in r.episodes), 1e-9)
-    print(f"{label:28s} workers={workers} episodes={episodes:2d} steps={r.env_steps:5d} wall={r.wall_s:6.1f}s "
-          f"-> {r.env_steps_per_s:6.1f} env steps/s (per-process env-only {env_only:6.1f}/s), "
-          f"policy share {r.policy_time_share:.1%}", flush=True)
-    return r
+def quick_checkpoint(cache: Path) -> str:
+    """A `small` diffusion policy trained 20 steps on 2 expert demos (both cached in `cache`)."""
+    from ablation.sim.demos import generate_demos
+    from ablation.spec import resolve_spec, spec_path
+    from ablation.train import train
+
+    demos = generate_demos(SUITE, TASK, n=2, out=cache / "demos.hdf5", seed=0, progress=False)
+    spec = resolve_spec(spec_path("fix_minmax"), ["model.size=small", "train.steps=20", "train.batch_size=32",
+                                                  "train.num_threads=1", "train.eval_every=1000",
+                                                  "train.checkpoint_every=1000", "train.warmup_steps=5"])
+    return str(train(spec, demos, cache / "run", progress=False).checkpoint_dir)
+
+
+def line(label: str, r: RolloutResult) -> str:
+    calls = sum(e.policy_calls for e in r.episodes)
+    policy_s = sum(e.policy_s for e in r.episodes)
+    errors = f", {len(r.errors)} crashed" if r.errors else ""
+    return (f"  {label:34s} {r.env_steps:5d} steps in {r.wall_s:6.1f} s = {r.env_steps_per_s:6.1f} env steps/s; "
+            f"policy {calls / max(policy_s, 1e-9):7.1f} chunks/s, {r.policy_time_share:5.1%} of time{errors}")
+
+
+def compare(title: str, pools: dict[int, RolloutPool], run) -> None:
+    print(title, flush=True)
+    res = {}
+    for n, pool in pools.items():
+        res[n] = run(pool)
+        print(line(f"{n} worker{'s' if n > 1 else ''}", res[n]), flush=True)
+    one, many = res[min(res)], res[max(res)]
+    print(f"  -> {max(res)} vs {min(res)} workers: {many.env_steps_per_s / max(one.env_steps_per_s, 1e-9):.2f}x "
+          "env steps/s (warm pools, start excluded)", flush=True)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--episodes", type=int, default=4)
-    p.add_argument("--max-steps", type=int, default=120)
-    p.add_argument("--camera-episodes", type=int, default=2)
-    p.add_argument("--camera-steps", type=int, default=30)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--max-steps", type=int, default=120, help="policy steps per episode (after 10 wait steps)")
+    p.add_argument("--replan-every", type=int, default=8)
+    p.add_argument("--batch", type=int, default=4, help="episodes per worker in lockstep for the batched runs")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint bundle to evaluate (default: a quick one)")
+    p.add_argument("--cameras", action="store_true", help="also measure the expert with two 128x128 cameras")
     a = p.parse_args()
-    res = {}
-    res[("low", 1)] = measure("no cameras", 1, a.episodes, a.max_steps, False)
-    res[("low", 2)] = measure("no cameras", 2, a.episodes, a.max_steps, False)
-    res[("cam", 1)] = measure("2 cameras 128x128", 1, a.camera_episodes, a.camera_steps, True)
-    res[("cam", 2)] = measure("2 cameras 128x128", 2, a.camera_episodes, a.camera_steps, True)
-    for k in ("low", "cam"):
-        r1, r2 = res[(k, 1)], res[(k, 2)]
-        print(f"{'no cameras' if k == 'low' else 'cameras'}: 2-vs-1 worker throughput ratio "
-              f"{r2.env_steps_per_s / max(r1.env_steps_per_s, 1e-9):.2f}")
-    print(f"policy share of wall time (scripted expert, 1 worker, no cameras): {res[('low', 1)].policy_time_share:.1%}")
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores", flush=True)
+    ckpt = a.checkpoint or quick_checkpoint(Path(tempfile.gettempdir()) / "ablation_rollout_bench")
+    eps = list(range(a.episodes))
+    kw = dict(replan_every=a.replan_every, max_steps=a.max_steps, seed=0)
+
+    pools: dict[int, RolloutPool] = {}
+    try:
+        for n in sorted({1, a.workers}):
+            t0 = time.perf_counter()
+            pools[n] = RolloutPool(n)
+            pools[n].warm(SUITE, TASK, envs=a.batch)
+            print(f"pool start, {n} worker(s): {time.perf_counter() - t0:.1f} s (spawn, imports, {a.batch} env(s) "
+                  "each)", flush=True)
+
+        expert = functools.partial(ExpertPolicy, SUITE, TASK)
+        compare(f"scripted expert, {a.episodes} episodes:", pools, lambda pool: pool.run(expert, SUITE, TASK, eps, **kw))
+
+        from ablation.policy import load_policy
+
+        policy = functools.partial(load_policy, ckpt)
+        compare(f"diffusion policy {ckpt}, {a.episodes} episodes, unbatched:", pools,
+                lambda pool: pool.run(policy, SUITE, TASK, eps, **kw))
+        compare(f"same, batched ({a.batch} episodes per worker in lockstep):", pools,
+                lambda pool: pool.run(policy, SUITE, TASK, eps, batch=a.batch, **kw))
+
+        if a.cameras:
+            for pool in pools.values():
+                pool.warm(SUITE, TASK, images=True)
+            cam_eps = eps[:max(2, a.workers)]
+            compare(f"scripted expert, two 128x128 cameras, {len(cam_eps)} episodes of 30 steps:", pools,
+                    lambda pool: pool.run(expert, SUITE, TASK, cam_eps, images=True, **{**kw, "max_steps": 30}))
+    finally:
+        for pool in pools.values():
+            pool.close()
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return 0
 
 

@@ -24,12 +24,14 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 STAMP=.venv/.ablation-installed
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
-  echo "[setup] installing the pinned stack into .venv (a few minutes on first run)"
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ constraints.txt -nt "$STAMP" ]; then
+  echo "[setup] installing the locked stack into .venv (a few minutes on first run)"
   .venv/bin/python -m pip install -q --upgrade pip
   # torch first and pinned: the CPU wheel on local disk; an unpinned torch pulls GBs of CUDA.
   .venv/bin/python -m pip install -q torch==2.13.0 torchvision==0.28.0
-  .venv/bin/python -m pip install -q -e ".[test]"
+  # constraints.txt holds the exact version of every other package (refresh: scripts/lock.sh), so a
+  # fresh machine next year trains on the same code as today.
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
   touch "$STAMP"
 fi
 

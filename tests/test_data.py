@@ -58,7 +58,10 @@ def test_after_convention_shifts_observations(tmp_path):
     np.testing.assert_array_equal(before.next_ee_pos[:-1], ep.obs["ee_pos"][1:])
     path = tmp_path / "d.hdf5"
     write_demo_file(path, [ep], synthetic_meta())
-    assert read_demo_file(path, obs_convention="after").meta.obs_convention == "after"
+    assert read_demo_file(path).meta.obs_convention == "before"  # the file's own attribute
+    with pytest.raises(DemoFileError, match=r"d.hdf5: the spec says data.obs_convention: after but the file "
+                                            r"records obs before each step"):
+        read_demo_file(path, obs_convention="after")
 
 
 def test_windows_pad_and_mask(synthetic_demo_file):
@@ -68,7 +71,7 @@ def test_windows_pad_and_mask(synthetic_demo_file):
     assert set(prep.train_ids).isdisjoint(prep.val_ids) and len(prep.val_ids) == 1
     n_steps = sum(len(prep.demo_set.episodes[i]) for i in prep.train_ids)
     assert len(w) == n_steps
-    assert w.obs.shape[1:] == (3, 3 + 3 + 2 + 7 + 2) and w.actions.shape[1:] == (8, 128)
+    assert w.obs.shape[1:] == (3, 3 + 6 + 2 + 7 + 2) and w.actions.shape[1:] == (8, 128)  # ee_rot6d: 6
     # the last window of a demo: one valid step, then the last action repeated, masked out
     last = np.nonzero(w.step == w.step[w.demo_index == w.demo_index[0]].max())[0][0]
     np.testing.assert_array_equal(w.action_valid[last], [1, 0, 0, 0, 0, 0, 0, 0])
@@ -183,3 +186,24 @@ def test_missing_obs_key_requested_by_spec(synthetic_demo_file):
     prep = prepare_data(spec.data, spec.codec, synthetic_demo_file)
     with pytest.raises(DemoFileError, match="obs key\\(s\\) object_state requested by data.obs_keys"):
         build_windows(views, [0], prep.codec, spec.data)
+
+
+def test_orientation_feature_is_continuous_through_w_zero():
+    """ee_ori (axis-angle with w >= 0) jumps by about 2 pi when the gripper tilts through the top-down
+    pose where w = 0; the policy's ee_rot6d feature does not."""
+    from ablation import rotation as R
+    from ablation.data import obs_features
+
+    top_down = R.axis_angle_to_matrix(np.array([np.pi, 0.0, 0.0]))
+    tilts = np.linspace(-0.01, 0.01, 41)                      # rad, about the x axis through the pose
+    ori, feat = [], []
+    for a in tilts:
+        rot = R.axis_angle_to_matrix(np.array([a, 0.0, 0.0])) @ top_down  # w = -sin(a/2) changes sign
+        aa = R.quat_to_axis_angle(R.matrix_to_quat(rot))      # as LIBERO stores it (w forced >= 0)
+        ori.append(aa)
+        feat.append(obs_features({"ee_ori": aa}, ["ee_rot6d"]))
+    ori, feat = np.array(ori), np.array(feat)
+    assert np.max(np.abs(np.diff(ori, axis=0))) > 3.0         # the stored axis-angle jumps...
+    step = np.max(np.abs(np.diff(feat, axis=0)))
+    assert step < 2 * (tilts[1] - tilts[0]) + 1e-9            # ...the feature moves by about the tilt step
+    np.testing.assert_allclose(feat[20], R.matrix_to_rot6d(top_down), atol=1e-9)

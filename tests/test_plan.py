@@ -25,12 +25,13 @@ from ablation.tracking import TAG_KIND, TAG_SPEC, TAG_SPEC_HASH, Tracker, defaul
 pytestmark = pytest.mark.sim
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.n_demos=2", "model.size=tiny", "train.steps=40", "train.eval_every=20", "train.log_every=10",
-        "train.batch_size=16", "rollout.episodes=1", "rollout.max_steps=40", "data.action_chunk=8"]
+        "train.batch_size=16", "rollout.episodes=1", "rollout.max_steps=40", "data.action_chunk=8",
+        "rollout.gate_episodes=1"]
 
 
-def write_plan(tmp: Path, name: str, entries: list, sets: list[str] = TINY) -> Path:
+def write_plan(tmp: Path, name: str, entries: list, sets: list[str] = TINY, **extra) -> Path:
     p = tmp / f"plan_{name}.yaml"
-    p.write_text(yaml.safe_dump({"seeds": [0], "set": sets, "entries": entries}))
+    p.write_text(yaml.safe_dump({"seeds": [0], "set": sets, "entries": entries, **extra}))
     return p
 
 
@@ -41,8 +42,10 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def first_run(workdir, tmp_path_factory):
+    """A hypothesis-driven plan: H1_practical with one of its fixes left out, 2 seeds, two looks."""
     plans = tmp_path_factory.mktemp("plans")
-    plan = write_plan(plans, "tiny", [str(EXPERIMENTS_DIR / "baseline_rdt.yaml"), str(EXPERIMENTS_DIR / "fix_minmax.yaml")])
+    plan = write_plan(plans, "tiny", [], hypotheses=["H1_practical"], seeds=[0, 1],
+                      skip_arms={"fix_loss_weight": "tiny test"}, episodes={"looks": [1, 2]})
     out = run_plan(str(plan), profile_name="cpu", workdir=workdir)
     return plan, out
 
@@ -51,22 +54,33 @@ def client_for(workdir: Path):
     return Tracker.open(default_tracking_uri(workdir), "libero-action-ablation")
 
 
+def episodes_of(tr, run_id: str) -> list[dict]:
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        return json.loads(Path(tr.client.download_artifacts(run_id, "rollouts/episodes.json", d)).read_text())
+
+
 def test_tiny_plan_end_to_end(first_run, workdir):
     _, out = first_run
-    assert [r.status for r in out.results] == ["FINISHED", "FINISHED"], [r.reason for r in out.results]
+    assert sorted(r.status for r in out.results) == ["FINISHED"] * 4, [r.reason for r in out.results]
+    assert out.report_ok
     tr = client_for(workdir)
     c = tr.client
     parent = c.get_run(out.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags[TAG_KIND] == "plan"
     children = tr.find_runs(f"tags.`mlflow.parentRunId` = '{out.parent_run_id}'")
-    assert sorted(r.data.tags[TAG_SPEC] for r in children) == ["baseline_rdt", "fix_minmax"]
+    assert sorted((r.data.tags[TAG_SPEC], r.data.tags["ablation.seed"]) for r in children) == [
+        ("baseline_rdt", "0"), ("baseline_rdt", "1"), ("fix_minmax", "0"), ("fix_minmax", "1")]
     for run in children:
         assert run.info.status == "FINISHED"
         m, t, p = run.data.metrics, run.data.tags, run.data.params
-        for key in ("train/loss/total", "train/loss/pos", "train/loss/rot", "train/loss/grip", "train/nmse/pos",
-                    "val/loss/total", "val/nmse/pos", "eval/success_rate", "eval/clip_rate",
-                    "eval/pos_out_of_range", "eval/episode_len", "audit/scale_ratio", "time/train_s",
-                    "val/openloop/clip_fraction"):
+        # every stage of the one run pipeline left its figures: gate A, audit, training, open loop, closed loop
+        for key in ("gate/replay_success_rate", "train/loss/total", "train/loss/pos", "train/loss/rot",
+                    "train/loss/grip", "train/nmse/pos", "val/loss/total", "val/nmse/pos", "eval/success_rate",
+                    "eval/clip_rate", "eval/episode_len", "audit/scale_ratio", "audit/rot_spread_deg",
+                    "time/train_s", "val/openloop/clip_fraction", "val/openloop/nmse/pos", "eval/crashed_episodes"):
             assert key in m, f"{run.data.tags[TAG_SPEC]} lacks metric {key}"
         for tag in (TAG_SPEC_HASH, "ablation.git_commit", "ablation.demo_sha256", "ablation.device",
                     "ablation.profile"):
@@ -75,20 +89,44 @@ def test_tiny_plan_end_to_end(first_run, workdir):
         hist = c.get_metric_history(run.info.run_id, "train/loss/total")
         assert len(hist) >= 4  # batched, but every logged step is there
         arts = {a.path for a in c.list_artifacts(run.info.run_id)}
-        assert {"spec.yaml", "codec.json", "plots", "checkpoint", "audit"} <= arts, arts
+        assert {"spec.yaml", "codec.json", "plots", "checkpoint", "audit", "rollouts"} <= arts, arts
         plots = {a.path for a in c.list_artifacts(run.info.run_id, "plots")}
         assert {"plots/loss_curves.png", "plots/pred_vs_demo.png"} <= plots, plots
-    assert (workdir / "report" / "report.md").is_file()
-    assert {a.path for a in c.list_artifacts(out.parent_run_id, "report")} >= {"report/report.md"}
+        # every look's episodes are in one per-episode record, on the paired init states 0..n-1
+        eps = episodes_of(tr, run.info.run_id)
+        assert sorted(e["init_state"] for e in eps) == list(range(len(eps))) and len(eps) in (1, 2)
+    assert (workdir / "report" / "report.html").is_file() and (workdir / "report" / "report.md").is_file()
+    assert {a.path for a in c.list_artifacts(out.parent_run_id, "report")} >= {"report/report.md", "report/report.html"}
+    assert "plan.json" in {a.path for a in c.list_artifacts(out.parent_run_id)}
 
 
-def test_rerun_skips_finished(first_run, workdir):
+def test_rerun_retrains_nothing_and_nests_under_the_same_parent(first_run, workdir):
     plan, first = first_run
     out = run_plan(str(plan), profile_name="cpu", workdir=workdir)
-    assert [r.status for r in out.results] == ["SKIPPED", "SKIPPED"]
+    assert out.parent_run_id == first.parent_run_id
     assert {r.run_id for r in out.results} == {r.run_id for r in first.results}
+    assert all(r.status == "FINISHED" and "train" not in r.stage_seconds for r in out.results)
     tr = client_for(workdir)
-    assert len(tr.find_runs(f"tags.`{TAG_KIND}` = 'spec_run'")) == 2  # nothing duplicated
+    assert len(tr.find_runs(f"tags.`{TAG_KIND}` = 'spec_run'")) == 4  # nothing duplicated
+    assert len(tr.find_runs(f"tags.`{TAG_KIND}` = 'plan'")) == 1
+
+
+def test_more_episodes_append_to_the_same_run_without_retraining(first_run, workdir, tmp_path):
+    """A later look (here: a plan asking for 3 episodes) adds init states to the finished runs; no init
+    state is repeated and nothing is retrained."""
+    plan, first = first_run
+    more = yaml.safe_load(Path(plan).read_text())
+    more["episodes"] = {"looks": [3]}
+    bigger = tmp_path / "plan_tiny.yaml"  # same plan name, so the same runs (same spec hashes)
+    bigger.write_text(yaml.safe_dump(more))
+    out = run_plan(str(bigger), profile_name="cpu", workdir=workdir, only=["baseline_rdt"])
+    tr = client_for(workdir)
+    for r in out.results:
+        assert r.status == "FINISHED" and "train" not in r.stage_seconds
+        eps = episodes_of(tr, r.run_id)
+        assert sorted(e["init_state"] for e in eps) == [0, 1, 2]
+        hist = tr.client.get_metric_history(r.run_id, "eval/episodes")
+        assert sorted(m.value for m in hist)[-1] == 3.0
 
 
 def test_failing_spec_is_recorded_and_the_plan_goes_on(first_run, workdir, tmp_path):
@@ -99,7 +137,7 @@ def test_failing_spec_is_recorded_and_the_plan_goes_on(first_run, workdir, tmp_p
     plan = write_plan(tmp_path, "mixed", [str(bad), str(missing), str(EXPERIMENTS_DIR / "fix_minmax.yaml")])
     out = run_plan(str(plan), profile_name="cpu", workdir=workdir)
     st = {r.spec_name: r for r in out.results}
-    assert st["fix_minmax"].status == "SKIPPED"
+    assert st["fix_minmax"].status == "FINISHED" and "train" not in st["fix_minmax"].stage_seconds
     assert st["diverges"].status == "FAILED" and "train" in st["diverges"].reason
     assert st["no_demos"].status == "FAILED" and "nope.hdf5" in st["no_demos"].reason
     tr = client_for(workdir)
@@ -111,7 +149,7 @@ def test_failing_spec_is_recorded_and_the_plan_goes_on(first_run, workdir, tmp_p
     # the CLI exit code says so too (dry run: nothing is re-run, nothing failed -> 0)
     cli = subprocess.run([sys.executable, str(REPO / "run_ablation.py"), "--plan", str(plan), "--dry-run",
                           "--profile", "cpu", "--workdir", str(workdir)], capture_output=True, text=True, cwd=REPO)
-    assert cli.returncode == 0 and "resume (failed run" in cli.stdout
+    assert cli.returncode == 0 and "failed" in cli.stdout
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(workdir, tmp_path):
@@ -138,9 +176,14 @@ def test_interrupted_run_resumes_from_its_checkpoint(workdir, tmp_path):
     tr = client_for(workdir)
     runs = tr.find_runs(f"tags.`{TAG_SPEC}` = 'long'")
     assert len(runs) == 1 and runs[0].info.status == "RUNNING"
+    killed_parent = tr.find_runs("tags.`ablation.plan` = 'plan_long' and tags.`ablation.kind` = 'plan'")
+    assert len(killed_parent) == 1 and killed_parent[0].info.status == "RUNNING"
     out = run_plan(str(plan), profile_name="cpu", workdir=workdir,
                    extra_sets=[])  # same spec, same hash: resume
     assert [r.status for r in out.results] == ["FINISHED"]
+    # the killed invocation's parent was taken over (one parent per plan), and its end recorded
+    parents = tr.find_runs("tags.`ablation.plan` = 'plan_long' and tags.`ablation.kind` = 'plan'")
+    assert [p.info.run_id for p in parents] == [killed_parent[0].info.run_id] == [out.parent_run_id]
     runs = tr.find_runs(f"tags.`{TAG_SPEC}` = 'long'")
     assert len(runs) == 1 and runs[0].info.run_id == out.results[0].run_id and runs[0].info.status == "FINISHED"
     import json
@@ -185,7 +228,7 @@ def test_mlflow_ui_shows_the_runs(first_run, workdir):
                                   capture_output=True, text=True, timeout=180).stdout
 
         _, out = first_run
-        page = dom("/runs")  # the runs table: the plan's parent run, its nested runs folded under it
+        page = dom("/runs")  # the runs view the plan prints: the parent run, its nested runs folded under it
         assert "plan:plan_tiny" in page, page[-2000:]
         for child in tr.find_runs(f"tags.`mlflow.parentRunId` = '{out.parent_run_id}'"):
             page = dom(f"/runs/{child.info.run_id}")

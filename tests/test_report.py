@@ -1,90 +1,180 @@
-"""The report, built from runs recorded in a real sqlite MLflow store.
+"""The report, built from a plan recorded in a real sqlite MLflow store.
 
-The runs here are written directly with known metrics (no training), so every number in the table
-and every verdict can be checked exactly.
+The runs are written directly with known per-episode outcomes and metrics (no training), so every
+verdict can be checked against a known answer, including the edge outcomes: 0% and 100% success, a
+missing arm, a crashed (FAILED) run, crashed episodes, and a plan run with `--set` overrides.
 """
+from __future__ import annotations
+
 import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from ablation.report import build_report, wilson
-from ablation.tracking import TAG_KIND, TAG_SEED, TAG_SPEC, TAG_SPEC_HASH, Tracker, default_tracking_uri
+from ablation.hypothesis import load_hypothesis
+from ablation.plan import PLAN_RECORD
+from ablation.report import build_report
+from ablation.stages import log_episodes
+from ablation.tracking import TAG_KIND, TAG_SEED, TAG_SPEC, Tracker, default_tracking_uri
+
+REPO = Path(__file__).resolve().parents[1]
+STATES = 20
 
 
-def record(tracker, name, seed, successes, episodes, nmse_pos, *, constant_rot=False, curve=None):
-    rid = tracker.start_run(f"{name}/seed{seed}", {TAG_KIND: "spec_run", TAG_SPEC: name,
-                                                   TAG_SPEC_HASH: f"h-{name}", TAG_SEED: seed})
-    rows = [("eval/success_rate", successes / episodes, 0), ("eval/successes", successes, 0),
-            ("eval/episodes", episodes, 0), ("val/nmse/rot", 0.5, 0),
-            ("val/nmse/grip", 0.1, 0), ("train/loss/total", 1e-5, 0), ("eval/clip_rate", 0.3, 0),
-            ("eval/pos_out_of_range", 20.0, 0), ("audit/constant/rot", float(constant_rot), 0)]
-    # the last point of the curve is the run's final value (MLflow's "latest" = highest step)
-    for step, v in (curve or [(0, nmse_pos)]):
-        rows.append(("val/nmse/pos", v, step))
-        rows.append(("train/loss/pos", v, step))
-    tracker.log_metrics(rid, rows)
-    tracker.end_run(rid)
-    return rid
+def outcomes(rate: float, n: int = STATES, offset: int = 0) -> list[bool]:
+    """Deterministic outcomes with the given success rate, spread over the init states."""
+    k = round(rate * n)
+    return [((i + offset) * k) % n < k for i in range(n)]
+
+
+def record_plan(tracker: Tracker, hyps: list[str], arms: dict[str, dict], name: str = "t",
+                looks: list[dict] | None = None) -> str:
+    """arms: name -> {"rates": [per seed], "loss": float, "nmse_pos": float, "rot_spread": float,
+    "failed": bool, "crash_first": int}. Returns the parent run id."""
+    parent = tracker.start_run(f"plan:{name}", {TAG_KIND: "plan", "ablation.plan": name})
+    runs: dict[str, dict[str, str]] = {}
+    for arm, a in arms.items():
+        for seed, rate in enumerate(a.get("rates", [])):
+            rid = tracker.start_run(f"{arm}/seed{seed}", {TAG_KIND: "spec_run", TAG_SPEC: arm, TAG_SEED: seed}, parent)
+            runs.setdefault(arm, {})[str(seed)] = rid
+            tracker.log_metrics(rid, [("train/loss/total", a.get("loss", 1e-3), 0),
+                                      ("audit/rot_spread_deg", a.get("rot_spread", 30.0), 0)]
+                                + [("val/openloop/nmse/pos", a.get("nmse_pos", 0.5) * f, s)
+                                   for s, f in ((400, 2.0), (800, 1.3), (1200, 1.0))]
+                                + [("val/openloop/nmse/rot", 0.2, 1200), ("val/openloop/nmse/grip", 0.1, 1200)])
+            if a.get("failed"):
+                tracker.end_run(rid, "FAILED", "train: TrainingDiverged: loss is not finite at step 12")
+                continue
+            eps = [{"episode": i, "init_state": i, "success": o, "steps": 100, "clip_fraction": 0.0,
+                    "error": "worker process died" if i < a.get("crash_first", 0) else None}
+                   for i, o in enumerate(outcomes(rate, offset=seed))]
+            log_episodes(tracker, rid, eps)
+            tracker.end_run(rid)
+    rec = {"plan": name, "key": name, "hypotheses": [load_hypothesis(h).model_dump(mode="json") for h in hyps],
+           "arms": {arm: {"spec_hash": f"h-{arm}", "seeds": list(range(len(a.get("rates", [])))), "suite":
+                          "libero_object", "task": 0, "description": arm} for arm, a in arms.items()},
+           "runs": runs, "episodes": {"looks": [STATES], "alpha": 0.05, "spending": "obrien_fleming", "margin": 0.15},
+           "looks": looks or [], "demos": {"x": {"starts": "random_resets (seed 0)"}}, "versions": {"mujoco": "3.x"}}
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / PLAN_RECORD).write_text(json.dumps(rec))
+        tracker.log_artifact(parent, Path(d) / PLAN_RECORD)
+    tracker.end_run(parent)
+    return parent
 
 
 @pytest.fixture
 def tracker(tmp_path):
-    return Tracker.open(default_tracking_uri(tmp_path), "report-test", tmp_path / "art")
+    return Tracker.open(default_tracking_uri(tmp_path), "libero-action-ablation", tmp_path / "art")
 
 
-def test_wilson_interval():
-    lo, hi = wilson(5, 10)
-    assert lo == pytest.approx(0.2366, abs=1e-3) and hi == pytest.approx(0.7634, abs=1e-3)
-    assert wilson(0, 0) == (0.0, 1.0)
-    assert wilson(10, 10)[1] == pytest.approx(1.0)
+def by_name(rep):
+    return {v.name: v for v in rep.verdicts}
 
 
-def test_report_table_confounds_and_verdicts(tracker, tmp_path):
-    falling = [(s, 0.9 + 2.1 * (1 - s / 900)) for s in range(0, 1000, 100)]  # ends at 0.9
-    record(tracker, "baseline_rdt", 0, 0, 50, 0.9, constant_rot=True, curve=falling)
-    record(tracker, "fix_minmax", 0, 45, 50, 0.05)
-    record(tracker, "fix_pos_cm", 0, 44, 50, 0.06)
-    record(tracker, "fix_masked_loss", 0, 1, 50, 0.8)
-    record(tracker, "fix_velocity_slots", 0, 2, 5, 0.7)
-    entries = [(n, f"h-{n}", 0) for n in ("baseline_rdt", "fix_minmax", "fix_pos_cm", "fix_masked_loss",
-                                          "fix_velocity_slots", "native_delta")]
-    rep = build_report(tracker, entries=entries, out_dir=tmp_path / "report")
-    rows = {r.spec: r for r in rep.rows}
-    assert rows["fix_minmax"].success_mean == pytest.approx(0.9)
-    assert rows["fix_minmax"].success_ci == pytest.approx(wilson(45, 50))
-    assert rows["baseline_rdt"].nmse["pos"] == pytest.approx(0.9)
-    assert rows["native_delta"].success_mean is None
-    table = rep.table_markdown()
-    assert "| fix_minmax | 90% [79, 96] | 50 |" in table
-    assert "| native_delta | no finished run |" in table
-    # confounds: the constant group, the few-episode arm, overlap of the top two, the missing spec
-    text = "\n".join(rep.confounds)
-    assert "baseline_rdt: group(s) rot are constant" in text
-    assert "fix_velocity_slots: only 5 closed-loop episodes" in text
-    assert "intervals too wide to separate the top two: fix_minmax" in text
-    assert "no finished run for: native_delta" in text
-    v = rep.verdicts
-    assert v["position/orientation scale"].startswith("SUPPORTED")
-    assert "fix_minmax 90% [79, 96] beats the baseline" in v["position/orientation scale"]
-    assert v["loss dilution over 128 slots"].startswith(("INCONCLUSIVE", "NOT SUPPORTED"))
-    assert v["training length"].startswith("PLAUSIBLE")
-    out = tmp_path / "report"
-    assert (out / "report.md").read_text().count("| fix_") >= 4
-    assert (out / "success_by_fix.png").stat().st_size > 1000
-    assert json.loads((out / "report.json").read_text())["verdicts"] == v
+def test_clear_win_at_100_percent_and_untestable_rotation(tracker, tmp_path):
+    # cm: 100% on every seed (the case that crashed the old report's plot); baseline 0%, lowest loss.
+    parent = record_plan(tracker, ["H1_scale_absolute", "H1_scale_relative"], {
+        "baseline_rdt": {"rates": [0, 0, 0], "loss": 1e-5, "nmse_pos": 0.9, "rot_spread": 1.0},
+        "fix_pos_cm": {"rates": [1, 1, 1], "loss": 2e-3, "nmse_pos": 0.05, "rot_spread": 1.0},
+        "fix_rot_small": {"rates": [0, 0.05, 0], "loss": 1e-5, "nmse_pos": 0.9, "rot_spread": 1.0},
+        "fix_pos_cm_rot_small": {"rates": [1, 0.95, 1], "loss": 1e-3, "nmse_pos": 0.06, "rot_spread": 1.0}})
+    out = tmp_path / "r"
+    rep = build_report(tracker, parent_run_id=parent, out_dir=out)
+    v = by_name(rep)
+    assert v["H1_scale_absolute"].word == "SUPPORTED"
+    # the demos barely turn: the relative-scale (seed's) hypothesis cannot be tested here
+    assert v["H1_scale_relative"].word == "UNTESTABLE HERE"
+    assert "untestable here, because the demos' rotation spread is 1.0 deg" in v["H1_scale_relative"].meaning
+    cm = next(c for c in rep.comparisons if c.arm == "fix_pos_cm")
+    assert cm.word == "better" and cm.estimate == pytest.approx(1.0) and cm.lo <= 1.0 <= cm.hi + 1e-9
+    assert rep.baseline == "baseline_rdt" and rep.baseline_reproduced is True
+    assert rep.answer.startswith("The baseline (baseline_rdt) succeeded in 0% of 60 episodes")
+    assert "Use fix_pos_cm: 100% against 0%, +100 points" in rep.answer
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3  # forest, scatter, open-loop nMSE: embedded
+    assert not re.search(r'src="(?!data:)', html)       # nothing external
+    assert html.index("Answer") < html.index("Effects") < html.index("Caveats")
+    assert (out / "forest.png").stat().st_size > 1000 and (out / "loss_vs_success.png").is_file()
+    md = (out / "report.md").read_text()
+    assert "| fix_pos_cm | 60/60 = 100% | 100%, 100%, 100% |" in md
+    assert "random_resets (seed 0)" in md
 
 
-def test_report_says_when_the_hypothesis_fails(tracker, tmp_path):
-    record(tracker, "baseline_rdt", 0, 40, 50, 0.1, curve=[(s, 0.1) for s in range(0, 1000, 100)])  # flat
-    record(tracker, "fix_minmax", 0, 5, 50, 0.1)
-    record(tracker, "fix_pos_cm", 0, 6, 50, 0.1)
-    rep = build_report(tracker, entries=[(n, f"h-{n}", 0) for n in ("baseline_rdt", "fix_minmax", "fix_pos_cm")],
-                       out_dir=tmp_path / "r")
-    assert rep.verdicts["position/orientation scale"].startswith("CONTRADICTED")
-    assert rep.verdicts["training length"].startswith("NOT SUPPORTED")
+def test_seed_hypothesis_contradicted_is_said(tracker, tmp_path):
+    # Rotation varies, shrinking it changes nothing (the seed's diagnosis fails); cm helps.
+    parent = record_plan(tracker, ["H1_scale_relative", "H1_scale_absolute"], {
+        "baseline_rdt": {"rates": [0.1, 0.15, 0.1], "loss": 1e-5, "nmse_pos": 0.9},
+        "fix_rot_small": {"rates": [0.1, 0.1, 0.15], "loss": 1e-5, "nmse_pos": 0.9},
+        "fix_pos_cm": {"rates": [0.9, 0.95, 0.9], "loss": 1e-3, "nmse_pos": 0.1},
+        "fix_pos_cm_rot_small": {"rates": [0.9, 0.9, 0.95], "loss": 1e-3, "nmse_pos": 0.1}})
+    rep = build_report(tracker, parent_run_id=parent, out_dir=tmp_path / "r")
+    v = by_name(rep)
+    assert v["H1_scale_relative"].word == "NOT SUPPORTED"
+    assert "The data contradict the seed's hypothesis that position deltas" in rep.answer
+    rot = next(c for c in rep.comparisons if c.arm == "fix_rot_small")
+    assert rot.word == "no meaningful difference"
 
 
-def test_report_without_baseline(tracker, tmp_path):
-    record(tracker, "fix_minmax", 0, 5, 50, 0.1)
-    rep = build_report(tracker, entries=[("fix_minmax", "h-fix_minmax", 0)], out_dir=tmp_path / "r")
-    assert all("no finished baseline_rdt run" in v for v in rep.verdicts.values())
+def test_missing_and_failed_arms_and_crashed_episodes(tracker, tmp_path):
+    parent = record_plan(tracker, ["H1_practical", "H2_loss_proxy"], {
+        "baseline_rdt": {"rates": [0, 0, 0.05], "loss": 1e-5, "nmse_pos": 0.9},
+        "fix_minmax": {"rates": [0.8, 0.85, 0.8], "loss": 2e-3, "nmse_pos": 0.1, "crash_first": 2},
+        "fix_loss_weight": {"rates": [0.5, 0.5, 0.5], "failed": True},
+        # fix_masked_loss: never ran (missing)
+    })
+    rep = build_report(tracker, parent_run_id=parent, out_dir=tmp_path / "r")
+    words = {c.arm: c.word for c in rep.comparisons}
+    assert words["fix_minmax"] == "better"
+    assert words["fix_loss_weight"] == "missing" and words["fix_masked_loss"] == "missing"
+    text = "\n".join(rep.caveats)
+    assert "Crashed episodes (counted as failures): fix_minmax (6)" in text
+    assert "fix_loss_weight seed 0: train: TrainingDiverged" in text
+    # H2 needs >= 4 arm x seed points with a loss: 6 here
+    h2 = by_name(rep)["H2_loss_proxy"]
+    assert h2.correlation and h2.correlation["n"] == 6
+
+
+def test_baseline_not_reproduced_warns_every_verdict(tracker, tmp_path):
+    parent = record_plan(tracker, ["H1_practical"], {
+        "baseline_rdt": {"rates": [0.6, 0.6, 0.65], "loss": 5e-3, "nmse_pos": 0.2},
+        "fix_minmax": {"rates": [0.6, 0.65, 0.6], "loss": 1e-3, "nmse_pos": 0.2},
+        "fix_loss_weight": {"rates": [0.6, 0.6, 0.6], "loss": 1e-3, "nmse_pos": 0.2}})
+    rep = build_report(tracker, parent_run_id=parent, out_dir=tmp_path / "r")
+    assert rep.baseline_reproduced is False
+    assert "did NOT reproduce the seed's failure signature" in rep.baseline_note
+    assert all("did not reproduce the seed's failure" in v.meaning for v in rep.verdicts)
+    assert "does NOT reproduce" in rep.answer
+
+
+def test_inconclusive_says_what_it_would_need(tracker, tmp_path):
+    parent = record_plan(tracker, ["H1_practical"], {
+        "baseline_rdt": {"rates": [0.0, 0.1, 0.05], "loss": 1e-5, "nmse_pos": 0.9},
+        "fix_minmax": {"rates": [0.25, 0.0, 0.2], "loss": 1e-3, "nmse_pos": 0.3},
+        "fix_loss_weight": {"rates": [0.05, 0.1, 0.0], "loss": 1e-3, "nmse_pos": 0.8}})
+    rep = build_report(tracker, parent_run_id=parent, out_dir=tmp_path / "r")
+    mm = next(c for c in rep.comparisons if c.arm == "fix_minmax")
+    assert mm.word == "inconclusive"
+    assert "episodes per arm x seed" in mm.why or "it needs more seeds" in mm.why, mm.why
+    assert by_name(rep)["H1_practical"].word == "INCONCLUSIVE"
+
+
+def test_report_command_finds_the_plan_through_its_parent_run(tracker, tmp_path):
+    """The report finds runs through the recorded plan (not by recomputing spec hashes), so a plan run
+    with --set overrides is found; with no plan, a one-line error."""
+    record_plan(tracker, ["H1_practical"], {
+        "baseline_rdt": {"rates": [0, 0, 0]}, "fix_minmax": {"rates": [1, 1, 1]},
+        "fix_loss_weight": {"rates": [1, 0.9, 1]}}, name="all")
+    cli = subprocess.run([sys.executable, str(REPO / "run_ablation.py"), "report", "--workdir", str(tmp_path)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "## Answer" in cli.stdout and "fix_minmax vs baseline_rdt" in cli.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cli = subprocess.run([sys.executable, str(REPO / "run_ablation.py"), "report", "--workdir", str(empty)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert cli.returncode == 2 and cli.stderr.strip().startswith("error: no MLflow store at")
+    assert "Traceback" not in cli.stderr

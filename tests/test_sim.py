@@ -193,6 +193,7 @@ def test_runner_expert_and_zero():
     assert r.successes == 1, r.episodes
     e = r.episodes[0]
     assert e.error is None and e.clip_fraction == 0.0 and len(e.action_mean) == 7 and e.env_steps == e.steps + 10
+    assert e.init_state == 3 and e.policy_calls == e.steps  # the expert is closed-loop: a chunk of 1 per step
     z = run_rollouts(ZeroPolicy, "libero_object", 0, [0], replan_every=8, max_steps=40)
     assert z.success_rate == 0.0 and z.episodes[0].steps == 40 and z.episodes[0].error is None
     assert z.summary()["success_ci95_high"] > 0
@@ -207,6 +208,7 @@ def test_runner_replay_parallel_matches_serial(demo_file):
     p = run_rollouts(fac, "libero_object", 0, [0, 1], replan_every=5, workers=2)
     assert s.successes == 2 and p.successes == 2
     assert [e.episode for e in p.episodes] == [0, 1]
+    assert [e.init_state for e in p.episodes] == [None, None]  # demo i's own init state, not the task's
     for a, b in zip(s.episodes, p.episodes):
         assert (a.success, a.steps) == (b.success, b.steps)
         np.testing.assert_allclose(a.action_mean, b.action_mean, atol=1e-12)

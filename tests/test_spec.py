@@ -40,11 +40,50 @@ def test_fixes_change_what_they_claim():
     assert mm.train == base.train and mm.data == base.data and mm.model == base.model
 
 
-def test_all_plan_covers_every_fix():
+def test_every_hypothesis_file_loads_and_names_existing_arms():
+    from ablation.hypothesis import HYPOTHESES_DIR, load_hypothesis
+
+    files = sorted(HYPOTHESES_DIR.glob("*.yaml"))
+    assert len(files) >= 6
+    for f in files:
+        h = load_hypothesis(f.stem)
+        assert h.claim and h.rule and (h.comparisons or h.correlation)
+        for arm in h.arms():
+            assert spec_path(arm).is_file()
+
+
+def test_all_plan_runs_h1_h2_h4_with_three_seeds():
+    from ablation.plan import load_profile, resolve_plan
+
     plan = load_plan("all")
-    assert [e.spec for e in plan.entries] == FIXES
-    for e in plan.entries:
-        assert spec_path(e.spec).is_file()
+    assert len(plan.seeds) >= 3 and plan.episodes.looks[-1] <= 50
+    rp = resolve_plan(plan, load_profile("cpu"))
+    names = {h.name for h in rp.hypotheses}
+    assert {"H1_scale_absolute", "H1_scale_relative", "H1_mechanism", "H2_loss_proxy", "H4_training_length"} <= names
+    # the 2 x 2 factorial and the dose-matched weight are all trained
+    assert {"baseline_rdt", "fix_pos_cm", "fix_rot_small", "fix_pos_cm_rot_small", "fix_loss_weight_1e4",
+            "fix_masked_loss", "baseline_2x"} <= set(rp.arms)
+    assert rp.arms["baseline_2x"].spec.train.total_steps == 2 * rp.arms["baseline_rdt"].spec.train.total_steps
+    assert rp.arms["fix_rot_small"].spec.codec.unit_scales.rot == 0.01
+
+
+def test_hypothesis_errors_name_the_file_and_field(tmp_path):
+    from ablation.hypothesis import load_hypothesis
+
+    bad = write(tmp_path, "h_bad.yaml", "title: t\nclaim: c\nrule: r\nneeds: [gravity]\n"
+                                         "comparisons: [{arm: fix_minmax, control: baseline_rdt}]\n")
+    with pytest.raises(SpecError, match=r"h_bad.yaml: needs: gravity not known; known: rotation_varies"):
+        load_hypothesis(str(bad))
+    arm = write(tmp_path, "h_arm.yaml", "title: t\nclaim: c\nrule: r\n"
+                                         "comparisons: [{arm: fix_nothing, control: baseline_rdt}]\n")
+    with pytest.raises(SpecError, match=r"h_arm.yaml: comparisons: spec 'fix_nothing' not found"):
+        load_hypothesis(str(arm))
+    word = write(tmp_path, "h_exp.yaml", "title: t\nclaim: c\nrule: r\n"
+                                          "comparisons: [{arm: fix_minmax, control: baseline_rdt, expect: bigger}]\n")
+    with pytest.raises(SpecError, match=r"h_exp.yaml: comparisons.0.expect"):
+        load_hypothesis(str(word))
+    with pytest.raises(SpecError, match="hypothesis 'H9' not found"):
+        load_hypothesis("H9")
 
 
 def test_deep_merge_keeps_siblings(tmp_path):

@@ -24,9 +24,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def file_task_note(spec, demo: Path) -> tuple[dict, str | None]:
+    """The suite/task the file itself says (ablation.libero_file.infer_suite_task), and a warning line
+    when they are not the spec's (the audit does not need them; the rollouts of that spec would)."""
+    from ..errors import UserError
+    from ..libero_file import infer_suite_task
+
+    try:
+        suite, task = infer_suite_task(demo)
+    except UserError as e:
+        return {"file_suite": None, "file_task": None}, f"note: {e}"
+    info = {"file_suite": suite, "file_task": task}
+    if (suite, task) != (spec.data.suite, spec.data.task):
+        return info, (f"warning: {demo} holds {suite} task {task}, but spec {spec.name} evaluates "
+                      f"{spec.data.suite} task {spec.data.task}; --set data.suite={suite} --set data.task={task}")
+    return info, None
+
+
 def run(args: argparse.Namespace) -> int:
     spec = resolve_spec(args.spec, args.sets)
     demo = Path(args.data) if args.data else ensure_demos(spec, args.workdir)
     res = audit(spec, demo)
-    print(json.dumps(res.to_json(), indent=2) if args.json else format_table(res))
+    info, note = file_task_note(spec, demo) if args.data else ({}, None)
+    if args.json:
+        print(json.dumps({**res.to_json(), **info}, indent=2))
+    else:
+        print(format_table(res) + (f"\n\n  {note}" if note else ""))
     return 0

@@ -6,21 +6,30 @@ import argparse
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "demos", help="generate scripted-expert demos for a libero_object task",
-        description="Run the privileged scripted expert from the task's init states (in order, wrapping) "
-                    "and keep the successful episodes. Obs are recorded BEFORE each step. DART noise: "
+        "demos", help="generate scripted-expert demos for a LIBERO task",
+        description="Run the privileged scripted expert (goal read from the task's BDDL file) from fresh "
+                    "randomised resets of the task (default; seeded by --seed, none equal to a benchmark "
+                    "init state) or from the benchmark's init states (--starts benchmark), and keep the "
+                    "successful episodes. Obs are recorded BEFORE each step. DART noise: "
                     "the env executes expert + N(0, sigma) on the position dims while moving; the file "
                     "records the clean action (actions) and the executed one (executed_actions). "
                     "An existing --out made from the same inputs is reused.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--suite", default="libero_object", help="benchmark suite (the expert covers libero_object)")
+    p.add_argument("--suite", default="libero_object",
+                   help="benchmark suite: libero_spatial, libero_object, libero_goal, libero_10 "
+                        "(see `python -m ablation.sim.expert` for the tasks the expert covers)")
     p.add_argument("--task", type=int, default=0, help="task id within the suite")
     p.add_argument("--n", type=int, default=50, help="number of successful demos to keep")
     p.add_argument("--images", action="store_true", help="also record 2 camera images (slow on CPU)")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--dart-sigma", type=float, default=0.3, help="DART noise std (native units, position dims); 0 = off")
     p.add_argument("--speed", type=float, default=1.0, help="expert speed factor")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the random starts and the DART noise")
+    p.add_argument("--starts", choices=("random", "benchmark"), default="random",
+                   help="random: fresh randomised resets (training); benchmark: the benchmark's init states "
+                        "0, 1, ... (the evaluation starts)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel worker processes (default: usable CPUs); the demos do not depend on it")
     p.add_argument("--out", required=True, help="output .hdf5 file")
     p.add_argument("--force", action="store_true", help="regenerate even if --out matches these inputs")
     p.set_defaults(func=run)
@@ -31,6 +40,7 @@ def run(args) -> int:
 
     path = generate_demos(args.suite, args.task, args.n, args.out, images=args.images,
                           dart_sigma=args.dart_sigma, seed=args.seed, speed=args.speed,
-                          image_size=args.image_size, force=args.force)
+                          image_size=args.image_size, force=args.force, starts=args.starts,
+                          workers=args.workers)
     print(demo_summary(path))
     return 0

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 from pathlib import Path
 
@@ -19,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--demos", type=Path, help="demo file for open-loop windows (default: the one in meta.json)")
     p.add_argument("--n", type=int, default=256, help="held-out windows to sample open-loop")
     p.add_argument("--workers", type=int, help="rollout worker processes (default: rollout.workers)")
+    p.add_argument("--seed", type=int, help="sampling seed (default: the run's train.seed, as the plan used)")
+    p.add_argument("--first-init-state", type=int, default=0, help="first benchmark init state (default 0)")
+    p.add_argument("--episodes-json", dest="json_out", type=Path, help="write the per-episode records here")
     p.set_defaults(func=run)
 
 
@@ -47,19 +49,17 @@ def run(args: argparse.Namespace) -> int:
     print(_table(f"open-loop, {spec.name} ({'held-out' if data.val is not None else 'training'} windows)", ol))
     if args.open_loop_only:
         return 0
-    try:
-        from ..rollout import run_rollouts
-    except ModuleNotFoundError as e:
-        if e.name and e.name.endswith("rollout"):
-            print("\nclosed-loop: skipped (ablation.rollout is not available)")
-            return 0
-        raise
-    res = run_rollouts(functools.partial(load_policy, str(args.checkpoint)), spec.data.suite, spec.data.task,
-                       episodes=args.episodes or spec.rollout.episodes, replan_every=spec.rollout.replan_every,
-                       workers=args.workers or spec.rollout.workers, max_steps=spec.rollout.max_steps,
-                       images=spec.data.images, image_size=spec.data.image_size,
-                       wait_steps=spec.rollout.wait_steps)
-    agg = res.summary() if callable(getattr(res, "summary", None)) else {}
+    from ..run import run_closed_loop
+
+    # The same spec -> rollout mapping as plan and tune runs (ablation/run.py), seeded by the run's seed,
+    # so `eval` of a plan's checkpoint reproduces the plan's per-episode outcomes.
+    seed = args.seed if args.seed is not None else spec.train.seed
+    n = args.episodes or spec.rollout.episodes
+    res = run_closed_loop(args.checkpoint, spec, seed, list(range(args.first_init_state, args.first_init_state + n)),
+                          workers=args.workers or spec.rollout.workers)
     print()
-    print(_table(f"closed-loop, {spec.data.suite} task {spec.data.task}", dict(agg)))
+    print(_table(f"closed-loop, {spec.data.suite} task {spec.data.task}, seed {seed}", dict(res.summary())))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(res.to_dict(), indent=1, default=float))
+        print(f"per-episode records: {args.json_out}")
     return 0

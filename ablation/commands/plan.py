@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="resource profile; auto = gpu when CUDA is present, else cpu")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated seeds "
                    "(default: the plan's)")
-    p.add_argument("--only", action="append", metavar="SPEC", help="run only this spec (repeatable)")
+    p.add_argument("--only", action="append", metavar="ARM", help="run only this arm (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="list what would run and what is already done")
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                    help="holds demos, checkpoints, mlruns.db, optuna.db and the report (default: ./workdir)")
@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="a.b.c=VALUE",
                    help="override a field of every spec (repeatable)")
     p.add_argument("--jobs", type=int, help="runs in parallel (default: the profile's)")
+    p.add_argument("--gate-episodes", type=int, help="Gate A replay episodes per codec (default: the spec's "
+                                                      "rollout.gate_episodes; 0 skips the gate)")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON at the end")
     p.set_defaults(func=run)
 
@@ -34,7 +36,11 @@ def run(args: argparse.Namespace) -> int:
     from ..plan import outcome_json, run_plan
 
     out = run_plan(args.plan, profile_name=args.profile, seeds=args.seeds, only=args.only, dry_run=args.dry_run,
-                   workdir=args.workdir, tracking_uri=args.tracking_uri, extra_sets=args.sets, jobs=args.jobs)
+                   workdir=args.workdir, tracking_uri=args.tracking_uri, extra_sets=args.sets, jobs=args.jobs,
+                   gate_episodes=args.gate_episodes)
     if args.json:
         print(json.dumps(outcome_json(out), indent=1))
-    return 1 if out.failed else 0
+    if args.dry_run:
+        return 0
+    # The report is the plan's main output: a plan whose report could not be written has failed.
+    return 1 if out.failed or not out.report_ok else 0

@@ -1,4 +1,4 @@
-"""`run_ablation.py report`: the comparison table, plots, confounds and verdicts, from MLflow."""
+"""`run_ablation.py report`: rebuild a plan's report (answer, verdicts, effects, plots) from MLflow."""
 from __future__ import annotations
 
 import argparse
@@ -9,34 +9,37 @@ from ..workdir import DEFAULT_WORKDIR
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="comparison report of a plan's recorded runs (markdown + PNG, or --json)")
-    p.add_argument("--plan", default="all")
-    p.add_argument("--profile", default="auto", choices=["auto", "cpu", "gpu"])
-    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")])
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="a.b.c=VALUE")
+    p = sub.add_parser("report", help="rebuild a plan's report from its recorded runs (HTML + markdown, or --json)",
+                       description="Finds the plan's parent run in the MLflow store (the newest, or --plan / "
+                                   "--run-id) and reads its runs through what the plan recorded.")
+    p.add_argument("--plan", help="plan name (default: the newest plan run in the store)")
+    p.add_argument("--run-id", help="the plan's parent run id")
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
-    p.add_argument("--tracking-uri")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the workdir)")
+    p.add_argument("--experiment", default="libero-action-ablation")
+    p.add_argument("--out", type=Path, help="output folder (default: WORKDIR/report)")
     p.add_argument("--json", action="store_true", help="print the report data as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..plan import load_profile, resolve_entries
-    from ..report import build_report
-    from ..spec import load_plan
+    from ..errors import UserError
+    from ..report import ReportError, build_report
     from ..tracking import Tracker, default_tracking_uri
 
-    plan = load_plan(args.plan)
-    entries = resolve_entries(plan, load_profile(args.profile), args.seeds, None, args.sets)
     workdir = args.workdir.resolve()
     uri = args.tracking_uri or default_tracking_uri(workdir)
-    tracker = Tracker.open(uri, entries[0][0].tracking.experiment, workdir / "mlartifacts")
-    out_dir = workdir / "report"
-    rep = build_report(tracker, entries=[(s.name, s.hash(), sd) for s, sd in entries], out_dir=out_dir,
-                       title=f"Plan '{plan.name}'")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}; run a plan first or pass --workdir")
+    tracker = Tracker.open(uri, args.experiment, workdir / "mlartifacts")
+    out_dir = args.out or workdir / "report"
+    try:
+        rep = build_report(tracker, parent_run_id=args.run_id, plan=args.plan, out_dir=out_dir)
+    except ReportError as e:
+        raise UserError(str(e)) from None
     if args.json:
-        print(json.dumps(rep.to_json(), indent=1))
+        print(json.dumps(rep.to_json(), indent=1, default=str))
     else:
         print((out_dir / "report.md").read_text())
-        print(f"\nwritten: {out_dir / 'report.md'} (+ PNG plots)")
+        print(f"\nwritten: {out_dir / 'report.html'} (plots embedded), {out_dir / 'report.md'}")
     return 0

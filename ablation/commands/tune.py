@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="a.b.c=VALUE")
     p.add_argument("--heartbeat", type=int, default=20, help="seconds between trial heartbeats; a trial "
                    "silent for 2x this is marked FAIL")
+    p.add_argument("--profile", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="resource profile applied to every trial, as in plans (default: auto)")
+    p.add_argument("--jobs", type=int, help="runs in parallel during the re-evaluation (default: the profile's)")
     p.add_argument("--no-reeval", action="store_true", help="skip re-evaluating the best spec on more seeds")
     p.set_defaults(func=run)
 
@@ -29,5 +32,5 @@ def run(args: argparse.Namespace) -> int:
 
     out = tune(args.spec, trials=args.trials, storage=args.storage, tracking_uri=args.tracking_uri,
                study_name=args.study, workdir=args.workdir, sets=args.sets, heartbeat_s=args.heartbeat,
-               reeval=not args.no_reeval)
+               reeval=not args.no_reeval, profile_name=args.profile, jobs=args.jobs)
     return 0 if out.best_value is not None else 1

@@ -3,8 +3,8 @@
 The policy calls its network as `net(noisy, action_mask, t, ctrl_freq, state, state_mask, obs, images)`
 with actions and state in the codec's 128-d unified layout. RDT's own inputs are filled as follows:
 
-    state_tokens  (B, 1, 128)  the codec's proprio state; RDT uses one mask for state and actions,
-                               so the action mask is passed (as in RDT's fine-tuning data)
+    state_tokens  (B, 1, 128)  the codec's proprio state, with its own mask (the state's slots): in
+                               the velocity layout the state sits in 30-38 while actions fill 39-44
     lang_tokens   (B, L+To, Dl) the task's precomputed T5 embedding (model.lang_embeddings) if given,
                                then one token per observation-history step: the normalised low-dim
                                observation through `obs_to_lang` (Linear obs_dim -> Dl). RDT has no
@@ -93,7 +93,8 @@ class RDTNet(nn.Module):
         mask = torch.ones(B, lang.shape[1], dtype=torch.bool, device=noisy.device)
         img = self.img_tokens.expand(B, -1, -1)                                    # (B, I, Di)
         am = action_mask.reshape(1, 1, -1).expand(B, 1, -1)                        # (B, 1, 128)
-        return self.runner.denoise(noisy, t, lang, mask, img, state[:, None, :], am, freq).float()
+        sm = state_mask.reshape(1, 1, -1).expand(B, 1, -1)                         # (B, 1, 128)
+        return self.runner.denoise(noisy, t, lang, mask, img, state[:, None, :], am, freq, state_mask=sm).float()
 
     def load_pretrained(self, path: str | Path) -> None:
         """Strictly load an official RDT checkpoint into `runner` (obs_to_lang stays freshly initialised)."""

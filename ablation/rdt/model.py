@@ -656,13 +656,19 @@ class RDTRunner(nn.Module):
 
     def denoise(self, noisy_action: torch.Tensor, timesteps: torch.Tensor, lang_tokens: torch.Tensor,
                 lang_attn_mask: Optional[torch.Tensor], img_tokens: torch.Tensor, state_tokens: torch.Tensor,
-                action_mask: torch.Tensor, ctrl_freqs: torch.Tensor) -> torch.Tensor:
+                action_mask: torch.Tensor, ctrl_freqs: torch.Tensor,
+                state_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One network call as in the official compute_loss: returns the x0 (or eps) prediction (B, T, A).
 
-        noisy_action (B, T, A); state_tokens (B, 1, A); action_mask (B, 1, A) 0/1, also the state mask.
+        noisy_action (B, T, A); state_tokens (B, 1, A); action_mask (B, 1, A) 0/1. `state_mask` (B, 1, A)
+        marks the state's slots; None uses the action mask, as the official code does (its actions are
+        future states in the same slots). A layout whose state and actions sit in different slots (EEF
+        pose in 30-38, velocities in 39-44) needs its own.
         """
         traj = torch.cat([self._cast(state_tokens), self._cast(noisy_action)], dim=1)  # (B, T+1, A)
-        mask = self._cast(action_mask).expand(-1, traj.shape[1], -1)  # (B, T+1, A)
+        am = self._cast(action_mask)
+        sm = am if state_mask is None else self._cast(state_mask)
+        mask = torch.cat([sm, am.expand(-1, noisy_action.shape[1], -1)], dim=1)  # (B, T+1, A)
         traj = torch.cat([traj, mask], dim=2)  # (B, T+1, 2A)
         lang_cond, img_cond, traj = self.adapt_conditions(lang_tokens, img_tokens, traj)
         return self.model(traj, ctrl_freqs.to(self.device), timesteps.to(self.device), lang_cond, img_cond,

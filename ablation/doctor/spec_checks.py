@@ -1,0 +1,137 @@
+"""Checks of a spec against the file: the scale audit and the transform round trip."""
+from __future__ import annotations
+
+import numpy as np
+
+from .findings import Finding
+
+ROUNDTRIP_TOL = 1e-6  # native units; the codec is float64 and exactly invertible
+LOSS_SHARE_SERIOUS = 0.01  # a moving group with under 1% of the mean-predictor loss is ignored by training
+
+
+def dim_names(rep) -> list[str]:
+    rot = ["rx", "ry", "rz"] if rep.rotation == "axis_angle" else [f"r{i}" for i in range(6)]
+    return ["pos.x", "pos.y", "pos.z"] + [f"rot.{r}" for r in rot] + ["grip"]
+
+
+def check_spec_task(spec, suite, task, data: str) -> list[Finding]:
+    if suite is None or spec is None:
+        return []
+    if (spec.data.suite, spec.data.task) != (suite, task):
+        return [Finding("spec.task", "serious", "the spec evaluates another task than the file holds",
+                        f"spec {spec.name}: data.suite {spec.data.suite}, data.task {spec.data.task}; the file: "
+                        f"{suite} task {task}",
+                        fix=f"--set data.suite={suite} --set data.task={task} (the rollouts must be on the demos' task)",
+                        next=f"run_ablation.py --plan smoke --set data.demo_file={data} --set data.suite={suite} "
+                             f"--set data.task={task}",
+                        numbers={"spec": [spec.data.suite, spec.data.task], "file": [suite, task]})]
+    return []
+
+
+def check_audit(spec, data: str, spec_path: str) -> list[Finding]:
+    from ..audit import audit
+
+    res = audit(spec, data)
+    nums = {"scale_ratio": res.scale_ratio, "groups": list(res.scale_ratio_groups),
+            "dilution_factor": res.dilution_factor,
+            "loss_share": {g: a.mean_loss_share for g, a in res.groups.items()},
+            "rms": {g: a.rms for g, a in res.groups.items()}}
+    out = []
+    moving = [g for g, a in res.groups.items() if not a.constant and not a.near_constant]
+    starved = [g for g in moving if res.groups[g].mean_loss_share < LOSS_SHARE_SERIOUS]
+    shares = ", ".join(f"{g} {100 * a.mean_loss_share:.2g}%" for g, a in res.groups.items())
+    rms = ", ".join(f"{g} {a.rms:.3g}" for g, a in res.groups.items())
+    if starved:
+        out.append(Finding(
+            "scale.share", "serious", f"the loss ignores {', '.join(starved)} (spec {spec.name})",
+            f"share of the mean-predictor loss per group: {shares}; model-space RMS: {rms}; largest scale ratio "
+            f"{res.scale_ratio:.0f}x ({res.scale_ratio_groups[0]} / {res.scale_ratio_groups[1]})",
+            fix="bring the groups to one scale: codec.normalizer: minmax (or unit_scales / loss.weights)",
+            next="experiments/fix_minmax.yaml (run_ablation.py train --spec experiments/fix_minmax.yaml "
+                 f"--demos {data}), or --plan all to compare every fix", numbers=nums))
+    elif res.scale_ratio > 10:
+        out.append(Finding("scale.mismatch", "warning", f"group scales differ {res.scale_ratio:.0f}x (spec {spec.name})",
+                           f"model-space RMS: {rms}; loss shares: {shares}",
+                           fix="codec.normalizer: minmax", next="experiments/fix_minmax.yaml", numbers=nums))
+    if res.dilution_factor < 0.5:
+        out.append(Finding(
+            "scale.dilution", "info" if starved else "warning",
+            f"loss dilution: {res.filled_slots} of {res.total_slots} slots filled",
+            f"the {res.reduction} loss is {1 / res.dilution_factor:.1f}x smaller than the error on the filled slots; "
+            f"a tiny loss proves little", fix="judge training by the per-group nMSE, not the total loss",
+            next="experiments/fix_masked_loss.yaml", numbers=nums))
+    for g, a in res.groups.items():
+        if a.constant or a.near_constant:
+            out.append(Finding(
+                "scale.constant", "warning", f"'{g}' is {'constant' if a.constant else 'nearly constant'} in these demos",
+                f"'{g}' model-space std {a.std:.3g}, RMS {a.rms:.3g}; rotation spread of the demos "
+                f"{getattr(res, 'rot_spread_deg', float('nan')):.1f} deg",
+                fix=f"do not rank fixes on '{g}' errors; use demos that exercise it",
+                next="the report flags it; nothing to run", numbers=nums))
+    if not out:
+        out.append(Finding("scale", "info", f"scale audit of {spec.name}: no warnings",
+                           f"model-space RMS: {rms}; loss shares: {shares}", numbers=nums))
+    return out
+
+
+def roundtrip_errors(codec, demo_set) -> dict:
+    """Encode the file's actions in the spec's representation, decode, turn into env actions at the
+    recorded pose, and compare with the raw actions. Exact groups (deltas) must come back to 1e-6;
+    absolute targets come back as the pose actually reached, so their gap is the controller's
+    tracking error and is reported, not judged."""
+    from ..data import episode_view
+
+    rep = codec.rep
+    conv = demo_set.meta.obs_convention
+    phys, native, pos, rot = [], [], [], []
+    for ep in demo_set.episodes:
+        v = episode_view(ep, conv)
+        phys.append(rep.from_demo(v.actions, v.ee_pos, v.ee_rot, v.next_ee_pos, v.next_ee_rot))
+        native.append(v.actions)
+        pos.append(v.ee_pos)
+        rot.append(v.ee_rot)
+    phys, native = np.concatenate(phys), np.concatenate(native)
+    pos, rot = np.concatenate(pos), np.concatenate(rot)
+    model = codec.encode(phys)
+    back = codec.decode(model)
+    env = rep.to_env(back, pos, rot).raw
+    absolute = {"native": (), "metric_delta": (), "seed_mix": ("rot",), "abs_pose": ("pos", "rot")}[rep.kind]
+    native_groups = {"pos": slice(0, 3), "rot": slice(3, 6), "grip": slice(6, 7)}
+    err = {g: float(np.abs(env[:, s] - native[:, s]).max()) for g, s in native_groups.items()}
+    p95 = {g: float(np.quantile(np.abs(env[:, s] - native[:, s]), 0.95)) for g, s in native_groups.items()}
+    phys_err = float(np.abs(back - phys).max() / max(1.0, float(np.abs(phys).max())))
+    return {"model_roundtrip_rel_err": phys_err, "native_max_err": err, "native_p95_err": p95,
+            "absolute_groups": list(absolute), "n": int(len(native))}
+
+
+def check_roundtrip(spec, demo_set, data: str, codec=None) -> list[Finding]:
+    """codec: an already fitted codec (or a stand-in); default: the spec's codec fitted on the file."""
+    from ..codec import ActionCodec, Representation
+    from ..data import episode_view
+
+    if codec is None:
+        rep = Representation(spec.codec.representation, spec.codec.rotation)
+        views = [episode_view(ep, demo_set.meta.obs_convention) for ep in demo_set.episodes]
+        phys = np.concatenate([rep.from_demo(v.actions, v.ee_pos, v.ee_rot, v.next_ee_pos, v.next_ee_rot) for v in views])
+        codec = ActionCodec.fit(spec.codec, phys, np.concatenate([v.state for v in views]),
+                                np.concatenate([v.actions for v in views]))
+    r = roundtrip_errors(codec, demo_set)
+    exact = [g for g in ("pos", "rot", "grip") if g not in r["absolute_groups"]]
+    bad = {g: r["native_max_err"][g] for g in exact if r["native_max_err"][g] > ROUNDTRIP_TOL}
+    if r["model_roundtrip_rel_err"] > ROUNDTRIP_TOL:
+        bad["model"] = r["model_roundtrip_rel_err"]
+    name = getattr(spec, "name", "spec")
+    evid = (f"encode -> decode -> env action at the recorded pose vs the raw actions over {r['n']} steps: max error "
+            + ", ".join(f"{g} {v:.2g}" for g, v in r["native_max_err"].items())
+            + f" (native units); decode(encode(x)) relative error {r['model_roundtrip_rel_err']:.2g}")
+    if r["absolute_groups"]:
+        evid += ("; absolute group(s) " + ", ".join(r["absolute_groups"]) + " come back as the pose reached (p95 gap "
+                 + ", ".join(f"{g} {r['native_p95_err'][g]:.2g}" for g in r["absolute_groups"])
+                 + ": the controller's tracking error, not judged)")
+    if bad:
+        return [Finding("roundtrip", "serious", f"the transform round trip of {name} does not give back the raw actions",
+                        evid + "; off: " + ", ".join(f"{g} {v:.3g}" for g, v in bad.items()),
+                        fix="the inverse output transform must undo the training transform (a double delta "
+                            "transform or a rotation-representation mistake; openpi #804)",
+                        next="fix the codec, then run_ablation.py doctor --data FILE --spec SPEC", numbers=r)]
+    return [Finding("roundtrip", "info", f"transform round trip of {name} gives back the raw actions", evid, numbers=r)]

@@ -1,0 +1,243 @@
+"""A warm pool of rollout worker processes that can live for a whole plan or tuning study.
+
+Each worker pays its start-up (imports, ~4 s per LIBERO env) once: it keeps its envs per (suite,
+task, images, image_size) between runs, and is fed runs (a policy factory + RunConfig) and then
+episodes, one message each, so a fast worker takes more episodes than a slow one.
+
+    with RolloutPool(workers=2) as pool:
+        pool.warm("libero_object", 0)        # optional: pay imports and env creation now
+        r = pool.run(factory, "libero_object", 0, range(10), replan_every=8, seed=0)   # RolloutResult
+
+A worker steps up to `batch` episodes in lockstep when the policy has `act_batch`. A worker that
+dies fails only its episode: when it had several in flight, they are run again one at a time (an
+episode's outcome does not depend on its batch-mates), and the one that kills its worker alone is
+recorded as failed.
+
+Messages, parent -> worker: ("run", run_id, factory, cfg), ("warm", key, n), ("episode", e), None (quit);
+worker -> parent: ("ready", run_id, capacity), ("warmed",), ("record", EpisodeRecord).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as mp_wait
+from typing import Callable
+
+from .rollout import (DEFAULT_WAIT_STEPS, EpisodeRecord, EpisodeRunner, RolloutResult, RunConfig, close_cached_envs,
+                      run_rollouts, warm_envs)
+
+# A pool that loses this many workers in a row without any episode ending gives up on the run
+# (e.g. a policy factory that kills its process): the remaining episodes fail instead of looping.
+MAX_DEATHS_WITHOUT_PROGRESS = 3
+
+
+def _worker_main(conn) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import torch
+
+        torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
+    except Exception:
+        pass
+    runner: EpisodeRunner | None = None
+    queue: deque[int] = deque()
+    try:
+        while True:
+            busy = runner is not None and (queue or runner.active)
+            if not busy or conn.poll():
+                msg = conn.recv()
+                if msg is None:
+                    break
+                if msg[0] == "run":
+                    runner, queue = EpisodeRunner(msg[2], msg[3]), deque()
+                    conn.send(("ready", msg[1], runner.capacity))
+                elif msg[0] == "warm":
+                    warm_envs(*msg[1], n=msg[2])
+                    conn.send(("warmed",))
+                elif msg[0] == "episode":
+                    queue.append(msg[1])
+                continue
+            while queue and runner.free():
+                rec = runner.start(queue.popleft())
+                if rec is not None:
+                    conn.send(("record", rec))
+            for rec in runner.step():
+                conn.send(("record", rec))
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        close_cached_envs()
+
+
+@dataclass(eq=False)
+class _Worker:
+    proc: mp.Process
+    conn: object
+    capacity: int | None = None          # None until the worker has built the run's policy
+    inflight: set[int] = field(default_factory=set)
+    alone: bool = False                  # running a suspect episode that must have the worker to itself
+
+
+class RolloutPool:
+    """`workers` rollout processes, started once and reused by every `run` until `close()`."""
+
+    def __init__(self, workers: int = 2):
+        from .sim.libero_setup import ensure_libero
+
+        ensure_libero()  # env vars (config path, render backend) are inherited by spawned workers
+        self.workers = max(1, int(workers))
+        self._ctx = mp.get_context("spawn")
+        self._procs: list[_Worker] = []
+        self._runs = 0  # run ids: a worker left idle by a run may still owe its "ready"
+        self._fill()
+
+    # ------------------------------------------------------------------ lifecycle
+    def _fill(self) -> None:
+        while len(self._procs) < self.workers:
+            parent, child = self._ctx.Pipe()
+            p = self._ctx.Process(target=_worker_main, args=(child,), daemon=True)
+            p.start()
+            child.close()
+            self._procs.append(_Worker(p, parent))
+
+    def _drop(self, w: _Worker) -> None:
+        self._procs.remove(w)
+        if w.proc.is_alive():
+            w.proc.terminate()
+        w.proc.join(timeout=5)
+        w.conn.close()
+
+    def close(self) -> None:
+        for w in self._procs:
+            try:
+                w.conn.send(None)
+            except OSError:
+                pass
+        for w in list(self._procs):
+            w.proc.join(timeout=10)
+            self._drop(w)
+
+    def __enter__(self) -> "RolloutPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def warm(self, suite: str, task: int, images: bool = False, image_size: int = 128, envs: int = 1) -> float:
+        """Have every worker finish its imports and hold `envs` envs for this task; returns seconds."""
+        t0 = time.perf_counter()
+        self._fill()
+        waiting = []
+        for w in self._procs:
+            try:
+                w.conn.send(("warm", (suite, int(task), bool(images), int(image_size)), int(envs)))
+                waiting.append(w)
+            except OSError:
+                pass
+        for w in waiting:
+            try:
+                while w.conn.recv()[0] != "warmed":
+                    pass
+            except (EOFError, OSError):
+                pass  # a dead worker is replaced by the next run
+        return time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ runs
+    def run(self, policy_factory: Callable, suite: str, task: int, episodes, replan_every: int, *,
+            max_steps: int | None = None, images: bool = False, image_size: int = 128, videos=(),
+            video_dir=None, wait_steps: int = DEFAULT_WAIT_STEPS, seed: int = 0, batch: int = 1,
+            progress: Callable[[EpisodeRecord], None] | None = None) -> RolloutResult:
+        """`run_rollouts` in this pool (same arguments and meaning)."""
+        return run_rollouts(policy_factory, suite, task, episodes, replan_every, videos=videos,
+                            video_dir=video_dir, max_steps=max_steps, images=images, image_size=image_size,
+                            wait_steps=wait_steps, seed=seed, batch=batch, pool=self, progress=progress)
+
+    def run_config(self, policy_factory: Callable, cfg: RunConfig, eps: list[int],
+                   progress: Callable[[EpisodeRecord], None] | None = None) -> dict[int, EpisodeRecord]:
+        """Run the episodes across the workers; records by episode index."""
+        pending, suspects = deque(eps), set()
+        records: dict[int, EpisodeRecord] = {}
+        deaths_in_a_row = 0
+        self._runs += 1
+        run_id = self._runs
+
+        def finish(rec: EpisodeRecord) -> None:
+            nonlocal deaths_in_a_row
+            records[rec.episode] = rec
+            deaths_in_a_row = 0
+            if progress:
+                progress(rec)
+
+        def begin(w: _Worker) -> None:
+            w.capacity, w.inflight, w.alone = None, set(), False
+            try:
+                w.conn.send(("run", run_id, policy_factory, cfg))
+            except OSError:
+                pass  # it died while idle: the loop below sees its sentinel and replaces it
+
+        def feed(w: _Worker) -> None:
+            while pending and w.capacity and len(w.inflight) < w.capacity and not w.alone:
+                e = pending[0]
+                if e in suspects and w.inflight:
+                    return
+                w.conn.send(("episode", e))
+                pending.popleft()
+                w.inflight.add(e)
+                w.alone = e in suspects
+
+        def died(w: _Worker) -> None:
+            nonlocal deaths_in_a_row
+            code = w.proc.exitcode
+            self._drop(w)
+            deaths_in_a_row += 1
+            lost = sorted(w.inflight)
+            if len(lost) == 1:
+                finish(EpisodeRecord(episode=lost[0], init_state=None,
+                                     error=f"worker process died (exit code {code}) during this episode"))
+            else:  # one of them killed it: run each alone to find which
+                suspects.update(lost)
+                pending.extendleft(reversed(lost))
+            if deaths_in_a_row > MAX_DEATHS_WITHOUT_PROGRESS:
+                while pending:
+                    e = pending.popleft()
+                    finish(EpisodeRecord(episode=e, error=f"worker processes keep dying (last exit code {code}) "
+                                                          "before finishing an episode"))
+                return
+            if pending:
+                self._fill()
+                begin(self._procs[-1])
+
+        self._fill()
+        try:
+            for w in self._procs:
+                begin(w)
+            while len(records) < len(eps):
+                ready = set(mp_wait([w.conn for w in self._procs] + [w.proc.sentinel for w in self._procs]))
+                for w in list(self._procs):
+                    if w.conn not in ready and w.proc.sentinel not in ready:
+                        continue
+                    try:
+                        while w.conn.poll():
+                            msg = w.conn.recv()
+                            if msg[0] == "ready" and msg[1] == run_id:
+                                w.capacity = msg[2]
+                            elif msg[0] == "record":
+                                w.inflight.discard(msg[1].episode)
+                                w.alone = w.alone and bool(w.inflight)
+                                finish(msg[1])
+                        feed(w)
+                    except (EOFError, OSError):
+                        died(w)
+                        continue
+                    if w.proc.sentinel in ready and not w.proc.is_alive():
+                        died(w)
+        except BaseException:
+            # An interrupted run leaves workers busy with its episodes: replace them.
+            for w in list(self._procs):
+                if w.inflight:
+                    self._drop(w)
+            raise
+        return records

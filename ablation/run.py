@@ -1,0 +1,269 @@
+"""The one run pipeline: the life of a spec x seed run, used by the plan, the tuner and `eval`.
+
+    gate A (replay through the spec's own codec; cached per codec) -> audit -> train (or resume)
+    -> open-loop evaluation -> closed loop, in increments -> artifacts -> FINISHED
+
+Each stage is done once; its completion is kept in `<checkpoint dir>/run_state.json`, so calling
+`execute` again on the same run only does what is missing. That is how more episodes are added to a
+finished run later without retraining: the caller asks for more init states, and the new episodes
+are appended to the same MLflow run and the same per-episode record (`rollouts/episodes.json`),
+never repeating an init state.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from .errors import UserError
+from .spec import Spec
+from .tracking import TAG_FAILURE, TAG_STAGE, MetricBuffer, Tracker
+
+GATE_MIN_SUCCESS = 0.9
+
+
+class GateFailed(UserError):
+    """Gate A: the spec's own encode -> decode -> env path cannot replay its demos."""
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """Everything a worker process needs for one spec x seed run (picklable)."""
+
+    spec_name: str
+    spec_yaml: str
+    seed: int
+    run_id: str
+    tracking_uri: str
+    experiment_id: str
+    demo_path: str
+    ckpt_dir: str
+    init_states: tuple[int, ...]   # the init states this run must have evaluated when the call returns
+    rollout_workers: int = 1
+    threads: int = 0
+    progress: bool = True
+    gate_episodes: int = 10        # 0: skip Gate A (tests on tiny budgets)
+    gate_cache_dir: str = ""
+
+    @property
+    def spec(self) -> Spec:
+        return Spec.model_validate(yaml.safe_load(self.spec_yaml))
+
+
+@dataclass
+class RunResult:
+    spec_name: str
+    seed: int
+    run_id: str
+    status: str                    # FINISHED | FAILED | SKIPPED
+    reason: str = ""
+    metrics: dict = field(default_factory=dict)
+    episodes: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    stage_seconds: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- local state
+
+def _state_path(ckpt_dir: Path) -> Path:
+    return Path(ckpt_dir) / "run_state.json"
+
+
+def load_state(ckpt_dir: Path) -> dict:
+    p = _state_path(ckpt_dir)
+    return json.loads(p.read_text()) if p.is_file() else {"done": [], "episodes": []}
+
+
+def save_state(ckpt_dir: Path, state: dict) -> None:
+    p = _state_path(ckpt_dir)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1, default=float))
+    os.replace(tmp, p)  # a killed process never leaves half a record
+
+
+# ----------------------------------------------------------------------------- closed loop
+
+def rollout_kwargs(spec: Spec, seed: int) -> dict:
+    """The one mapping from a spec to the rollout runner's arguments (plan, tune and eval)."""
+    return dict(replan_every=spec.rollout.replan_every, max_steps=spec.rollout.max_steps,
+                images=spec.data.images, image_size=spec.data.image_size, wait_steps=spec.rollout.wait_steps,
+                seed=seed)
+
+
+def episode_dict(rec) -> dict:
+    """A rollout EpisodeRecord as the per-episode record kept with the run (init_state = its index)."""
+    d = asdict(rec) if not isinstance(rec, dict) else dict(rec)
+    d.setdefault("init_state", d.get("episode"))
+    return d
+
+
+def run_closed_loop(bundle: Path, spec: Spec, seed: int, init_states: list[int], *, workers: int = 1,
+                    video_dir: Path | None = None, videos: tuple[int, ...] = (), progress=None):
+    """Roll the bundle's policy out from the given benchmark init states -> RolloutResult."""
+    from functools import partial
+
+    from .policy import load_policy
+    from .rollout import run_rollouts
+
+    # On a GPU profile every rollout worker runs its policy on the GPU, the simulator on its CPU core.
+    device = "cuda" if spec.train.device == "cuda" else "cpu"
+    return run_rollouts(partial(load_policy, str(bundle), device=device), spec.data.suite, spec.data.task,
+                        episodes=list(init_states), workers=workers, videos=videos, video_dir=video_dir,
+                        progress=progress, **rollout_kwargs(spec, seed))
+
+
+def summarise_episodes(records: list[dict]) -> dict[str, float]:
+    """eval/* metrics over every episode of a run so far."""
+    from .rollout import wilson_interval
+
+    import numpy as np
+
+    n = len(records)
+    ok = [r for r in records if not r.get("error")]
+    k = sum(bool(r.get("success")) for r in records)
+    lo, hi = wilson_interval(k, n)
+    ratios = [r["pos_step_ratio"] for r in ok if r.get("pos_step_ratio") is not None]
+    m = {"eval/episodes": n, "eval/successes": k, "eval/success_rate": k / n if n else 0.0,
+         "eval/success_ci95_low": lo, "eval/success_ci95_high": hi,
+         "eval/crashed_episodes": n - len(ok),
+         "eval/clip_rate": float(np.mean([r.get("clip_fraction", 0.0) for r in ok])) if ok else 0.0,
+         "eval/episode_len": float(np.mean([r.get("steps", 0) for r in ok])) if ok else 0.0}
+    if ratios:
+        m["eval/pos_out_of_range"] = float(max(ratios))
+    return m
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+def execute(job: RunJob, *, on_train_metrics: Callable[[int, dict], None] | None = None) -> RunResult:
+    """Bring one run to the state `job` asks for. Never raises (except KeyboardInterrupt): a failure is
+    recorded on the MLflow run as FAILED with its reason, and what finished stays done."""
+    t0 = time.time()
+    if job.threads:
+        import torch
+
+        torch.set_num_threads(job.threads)
+    tracker = Tracker(job.tracking_uri, job.experiment_id)
+    spec = job.spec
+    ckpt = Path(job.ckpt_dir)
+    state = load_state(ckpt)
+    stage = "start"
+    stage_s: dict[str, float] = {}
+    buf = MetricBuffer(tracker, job.run_id)
+
+    def enter(name: str) -> float:
+        nonlocal stage
+        stage = name
+        tracker.set_tags(job.run_id, {TAG_STAGE: name})
+        return time.time()
+
+    def done(name: str, since: float) -> None:
+        stage_s[name] = stage_s.get(name, 0.0) + time.time() - since
+        if name not in state["done"]:
+            state["done"].append(name)
+        save_state(ckpt, state)
+
+    try:
+        tracker.client.update_run(job.run_id, status="RUNNING")
+        tracker.set_tags(job.run_id, {TAG_FAILURE: ""})
+        from .stages import audit_stage, gate_stage, log_bundle, open_loop_stage, train_stage
+
+        demo = Path(job.demo_path)
+        if "gate" not in state["done"] and job.gate_episodes > 0:
+            ts = enter("gate")
+            gate_stage(tracker, job.run_id, spec, demo, episodes=job.gate_episodes,
+                       cache_dir=Path(job.gate_cache_dir) if job.gate_cache_dir else ckpt.parent / "gates",
+                       min_success=GATE_MIN_SUCCESS)
+            done("gate", ts)
+        if "audit" not in state["done"]:
+            ts = enter("audit")
+            audit_stage(tracker, job.run_id, spec, demo)
+            done("audit", ts)
+        bundle = Path(state["bundle"]) if state.get("bundle") else None
+        if not {"train", "open_loop", "artifacts"} <= set(state["done"]) or bundle is None or not bundle.is_dir():
+            ts = enter("train")
+            from .data import prepare_data
+
+            # Read and window the demos once: the trainer and the predicted-vs-demo plot share them.
+            data = prepare_data(spec.data, spec.codec, demo)
+
+            def on_metrics(step: int, metrics: dict) -> None:
+                buf(step, metrics)
+                if on_train_metrics is not None:
+                    on_train_metrics(step, metrics)
+
+            result = train_stage(spec, demo, ckpt, on_metrics, progress=job.progress, data=data)
+            buf.flush()
+            bundle = Path(result.checkpoint_dir)
+            state["bundle"] = str(bundle)
+            if "train" not in state["done"]:
+                state["train_history"] = {k: v for k, v in buf.history.items()
+                                          if k.startswith(("train/loss/", "train/nmse/", "val/"))}
+            done("train", ts)
+            if "open_loop" not in state["done"]:
+                ts = enter("open_loop")
+                open_loop_stage(tracker, job.run_id, spec, demo, result, data)
+                done("open_loop", ts)
+            if "artifacts" not in state["done"]:
+                ts = enter("artifacts")
+                log_bundle(tracker, job.run_id, spec, result, state.get("train_history", {}))
+                done("artifacts", ts)
+        ts = enter("closed_loop")
+        have = {int(r["init_state"]) for r in state["episodes"]}
+        todo = [s for s in job.init_states if s not in have]
+        if todo:
+            res = run_closed_loop(bundle, spec, job.seed, todo, workers=job.rollout_workers)
+            state["episodes"].extend(episode_dict(r) for r in res.episodes)
+            save_state(ckpt, state)
+            print(f"[{spec.name} seed {job.seed}] +{len(todo)} episodes: {res.line()}", flush=True)
+        m = summarise_episodes(state["episodes"])
+        # Step = episodes so far: every look leaves its own point in the metric history.
+        tracker.log_metrics(job.run_id, [(k, v, len(state["episodes"])) for k, v in m.items()])
+        from .stages import log_episodes
+
+        log_episodes(tracker, job.run_id, state["episodes"])
+        done("closed_loop", ts)
+        stage_s["total"] = time.time() - t0
+        tracker.log_metrics(job.run_id, [(f"time/{k}_s", v, len(state["episodes"])) for k, v in stage_s.items()])
+        tracker.set_tags(job.run_id, {TAG_STAGE: "done"})
+        tracker.end_run(job.run_id, "FINISHED")
+        m.update({k: v for k, v in _final_metrics(tracker, job.run_id).items() if k not in m})
+        return RunResult(job.spec_name, job.seed, job.run_id, "FINISHED", metrics=m, episodes=state["episodes"],
+                         seconds=time.time() - t0, stage_seconds=stage_s)
+    except BaseException as e:  # noqa: BLE001 - the plan goes on; the reason is recorded
+        try:
+            buf.flush()
+        except Exception:
+            pass
+        reason = f"{stage}: {type(e).__name__}: {e}"
+        if not isinstance(e, (UserError, KeyboardInterrupt)):
+            reason += "\n" + traceback.format_exc(limit=8)
+        try:
+            tracker.end_run(job.run_id, "FAILED", reason)
+        except Exception:
+            pass
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        if _is_prune(e):
+            raise
+        return RunResult(job.spec_name, job.seed, job.run_id, "FAILED", reason=reason.splitlines()[0],
+                         episodes=state.get("episodes", []), seconds=time.time() - t0, stage_seconds=stage_s)
+
+
+def _is_prune(e: BaseException) -> bool:
+    """Optuna's TrialPruned must reach the tuner (which records the run as pruned)."""
+    return type(e).__name__ == "TrialPruned"
+
+
+def _final_metrics(tracker: Tracker, run_id: str) -> dict[str, float]:
+    try:
+        return dict(tracker.client.get_run(run_id).data.metrics)
+    except Exception:
+        return {}
