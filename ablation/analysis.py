@@ -76,7 +76,7 @@ def unmet_needs(needs: tuple[str, ...], arms: list[str], facts: dict[str, ArmFac
 
 def judge(hypotheses: list[Hypothesis], records: list[dict], facts: dict[str, ArmFacts], *,
           look_index: int, n_looks: int, looks: list[int | None], alpha: float = 0.05,
-          spending: str = "obrien_fleming", margin: float = 0.15, n_boot: int = 20000,
+          spending: str = "obrien_fleming", margin: float = 0.15, n_boot: int | None = None,
           previous: dict[tuple[str, str, str], ComparisonResult] | None = None) -> list[ComparisonResult]:
     """Judge every comparison of `hypotheses` on `records` (dicts with arm, task, seed, init_state,
     success) at look `look_index` (0-based). Holm controls the family-wise error across all the
@@ -87,6 +87,10 @@ def judge(hypotheses: list[Hypothesis], records: list[dict], facts: dict[str, Ar
     real_looks = [x for x in looks if x is not None] or [1]
     design = SequentialDesign(looks=tuple(real_looks), alpha=alpha, spending=spending)
     alpha_k = design.nominal_alpha(min(look_index, len(real_looks) - 1))
+    n_comp = sum(len(h.comparisons) for h in hypotheses)
+    # A bootstrap p cannot go below 2 / (n_boot + 1); Holm multiplies it by the family size. Enough
+    # resamples that the first look can decide at all.
+    n_boot = n_boot or max(4000, 2 * design.required_n_boot(max(1, n_comp)))
     arms_with_data = {r["arm"] for r in records}
     out: list[ComparisonResult] = []
     effects = {}

@@ -110,14 +110,6 @@ def check_resumable(bundle: Path, spec: Spec, demo_sha: str, codec: ActionCodec)
     return meta
 
 
-def load_weights(bundle: str | Path) -> dict[str, torch.Tensor]:
-    """The network weights of a bundle (for fine-tuning from it: train.init_from)."""
-    path = Path(bundle) / WEIGHTS
-    if not path.is_file():
-        raise PolicyError(f"{path}: missing; not a complete checkpoint bundle")
-    return load_file(str(path))
-
-
 def load_policy(bundle_dir: str | Path, device: str | torch.device = "cpu") -> DiffusionPolicy:
     """Load a checkpoint bundle. The codec comes from the bundle's codec.json and nowhere else."""
     bundle = Path(bundle_dir)

@@ -77,18 +77,19 @@ class RMSNorm(nn.Module):
 class Kernels:
     """How the blocks compute, not what: the weights and state-dict keys are the same either way.
 
-    attention  "math": scores by two batched matmuls + softmax, the q/k RMSNorm applied before the
-               head transpose (contiguous). At this model's sequence lengths (H+3 queries, 3 keys for
-               cross-attention) that is several times cheaper on CPU than "sdpa"
-               (`F.scaled_dot_product_attention`, whose CPU flash kernel has a large per-call cost at
-               tiny sizes, and is very slow backwards in bf16). Equal to float rounding (~1e-7).
+    attention  "sdpa": `F.scaled_dot_product_attention` (the reference). "math": scores by two batched
+               matmuls + softmax, the q/k RMSNorm applied before the head transpose; equal to float
+               rounding (~1e-7, golden within 1e-5). Profiled at this model's sizes (19 queries, 19 or
+               3 keys) on 1 CPU thread: no faster than sdpa in fp32 (fwd+bwd, or inference), so not the
+               default; kept because SDPA's CPU backward is ~20x slower when q/k/v are bf16.
     matmul     "bf16": the blocks' Linear layers multiply in bfloat16 (fp32 accumulation, fp32 bias,
-               fp32 activations, norms, softmax and master weights), for CPUs with AMX/AVX512-BF16.
-               The adaptors, embedders and the output head stay fp32. "fp32": everything fp32.
+               fp32 activations, norms, softmax and master weights), for CPUs with AMX/AVX512-BF16
+               (2-5x faster matmuls there). The adaptors, embedders and output head stay fp32.
+               "fp32": everything fp32.
     The reference (the pre-Throughput network, and the golden) is Kernels("sdpa", "fp32").
     """
 
-    attention: Literal["math", "sdpa"] = "math"
+    attention: Literal["sdpa", "math"] = "sdpa"
     matmul: Literal["fp32", "bf16"] = "fp32"
 
     def __post_init__(self):
@@ -99,8 +100,8 @@ class Kernels:
 
 
 REFERENCE_KERNELS = Kernels("sdpa", "fp32")
-FAST_TRAIN_KERNELS = Kernels("math", "bf16")   # CPU training
-FAST_EVAL_KERNELS = Kernels("math", "fp32")    # sampling: full precision
+FAST_TRAIN_KERNELS = Kernels("sdpa", "bf16")   # CPU training
+FAST_EVAL_KERNELS = REFERENCE_KERNELS          # validation and sampling: full precision
 
 
 def linear(x: torch.Tensor, layer: nn.Linear, matmul: str) -> torch.Tensor:

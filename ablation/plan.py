@@ -208,7 +208,8 @@ def write_plan_record(tracker: Tracker, parent: str, rp: ResolvedPlan, runs: dic
         "hypotheses": [{**h.model_dump(mode="json"), "path": h.path} for h in rp.hypotheses],
         "arms": {a.name: {"spec_hash": a.spec.hash(), "seeds": list(a.seeds), "description": a.spec.description,
                           "suite": a.spec.data.suite, "task": a.spec.data.task,
-                          "pretrained": bool(a.spec.model.pretrained or a.spec.train.init_from)}
+                          "pretrained": bool(a.spec.model.pretrained or a.spec.train.init_from),
+                          "init_from": a.spec.train.init_from}
                  for a in rp.arms.values()},
         "demos": demos or {},
         "versions": versions(),
@@ -314,7 +315,8 @@ def _ensure_run(tracker: Tracker, arm: Arm, seed: int, parent: str | None, rp: R
 def run_plan(plan_name: str, *, profile_name: str = "auto", seeds: list[int] | None = None,
              only: list[str] | None = None, dry_run: bool = False, workdir: Path = Path("workdir"),
              tracking_uri: str | None = None, extra_sets: list[str] | None = None,
-             jobs: int | None = None, gate_episodes: int | None = None) -> PlanOutcome:
+             jobs: int | None = None, gate_episodes: int | None = None,
+             nest_under: str | None = None) -> PlanOutcome:
     t0 = time.time()
     plan = load_plan(plan_name)
     profile = load_profile(profile_name)
@@ -341,6 +343,8 @@ def run_plan(plan_name: str, *, profile_name: str = "auto", seeds: list[int] | N
     if stale:
         print(f"[plan] marked {stale} run(s) left RUNNING by dead processes as KILLED")
     parent = open_parent(tracker, rp, profile)
+    if nest_under:  # e.g. a tuning study's re-evaluation, shown under the study's run
+        tracker.set_tags(parent, {"mlflow.parentRunId": nest_under})
     timing = {"setup_s": float(os.environ.get("ABLATION_SETUP_S", "0") or 0)}
     results: list[RunResult] = []
     demos: dict = {}
@@ -360,6 +364,18 @@ def run_plan(plan_name: str, *, profile_name: str = "auto", seeds: list[int] | N
             except UserError as e:
                 demo_for[arm.name] = f"demos: {e}"
         timing["demos_s"] = time.time() - td
+        if plan.pretrain is not None:
+            tp = time.time()
+            try:
+                rp = run_pretrain_stage(tracker, parent, rp, profile, workdir, list(extra_sets or []))
+            except Exception as e:  # the arms that need it fail with the reason; the others go on
+                from .pretrain import PRETRAIN_MARKER
+
+                print(f"[plan] pretraining failed: {type(e).__name__}: {e}")
+                for a in rp.arms.values():
+                    if a.spec.train.init_from == PRETRAIN_MARKER:
+                        demo_for[a.name] = f"pretrain: {type(e).__name__}: {e}"
+            timing["pretrain_s"] = time.time() - tp
         demos = {a: demo_provenance(p) for a, p in demo_for.items() if isinstance(p, Path)}
         run_ids: dict[tuple[str, int], str] = {}
         for arm, seed in rp.entries():
@@ -420,6 +436,9 @@ def run_plan(plan_name: str, *, profile_name: str = "auto", seeds: list[int] | N
     except KeyboardInterrupt:
         tracker.end_run(parent, "KILLED", "interrupted (Ctrl-C); re-run the same command to resume")
         raise
+    except Exception as e:  # a bug or an unreadable store: the parent says why, then the error surfaces
+        tracker.end_run(parent, "FAILED", f"{type(e).__name__}: {e}")
+        raise
     finally:
         if dispatcher is not None:
             dispatcher.close()
@@ -449,6 +468,42 @@ def run_plan(plan_name: str, *, profile_name: str = "auto", seeds: list[int] | N
                     None if ok else (f"{len(failed)} run(s) failed" if failed else "report not written"))
     print_results(results)
     return PlanOutcome(parent, results, report_dir, report_ok, timing)
+
+
+def run_pretrain_stage(tracker: Tracker, parent: str, rp: ResolvedPlan, profile: Profile, workdir: Path,
+                       extra_sets: list[str]) -> ResolvedPlan:
+    """Train (or reuse) the plan's cached pretraining network, log it as a run under the parent, and
+    point every arm that says `train.init_from: "@pretrain"` at it."""
+    from .pretrain import PRETRAIN_MARKER, pretrain
+    from .spec import with_overrides
+    from .tracking import MetricBuffer
+
+    st = rp.plan.pretrain
+    plan_dir = Path(rp.plan.path).parent if rp.plan.path else EXPERIMENTS_DIR / "plans"
+    target = next(iter(rp.arms.values())).spec
+    spec = resolve_spec(spec_path(st.spec, relative_to=plan_dir),
+                        [*profile.sets, *rp.plan.set, *extra_sets, f"data.suite={target.data.suite}"])
+    found = tracker.find_runs(f"tags.`{TAG_KIND}` = 'pretrain' and tags.`{TAG_SPEC_HASH}` = '{spec.hash()}'")
+    rid = found[0].info.run_id if found else tracker.start_run(
+        f"pretrain:{spec.name}", {TAG_KIND: "pretrain", TAG_SPEC: spec.name, TAG_SPEC_HASH: spec.hash(),
+                                  "ablation.pretrain_tasks": ",".join(map(str, st.tasks)), **_owner_tags()}, parent)
+    print(f"[plan] pretraining {spec.name} on {spec.data.suite} tasks {list(st.tasks)} ({st.n_demos} demos each), "
+          "cached and shared by every arm and seed")
+    from .train import configure_torch
+
+    configure_torch(spec.train.num_threads)
+    buf = MetricBuffer(tracker, rid)
+    res = pretrain(spec, tuple(st.tasks), st.n_demos, workdir, on_metrics=buf)
+    buf.flush()
+    tracker.set_tags(rid, {"ablation.pretrain_bundle": str(res.bundle), "ablation.demo_file": str(res.demo_file)})
+    tracker.end_run(rid, "FINISHED")
+    print(f"[plan] pretrained network: {res.bundle} ({'reused' if res.reused else f'{res.seconds:.0f} s'})")
+    arms = {}
+    for name, arm in rp.arms.items():
+        if arm.spec.train.init_from == PRETRAIN_MARKER:
+            arm = Arm(name, with_overrides(arm.spec, [f"train.init_from={res.bundle}"]), arm.seeds)
+        arms[name] = arm
+    return ResolvedPlan(rp.plan, rp.hypotheses, arms, rp.key, rp.skipped)
 
 
 def describe_plan(rp: ResolvedPlan) -> None:

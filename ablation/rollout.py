@@ -30,6 +30,7 @@ Worker processes and the warm pool that outlives one evaluation: `ablation/rollo
 """
 from __future__ import annotations
 
+import atexit
 import math
 import sys
 import time
@@ -227,6 +228,8 @@ def _take_env(key: tuple):
 
 
 def _keep_env(key: tuple, env) -> None:
+    if not _IDLE_ENVS:  # close them before interpreter teardown, while their GL contexts can still go cleanly
+        atexit.register(close_cached_envs)
     _IDLE_ENVS.setdefault(key, []).append(env)
 
 

@@ -146,12 +146,11 @@ def execute(job: RunJob, *, on_train_metrics: Callable[[int, dict], None] | None
     """Bring one run to the state `job` asks for. Never raises (except KeyboardInterrupt): a failure is
     recorded on the MLflow run as FAILED with its reason, and what finished stays done."""
     t0 = time.time()
-    if job.threads:
-        import torch
-
-        torch.set_num_threads(job.threads)
-    tracker = Tracker(job.tracking_uri, job.experiment_id)
     spec = job.spec
+    from .train import configure_torch
+
+    configure_torch(job.threads or spec.train.num_threads)  # this process is the entry point here
+    tracker = Tracker(job.tracking_uri, job.experiment_id)
     ckpt = Path(job.ckpt_dir)
     state = load_state(ckpt)
     stage = "start"

@@ -132,6 +132,9 @@ class TrainSpec(_Frozen):
     eval_every: int = Field(500, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
     num_threads: int = Field(0, ge=0)  # 0: torch default
+    # CPU training kernels: fast = bf16 matmuls in the DiT blocks (where oneDNN has native bf16), fused
+    # AdamW, foreach EMA/clip; reference = the pre-Throughput fp32 trainer (for side-by-side measurements).
+    kernels: Literal["fast", "reference"] = "fast"
     # Fine-tune from this checkpoint bundle (e.g. the cached pretraining stage) instead of random weights.
     init_from: Optional[str] = None
 
@@ -459,7 +462,7 @@ class EpisodeSchedule(_Frozen):
     """Adaptive closed-loop episodes: every arm x seed gets `looks[0]` episodes (init states
     0..looks[0]-1, the same for every arm: paired); after each look, only the arms of comparisons that
     are still undecided get more, up to looks[-1]. The family-wise error over the plan's comparisons
-    is controlled with Holm; across looks the error is spent by `spending` (see ablation/stats.py)."""
+    is controlled with Holm; across looks the error is spent by `spending` (see ablation/stats/)."""
 
     looks: tuple[int, ...] = (20, 35, 50)
     alpha: float = Field(0.05, gt=0, lt=0.5)
@@ -476,6 +479,15 @@ class EpisodeSchedule(_Frozen):
         return self
 
 
+class PretrainStage(_Frozen):
+    """A network pretrained once per plan (cached, shared by every arm and seed) that arms whose spec
+    says `train.init_from: "@pretrain"` fine-tune from. See ablation/pretrain.py."""
+
+    spec: str                       # the pretraining spec (e.g. absolute EEF poses in slots 30-38)
+    tasks: tuple[int, ...]          # other tasks of the suite (never the target task)
+    n_demos: int = Field(20, ge=1)  # expert demos per task
+
+
 class Plan(_Frozen):
     name: str
     description: str = ""
@@ -489,6 +501,7 @@ class Plan(_Frozen):
     episodes: Optional[EpisodeSchedule] = None
     # Arms (in hypotheses) that this plan leaves out, with the reason the report prints.
     skip_arms: dict[str, str] = {}
+    pretrain: Optional[PretrainStage] = None
 
     @model_validator(mode="after")
     def _has_work(self) -> "Plan":

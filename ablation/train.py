@@ -36,11 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from .bundle import check_resumable, latest_bundle, load_weights, read_train_state, write_bundle
+from .bundle import check_resumable, latest_bundle, read_train_state, write_bundle
 from .data import PreparedData, Windows, prepare_data
 from .errors import UserError
 from .loss import SHARES, DiffusionLoss, physical_errors
@@ -72,6 +71,7 @@ class TrainResult:
     loop_wall_s: float = 0.0                     # wall time of the step loop (incl. logging/val/checkpoints)
     eval_time_s: float = 0.0                     # of which validation (held-out loss + open-loop sampling)
     checkpoint_time_s: float = 0.0               # of which writing bundles
+    step_cpu_s: float = 0.0                      # process CPU time of the optimiser steps (all threads)
     open_loop: dict[str, float] = field(default_factory=dict)
 
 
@@ -159,6 +159,14 @@ def pick_device(spec: Spec) -> torch.device:
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(want)
+
+
+def cpu_bf16_matmul() -> bool:
+    """Whether oneDNN multiplies bf16 natively here (AVX512-BF16 / AMX); elsewhere bf16 would be emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def total_steps(spec: Spec) -> int:
@@ -270,7 +278,8 @@ class Trainer:
         self.policy = build_policy(spec, data.codec, obs_norm, data.train.obs.shape[-1], n_cams, instruction).to(device)
         net = self.policy.net
         fast_cpu = kernels == "fast" and device.type == "cpu" and isinstance(net, DiffusionTransformer)
-        self.train_kernels = FAST_TRAIN_KERNELS if fast_cpu else REFERENCE_KERNELS
+        self.train_kernels = (FAST_TRAIN_KERNELS if cpu_bf16_matmul() else REFERENCE_KERNELS) if fast_cpu \
+            else REFERENCE_KERNELS
         self.eval_kernels = FAST_EVAL_KERNELS if fast_cpu else REFERENCE_KERNELS
         self.kernels = kernels
         self.loss_fn = DiffusionLoss(data.codec, spec.loss, device)
@@ -281,20 +290,26 @@ class Trainer:
         self.train_t = WindowTensors(data.train, device)
         self.val_t = WindowTensors(data.val, device) if data.val is not None else None
         self.data_time = 0.0  # seconds spent gathering batches
+        self.init_info: dict = {}  # what train.init_from loaded (kept in every bundle's meta)
 
-    def _set_kernels(self, k) -> None:
+    def use_kernels(self, k) -> None:
         if isinstance(self.policy.net, DiffusionTransformer):
             self.policy.net.set_kernels(k)
 
     def resume_or_init(self, resume: bool) -> Path | None:
         """Continue from the newest bundle in out_dir (same spec, demos, codec), else start from
-        train.init_from's weights (when set) or the seeded initialisation. Returns the bundle resumed."""
+        train.init_from's weights (every tensor whose name and shape match; ablation.pretrain) or
+        the seeded initialisation. Returns the bundle resumed from."""
         prev = latest_bundle(self.out_dir) if resume else None
+        init_from = getattr(self.spec.train, "init_from", None)
         if prev is not None:
             check_resumable(prev, self.spec, self.demo_sha, self.data.codec)
             self.state.load_state_dict(read_train_state(prev, self.device))
-        elif getattr(self.spec.train, "init_from", None):
-            self.policy.net.load_state_dict(load_weights(self.spec.train.init_from), strict=True)
+        elif init_from:
+            from .pretrain import load_matching
+
+            n, fresh = load_matching(self.policy.net, init_from)
+            self.init_info = {"init_from": str(init_from), "init_loaded": n, "init_fresh": fresh}
             if self.state.ema is not None:
                 self.state.ema = EMA(self.policy.net, self.spec.train.ema_decay)
         return prev
@@ -341,7 +356,7 @@ class Trainer:
         if self.val_t is None:
             return {}
         policy, spec = self.policy, self.spec
-        self._set_kernels(self.eval_kernels)
+        self.use_kernels(self.eval_kernels)
         policy.eval()
         try:
             with self.state.eval_weights():
@@ -359,7 +374,7 @@ class Trainer:
                 m.update({f"val/openloop/{k}": v for k, v in ol.items()})
         finally:
             policy.train()
-            self._set_kernels(self.train_kernels)
+            self.use_kernels(self.train_kernels)
         return m
 
     def checkpoint(self) -> Path:
@@ -371,15 +386,15 @@ class Trainer:
                 "demo_file": str(self.demo_path.resolve()), "demo_sha256": self.demo_sha,
                 "demo_attrs": data.demo_set.meta.attrs, "train_demos": data.train_ids, "val_demos": data.val_ids,
                 "versions": versions(), "git_commit": git_commit(), "device": str(self.device),
-                "weights": "ema" if st.ema is not None else "raw", "kernels": self.kernels,
-                "init_from": getattr(spec.train, "init_from", None)}
+                "weights": "ema" if st.ema is not None else "raw", "kernels": self.kernels}
+        meta.update(self.init_info or {"init_from": getattr(spec.train, "init_from", None)})
         return write_bundle(self.out_dir, self.policy, meta, st.state_dict(), st.ema.shadow if st.ema else None)
 
     def final_open_loop(self) -> dict[str, float]:
         """Open-loop figures of the final (EMA) weights on the held-out windows (training ones if none)."""
         if self.state.ema is not None:
             self.policy.net.load_state_dict(self.state.ema.shadow)
-        self._set_kernels(self.eval_kernels)
+        self.use_kernels(self.eval_kernels)
         windows = self.data.val if self.data.val is not None else self.data.train
         return open_loop_eval(self.policy, windows, n=256, seed=self.spec.train.seed)
 
@@ -404,17 +419,18 @@ def train(spec: Spec, demo_path: str | Path, out_dir: str | Path, *, on_metrics:
     ckpt_dir = tr.resume_or_init(resume)
     if tcfg.compile:
         tr.policy.net.compile()
-    tr._set_kernels(tr.train_kernels)
+    tr.use_kernels(tr.train_kernels)
     start_step, last = st.step, (st.history[-1][1] if st.history else {})
     meter = LossMeter(tr.device)
-    step_time = eval_time = ckpt_time = 0.0
+    step_time = step_cpu = eval_time = ckpt_time = 0.0
     bar = tqdm(total=total, initial=st.step, disable=not progress, desc=spec.name, dynamic_ncols=True)
     tr.policy.train()
     t_loop = time.perf_counter()
     while st.step < total:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         idx, o, gnorm = tr.step(meter)
         step_time += time.perf_counter() - t0
+        step_cpu += time.process_time() - c0
         bar.update(1)
         at_end = st.step == total
         if st.step % tcfg.log_every == 0 or at_end:
@@ -448,4 +464,4 @@ def train(spec: Spec, demo_path: str | Path, out_dir: str | Path, *, on_metrics:
                        wall_time_s=time.perf_counter() - t_start,
                        samples_per_s=trained * tcfg.batch_size / max(step_time, 1e-9), steps=st.step,
                        data_time_share=tr.data_time / max(step_time, 1e-9), loop_wall_s=loop_wall,
-                       eval_time_s=eval_time, checkpoint_time_s=ckpt_time, open_loop=ol)
+                       eval_time_s=eval_time, checkpoint_time_s=ckpt_time, step_cpu_s=step_cpu, open_loop=ol)

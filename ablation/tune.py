@@ -220,12 +220,21 @@ def tune(spec_file: str, *, trials: int | None = None, storage: str | None = Non
         print(f"[tune] re-evaluating the best spec on seeds {list(base.tune.reeval_seeds)} beside "
               f"{base.tune.compare_with}, with the plan's statistics ({plan_path})")
         run_plan(str(plan_path), profile_name=profile.name if profile else "auto", workdir=workdir,
-                 tracking_uri=uri, extra_sets=list(sets or []), jobs=jobs)
+                 tracking_uri=uri, extra_sets=list(sets or []), jobs=jobs, nest_under=study_run)
     return TuneOutcome(name, storage, best.value, best.params, best_path, len(study.trials))
 
 
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+def _reeval_looks(first: int) -> list[int]:
+    """The plan's looks for the re-evaluation: start where the trials did, end at 50 (or 2x)."""
+    if first >= 50:
+        return [50]
+    if first >= 20:
+        return sorted({first, (first + 50) // 2, 50})
+    return [first, 2 * first]
 
 
 def write_reeval_plan(tuned_dir: Path, study: str, best_path: Path, base: Spec) -> Path:
@@ -248,8 +257,7 @@ def write_reeval_plan(tuned_dir: Path, study: str, best_path: Path, base: Spec) 
     hyp_path.write_text(yaml.safe_dump(hyp, sort_keys=False))
     plan = {"description": f"Re-evaluation of study {study}'s best spec beside {base.tune.compare_with}",
             "seeds": list(base.tune.reeval_seeds), "hypotheses": [hyp_path.stem],
-            "episodes": {"looks": [base.tune.episodes, min(50, base.tune.episodes + 15)] if base.tune.episodes < 50
-                         else [50]}}
+            "episodes": {"looks": _reeval_looks(base.tune.episodes)}}
     plan_path = tuned_dir / f"{_safe(study)}_reeval.yaml"
     plan_path.write_text(yaml.safe_dump(plan, sort_keys=False))
     return plan_path

@@ -51,11 +51,16 @@ def line(label: str, r: RolloutResult) -> str:
     calls = sum(e.policy_calls for e in r.episodes)
     policy_s = sum(e.policy_s for e in r.episodes)
     errors = f", {len(r.errors)} crashed" if r.errors else ""
-    return (f"  {label:34s} {r.env_steps:5d} steps in {r.wall_s:6.1f} s = {r.env_steps_per_s:6.1f} env steps/s; "
+    # occupancy: episode work per wall second (~N when the pool keeps N workers busy); the env-only rate
+    # per process shows how much CPU each process got (it drops when other jobs share the cores).
+    occupancy = sum(e.wall_s for e in r.episodes) / max(r.wall_s, 1e-9)
+    env_rate = sum(e.env_steps for e in r.episodes) / max(sum(e.env_s for e in r.episodes), 1e-9)
+    return (f"  {label:10s} {r.env_steps:5d} steps in {r.wall_s:6.1f} s = {r.env_steps_per_s:6.1f} env steps/s "
+            f"(occupancy {occupancy:.2f}, per process {env_rate:5.1f} env steps/s of env time); "
             f"policy {calls / max(policy_s, 1e-9):7.1f} chunks/s, {r.policy_time_share:5.1%} of time{errors}")
 
 
-def compare(title: str, pools: dict[int, RolloutPool], run) -> None:
+def compare(title: str, pools: dict[int, RolloutPool], run) -> dict[int, RolloutResult]:
     print(title, flush=True)
     res = {}
     for n, pool in pools.items():
@@ -64,6 +69,15 @@ def compare(title: str, pools: dict[int, RolloutPool], run) -> None:
     one, many = res[min(res)], res[max(res)]
     print(f"  -> {max(res)} vs {min(res)} workers: {many.env_steps_per_s / max(one.env_steps_per_s, 1e-9):.2f}x "
           "env steps/s (warm pools, start excluded)", flush=True)
+    return res
+
+
+def same_outcomes(a: RolloutResult, b: RolloutResult) -> str:
+    """Whether two runs gave the same per-episode outcomes, and the largest action-mean difference."""
+    same = [(x.success, x.steps) == (y.success, y.steps) for x, y in zip(a.episodes, b.episodes)]
+    diff = max((abs(u - v) for x, y in zip(a.episodes, b.episodes) for u, v in zip(x.action_mean, y.action_mean)),
+               default=0.0)
+    return f"{sum(same)}/{len(same)} episodes with the same (success, length), max |action mean diff| {diff:.1e}"
 
 
 def main() -> int:
@@ -97,10 +111,13 @@ def main() -> int:
         from ablation.policy import load_policy
 
         policy = functools.partial(load_policy, ckpt)
-        compare(f"diffusion policy {ckpt}, {a.episodes} episodes, unbatched:", pools,
-                lambda pool: pool.run(policy, SUITE, TASK, eps, **kw))
-        compare(f"same, batched ({a.batch} episodes per worker in lockstep):", pools,
-                lambda pool: pool.run(policy, SUITE, TASK, eps, batch=a.batch, **kw))
+        plain = compare(f"diffusion policy {ckpt}, {a.episodes} episodes, unbatched:", pools,
+                        lambda pool: pool.run(policy, SUITE, TASK, eps, **kw))
+        batched = compare(f"same, batched ({a.batch} episodes per worker in lockstep):", pools,
+                          lambda pool: pool.run(policy, SUITE, TASK, eps, batch=a.batch, **kw))
+        n, m = min(plain), max(plain)
+        print(f"  unbatched, {n} vs {m} workers: {same_outcomes(plain[n], plain[m])}")
+        print(f"  batched vs unbatched ({n} worker): {same_outcomes(plain[n], batched[n])}")
 
         if a.cameras:
             for pool in pools.values():

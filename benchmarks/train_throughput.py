@@ -6,7 +6,8 @@
 One run prints, side by side (reference and fast runs interleaved, so load on a shared machine hits both):
   * samples/s of the harness's training loop, reference vs fast, at each thread count (best of
     --repeats; the wall time of the step loop with its logging, the end-of-run validation and
-    checkpoint left out), their ratio (target >= 2), and the harness / bare-loop ratio of each
+    checkpoint left out), also per CPU-second of the steps (process CPU time: less sensitive to
+    other processes on a shared machine), their ratio (target >= 2), and the harness / bare-loop ratio of each
     (bare loop: the same model, kernels, data and batch with nothing but the essentials);
   * the open-loop error after the same number of samples (--steps x --batch), from chunks fully
     sampled with DPM-Solver on the held-out windows: position error in mm and open-loop pos nMSE,
@@ -125,7 +126,8 @@ def harness_run(spec, demos: Path, data, out: Path, kernels: str):
     # The step loop with its logging, without the end-of-run validation and checkpoint (they do not
     # scale with the number of steps; printed apart).
     train_wall = res.loop_wall_s - res.eval_time_s - res.checkpoint_time_s
-    return res, res.steps * spec.train.batch_size / train_wall
+    n = res.steps * spec.train.batch_size
+    return res, n / train_wall, n / max(res.step_cpu_s, 1e-9)
 
 
 def main() -> None:
@@ -159,26 +161,31 @@ def main() -> None:
     for th in threads:
         configure_torch(th)
         harness = {s: [] for s in sides}
+        per_cpu = {s: [] for s in sides}
         bare = {s: [] for s in sides}
         for r in range(args.repeats):
             spec = resolve_spec(spec_path(args.spec), [*base_sets, f"train.seed={r}", f"train.num_threads={th}"])
             for s in (sides if r % 2 == 0 else sides[::-1]):
-                res, sps = harness_run(spec, demos, data, tmp / f"t{th}_{s}_{r}", s)
+                res, sps, spc = harness_run(spec, demos, data, tmp / f"t{th}_{s}_{r}", s)
                 harness[s].append(sps)
+                per_cpu[s].append(spc)
                 if th == threads[0]:
                     quality[s].append(res.open_loop)
                 bare[s].append(bare_loop(spec, data, args.bare_steps, device, s))
-                print(f"  threads {th} repeat {r} {s:9s}: harness {sps:7.1f} samples/s, bare {bare[s][-1]:7.1f}, "
+                print(f"  threads {th} repeat {r} {s:9s}: harness {sps:7.1f} samples/s ({spc:6.1f} per CPU-s), "
+                      f"bare {bare[s][-1]:7.1f}, "
                       f"open-loop pos {res.open_loop['pos_mm']:.2f} mm, nMSE pos {res.open_loop['nmse/pos']:.4f}",
                       flush=True)
-        rows[th] = ({s: max(v) for s, v in harness.items()}, {s: max(v) for s, v in bare.items()})
+        rows[th] = ({s: max(v) for s, v in harness.items()}, {s: max(v) for s, v in bare.items()},
+                    {s: max(v) for s, v in per_cpu.items()})
     print()
-    print(f"{'threads':>7}  {'side':9s}  {'harness/s':>10}  {'bare/s':>8}  {'harness/bare':>12}")
-    for th, (h, b) in rows.items():
+    print(f"{'threads':>7}  {'side':9s}  {'harness/s':>10}  {'per CPU-s':>9}  {'bare/s':>8}  {'harness/bare':>12}")
+    for th, (h, b, c) in rows.items():
         for s in sides:
-            print(f"{th:>7}  {s:9s}  {h[s]:10.1f}  {b[s]:8.1f}  {h[s] / b[s]:12.3f}")
+            print(f"{th:>7}  {s:9s}  {h[s]:10.1f}  {c[s]:9.1f}  {b[s]:8.1f}  {h[s] / b[s]:12.3f}")
         if len(sides) == 2:
-            print(f"{th:>7}  fast / reference samples/s: {h['fast'] / h['reference']:.2f}x  (target >= 2)")
+            print(f"{th:>7}  fast / reference: {h['fast'] / h['reference']:.2f}x samples/s (wall), "
+                  f"{c['fast'] / c['reference']:.2f}x samples per CPU-second  (target >= 2)")
     print()
     print(f"open-loop after {args.steps * args.batch} samples ({args.steps} steps), held-out windows, chunks fully "
           f"sampled (DPM-Solver), mean over {args.repeats} seed(s) at {threads[0]} thread(s):")

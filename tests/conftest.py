@@ -16,6 +16,14 @@ from ablation import rotation as R
 from ablation.data import DemoMeta, Episode, write_demo_file
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_process_options():
+    """The test process is an entry point: process-wide torch options (flushed denormals) as the CLI sets."""
+    from ablation.train import configure_torch
+
+    configure_torch()
 SHARED = Path(os.environ.get("ABLATION_SHARED_DIR", REPO.parent / "shared"))
 
 

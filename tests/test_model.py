@@ -12,7 +12,8 @@ from safetensors import safe_open
 
 from ablation.codec import ActionCodec
 from ablation.data import episode_view, read_demo_file
-from ablation.model import DiffusionTransformer, DiTConfig, count_params
+from ablation.model import (FAST_EVAL_KERNELS, FAST_TRAIN_KERNELS, REFERENCE_KERNELS, DiffusionTransformer,
+                            DiTConfig, Kernels, count_params)
 from ablation.policy import DiffusionPolicy, PolicyError, check_clip_sample
 from ablation.spec import SpecError, resolve_spec, spec_path
 
@@ -66,8 +67,10 @@ def _load_golden_script():
     return mod
 
 
-def test_policy_golden_output():
-    """Fixed weights + fixed input + fixed noise -> the stored chunk, within 1e-5."""
+@pytest.mark.parametrize("kernels", [REFERENCE_KERNELS, Kernels("math", "fp32")], ids=["reference", "math"])
+def test_policy_golden_output(kernels):
+    """Fixed weights + fixed input + fixed noise -> the stored chunk, within 1e-5, with today's
+    kernels and with the matmul-based attention (same weights and keys)."""
     gold = _load_golden_script()
     spec, _, obs_norm, _, _ = gold.golden_parts()
     with safe_open(str(GOLDEN_DIR / "policy_tiny.safetensors"), "pt") as f:
@@ -75,10 +78,40 @@ def test_policy_golden_output():
         t = {k: f.get_tensor(k) for k in f.keys()}
     codec = ActionCodec.from_json(json.loads(meta["codec"]))
     policy = DiffusionPolicy(spec, codec, obs_norm, DiTConfig(**json.loads(meta["model_config"])))
-    policy.net.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("net.")})
+    policy.net.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("net.")}, strict=True)
+    policy.net.set_kernels(kernels)
     out = policy.sample({"obs": t["in.obs"], "state": t["in.state"]}, noise=t["in.noise"])
     assert out.abs().max() > 1e-3  # not the trivial all-zero output
     torch.testing.assert_close(out, t["out.sample"], atol=1e-5, rtol=0)
+
+
+def test_kernels_agree_and_keep_the_weights():
+    """math vs sdpa attention: equal to float rounding, forward and backward; bf16 matmuls: close
+    (training only); the state dict (keys, values) does not depend on the kernels."""
+    cfg = DiTConfig.for_size("tiny", horizon=8, action_width=10, state_width=10, obs_dim=6, obs_history=2)
+    torch.manual_seed(0)
+    net = DiffusionTransformer(cfg)
+    with torch.no_grad():
+        for p in net.head.parameters():
+            p.normal_(0, 0.1)
+    keys = list(net.state_dict())
+    outs, grads = {}, {}
+    math = Kernels("math", "fp32")
+    for k in (REFERENCE_KERNELS, math, FAST_TRAIN_KERNELS, Kernels("math", "bf16")):
+        net.zero_grad()
+        out = net.set_kernels(k)(**_inputs(cfg))
+        out.pow(2).mean().backward()
+        outs[k], grads[k] = out.detach(), net.blocks[0].mlp[0].weight.grad.clone()
+        assert list(net.state_dict()) == keys
+    torch.testing.assert_close(outs[math], outs[REFERENCE_KERNELS], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[math], grads[REFERENCE_KERNELS], atol=1e-5, rtol=1e-4)
+    scale = outs[REFERENCE_KERNELS].abs().max()
+    for bf16 in (FAST_TRAIN_KERNELS, Kernels("math", "bf16")):
+        assert (outs[bf16] - outs[REFERENCE_KERNELS]).abs().max() < 0.02 * scale
+        assert torch.isfinite(grads[bf16]).all()
+    assert FAST_EVAL_KERNELS == REFERENCE_KERNELS  # sampling stays full precision
+    with pytest.raises(ValueError, match="attention"):
+        Kernels("flash", "fp32")
 
 
 def test_clip_sample_needs_bounded_codec(synthetic_demo_file):

@@ -138,19 +138,29 @@ def test_cli_unknown_task_exit_code(tmp_path, capsys):
 @pytest.mark.sim
 def test_demo_file_contents(demo_file):
     from ablation.data import read_demo_file
-    from ablation.sim.demos import cache_key, generate_demos
+    from ablation.sim.demos import cache_key, generate_demos, start_distances
+    from ablation.sim.env import load_init_states
 
     ds = read_demo_file(demo_file)
     assert ds.meta.obs_convention == "before" and len(ds.episodes) == 3
     a = ds.meta.attrs
     assert a["suite"] == "libero_object" and a["task_id"] == 0 and a["dart_sigma"] == 0.3
-    assert a["wait_steps"] == 10 and a["init_indices"] == [0, 1, 2]
+    assert a["wait_steps"] == 10
+    # training starts: fresh randomised resets, recorded, none equal to a benchmark (evaluation) init state
+    assert a["starts"] == "random_resets" and a["start_seed"] == 0 and a["init_indices"] is None
+    assert len(a["start_attempts"]) == 3 and a["starts_equal_to_benchmark"] == 0
+    bench = load_init_states("libero_object", 0)
+    d = start_distances(np.stack([ep.init_state for ep in ds.episodes]), bench)
+    np.testing.assert_allclose(d, a["starts_min_dist_to_benchmark"], atol=1e-5)
+    assert d.min() > 1e-3 and a["min_distance_to_benchmark_init"] == pytest.approx(d.min(), abs=1e-5)
+    assert len({ep.init_state.tobytes() for ep in ds.episodes}) == 3
     assert "alphabet soup" in ds.meta.problem_info["language_instruction"]
     for ep in ds.episodes:
         T = len(ep)
         assert 100 < T < 280
-        for k, d in (("ee_pos", 3), ("ee_ori", 3), ("ee_states", 6), ("gripper_states", 2), ("joint_states", 7)):
-            assert ep.obs[k].shape == (T, d), k
+        assert ep.init_state.shape == bench.shape[1:]
+        for k, dim in (("ee_pos", 3), ("ee_ori", 3), ("ee_states", 6), ("gripper_states", 2), ("joint_states", 7)):
+            assert ep.obs[k].shape == (T, dim), k
         assert ep.obs["object_state"].shape[0] == T
         assert ep.states.shape[0] == T and ep.robot_states.shape == (T, 9)
         assert ep.dones[-1] == 1 and ep.dones[:-1].sum() == 0
@@ -167,11 +177,69 @@ def test_demo_file_contents(demo_file):
             assert c0 > c1 - 0.15
         # the clean labels also point the same way as the motion
         assert np.corrcoef(dpos[:, 2], ep.actions[:-1, 2])[0, 1] > 0.5
-    # cache: same inputs -> the same file, untouched
+    # cache: same inputs -> the same file, untouched (the worker count is not an input)
     mtime = demo_file.stat().st_mtime_ns
-    assert generate_demos("libero_object", 0, 3, demo_file, dart_sigma=0.3, seed=0, progress=False) == demo_file
+    assert generate_demos("libero_object", 0, 3, demo_file, dart_sigma=0.3, seed=0, progress=False,
+                          workers=1) == demo_file
     assert demo_file.stat().st_mtime_ns == mtime
-    assert cache_key("libero_object", 0, 3, False, 0.3, 0, 1.0)[0] != cache_key("libero_object", 0, 3, False, 0.3, 1, 1.0)[0]
+    k = cache_key("libero_object", 0, 3, False, 0.3, 0, 1.0)[0]
+    assert k == a["cache_key"]
+    assert k != cache_key("libero_object", 0, 3, False, 0.3, 1, 1.0)[0]
+    assert k != cache_key("libero_object", 0, 3, False, 0.3, 0, 1.0, starts="benchmark")[0]
+
+
+@pytest.mark.sim
+def test_demos_do_not_depend_on_workers(demo_file, tmp_path):
+    """The fixture ran with the default workers (usable CPUs); one worker gives the same first demos
+    (the kept demos are the first successful attempts, each attempt's randomness from (seed, attempt))."""
+    from ablation.data import read_demo_file
+    from ablation.sim.demos import generate_demos
+
+    serial = generate_demos("libero_object", 0, 2, tmp_path / "serial.hdf5", dart_sigma=0.3, seed=0,
+                            progress=False, workers=1)
+    a, b = read_demo_file(serial), read_demo_file(demo_file)
+    assert a.meta.attrs["workers"] == 1
+    assert a.meta.attrs["start_attempts"] == b.meta.attrs["start_attempts"][:2]
+    for x, y in zip(a.episodes, b.episodes[:2]):
+        np.testing.assert_array_equal(x.init_state, y.init_state)
+        np.testing.assert_array_equal(x.actions, y.actions)
+        np.testing.assert_array_equal(x.extras["executed_actions"], y.extras["executed_actions"])
+
+
+@pytest.mark.sim
+def test_demos_from_benchmark_init_states(tmp_path):
+    """The old behaviour stays available: starts='benchmark' uses init states 0, 1, ... in order."""
+    from ablation.data import read_demo_file
+    from ablation.sim.demos import generate_demos
+    from ablation.sim.env import load_init_states
+
+    path = generate_demos("libero_object", 1, 1, tmp_path / "bench.hdf5", dart_sigma=0.0, seed=0,
+                          progress=False, starts="benchmark", workers=1)
+    ds = read_demo_file(path)
+    a = ds.meta.attrs
+    assert a["starts"] == "benchmark_init_states" and a["init_indices"] == a["start_attempts"]
+    assert a["init_indices"][0] <= 2  # init state 0 unless the expert failed there
+    assert a["starts_equal_to_benchmark"] == 1 and a["starts_min_dist_to_benchmark"] == [0.0]
+    np.testing.assert_array_equal(ds.episodes[0].init_state,
+                                  load_init_states("libero_object", 1)[a["init_indices"][0]])
+
+
+def test_demo_generation_rejects_uncovered_task(tmp_path):
+    from ablation.sim.demos import DemoGenerationError, generate_demos
+
+    with pytest.raises(DemoGenerationError, match="starts must be one of"):
+        generate_demos("libero_object", 0, 1, tmp_path / "x.hdf5", starts="fixed")
+    with pytest.raises(DemoGenerationError, match="covers"):
+        generate_demos("libero_90", 0, 1, tmp_path / "x.hdf5")
+
+
+@pytest.mark.sim
+def test_demo_generation_uncovered_goal_is_a_clear_error(tmp_path):
+    from ablation.sim.demos import DemoGenerationError, generate_demos
+
+    with pytest.raises(DemoGenerationError, match="does not cover libero_goal task 0: open"):
+        generate_demos("libero_goal", 0, 1, tmp_path / "x.hdf5", progress=False)
+    assert not (tmp_path / "x.hdf5").exists()
 
 
 @pytest.mark.sim

@@ -107,7 +107,7 @@ def test_hash_is_stable_across_processes():
     assert resolve_spec(EXPERIMENTS_DIR / "baseline_rdt.yaml").hash() == BASELINE_HASH
 
 
-BASELINE_HASH = "a175cf8cfec00dfe"
+BASELINE_HASH = "468c747d3018d7a4"
 
 
 def test_set_overrides_are_type_checked():

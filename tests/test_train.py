@@ -80,8 +80,10 @@ def test_metrics_keys_and_bundle(trained):
     assert {"torch", "mujoco", "robosuite"} <= set(meta["versions"]) and meta["git_commit"]
     assert not any(p.name.startswith(".tmp") for p in b.parent.iterdir())
     for k in ("pos_mm", "rot_deg", "grip", "clip_fraction", "max_excess", "pos_step_max_m", "pos_step_ratio",
-              "std_ratio/pos", "std_ratio/rot", "std_ratio/grip", "nmse/pos"):
+              "std_ratio/pos", "std_ratio/rot", "std_ratio/grip", "nmse/pos", "nmse/rot", "nmse/grip",
+              "r2/pos_vs_abs_pose", "r2/pos_vs_delta"):
         assert k in res.open_loop, k
+    assert meta["kernels"] == "fast"
 
 
 def test_save_load_gives_identical_samples(trained, synthetic_demo_file):
@@ -118,7 +120,9 @@ def test_bundle_with_another_specs_codec_is_refused(trained, synthetic_demo_file
 
 def test_deterministic_for_a_seed(synthetic_demo_file, tmp_path):
     spec = tiny_spec("baseline_rdt", "train.steps=10")
+    threads = torch.get_num_threads()
     a = train(spec, synthetic_demo_file, tmp_path / "a", progress=False)
+    assert torch.get_num_threads() == threads  # process-wide options belong to the entry points
     b = train(spec, synthetic_demo_file, tmp_path / "b", progress=False)
     assert [m["train/loss/total"] for _, m in a.history] == [m["train/loss/total"] for _, m in b.history]
     c = train(tiny_spec("baseline_rdt", "train.steps=10", "train.seed=1"), synthetic_demo_file, tmp_path / "c",
@@ -169,6 +173,18 @@ def test_cli_train_and_eval(synthetic_demo_file, tmp_path, capsys):
     assert rc == 0
     assert "clip_fraction" in capsys.readouterr().out
     assert cli_main(["eval", "--checkpoint", str(tmp_path / "nowhere"), "--open-loop-only"]) == 2
+
+
+def test_reference_kernels_train_side_by_side(synthetic_demo_file, tmp_path):
+    """The pre-Throughput configuration stays runnable (benchmarks compare it), with the same loss scale."""
+    spec = tiny_spec("fix_minmax", "train.steps=10")
+    fast = train(spec, synthetic_demo_file, tmp_path / "fast", progress=False)
+    ref = train(spec, synthetic_demo_file, tmp_path / "ref", progress=False, kernels="reference")
+    assert json.loads((ref.checkpoint_dir / "meta.json").read_text())["kernels"] == "reference"
+    lf, lr = fast.history[-1][1]["train/loss/total"], ref.history[-1][1]["train/loss/total"]
+    assert lf == pytest.approx(lr, rel=0.1)
+    with pytest.raises(UserError, match="kernels"):
+        train(spec, synthetic_demo_file, tmp_path / "bad", progress=False, kernels="turbo")
 
 
 @pytest.mark.sim

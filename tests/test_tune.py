@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 SPEC = EXPERIMENTS_DIR / "tune_loss_weights.yaml"
 TINY = ["data.n_demos=2", "model.size=tiny", "train.steps=20", "train.eval_every=10", "train.log_every=10",
         "train.batch_size=16", "rollout.episodes=1", "rollout.max_steps=30", "data.action_chunk=8",
-        "tune.reeval_seeds=[0]"]
+        "tune.reeval_seeds=[0]", "tune.episodes=1", "rollout.gate_episodes=1"]
 
 
 class PruneFromSecondTrial(optuna.pruners.BasePruner):
@@ -30,14 +30,14 @@ class PruneFromSecondTrial(optuna.pruners.BasePruner):
 
 
 def test_three_trial_study_with_pruning(tmp_path, monkeypatch):
-    monkeypatch.setattr(tune_mod, "make_pruner", lambda kind: PruneFromSecondTrial())
+    monkeypatch.setattr(tune_mod, "make_pruner", lambda kind, spec=None: PruneFromSecondTrial())
     out = tune_mod.tune(str(SPEC), trials=3, workdir=tmp_path, sets=TINY, study_name="s3", progress=False)
     study = optuna.load_study(study_name="s3", storage=tune_mod.default_storage(tmp_path))
     states = [t.state for t in study.trials]
     assert len(states) == 3
     assert states[0] == optuna.trial.TrialState.COMPLETE
     assert states[1:] == [optuna.trial.TrialState.PRUNED] * 2
-    # intermediate values are the negated open-loop position error, reported during training
+    # intermediate values are the negated sampled open-loop position nMSE, reported during training
     assert all(v <= 0 for v in study.trials[0].intermediate_values.values())
     assert study.trials[0].intermediate_values
     # every trial is a nested MLflow run of the study run, linked both ways
@@ -55,8 +55,16 @@ def test_three_trial_study_with_pruning(tmp_path, monkeypatch):
     assert out.best_spec_path is not None and out.best_spec_path.is_file()
     text = out.best_spec_path.read_text()
     assert f"extends: {SPEC.resolve()}" in text and "weights" in text
-    reeval = tr.find_runs(f"tags.`mlflow.parentRunId` = '{study_run}' and tags.`{TAG_KIND}` = 'spec_run'")
-    assert len(reeval) == 1 and reeval[0].info.status == "FINISHED"
+    # ... beside the best hand-made fix, as a plan nested under the study run, judged by the report
+    plan_runs = tr.find_runs(f"tags.`mlflow.parentRunId` = '{study_run}' and tags.`{TAG_KIND}` = 'plan'")
+    assert len(plan_runs) == 1
+    reeval = tr.find_runs(f"tags.`mlflow.parentRunId` = '{plan_runs[0].info.run_id}' and tags.`{TAG_KIND}` = 'spec_run'")
+    assert sorted(r.data.tags["ablation.arm"] for r in reeval) == sorted([out.best_spec_path.stem, "fix_minmax"])
+    assert all(r.info.status == "FINISHED" for r in reeval)
+    assert (tmp_path / "report" / "report.html").is_file()
+    # trials went through the one run pipeline: gate A and audit figures are there too
+    first = next(r for r in trials if r.data.tags["optuna.trial"] == "0")
+    assert "gate/replay_success_rate" in first.data.metrics and "audit/scale_ratio" in first.data.metrics
     # a second call resumes the same study (load_if_exists)
     tune_mod.tune(str(SPEC), trials=1, workdir=tmp_path, sets=TINY, study_name="s3", progress=False, reeval=False)
     assert len(optuna.load_study(study_name="s3", storage=tune_mod.default_storage(tmp_path)).trials) == 4

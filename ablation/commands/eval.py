@@ -37,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from ..policy import load_policy
     from ..train import open_loop_eval
 
+    from ..train import configure_torch
+
+    configure_torch()
     policy = load_policy(args.checkpoint)
     spec = policy.spec
     meta = json.loads((args.checkpoint / "meta.json").read_text())

@@ -32,13 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import train  # torch is imported only when training
+    from ..train import configure_torch, train  # torch is imported only when training
 
     sets = list(args.sets) + ([f"train.steps={args.steps}"] if args.steps else [])
     spec = resolve_spec(spec_path(args.spec), sets)
     demo = args.demos if args.demos else ensure_demos(spec, args.workdir)
     out = args.out or Path(args.workdir) / "runs" / f"{spec.name}-{spec.hash()}"
     print(f"training {spec.name} (spec hash {spec.hash()}) on {demo} -> {out}")
+    configure_torch(spec.train.num_threads)
     res = train(spec, demo, out, resume=not args.fresh)
     print(f"\ncheckpoint: {res.checkpoint_dir}")
     print(f"steps {res.steps}, wall {res.wall_time_s:.1f} s, {res.samples_per_s:.0f} samples/s, "

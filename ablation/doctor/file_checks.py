@@ -22,7 +22,8 @@ def check_gripper(eps: list[dict], data: str) -> list[Finding]:
             f"flip(s) followed by a finger-width change > 1 mm, "
             + (f"{ev.agree:.0%} moved the fingers the LIBERO way (+ closes, - opens)" if ev.agree is not None
                else "none to judge by")
-            + f"; correlation of the command with the width change over the next 5 steps {ev.corr:+.2f}")
+            + f"; the plain per-step correlation of the command with the width change over the next 5 steps is "
+              f"{ev.corr:+.2f} (weak by nature: the fingers move only in the few steps after a flip)")
     if ev.range == "[0, 1]":
         closes_high = ev.sign == "ok"
         mapping = "a -> 2a - 1 (here 1 = close)" if closes_high else "a -> 1 - 2a (here 1 = open)"

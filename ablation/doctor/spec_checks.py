@@ -39,7 +39,7 @@ def check_audit(spec, data: str, spec_path: str) -> list[Finding]:
     out = []
     moving = [g for g, a in res.groups.items() if not a.constant and not a.near_constant]
     starved = [g for g in moving if res.groups[g].mean_loss_share < LOSS_SHARE_SERIOUS]
-    shares = ", ".join(f"{g} {100 * a.mean_loss_share:.2g}%" for g, a in res.groups.items())
+    shares = ", ".join(f"{g} {100 * a.mean_loss_share:.3g}%" for g, a in res.groups.items())
     rms = ", ".join(f"{g} {a.rms:.3g}" for g, a in res.groups.items())
     if starved:
         out.append(Finding(

@@ -188,6 +188,7 @@ class Articulate:
     target: str          # a region's full name or an object name
     owner: str           # the articulated object / fixture
     category: str        # its category (wooden_cabinet, microwave, flat_stove, ...)
+    implied: bool = False  # not in the goal: added because something must be placed inside
 
     kind = "articulate"
 
@@ -214,6 +215,9 @@ def goal_kinds(problem: BddlProblem) -> list[str]:
 
 
 _DRAWER_CATEGORIES = ("wooden_cabinet", "white_cabinet", "slide_cabinet")
+# Regions with a roof: a top-down gripper cannot lower an object into them (drawers under the
+# cabinet's top and upper drawers, the microwave behind its door).
+_ENCLOSED_CATEGORIES = _DRAWER_CATEGORIES + ("microwave", "short_fridge")
 
 
 def plan_goal(problem: BddlProblem) -> list:
@@ -232,11 +236,15 @@ def plan_goal(problem: BddlProblem) -> list:
                 continue
             owner = problem.owner(target) or target
             is_region = target in problem.regions or (target not in problem.objects and target not in problem.fixtures)
-            places.append(PickPlace(obj, target, p.name, owner, is_region))
             cat = problem.fixtures.get(owner) or problem.objects.get(owner) or ""
+            if p.name == "in" and any(c in cat for c in _ENCLOSED_CATEGORIES):
+                unsupported.append(Unsupported(p, f"placing inside {target} needs a side approach under the "
+                                                  f"{cat}'s top, not scripted"))
+                continue
+            places.append(PickPlace(obj, target, p.name, owner, is_region))
             if is_region and any(c in cat for c in _DRAWER_CATEGORIES) and not target.endswith("_side"):
-                a = Articulate("open", target, owner, cat)
-                if a not in opens:
+                a = Articulate("open", target, owner, cat, implied=True)
+                if all(o.target != target for o in opens):
                     opens.append(a)
         elif p.name in ARTICULATED_PREDICATES:
             if len(p.args) != 1:

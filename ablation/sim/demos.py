@@ -84,9 +84,11 @@ def cached_key_of(path: Path) -> str | None:
 
 
 def record_episode(env, init_state: np.ndarray, expert: ScriptedExpert, rng: np.random.Generator,
-                   dart_sigma: float, max_steps: int) -> Episode | None:
-    """One expert episode; an Episode when it succeeds, else None."""
-    obs = env.reset_to(init_state)
+                   dart_sigma: float, max_steps: int, obs: dict | None = None) -> Episode | None:
+    """One expert episode; an Episode when it succeeds, else None. `obs`: the env was already put in
+    `init_state` (reset + set_init_state) and this is its observation."""
+    if obs is None:
+        obs = env.reset_to(init_state)
     for _ in range(WAIT_STEPS):
         obs, _ = env.step(WAIT_ACTION)
     expert.reset()
@@ -132,20 +134,36 @@ def _start_seed(seed: int, task: int, attempt: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(task), int(attempt), 7]).generate_state(1)[0])
 
 
-def random_start(env, seed: int, task: int, attempt: int) -> np.ndarray:
+def _seeded(seed: int, task: int, attempt: int):
+    """Context: numpy's global generator (which LIBERO's placement samplers and robosuite's joint
+    noise draw from) seeded from (seed, task, attempt); the caller's state is restored after."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def cm():
+        state = np.random.get_state()
+        try:
+            np.random.seed(_start_seed(seed, task, attempt))
+            yield
+        finally:
+            np.random.set_state(state)
+
+    return cm()
+
+
+def random_start(env, seed: int, task: int, attempt: int) -> tuple[np.ndarray, dict]:
     """A fresh randomised reset of the task (LIBERO re-samples placements from the BDDL regions),
-    determined by (seed, task, attempt); returns its flattened sim state."""
+    determined by (seed, task, attempt). Returns (flattened sim state, obs): the env is left in that
+    state, exactly as `env.reset_to(state)` would leave it (a reset, then set_init_state)."""
     import contextlib
     import io
 
-    state = np.random.get_state()
-    try:
-        np.random.seed(_start_seed(seed, task, attempt))
-        with contextlib.redirect_stdout(io.StringIO()):
-            env._env.reset()
-        return env.sim_state()
-    finally:
-        np.random.set_state(state)
+    with _seeded(seed, task, attempt), contextlib.redirect_stdout(io.StringIO()):
+        env._env.reset()
+        state = env.sim_state()
+        raw = env._env.set_init_state(state)
+    env._reset_done = True
+    return state, env._obs(raw)
 
 
 def start_distances(starts: np.ndarray, bench: np.ndarray) -> np.ndarray:
@@ -186,21 +204,38 @@ def _job_env(job: _Job):
 
 
 def _run_attempt(job: _Job, attempt: int) -> tuple[int, Episode | None, int | None]:
-    """(attempt, episode or None, benchmark init index or None). Depends only on (job, attempt)."""
+    """(attempt, episode or None, benchmark init index or None). Depends only on (job, attempt): the
+    reset's randomness is seeded from it too, whatever ran before in this process."""
     env, expert = _job_env(job)
     if job.starts == "benchmark":
         idx = attempt % len(env.init_states)
         start = env.init_states[idx]
+        with _seeded(job.seed, job.task, attempt):
+            obs = env.reset_to(start)
     else:
         idx = None
-        start = random_start(env, job.seed, job.task, attempt)
+        start, obs = random_start(env, job.seed, job.task, attempt)
     rng = np.random.default_rng([job.seed, job.task, attempt])
-    return attempt, record_episode(env, start, expert, rng, job.dart_sigma, env.max_steps), idx
+    return attempt, record_episode(env, start, expert, rng, job.dart_sigma, env.max_steps, obs=obs), idx
 
 
 def _job_meta(job: _Job) -> tuple:
     env, expert = _job_env(job)
     return env.info.name, env.language, np.asarray(env.init_states), env.demo_meta({}), expert.coverage_reason
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _stop_pool(ex) -> None:
+    """Shut the pool down without waiting for attempts past the target: their workers are ended."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=10)
 
 
 def _worker_init() -> None:
@@ -306,7 +341,11 @@ def generate_demos(suite: str, task: int, n: int, out: str | Path, images: bool 
             import multiprocessing as mp
 
             ctx = mp.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as ex:
+            # One thread per worker: the workers are the parallelism (set before they import numpy).
+            saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+            os.environ.update({k: "1" for k in _THREAD_VARS})   # workers start at their first job
+            ex = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
+            try:
                 meta_f = ex.submit(_job_meta, job)
                 pending: set = set()
                 nxt = 0
@@ -328,7 +367,13 @@ def generate_demos(suite: str, task: int, n: int, out: str | Path, images: bool 
                         results[a] = (ep, idx)
                     show()
                 meta_t = meta_f.result()
-                ex.shutdown(wait=True, cancel_futures=True)
+            finally:
+                _stop_pool(ex)
+                for var, v in saved.items():
+                    if v is None:
+                        os.environ.pop(var, None)
+                    else:
+                        os.environ[var] = v
     finally:
         if bar is not None:
             bar.close()
@@ -348,6 +393,7 @@ def generate_demos(suite: str, task: int, n: int, out: str | Path, images: bool 
                  init_indices=[r[1] for _, r in kept] if starts == "benchmark" else None,
                  start_seed=int(seed),
                  starts_min_dist_to_benchmark=[round(float(x), 6) for x in dists],
+                 min_distance_to_benchmark_init=round(float(dists.min()), 6), n_demos=len(episodes),
                  starts_equal_to_benchmark=int(np.sum(dists < 1e-6)),
                  expert_success_rate=len(episodes) / max(k, 1), workers=workers,
                  generation_s=round(time.time() - t0, 1), versions=versions(),

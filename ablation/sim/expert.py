@@ -31,14 +31,15 @@ from functools import lru_cache
 
 import numpy as np
 
-from .bddl_goal import Articulate, PickPlace, Unsupported, parse_bddl, plan_goal
+from .bddl_goal import Articulate, PickPlace, Unsupported, parse_bddl, plan_goal  # noqa: F401
 
-EXPERT_VERSION = "bddl-goal-v2"
+EXPERT_VERSION = "bddl-goal-v3"
 SUPPORTED_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 
-PHASES = ("approach", "descend", "grasp", "lift", "transport", "lower", "release", "retreat", "idle")
+PHASES = ("approach", "descend", "grasp", "lift", "transport", "lower", "release", "retreat", "turn", "push",
+          "idle")
 # Phases where DART noise is injected ("while moving"); never while closing/opening the gripper.
-MOVING_PHASES = ("approach", "lift", "transport", "lower", "retreat")
+MOVING_PHASES = ("approach", "lift", "transport", "lower", "retreat")   # not while turning or pushing
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,9 @@ class ExpertConfig:
     neighbour_dist: float = 0.13   # objects closer than this (xy) to the target shift the grasp point
     max_offset: float = 0.015
     max_retries: int = 4
+    knob_turn: float = 1.0         # turn a knob to this joint angle (rad; LIBERO's stove is on from 0.5)
+    push_standoff: float = 0.04    # start pushing a drawer / door this far before its face, m
+    push_step: float = 0.04        # push target ahead of the gripper, m
 
 
 def task_objects(goal_state: list) -> tuple[str, str]:
@@ -96,20 +100,29 @@ def task_plan(bddl_file: str) -> list:
 
 
 def coverage_of(steps: list) -> tuple[bool, str]:
-    """(covered, why) for a plan: covered when every step is one the expert can execute."""
-    bad = [s for s in steps if not isinstance(s, PickPlace)]
+    """(covered, what / why not) for a plan: covered when the expert scripts every step. Scripted:
+    pick-and-place, turning a knob (TurnOn / TurnOff), closing a drawer or door by pushing it. Not
+    scripted: opening (pulling a handle). An Open the plan only implies (placing into a drawer) is
+    fine when the drawer starts open."""
     if not steps:
         return False, "empty goal"
-    if not bad:
-        n = len(steps)
-        return True, "pick-and-place" + (f" x{n}" if n > 1 else "")
-    why = []
-    for s in bad:
-        if isinstance(s, Articulate):
-            why.append(f"{s.action} {s.target} (articulated: not scripted)")
+    what, why = [], []
+    for s in steps:
+        if isinstance(s, PickPlace):
+            what.append("pick-place")
+        elif isinstance(s, Articulate) and s.action in ARTICULATED_SCRIPTED:
+            what.append({"turnon": "turn on", "turnoff": "turn off", "close": "close"}[s.action] + f" {s.owner}")
+        elif isinstance(s, Articulate) and s.action == "open" and s.implied:
+            what.append(f"({s.target} must start open)")
+        elif isinstance(s, Articulate):
+            why.append(f"open {s.target} (pulling a handle is not scripted)")
         else:
             why.append(f"{s.predicate}: {s.reason}")
-    return False, "; ".join(why)
+    if why:
+        return False, "; ".join(why)
+    n = sum(w == "pick-place" for w in what)
+    rest = [w for w in what if w != "pick-place"]
+    return True, ", ".join(([f"pick-place x{n}" if n > 1 else "pick-place"] if n else []) + rest)
 
 
 def object_local_extents(env, name: str) -> np.ndarray:
@@ -285,10 +298,6 @@ class Scene:
             return False
 
 
-def s_target_owner(st) -> str:
-    return st.spec.target_owner
-
-
 class _Step:
     """Runtime state of one pick-and-place step."""
 
@@ -308,6 +317,126 @@ class _Step:
         self.rim_radius: float = 0.0
         self.banned: list[np.ndarray] = []            # rim directions that failed before
 
+    def clear(self) -> None:
+        self.start_bottom = self.carry_offset = self.grasp_xy = self.grasp_z = self.place = None
+        self.carry_z = self.rim_dir = self.top = None
+
+
+ARTICULATED_SCRIPTED = ("turnon", "turnoff", "close")
+
+
+class _Art:
+    """Runtime state of an articulated step: the joint(s) behind the target, and where to act on them."""
+
+    def __init__(self, spec: Articulate, scene: Scene):
+        import mujoco
+
+        self.spec, self.scene = spec, scene
+        env = scene.env.robosuite_env
+        if spec.target in getattr(env, "object_sites_dict", {}) and spec.target != spec.owner:
+            names = list(env.object_sites_dict[spec.target].joints)
+        else:
+            names = list(env.get_object(spec.owner).joints)
+        m = scene.m
+        self.joints = [int(mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, n)) for n in names]
+        self.joints = [j for j in self.joints if j >= 0 and int(m.jnt_type[j]) in (2, 3)]  # slide, hinge
+        if not self.joints:
+            raise ValueError(f"no slide/hinge joint behind {spec.target}")
+        self.j = self.joints[0]
+        self.body = int(m.jnt_bodyid[self.j])
+        self.geoms = np.array([g for g in range(m.ngeom) if self._under(int(m.geom_bodyid[g]))
+                               and (int(m.geom_contype[g]) != 0 or int(m.geom_group[g]) == 0)], dtype=np.int64)
+        self.sign = 1.0
+        self.clear()
+
+    def _under(self, b: int) -> bool:
+        m = self.scene.m
+        while b not in (0, self.body):
+            b = int(m.body_parentid[b])
+        return b == self.body
+
+    def clear(self) -> None:
+        self.grip = None
+        self.grip_axis = None
+        self.hold = None
+
+    @property
+    def qpos(self) -> float:
+        m, d = self.scene.m, self.scene.d
+        return float(d.qpos[int(m.jnt_qposadr[self.j])])
+
+    def done(self) -> bool:
+        return self.scene.holds([self.spec.action, self.spec.target])
+
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        m, d = self.scene.m, self.scene.d
+        g = self.geoms
+        aabb = np.asarray(m.geom_aabb[g])
+        corners = aabb[:, None, :3] + _SIGNS[None] * aabb[:, None, 3:]
+        mats = np.asarray(d.geom_xmat[g]).reshape(-1, 3, 3)
+        world = np.asarray(d.geom_xpos[g])[:, None, :] + np.einsum("gij,gkj->gki", mats, corners)
+        world = world.reshape(-1, 3)
+        return world.min(0), world.max(0)
+
+    # knob
+    def plan_knob(self) -> None:
+        """Grasp the knob's highest collision box across its narrow horizontal side."""
+        m, d = self.scene.m, self.scene.d
+        best, best_top = None, -1e9
+        for g in self.geoms:
+            if int(m.geom_type[g]) != 6:  # box
+                continue
+            mat = np.asarray(d.geom_xmat[g]).reshape(3, 3)
+            size = np.asarray(m.geom_size[g])
+            top = float(d.geom_xpos[g][2] + np.sum(np.abs(mat[2, :]) * size))
+            if top > best_top:
+                best, best_top = g, top
+        if best is None:
+            lo, hi = self._bounds()
+            self.grip = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, hi[2] - 0.012])
+            self.grip_axis = np.array([1.0, 0.0])
+            return
+        mat = np.asarray(d.geom_xmat[best]).reshape(3, 3)
+        size = np.asarray(m.geom_size[best])
+        horiz = [(size[i], mat[:2, i]) for i in range(3) if abs(mat[2, i]) < 0.5]
+        narrow = min(horiz, key=lambda t: t[0])[1] if horiz else np.array([1.0, 0.0])
+        self.grip_axis = narrow / max(np.linalg.norm(narrow), 1e-9)
+        p = np.asarray(d.geom_xpos[best], dtype=np.float64)
+        self.grip = np.array([p[0], p[1], best_top - 0.012])
+        self.sign = 1.0 if float(np.asarray(d.xaxis[self.j])[2]) >= 0 else -1.0
+
+    def turn_goal(self, target: float = 1.0) -> float:
+        """Signed world yaw still to turn to bring the knob to `target` rad (turn on) or 0 (turn off)."""
+        want = max(0.0, target - self.qpos) if self.spec.action == "turnon" else min(0.0, -self.qpos)
+        return self.sign * want
+
+    # push
+    def push_point(self) -> tuple[np.ndarray, np.ndarray]:
+        """(point on the moving part to push at, unit push direction) for closing (qpos increasing)."""
+        m, d = self.scene.m, self.scene.d
+        axis = np.asarray(d.xaxis[self.j], dtype=np.float64)
+        lo, hi = self._bounds()
+        centre = (lo + hi) / 2
+        sign = 1.0 if self.spec.action == "close" else -1.0
+        if int(m.jnt_type[self.j]) == 2:  # slide
+            v = sign * axis
+            v[2] = 0.0
+            v /= max(np.linalg.norm(v), 1e-9)
+            half = 0.5 * float(np.sum(np.abs((hi - lo) * v)))
+            return centre - v * half, v
+        # hinge: push at the part of the door farthest from the axis, along its motion
+        piv = np.asarray(d.xanchor[self.j], dtype=np.float64)
+        g = self.geoms
+        pts = np.asarray(d.geom_xpos[g], dtype=np.float64)
+        r = pts - piv
+        r_perp = r - np.outer(r @ axis, axis)
+        far = pts[int(np.argmax(np.linalg.norm(r_perp, axis=1)))]
+        x = np.array([far[0], far[1], centre[2]])
+        v = sign * np.cross(axis, x - piv)
+        v[2] = 0.0
+        v /= max(np.linalg.norm(v), 1e-9)
+        return x, v
+
 
 class ScriptedExpert:
     """Closed-loop goal-driven expert. `act(obs)` -> native action (7,). Needs the env (privileged
@@ -320,9 +449,14 @@ class ScriptedExpert:
         self.plan = list(steps)
         self.covered, self.coverage_reason = coverage_of(self.plan)
         self.scene = Scene(env)
-        self.steps = [_Step(s) for s in self.plan if isinstance(s, PickPlace)]
-        for st in self.steps:
-            st.extents = object_local_extents(env, st.spec.obj)
+        self.steps: list = []
+        for spec in self.plan:
+            if isinstance(spec, PickPlace):
+                st = _Step(spec)
+                st.extents = object_local_extents(env, spec.obj)
+                self.steps.append(st)
+            elif isinstance(spec, Articulate) and spec.action in ARTICULATED_SCRIPTED:
+                self.steps.append(_Art(spec, self.scene))
         self.reset()
 
     @classmethod
@@ -340,10 +474,11 @@ class ScriptedExpert:
         self.k = 0
         self.retries = 0
         self._z_hist: list[float] = []
+        self._started = False
         for st in self.steps:
-            st.start_bottom = st.carry_offset = st.grasp_xy = st.grasp_z = st.place = st.carry_z = None
-            st.rim_dir = st.top = None
-            st.banned = []
+            st.clear()
+            if isinstance(st, _Step):
+                st.banned = []
         if not self.steps:
             self.phase = "idle"
 
@@ -353,25 +488,28 @@ class ScriptedExpert:
 
     @property
     def obj(self) -> str | None:
-        return self.steps[self.k].spec.obj if self.steps and self.k < len(self.steps) else None
+        st = self.steps[self.k] if self.steps and self.k < len(self.steps) else None
+        return st.spec.obj if isinstance(st, _Step) else None
 
     def _goto(self, phase: str) -> None:
         self.phase, self.phase_steps = phase, 0
         self._z_hist = []
         self.integ = np.zeros(3)
 
-    def _step_done(self, st: _Step) -> bool:
+    def _step_done(self, st) -> bool:
         s = st.spec
+        if isinstance(st, _Art):
+            return st.done()
         return self.scene.holds([s.relation, s.obj, s.target])
 
-    def _next_step(self) -> None:
+    def _next_step(self, count_retry: bool = True) -> None:
         """Go to the first step whose predicate does not hold (retry), or idle."""
         for i, st in enumerate(self.steps):
             if not self._step_done(st):
-                if i <= self.k:
+                if count_retry and i <= self.k:
                     self.retries += 1
                 self.k = i
-                st.grasp_xy = st.place = st.carry_z = st.rim_dir = st.top = None
+                st.clear()
                 self._goto("approach" if self.retries <= self.cfg.max_retries * len(self.steps) else "idle")
                 return
         self._goto("idle")
@@ -465,7 +603,7 @@ class ScriptedExpert:
                     if any(float(np.dot(cand, b)) > 0.7 for b in st.banned):
                         continue
                     p = np.array([*(centre + cand * radius), z])
-                    score = self.scene.hand_clearance(p, cand, (obj, s_target_owner(st)), z) + bonus
+                    score = self.scene.hand_clearance(p, cand, (obj, st.spec.target_owner), z) + bonus
                     if score > best_score + 1e-4:
                         best, best_score = cand, score
                 st.rim_dir = best
@@ -477,6 +615,29 @@ class ScriptedExpert:
         z = max(z, float(hi[2]) - c.finger_reach, floor)
         g = np.array([pos[0], pos[1], z])
         return g + self.grasp_offset(obs, st, g)
+
+    def _free_spot(self, s: PickPlace, centre: np.ndarray) -> np.ndarray:
+        """Where in a region target to put the object: its centre, or, when several objects go onto the
+        same surface region (two pots on one stove), one spot each spread along the region's longer
+        side. An object target: its own position."""
+        env = self.env.robosuite_env
+        site = getattr(env, "object_sites_dict", {}).get(s.target)
+        size = np.asarray(getattr(site, "size", None) if site is not None else [], dtype=np.float64).ravel()
+        if s.target in env.obj_body_id or size.size < 2:
+            return centre
+        mat = np.asarray(self.env.sim.data.get_site_xmat(s.target)).reshape(3, 3)
+        same = [st.spec.obj for st in self.steps if isinstance(st, _Step) and st.spec.target == s.target]
+        cands = [(0.0, 0.0)]
+        if len(same) > 1 and s.relation == "on":
+            # Several objects onto one surface region: spread them along its longer side, one spot
+            # each (into a container they may pile up: its centre).
+            ax = 0 if size[0] >= size[1] else 1
+            offs = np.linspace(-0.85, 0.85, len(same))
+            i = same.index(s.obj)
+            cands = [(offs[i], 0.0) if ax == 0 else (0.0, offs[i])]
+        (fx, fy), = cands
+        p = centre + mat[:, 0] * fx * size[0] + mat[:, 1] * fy * size[1]
+        return np.array([p[0], p[1], centre[2]])
 
     def _replan_place(self, obs: dict, st: _Step, eef: np.ndarray) -> None:
         """Re-measure how the object hangs in the gripper (it may have slipped) and move the release point."""
@@ -491,12 +652,11 @@ class ScriptedExpert:
         pos = np.asarray(obs[s.obj + "_pos"], dtype=np.float64)
         st.carry_offset = pos - eef
         st.hold_below = float(eef[2] - lo[2])
-        tgt = self.scene.target_pos(s.target)
+        tgt = self._free_spot(s, self.scene.target_pos(s.target))
         if s.relation == "in" and s.target_is_region:
             start = tgt[2] + 0.05
         else:
-            tlo, thi = (self.scene.bounds(s.target) if s.target in self.env.robosuite_env.obj_body_id
-                        else (tgt, tgt))
+            thi = self.scene.bounds(s.target)[1] if s.target in self.env.robosuite_env.obj_body_id else tgt
             start = max(float(thi[2]), float(tgt[2])) + 0.3
         surf = self.scene.surface_z(float(tgt[0]), float(tgt[1]), start, skip=(s.obj,))
         clear = c.place_clear_in if s.relation == "in" else c.place_clear_on
@@ -515,11 +675,15 @@ class ScriptedExpert:
         self.phase_steps += 1
         grip = -1.0
         yaw = 0.0
+        if not self._started and self.steps:
+            self._started = True
+            self._next_step(count_retry=False)   # skip what already holds (e.g. a drawer already open)
         if self.phase == "idle" or not self.steps:
-            target = eef.copy()
             self.prev = np.zeros(3)
             return np.concatenate([np.zeros(6), [grip]])
         st = self.steps[self.k]
+        if isinstance(st, _Art):
+            return self._act_art(obs, st, eef)
         s = st.spec
         obj = np.asarray(obs.get(s.obj + "_pos", self.scene.body_pos(s.obj)), dtype=np.float64)
         if self.phase in ("lift", "transport", "lower") and st.carry_offset is not None:
@@ -542,7 +706,6 @@ class ScriptedExpert:
             yaw = self.yaw_error(obs, st)
         if ph == "approach":
             target = g + np.array([0.0, 0.0, c.hover])
-            self.debug_target = target
             err = target - eef
             if np.linalg.norm(err[:2]) < c.tol_xy * 1.5 and abs(err[2]) < 0.03 and abs(yaw) < c.tol_yaw:
                 self._goto("descend")
@@ -591,6 +754,11 @@ class ScriptedExpert:
             grip = -1.0
             if eef[2] > up - 0.05 or self.phase_steps > 40:
                 self._next_step()
+        return self._motion(target, eef, ph, yaw, grip)
+
+    def _motion(self, target: np.ndarray, eef: np.ndarray, ph: str, yaw: float, grip: float,
+                yaw_rate: float | None = None) -> np.ndarray:
+        c = self.cfg
         err = target - eef
         # Integral term near the target: the OSC controller leaves a steady offset of ~1-2 cm in some
         # arm poses (small commands barely move it); anti-windup: only within 3 cm, clipped.
@@ -605,9 +773,83 @@ class ScriptedExpert:
         pos = self.prev + np.clip(want - self.prev, -jerk, jerk)
         self.prev = pos
         rot = np.zeros(3)
-        if yaw != 0.0:
+        if yaw_rate is not None:
+            rot[2] = float(yaw_rate)
+        elif yaw != 0.0:
             rot[2] = float(np.clip(c.rot_gain * yaw, -c.max_rot, c.max_rot))
         return np.concatenate([pos, rot, [grip]])
+
+    # ------------------------------------------------------------------ articulated steps
+    def _act_art(self, obs: dict, st: "_Art", eef: np.ndarray) -> np.ndarray:
+        c = self.cfg
+        ph = self.phase
+        grip = 1.0
+        yaw = 0.0
+        rate = None
+        if st.spec.action == "turnon" or st.spec.action == "turnoff":
+            if st.grip is None:
+                st.plan_knob()
+            g, axis = st.grip, st.grip_axis
+            close_axis = self._close_axis(obs)
+            if close_axis is not None and ph in ("approach", "descend"):
+                ang = np.arctan2(axis[1], axis[0]) - np.arctan2(close_axis[1], close_axis[0])
+                yaw = _wrap_half_pi(ang)
+            if ph == "approach":
+                grip = -1.0
+                target = g + np.array([0.0, 0.0, c.hover])
+                if np.linalg.norm((target - eef)[:2]) < c.tol_xy * 1.5 and abs(target[2] - eef[2]) < 0.03 \
+                        and abs(yaw) < c.tol_yaw:
+                    self._goto("descend")
+            elif ph == "descend":
+                grip = -1.0
+                target = g
+                if (np.linalg.norm((target - eef)[:2]) < c.tol_xy and abs(target[2] - eef[2]) < c.tol_z) \
+                        or self.phase_steps > 60:
+                    st.hold = eef.copy()
+                    self._goto("grasp")
+            elif ph == "grasp":
+                target = st.hold
+                if self.phase_steps >= c.close_steps:
+                    self._goto("turn")
+            elif ph == "turn":
+                target = st.hold
+                want = st.turn_goal(c.knob_turn)
+                rate = float(np.clip(2.0 * want, -c.max_rot, c.max_rot)) if abs(want) > 0.02 else 0.0
+                if st.done() and abs(want) < 0.15 or self.phase_steps > 80:
+                    self._goto("release")
+            elif ph == "release":
+                grip = -1.0
+                target = eef.copy()
+                if self.phase_steps >= c.release_steps:
+                    self._goto("retreat")
+            else:
+                grip = -1.0
+                target = np.array([eef[0], eef[1], st.grip[2] + c.hover + 0.05])
+                if eef[2] > target[2] - 0.03 or self.phase_steps > 40:
+                    self._next_step()
+            return self._motion(target, eef, ph, yaw, grip, rate)
+        # close / open by pushing along the joint's motion (slide: its axis; hinge: the door's tangent)
+        x, v = st.push_point()
+        start = x - v * c.push_standoff
+        if ph == "approach":
+            target = np.array([start[0], start[1], start[2] + c.hover])
+            if np.linalg.norm((target - eef)[:2]) < c.tol_xy * 2 and abs(target[2] - eef[2]) < 0.03:
+                self._goto("descend")
+        elif ph == "descend":
+            target = start
+            if np.linalg.norm(target - eef) < 0.015 or self.phase_steps > 60:
+                self._goto("push")
+        elif ph == "push":
+            target = eef + v * c.push_step
+            target[2] = start[2]
+            if st.done() or self.phase_steps > 120:
+                self._goto("retreat")
+        else:
+            target = eef - v * 0.05
+            target[2] = start[2] + c.hover
+            if eef[2] > target[2] - 0.03 or self.phase_steps > 40:
+                self._next_step()
+        return self._motion(target, eef, ph, 0.0, grip)
 
 
 def eef_yaw(ee_ori: np.ndarray) -> float:

@@ -1,0 +1,102 @@
+"""The pretraining stage: give the network's action slots a meaning before the slot-semantics test.
+
+A randomly initialised network gives slot positions no meaning, so "deltas in 30-38 clash with what
+pretraining put there" can only be tested after pretraining. This stage trains one DiT on the other
+tasks of the suite with ABSOLUTE EEF poses in slots 30-38 (RDT's pretraining meaning), caches it
+under `<workdir>/pretrain/<key>/`, and every arm whose spec says `train.init_from: "@pretrain"` starts
+from it (all arms and seeds share the one cached network).
+
+Observations that differ between tasks (object_state: each task has its own objects) are left out
+of pretraining; the fine-tuned network re-learns the layers whose shapes differ (see
+`load_matching`), everything else (the action and state adaptors, the transformer, the action head)
+starts pretrained.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+PRETRAIN_MARKER = "@pretrain"
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    bundle: Path
+    key: str
+    demo_file: Path
+    tasks: tuple[int, ...]
+    reused: bool
+    seconds: float
+
+
+def load_matching(module, bundle: str | Path) -> tuple[int, list[str]]:
+    """Copy every tensor of `bundle`'s weights whose name and shape match `module`'s. Returns (number
+    loaded, names left at their fresh initialisation)."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(bundle) / "model.safetensors"
+    if not path.is_file():
+        raise UserError(f"train.init_from: {bundle} has no model.safetensors; point it at a checkpoint bundle "
+                        "(…/checkpoints/step_N) or use \"@pretrain\" in a plan with a pretrain stage")
+    src = load_file(str(path))
+    own = module.state_dict()
+    take = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    fresh = sorted(k for k in own if k not in take)
+    with torch.no_grad():
+        for k, v in take.items():
+            own[k].copy_(v.to(own[k].dtype))
+    return len(take), fresh
+
+
+def _merged_demos(spec, tasks: tuple[int, ...], n_demos: int, workdir: Path) -> Path:
+    """One demo file holding n_demos expert demos of each task, object_state dropped (task-specific)."""
+    from .data import DemoMeta, read_demo_file, write_demo_file
+    from .provenance import file_sha256
+    from .spec import with_overrides
+    from .workdir import ensure_demos
+
+    files = [ensure_demos(with_overrides(spec, [f"data.task={t}", f"data.n_demos={n_demos}"]), workdir, 0)
+             for t in tasks]
+    key = hashlib.sha256("|".join(file_sha256(f) for f in files).encode()).hexdigest()[:12]
+    out = workdir / "pretrain" / f"demos-{spec.data.suite}-{'_'.join(map(str, tasks))}-{key}.hdf5"
+    if out.is_file():
+        return out
+    episodes = []
+    for f in files:
+        for ep in read_demo_file(f).episodes:
+            ep.obs.pop("object_state", None)
+            episodes.append(ep)
+    meta = DemoMeta(env_name="pretraining mix", problem_info={"language_instruction": "pretraining mix"},
+                    bddl_file_name="", bddl_file_content="", env_args={}, obs_convention="before",
+                    attrs={"source": "pretraining mix", "suite": spec.data.suite, "tasks": list(tasks),
+                           "files": [str(f) for f in files], "starts": "random_resets"})
+    write_demo_file(out, episodes, meta)
+    return out
+
+
+def pretrain(spec, tasks: tuple[int, ...], n_demos: int, workdir: Path, *, progress: bool = True,
+             on_metrics=None) -> PretrainResult:
+    """Train (or reuse) the cached pretraining network. Returns its final bundle."""
+    from .train import train
+
+    t0 = time.time()
+    if spec.data.task in tasks:
+        raise UserError(f"pretrain.tasks {list(tasks)} include the target task {spec.data.task}: pretraining must "
+                        "use other tasks of the suite, or fine-tuning would not test what pretraining taught")
+    demo = _merged_demos(spec, tasks, n_demos, workdir)
+    blob = json.dumps({"spec": spec.hash(), "demo": demo.name}, sort_keys=True)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:12]
+    out = workdir / "pretrain" / f"{spec.name}-{key}"
+    done = out / "DONE"
+    if done.is_file():
+        return PretrainResult(Path(done.read_text().strip()), key, demo, tasks, True, time.time() - t0)
+    res = train(spec, demo, out, on_metrics=on_metrics, resume=True, progress=progress)
+    bundle = Path(res.checkpoint_dir)
+    done.write_text(str(bundle))
+    return PretrainResult(bundle, key, demo, tasks, False, time.time() - t0)
