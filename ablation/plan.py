@@ -118,17 +118,21 @@ def resolve_plan(plan: Plan, profile: Profile, seeds: list[int] | None = None, o
     skipped = {a: why for a, why in plan.skip_arms.items() if a in names}
     names = [n for n in names if n not in skipped]
     if only:
-        unknown = [o for o in only if o not in names]
+        short = {n: Path(n).stem if n.endswith((".yaml", ".yml")) else n for n in names}
+        unknown = [o for o in only if o not in names and o not in short.values()]
         if unknown:
-            raise SpecError(f"--only {', '.join(unknown)}: no such arm in plan '{plan.name}' ({', '.join(names)})")
-        names = [n for n in names if n in only]
+            raise SpecError(f"--only {', '.join(unknown)}: no such arm in plan '{plan.name}' "
+                            f"({', '.join(short.values())})")
+        names = [n for n in names if n in only or short[n] in only]
     arms: dict[str, Arm] = {}
-    for name in names:
-        e = entry_sets.get(name)
-        hyp_dirs = [Path(h.path).parent for h in hyps if h.path and name in h.arms()]
-        path = spec_path(name, relative_to=hyp_dirs[0] if hyp_dirs else plan_dir)
+    for ref in names:
+        e = entry_sets.get(ref)
+        hyp_dirs = [Path(h.path).parent for h in hyps if h.path and ref in h.arms()]
+        path = spec_path(ref, relative_to=hyp_dirs[0] if hyp_dirs else plan_dir)
         sets = [*profile.sets, *plan.set, *(e.set if e else ()), *(extra_sets or [])]
         arm_seeds = tuple(seeds or (e.seeds if e and e.seeds else None) or plan.seeds)
+        # An entry given as a file path is named by its file (as its spec is), not by the whole path.
+        name = Path(ref).stem if ref.endswith((".yaml", ".yml")) else ref
         arms[name] = Arm(name, resolve_spec(path, sets), arm_seeds)
     blob = json.dumps({"plan": plan.name, "profile": profile.name, "sets": sorted(extra_sets or [])},
                       sort_keys=True)
@@ -378,6 +382,7 @@ def run_plan(plan_name: str, *, profile_name: str = "auto", seeds: list[int] | N
             timing["pretrain_s"] = time.time() - tp
         demos = {a: demo_provenance(p) for a, p in demo_for.items() if isinstance(p, Path)}
         run_ids: dict[tuple[str, int], str] = {}
+        not_run: list[RunResult] = []  # runs whose demos (or pretraining) could not be made
         for arm, seed in rp.entries():
             demo = demo_for[arm.name]
             rid, state = _ensure_run(tracker, arm, seed, parent, rp, profile, demo if isinstance(demo, Path) else None)
@@ -386,6 +391,7 @@ def run_plan(plan_name: str, *, profile_name: str = "auto", seeds: list[int] | N
             print(f"  - {arm.name:<26} seed {seed}  run {rid[:8]}  {state}")
             if not isinstance(demo, Path):
                 tracker.end_run(rid, "FAILED", demo)
+                not_run.append(RunResult(arm.name, seed, rid, "FAILED", demo))
         write_plan_record(tracker, parent, rp, runs, looks_log, demos=demos)
         looks = list(plan.episodes.looks) if plan.episodes else [None]
         n_jobs = max(1, min(jobs or profile.jobs, n_runs))
@@ -427,7 +433,7 @@ def run_plan(plan_name: str, *, profile_name: str = "auto", seeds: list[int] | N
             active = decision.arms_to_extend
             if not active or look is None:
                 break
-        results = list(latest.values())
+        results = list(latest.values()) + not_run
         agg = worker_s
         timing["training_worker_s"] = agg.get("train", 0.0) + agg.get("open_loop", 0.0)
         timing["rollouts_worker_s"] = agg.get("closed_loop", 0.0)

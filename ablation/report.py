@@ -376,7 +376,7 @@ def _plots(rep: Report, curves: dict, out_dir: Path) -> dict[str, Path]:
         ax.set_yticks(range(len(comps)), [f"{c.arm} vs {c.control}" for c in reversed(comps)], fontsize=8)
         ax.set_xlabel("effect on success (points), 95% interval over seeds and init states")
         ax.set_xlim(-105, 105)
-        ax.set_title("Effect of each arm against its control (green better, red worse, grey no difference)")
+        ax.set_title("Effect against the control (green better, red worse, grey no difference)", fontsize=9)
         fig.tight_layout()
         paths["forest"] = out_dir / "forest.png"
         fig.savefig(paths["forest"], dpi=90)
@@ -458,8 +458,9 @@ def _html_table(t: list[list[str]]) -> str:
 
 
 NMSE_NOTE = ("Open-loop nMSE: the group's mean squared error of fully sampled actions (DPM-Solver from noise, as "
-             "in closed loop) on held-out demos, divided by that group's variance in the training data; 1.0 is "
-             "the error of always predicting the training mean. The trainer's one-step x0 figures (val/nmse/*) "
+             "in closed loop) in physical units on held-out demos, divided by that group's variance in those "
+             "windows; 1.0 is the error of always predicting their mean (a nearly constant group divides by a "
+             "tiny variance: do not rank on it). The trainer's one-step x0 figures (val/nmse/*) "
              "are training diagnostics only: at a random diffusion step they favour data that are large "
              "relative to the unit noise.")
 

@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from ablation.codec import ActionCodec
-from ablation.plan import load_profile, resolve_entries
+from ablation.plan import load_profile, resolve_plan
 from ablation.policy import ObsNormalizer, build_policy
 from ablation.spec import SpecError, load_plan, with_overrides
 from tests.codec_cases import fixed_views
 
 
 def entries(profile: str):
-    return resolve_entries(load_plan("all"), load_profile(profile), None, None, [])
+    rp = resolve_plan(load_plan("all"), load_profile(profile))
+    return [(arm.spec_for(seed), seed) for arm, seed in rp.entries()]
 
 
 def test_auto_picks_cpu_without_cuda(capsys):
@@ -36,7 +37,7 @@ def test_gpu_profile_configuration():
     p = load_profile("gpu")
     assert p.rollout_workers >= 1
     es = entries("gpu")
-    assert len(es) == 9
+    assert len(es) == 9 * 3  # 9 arms x 3 seeds
     for spec, _ in es:
         assert spec.data.images and spec.data.image_size == 128
         assert "object_state" not in spec.data.obs_keys  # cameras replace privileged object poses
@@ -73,7 +74,7 @@ def test_gpu_profile_network_shapes_on_meta_device():
 def test_gpu_profile_image_path_runs_on_cpu_with_a_tiny_network():
     spec = with_overrides(entries("gpu")[0][0], ["model.size=tiny", "train.device=cpu", "data.action_chunk=4"])
     codec = _codec(spec)
-    obs_dim = 10
+    obs_dim = 3 + 6 + 2 + 2  # ee_pos, ee_rot6d, gripper_states, gripper_history
     norm = ObsNormalizer(tuple(spec.data.obs_keys), np.zeros(obs_dim), np.ones(obs_dim))
     pol = build_policy(spec, codec, norm, obs_dim, n_cams=2)
     rng = np.random.default_rng(0)
