@@ -75,7 +75,7 @@ def unmet_needs(needs: tuple[str, ...], arms: list[str], facts: dict[str, ArmFac
 
 
 def judge(hypotheses: list[Hypothesis], records: list[dict], facts: dict[str, ArmFacts], *,
-          look_index: int, n_looks: int, looks: list[int | None], alpha: float = 0.05,
+          look_index: int, looks: list[int | None], alpha: float = 0.05,
           spending: str = "obrien_fleming", margin: float = 0.15, n_boot: int | None = None,
           previous: dict[tuple[str, str, str], ComparisonResult] | None = None) -> list[ComparisonResult]:
     """Judge every comparison of `hypotheses` on `records` (dicts with arm, task, seed, init_state,
@@ -200,7 +200,7 @@ def analyse_look(rp, latest: dict, look_index: int, looks: list[int | None],
              for a in rp.arms}
     sched = rp.plan.episodes
     kw = dict(alpha=sched.alpha, spending=sched.spending, margin=sched.margin) if sched else {}
-    results = judge(rp.hypotheses, records, facts, look_index=look_index, n_looks=len(looks), looks=looks,
+    results = judge(rp.hypotheses, records, facts, look_index=look_index, looks=looks,
                     previous=previous, **kw)
     more = look_index + 1 < len(looks) and looks[look_index] is not None
     extend = set()

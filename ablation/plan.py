@@ -280,8 +280,6 @@ class Dispatcher:
 
     def _restart(self) -> None:
         # A broken pool refuses new work; later looks get a fresh one.
-        from concurrent.futures.process import BrokenProcessPool  # noqa: F401
-
         try:
             self.pool.shutdown(wait=False, cancel_futures=True)
         except Exception:

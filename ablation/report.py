@@ -531,7 +531,7 @@ def build_report(tracker: Tracker, *, parent_run_id: str | None = None, plan: st
             if res.decided and (c["hypothesis"], c["arm"], c["control"]) not in previous:
                 previous[(c["hypothesis"], c["arm"], c["control"])] = res
     k = max(0, len(record.get("looks", [])) - 1)
-    comps = judge(hyps, records, facts, look_index=k, n_looks=len(looks), looks=looks, previous=previous,
+    comps = judge(hyps, records, facts, look_index=k, looks=looks, previous=previous,
                   **{key: sched[key] for key in ("alpha", "spending", "margin") if key in sched})
     for c in comps:  # an arm the plan leaves out on purpose is not "missing"
         why = (record.get("skipped_arms") or {}).get(c.arm) or (record.get("skipped_arms") or {}).get(c.control)
@@ -540,7 +540,6 @@ def build_report(tracker: Tracker, *, parent_run_id: str | None = None, plan: st
     warn = "" if reproduced is not False else "baseline"
     verdicts = [hypothesis_verdict(h, comps, _correlation(h, rows, curves) if h.kind == "correlation" else None, warn)
                 for h in hyps]
-    demos = {}
     method = next((c.method for c in comps if c.method), "")
     if sched:
         method = method.rstrip(".") + "." if method else ""
@@ -549,7 +548,7 @@ def build_report(tracker: Tracker, *, parent_run_id: str | None = None, plan: st
                    f"(1 - 2 alpha) interval lies within +-{100 * sched.get('margin', 0.15):.0f} points.")
     rep = Report(record["plan"], write_answer(rows, comps, verdicts, baseline, reproduced, hyps), baseline, reproduced,
                  note, rows, comps, verdicts, [], method.strip(), record.get("versions", {}), record.get("timing", {}))
-    rep.caveats = caveats_of(rows, comps, record, reproduced, note, record.get("demos", demos))
+    rep.caveats = caveats_of(rows, comps, record, reproduced, note, record.get("demos", {}))
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = _plots(rep, curves, out_dir)
     render(rep, plots, out_dir)
