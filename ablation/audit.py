@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from .data import episode_view, physical_actions, read_demo_file
-from .codec import ActionCodec, Representation
+from .codec import ActionCodec
+from .representations import representation
 from .spec import GROUPS, Spec
 
 SCALE_RATIO_WARN = 10.0
@@ -72,7 +73,7 @@ def audit(spec: Spec, demo_path: str | Path) -> AuditResult:
     """Fit the spec's codec on the demo file and measure the action groups in model space."""
     ds = read_demo_file(demo_path, obs_convention=spec.data.obs_convention)
     views = [episode_view(ep, ds.meta.obs_convention) for ep in ds.episodes]
-    rep = Representation(spec.codec.representation, spec.codec.rotation)
+    rep = representation(spec.codec.representation, spec.codec.rotation)
     phys = np.concatenate([physical_actions(v, rep) for v in views])
     codec = ActionCodec.fit(spec.codec, phys, np.concatenate([v.state for v in views]),
                             np.concatenate([v.actions for v in views]))

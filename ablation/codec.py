@@ -2,6 +2,7 @@
 
     native LIBERO action a (7, [-1,1])  +  EEF poses from the demo
           | Representation.from_demo                     ^ Representation.to_env (+ clip report)
+          |   (one class per meaning: ablation/representations.py)
           v                                              |
     physical vector x  (pos | rot | grip, SI units) -----+
           | SlotLayout.place                              ^ SlotLayout.take
@@ -24,137 +25,19 @@ import numpy as np
 
 from . import rotation as R
 from .errors import UserError
+from .representations import (CLIP_TOL, CONTROLLER_POS_SCALE_M, CONTROLLER_ROT_SCALE_RAD,  # noqa: F401 (re-exported)
+                              EnvActions, Representation, representation)
 from .spec import GROUPS, CodecSpec, codec_guarantees_unit_range
 
 CODEC_FORMAT_VERSION = 1
-# robosuite OSC_POSE delta mode, output_max = [0.05]*3 + [0.5]*3: native 1.0 = 5 cm / 0.5 rad.
-CONTROLLER_POS_SCALE_M = 0.05
-CONTROLLER_ROT_SCALE_RAD = 0.5
 # Guards the denominator of constant dimensions (e.g. rotation when the expert never rotates).
 CONST_EPS = 1e-6
 STATE_DIM = 10  # eef pos (3, m) | eef rot6d (6) | gripper finger width (1, m)
 RDT_WIDTH = 128
-# Float round-off in decode (e.g. 1.0000000002) is not "clipping".
-CLIP_TOL = 1e-9
 
 
 class CodecError(UserError):
     """A codec file is missing, malformed or does not match the spec."""
-
-
-# ----------------------------------------------------------------------------- representations
-
-@dataclass(frozen=True)
-class EnvActions:
-    """Env actions from a decoded chunk. `raw` is before clipping to [-1, 1]."""
-
-    clipped: np.ndarray  # (N, 7)
-    raw: np.ndarray  # (N, 7)
-
-    @property
-    def clip_fraction(self) -> float:
-        """Fraction of the 6 arm dims (all steps) that lay outside [-1, 1]."""
-        return float(np.mean(np.abs(self.raw[..., :6]) > 1.0 + CLIP_TOL)) if self.raw.size else 0.0
-
-    @property
-    def max_excess(self) -> float:
-        """How far past [-1, 1] the worst arm dim was (0 when nothing was clipped)."""
-        excess = float(np.max(np.abs(self.raw[..., :6])) - 1.0) if self.raw.size else 0.0
-        return excess if excess > CLIP_TOL else 0.0
-
-    @property
-    def pos_step_m(self) -> np.ndarray:
-        """Commanded position step in metres before clipping, (N, 3)."""
-        return self.raw[..., :3] * CONTROLLER_POS_SCALE_M
-
-
-def rotation_dim(rotation: str) -> int:
-    return 6 if rotation == "rot6d" else 3
-
-
-@dataclass(frozen=True)
-class Representation:
-    """What the physical action vector means. Group order is always pos | rot | grip."""
-
-    kind: str
-    rotation: str
-
-    @property
-    def group_dims(self) -> dict[str, int]:
-        return {"pos": 3, "rot": rotation_dim(self.rotation), "grip": 1}
-
-    @property
-    def dim(self) -> int:
-        return sum(self.group_dims.values())
-
-    @property
-    def group_index(self) -> dict[str, np.ndarray]:
-        out, start = {}, 0
-        for g in GROUPS:
-            n = self.group_dims[g]
-            out[g] = np.arange(start, start + n)
-            start += n
-        return out
-
-    @property
-    def units(self) -> dict[str, str]:
-        if self.kind == "native":
-            return {"pos": "native [-1,1] (x0.05 m)", "rot": "native [-1,1] (x0.5 rad)", "grip": "-1 open / +1 close"}
-        pos = "m (absolute target)" if self.kind == "abs_pose" else "m (delta)"
-        rot = {"axis_angle": "rad (axis-angle delta)", "rot6d": "6D"}[self.rotation]
-        if self.kind in ("abs_pose", "seed_mix"):
-            rot = "6D (absolute target orientation)"
-        elif self.rotation == "rot6d":
-            rot = "6D (delta rotation)"
-        return {"pos": pos, "rot": rot, "grip": "-1 open / +1 close"}
-
-    def from_demo(self, actions: np.ndarray, ee_pos: np.ndarray, ee_rot: np.ndarray,
-                  next_ee_pos: np.ndarray, next_ee_rot: np.ndarray) -> np.ndarray:
-        """Native actions (T,7) + EEF pose before / after each step -> physical vectors (T, dim)."""
-        a = np.asarray(actions, dtype=np.float64)
-        grip = a[:, 6:7]
-        if self.kind == "native":
-            return a.copy()
-        if self.kind == "abs_pose":
-            pos = np.asarray(next_ee_pos, dtype=np.float64)
-        else:
-            pos = a[:, :3] * CONTROLLER_POS_SCALE_M
-        if self.kind in ("abs_pose", "seed_mix"):
-            rot = R.matrix_to_rot6d(next_ee_rot)
-        elif self.rotation == "rot6d":
-            rot = R.matrix_to_rot6d(R.axis_angle_to_matrix(a[:, 3:6] * CONTROLLER_ROT_SCALE_RAD))
-        else:
-            rot = a[:, 3:6] * CONTROLLER_ROT_SCALE_RAD
-        return np.concatenate([pos, rot, grip], axis=1)
-
-    def to_env(self, phys: np.ndarray, ee_pos: np.ndarray, ee_rot: np.ndarray) -> EnvActions:
-        """Physical vectors (N, dim) + current EEF pose ((N,3), (N,3,3) or one pose) -> env actions.
-
-        Absolute targets are turned into the controller's delta: (target - current) / scale, and
-        the rotation error R_target R_current^T as axis-angle / 0.5 rad; then clipped to [-1, 1].
-        """
-        x = np.atleast_2d(np.asarray(phys, dtype=np.float64))
-        n = x.shape[0]
-        ee_pos = np.broadcast_to(np.asarray(ee_pos, dtype=np.float64), (n, 3))
-        ee_rot = np.broadcast_to(np.asarray(ee_rot, dtype=np.float64), (n, 3, 3))
-        idx = self.group_index
-        pos, rot, grip = x[:, idx["pos"]], x[:, idx["rot"]], x[:, idx["grip"]]
-        if self.kind == "native":
-            raw = x.copy()
-        else:
-            if self.kind == "abs_pose":
-                dpos = (pos - ee_pos) / CONTROLLER_POS_SCALE_M
-            else:
-                dpos = pos / CONTROLLER_POS_SCALE_M
-            if self.kind in ("abs_pose", "seed_mix"):
-                r_err = R.rot6d_to_matrix(rot) @ np.swapaxes(ee_rot, -1, -2)
-                drot = R.matrix_to_axis_angle(r_err) / CONTROLLER_ROT_SCALE_RAD
-            elif self.rotation == "rot6d":
-                drot = R.matrix_to_axis_angle(R.rot6d_to_matrix(rot)) / CONTROLLER_ROT_SCALE_RAD
-            else:
-                drot = rot / CONTROLLER_ROT_SCALE_RAD
-            raw = np.concatenate([dpos, drot, grip], axis=1)
-        return EnvActions(clipped=np.clip(raw, -1.0, 1.0), raw=raw)
 
 
 # ----------------------------------------------------------------------------- slot layouts
@@ -288,7 +171,7 @@ class ActionCodec:
 
     @property
     def rep(self) -> Representation:
-        return Representation(self.spec.representation, self.spec.rotation)
+        return representation(self.spec.representation, self.spec.rotation)
 
     @property
     def layout(self) -> SlotLayout:
@@ -346,7 +229,7 @@ class ActionCodec:
     def fit(cls, spec: CodecSpec, phys_actions: np.ndarray, phys_states: np.ndarray,
             native_actions: np.ndarray | None = None) -> "ActionCodec":
         """Fit normaliser statistics on training data (physical units)."""
-        rep = Representation(spec.representation, spec.rotation)
+        rep = representation(spec.representation, spec.rotation)
         phys_actions = np.asarray(phys_actions, dtype=np.float64)
         if phys_actions.ndim != 2 or phys_actions.shape[1] != rep.dim or len(phys_actions) == 0:
             raise CodecError(f"fit: expected actions (N>0, {rep.dim}) for {spec.representation}/"
@@ -401,7 +284,7 @@ class ActionCodec:
             spec = CodecSpec.model_validate(d["spec"])
         except Exception as e:  # pydantic error text is already specific
             raise CodecError(f"{where}.spec: {e}") from None
-        rep = Representation(spec.representation, spec.rotation)
+        rep = representation(spec.representation, spec.rotation)
         return cls(spec, Affine.from_json(d["action"], rep.dim, f"{where}.action"),
                    Affine.from_json(d["state"], STATE_DIM, f"{where}.state"), d["stats"])
 

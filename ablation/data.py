@@ -30,8 +30,8 @@ import h5py
 import numpy as np
 
 from . import rotation as R
-from .codec import (CONTROLLER_POS_SCALE_M, CONTROLLER_ROT_SCALE_RAD, ActionCodec, Representation,
-                    phys_state)
+from .codec import ActionCodec, phys_state
+from .representations import CONTROLLER_POS_SCALE_M, CONTROLLER_ROT_SCALE_RAD, Representation, representation
 from .errors import UserError
 from .spec import DataSpec
 
@@ -468,7 +468,7 @@ def prepare_data(spec_data: DataSpec, codec_spec, demo_path: str | Path, split_s
     ds = read_demo_file(demo_path, obs_convention=spec_data.obs_convention, load_images=spec_data.images)
     views = [episode_view(ep, ds.meta.obs_convention) for ep in ds.episodes]
     train_ids, val_ids = split_demos(len(views), spec_data.val_fraction, split_seed)
-    rep = Representation(codec_spec.representation, codec_spec.rotation)
+    rep = representation(codec_spec.representation, codec_spec.rotation)
     # Statistics come from the training split only, so validation measures generalisation honestly.
     phys = np.concatenate([physical_actions(views[i], rep) for i in train_ids])
     states = np.concatenate([views[i].state for i in train_ids])

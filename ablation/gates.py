@@ -69,17 +69,6 @@ class GateResult:
         return self.reason
 
 
-def _hold_row(kind: str, last: np.ndarray, group_index: dict) -> np.ndarray:
-    """A physical action that keeps the arm where it is (past the end of a demo)."""
-    row = np.array(last, dtype=np.float64)
-    if kind in ("native", "metric_delta"):
-        row[group_index["pos"]] = 0.0
-        row[group_index["rot"]] = 0.0
-    elif kind == "seed_mix":
-        row[group_index["pos"]] = 0.0  # the absolute orientation target stays
-    return row
-
-
 class SpecReplayPolicy:
     """Open-loop replay of demo i (episode i) through a codec of `codec_spec` fitted on the file, as
     training would fit it. `act` returns model-space rows; the runner decodes each at the current pose.
@@ -89,7 +78,8 @@ class SpecReplayPolicy:
     def __init__(self, codec_spec: dict, demo_file: str, obs_convention: str, executed: bool = True,
                  chunk: int = REPLAY_CHUNK, wait_steps: int | None = None, max_demos: int | None = None,
                  codec_override=None):
-        from .codec import ActionCodec, Representation
+        from .codec import ActionCodec
+        from .representations import representation
         from .data import episode_view, read_demo_file
         from .spec import CodecSpec
 
@@ -99,7 +89,7 @@ class SpecReplayPolicy:
         self.episodes = ds.episodes
         use_exec = executed and all("executed_actions" in ep.extras for ep in ds.episodes)
         self.actions_source = "executed_actions" if use_exec else "actions"
-        rep = Representation(spec.representation, spec.rotation)
+        rep = representation(spec.representation, spec.rotation)
         phys, states, native = [], [], []
         for ep in ds.episodes:
             v = episode_view(ep, ds.meta.obs_convention)
@@ -110,8 +100,7 @@ class SpecReplayPolicy:
         codec = ActionCodec.fit(spec, np.concatenate(phys), np.concatenate(states), np.concatenate(native))
         self.codec = codec_override(codec) if codec_override is not None else codec
         self.model = [np.asarray(self.codec.encode(p), dtype=np.float64) for p in phys]
-        gi = rep.group_index
-        self.hold = [np.asarray(self.codec.encode(_hold_row(rep.kind, p[-1], gi)[None]))[0] for p in phys]
+        self.hold = [np.asarray(self.codec.encode(rep.hold(p[-1])[None]))[0] for p in phys]
         self.obs_history = 1
         self.chunk = chunk
         w = ds.meta.attrs.get("wait_steps")

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import rotation as R
-from .codec import CONTROLLER_POS_SCALE_M, CONTROLLER_ROT_SCALE_RAD, ActionCodec
+from .codec import ActionCodec
 from .spec import GROUPS, LossSpec
 
 # Group variance floor for inverse-variance weights, relative to the largest group variance:
@@ -123,10 +122,7 @@ def _geodesic_deg(ra: np.ndarray, rb: np.ndarray) -> np.ndarray:
 
 def rotation_matrices(codec: ActionCodec, rot: np.ndarray) -> np.ndarray:
     """The rotation group of physical actions (..., 3 or 6) -> (..., 3, 3)."""
-    if codec.spec.rotation == "rot6d":
-        return R.rot6d_to_matrix(rot)
-    scale = CONTROLLER_ROT_SCALE_RAD if codec.spec.representation == "native" else 1.0
-    return R.axis_angle_to_matrix(rot * scale)
+    return codec.rep.rot_matrices(rot)
 
 
 def physical_errors(codec: ActionCodec, pred_phys: np.ndarray, true_phys: np.ndarray,
@@ -135,8 +131,7 @@ def physical_errors(codec: ActionCodec, pred_phys: np.ndarray, true_phys: np.nda
     degrees (geodesic), gripper in native units (|difference|, -1 open / +1 close). Averaged over the
     steps where `valid` (...,) is 1 (all steps when None)."""
     idx = codec.rep.group_index
-    pos_scale = CONTROLLER_POS_SCALE_M if codec.spec.representation == "native" else 1.0
-    pos = np.linalg.norm((pred_phys[..., idx["pos"]] - true_phys[..., idx["pos"]]) * pos_scale, axis=-1) * 1000.0
+    pos = np.linalg.norm(codec.rep.pos_m(pred_phys[..., idx["pos"]] - true_phys[..., idx["pos"]]), axis=-1) * 1000.0
     rot = _geodesic_deg(rotation_matrices(codec, pred_phys[..., idx["rot"]]),
                         rotation_matrices(codec, true_phys[..., idx["rot"]]))
     grip = np.abs(pred_phys[..., idx["grip"][0]] - true_phys[..., idx["grip"][0]])

@@ -31,10 +31,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .codec import CONTROLLER_POS_SCALE_M, ActionCodec
+from .codec import ActionCodec
 from .data import Windows
 from .loss import physical_errors
-from .rotation import rot6d_to_matrix
 
 CONST_VAR = 1e-12
 
@@ -56,13 +55,7 @@ def chunk_poses(codec: ActionCodec, w: Windows, idx: np.ndarray) -> tuple[np.nda
     H = w.phys_actions.shape[1]
     pos = np.repeat(w.ee_pos[idx][:, None], H, axis=1)
     rot = np.repeat(w.ee_rot[idx][:, None], H, axis=1)
-    gi = codec.rep.group_index
-    phys = w.phys_actions[idx]
-    if codec.spec.representation == "abs_pose":
-        pos[:, 1:] = phys[:, :-1][..., gi["pos"]]
-    if codec.spec.representation in ("abs_pose", "seed_mix"):
-        rot[:, 1:] = rot6d_to_matrix(phys[:, :-1][..., gi["rot"]])
-    return pos, rot
+    return codec.rep.chunk_poses(pos, rot, w.phys_actions[idx])
 
 
 def group_nmse(codec: ActionCodec, pred_phys: np.ndarray, true_phys: np.ndarray,
@@ -93,11 +86,9 @@ def r2_linear(pred: np.ndarray, ref: np.ndarray) -> float:
 def pose_signature(codec: ActionCodec, pred_phys: np.ndarray, windows: Windows, idx: np.ndarray) -> dict[str, float]:
     """r2/pos_vs_abs_pose and r2/pos_vs_delta of the first chunk step (see the module docstring)."""
     gi = codec.rep.group_index["pos"]
-    scale = CONTROLLER_POS_SCALE_M if codec.spec.representation == "native" else 1.0
-    pred0 = pred_phys[:, 0, gi] * scale                          # (n, 3) metres
-    true0 = windows.phys_actions[idx][:, 0, gi] * scale
+    pred0 = codec.rep.pos_m(pred_phys[:, 0, gi])                 # (n, 3) metres
     abs_pose = windows.ee_pos[idx]                                # (n, 3) metres
-    delta = true0 - abs_pose if codec.spec.representation == "abs_pose" else true0
+    delta = codec.rep.step_m(windows.phys_actions[idx][:, 0, gi], abs_pose)
     return {"r2/pos_vs_abs_pose": r2_linear(pred0, abs_pose), "r2/pos_vs_delta": r2_linear(pred0, delta)}
 
 

@@ -26,6 +26,7 @@ import yaml
 
 from .errors import UserError
 from .hypothesis import Hypothesis, load_hypothesis
+from .needs import plan_time_facts, untestable_arms
 from .provenance import file_sha256, git_commit, versions
 from .run import RunJob, RunResult, execute
 from .spec import EXPERIMENTS_DIR, Plan, Spec, SpecError, load_plan, resolve_spec, spec_path
@@ -379,6 +380,13 @@ def run_plan(plan_name: str, *, profile_name: str = "auto", seeds: list[int] | N
                         demo_for[a.name] = f"pretrain: {type(e).__name__}: {e}"
             timing["pretrain_s"] = time.time() - tp
         demos = {a: demo_provenance(p) for a, p in demo_for.items() if isinstance(p, Path)}
+        # Arms that only serve comparisons untestable on these demos (e.g. rotation scaling when the
+        # expert never turns) are not trained; their comparisons are reported as untestable.
+        files = {a: [p] for a, p in demo_for.items() if isinstance(p, Path) and a in rp.arms}
+        for a, why in untestable_arms(rp.hypotheses, list(rp.arms), plan_time_facts(rp.arms, files)).items():
+            print(f"[plan] {a}: not run, {why}")
+            rp.skipped[a] = why
+            del rp.arms[a]
         run_ids: dict[tuple[str, int], str] = {}
         not_run: list[RunResult] = []  # runs whose demos (or pretraining) could not be made
         for arm, seed in rp.entries():

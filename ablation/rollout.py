@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Protocol, runtime_checkabl
 import numpy as np
 
 from . import rotation as R
-from .codec import CONTROLLER_POS_SCALE_M, ActionCodec
+from .codec import ActionCodec
 from .data import gripper_history_features
 from .spec import CodecSpec
 
@@ -367,8 +367,7 @@ class _Episode:
         action = ea.clipped[0]
         self.clip_fr.append(ea.clip_fraction)
         self.excess.append(ea.max_excess)
-        self.pos_steps.append(float(np.max(np.abs(raw[:3]))) * CONTROLLER_POS_SCALE_M if self.codec.rep.kind == "native"
-                              else float(np.max(np.abs(ea.pos_step_m))))
+        self.pos_steps.append(float(np.max(np.abs(ea.pos_step_m))))
         te = time.perf_counter()
         self.obs, done = self.env.step(action)
         self.rec.env_s += time.perf_counter() - te

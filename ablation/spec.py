@@ -15,10 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
+from .representations import GROUPS, REPRESENTATIONS, representation
 
-GROUPS = ("pos", "rot", "grip")
-
-Representation = Literal["native", "metric_delta", "abs_pose", "seed_mix"]
+# The names come from the registry, so a new representation class is the only edit.
+RepresentationName = Literal[tuple(REPRESENTATIONS)]  # type: ignore[valid-type]
 Rotation = Literal["axis_angle", "rot6d"]
 Layout = Literal["rdt_eef", "rdt_velocity", "compact"]
 Normalizer = Literal["identity", "scale", "minmax", "meanstd", "quantile"]
@@ -74,7 +74,7 @@ class DataSpec(_Frozen):
 
 
 class CodecSpec(_Frozen):
-    representation: Representation = "native"
+    representation: RepresentationName = "native"
     rotation: Rotation = "axis_angle"
     layout: Layout = "compact"
     normalizer: Normalizer = "identity"
@@ -84,10 +84,7 @@ class CodecSpec(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> "CodecSpec":
-        if self.representation == "native" and self.rotation != "axis_angle":
-            raise ValueError("representation 'native' carries LIBERO's axis-angle delta; set codec.rotation: axis_angle")
-        if self.representation in ("abs_pose", "seed_mix") and self.rotation != "rot6d":
-            raise ValueError(f"representation '{self.representation}' uses an absolute 6D orientation; set codec.rotation: rot6d")
+        representation(self.representation, self.rotation)  # the class says which rotations it carries
         if self.layout == "rdt_velocity" and self.rotation == "rot6d":
             raise ValueError("layout 'rdt_velocity' has 3 angular slots (42-44); use codec.rotation: axis_angle or layout rdt_eef")
         if self.normalizer == "identity" and self.unit_scales != GroupValues():

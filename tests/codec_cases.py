@@ -3,7 +3,8 @@ import itertools
 
 import numpy as np
 
-from ablation.codec import ActionCodec, Representation
+from ablation.codec import ActionCodec
+from ablation.representations import representation
 from ablation.data import episode_view, physical_actions
 from ablation.spec import CodecSpec
 
@@ -38,7 +39,7 @@ def fixed_views():
 
 def fit_fixed(spec: CodecSpec, views=None):
     views = views or fixed_views()
-    rep = Representation(spec.representation, spec.rotation)
+    rep = representation(spec.representation, spec.rotation)
     phys = np.concatenate([physical_actions(v, rep) for v in views])
     states = np.concatenate([v.state for v in views])
     native = np.concatenate([v.actions for v in views])

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from ablation import rotation as R
-from ablation.codec import (CONTROLLER_POS_SCALE_M, ActionCodec, CodecError, Representation,
-                            SlotLayout)
+from ablation.codec import CONTROLLER_POS_SCALE_M, ActionCodec, CodecError, SlotLayout
+from ablation.representations import REPRESENTATIONS, Representation, representation
 from ablation.spec import CodecSpec
 from tests.codec_cases import combo_id, combos, fit_fixed, fixed_views
 
@@ -80,17 +80,42 @@ def test_delta_representations_give_back_the_env_action(a, pose):
     tgt_pos = ee_pos + a[:, :3] * CONTROLLER_POS_SCALE_M
     tgt_rot = R.axis_angle_to_matrix(a[:, 3:6] * 0.5) @ ee_rot
     big = np.linalg.norm(a[:, 3:6] * 0.5, axis=1) > np.pi - 1e-3  # axis-angle is ambiguous at pi
-    for kind, rot in [("native", "axis_angle"), ("metric_delta", "axis_angle"), ("metric_delta", "rot6d"),
-                      ("abs_pose", "rot6d"), ("seed_mix", "rot6d")]:
-        rep = Representation(kind, rot)
+    # every registered representation with every rotation it carries: a new class is covered here
+    for kind, rot in [(k, r) for k, cls in REPRESENTATIONS.items() for r in cls.rotations]:
+        rep = representation(kind, rot)
         phys = rep.from_demo(a, np.tile(ee_pos, (4, 1)), np.tile(ee_rot, (4, 1, 1)), tgt_pos, tgt_rot)
         env = rep.to_env(phys, ee_pos, ee_rot)
         np.testing.assert_allclose(env.raw[~big], a[~big], atol=1e-6, err_msg=f"{kind}/{rot}")
         assert env.clip_fraction == 0.0
 
 
+def test_representation_registry_errors_hold_and_chunk_poses():
+    assert set(REPRESENTATIONS) == {"native", "metric_delta", "seed_mix", "abs_pose"}
+    with pytest.raises(ValueError, match="unknown representation 'velocity'"):
+        representation("velocity", "axis_angle")
+    with pytest.raises(ValueError, match="set codec.rotation: rot6d"):
+        representation("seed_mix", "axis_angle")
+    assert isinstance(representation("abs_pose", "rot6d"), Representation)
+    # hold: steps go to 0, absolute targets are kept
+    last = np.arange(10, dtype=np.float64) + 1
+    np.testing.assert_array_equal(representation("seed_mix", "rot6d").hold(last), [0, 0, 0, *last[3:]])
+    np.testing.assert_array_equal(representation("abs_pose", "rot6d").hold(last), last)
+    np.testing.assert_array_equal(representation("metric_delta", "axis_angle").hold(last[:7]), [0] * 6 + [7])
+    # chunk poses: step h>0 of an absolute group is the target of step h-1; deltas keep the start pose
+    rot_b = R.axis_angle_to_matrix(np.array([0.0, 0.0, 0.3]))
+    phys = np.concatenate([[0.1, 0.2, 0.3], R.matrix_to_rot6d(rot_b), [1.0]])[None, None].repeat(2, axis=1)
+    pos0, rot0 = np.zeros((1, 2, 3)), np.tile(np.eye(3), (1, 2, 1, 1))
+    p, r = representation("abs_pose", "rot6d").chunk_poses(pos0, rot0, phys)
+    np.testing.assert_allclose(p[0, 1], [0.1, 0.2, 0.3]); np.testing.assert_allclose(r[0, 1], rot_b, atol=1e-12)
+    p, r = representation("seed_mix", "rot6d").chunk_poses(pos0, rot0, phys)
+    np.testing.assert_array_equal(p, pos0); np.testing.assert_allclose(r[0, 1], rot_b, atol=1e-12)
+    # the position scale: native 1.0 = 5 cm; metres elsewhere; absolute step = target - pose
+    np.testing.assert_allclose(representation("native", "axis_angle").pos_m(np.ones(3)), [0.05] * 3)
+    np.testing.assert_allclose(representation("abs_pose", "rot6d").step_m(np.ones(3), np.full(3, 0.25)), [0.75] * 3)
+
+
 def test_clip_report():
-    rep = Representation("seed_mix", "rot6d")
+    rep = representation("seed_mix", "rot6d")
     eye = np.eye(3)
     # the seed's symptom: a predicted position of [0.243, 0.287, 0.116] m as a "delta"
     phys = np.concatenate([[0.243, 0.287, 0.116], R.matrix_to_rot6d(eye), [1.0]])[None]
@@ -102,12 +127,12 @@ def test_clip_report():
 
 
 def test_layout_slots_match_rdt():
-    assert SlotLayout.for_actions("rdt_eef", Representation("seed_mix", "rot6d")).slots.tolist() == \
+    assert SlotLayout.for_actions("rdt_eef", representation("seed_mix", "rot6d")).slots.tolist() == \
         [30, 31, 32, 33, 34, 35, 36, 37, 38, 10]
-    assert SlotLayout.for_actions("rdt_velocity", Representation("metric_delta", "axis_angle")).slots.tolist() == \
+    assert SlotLayout.for_actions("rdt_velocity", representation("metric_delta", "axis_angle")).slots.tolist() == \
         [39, 40, 41, 42, 43, 44, 10]
     with pytest.raises(CodecError, match="no slots for rotation 'rot6d'"):
-        SlotLayout.for_actions("rdt_velocity", Representation("abs_pose", "rot6d"))
+        SlotLayout.for_actions("rdt_velocity", representation("abs_pose", "rot6d"))
 
 
 def test_minmax_bounds_training_data_and_guards_constant_dims():

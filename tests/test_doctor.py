@@ -219,13 +219,14 @@ def test_image_orientation_against_the_simulator(image_demo_file):
 
 def _bundle(dir_: Path, spec_name: str, demo_file: Path) -> Path:
     """codec.json + spec.yaml only, the codec fitted on `demo_file` (as training fits it)."""
-    from ablation.codec import ActionCodec, Representation
+    from ablation.codec import ActionCodec
     from ablation.data import episode_view
+    from ablation.representations import representation
     from ablation.spec import EXPERIMENTS_DIR, resolve_spec
 
     spec = resolve_spec(EXPERIMENTS_DIR / f"{spec_name}.yaml")
     ds = read_demo_file(demo_file)
-    rep = Representation(spec.codec.representation, spec.codec.rotation)
+    rep = representation(spec.codec.representation, spec.codec.rotation)
     views = [episode_view(ep, ds.meta.obs_convention) for ep in ds.episodes]
     phys = np.concatenate([rep.from_demo(v.actions, v.ee_pos, v.ee_rot, v.next_ee_pos, v.next_ee_rot) for v in views])
     codec = ActionCodec.fit(spec.codec, phys, np.concatenate([v.state for v in views]),

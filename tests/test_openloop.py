@@ -10,12 +10,14 @@ import torch
 from ablation.data import prepare_data
 from ablation.openloop import group_nmse, open_loop_eval, pose_signature, r2_linear
 from ablation.policy import ObsNormalizer, build_policy
+from ablation.representations import REPRESENTATIONS, representation
 from ablation.spec import resolve_spec, spec_path
 
 
-def _codec(representation: str = "metric_delta"):
-    return SimpleNamespace(rep=SimpleNamespace(group_index={"pos": [0, 1, 2], "rot": [3, 4, 5], "grip": [6]}),
-                           spec=SimpleNamespace(representation=representation))
+def _codec(kind: str = "metric_delta"):
+    """Only the representation is read; it is the real class (pose_signature reads its position group)."""
+    rep = representation(kind, REPRESENTATIONS[kind].rotations[0])
+    return SimpleNamespace(rep=rep, spec=SimpleNamespace(representation=kind))
 
 
 def _windows(rng, n: int = 200, H: int = 4):

@@ -51,10 +51,10 @@ def test_unknown_profile():
 
 
 def _codec(spec):
-    from ablation.codec import Representation
     from ablation.data import physical_actions
+    from ablation.representations import representation
     views = fixed_views()
-    rep = Representation(spec.codec.representation, spec.codec.rotation)
+    rep = representation(spec.codec.representation, spec.codec.rotation)
     return ActionCodec.fit(spec.codec, np.concatenate([physical_actions(v, rep) for v in views]),
                            np.concatenate([v.state for v in views]))
 

@@ -265,7 +265,6 @@ def test_power_textbook_and_monotone():
     assert episodes_needed(0.2, alpha=0.05, power=0.8, p_control=0.4) == textbook
     # one seed, independent episodes, exactly 60% vs 40% on 400 states
     rng = np.random.default_rng(5)
-    n = 400
     rows = {("fix", 0): rng.permutation([1] * 240 + [0] * 160).tolist(),
             ("base", 0): rng.permutation([1] * 160 + [0] * 240).tolist()}
     e = paired_effect(table(rows), "fix", "base", n_boot=4000)

@@ -95,7 +95,7 @@ def roundtrip_errors(codec, demo_set) -> dict:
     model = codec.encode(phys)
     back = codec.decode(model)
     env = rep.to_env(back, pos, rot).raw
-    absolute = {"native": (), "metric_delta": (), "seed_mix": ("rot",), "abs_pose": ("pos", "rot")}[rep.kind]
+    absolute = rep.absolute_groups
     native_groups = {"pos": slice(0, 3), "rot": slice(3, 6), "grip": slice(6, 7)}
     err = {g: float(np.abs(env[:, s] - native[:, s]).max()) for g, s in native_groups.items()}
     p95 = {g: float(np.quantile(np.abs(env[:, s] - native[:, s]), 0.95)) for g, s in native_groups.items()}
@@ -106,11 +106,12 @@ def roundtrip_errors(codec, demo_set) -> dict:
 
 def check_roundtrip(spec, demo_set, data: str, codec=None) -> list[Finding]:
     """codec: an already fitted codec (or a stand-in); default: the spec's codec fitted on the file."""
-    from ..codec import ActionCodec, Representation
+    from ..codec import ActionCodec
+    from ..representations import representation
     from ..data import episode_view
 
     if codec is None:
-        rep = Representation(spec.codec.representation, spec.codec.rotation)
+        rep = representation(spec.codec.representation, spec.codec.rotation)
         views = [episode_view(ep, demo_set.meta.obs_convention) for ep in demo_set.episodes]
         phys = np.concatenate([rep.from_demo(v.actions, v.ee_pos, v.ee_rot, v.next_ee_pos, v.next_ee_rot) for v in views])
         codec = ActionCodec.fit(spec.codec, phys, np.concatenate([v.state for v in views]),

@@ -1,0 +1,56 @@
+"""Needs read before training: arms that only serve untestable comparisons are not run."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from ablation.analysis import ArmFacts
+from ablation.data import write_demo_file
+from ablation.hypothesis import load_hypothesis
+from ablation.needs import demo_rotation_spread_deg, plan_time_facts, untestable_arms
+from tests.conftest import synthetic_episode, synthetic_meta
+
+H1 = ["H1_scale_absolute", "H1_scale_relative", "H1_mechanism"]
+ARMS = ["baseline_rdt", "fix_pos_cm", "fix_rot_small", "fix_pos_cm_rot_small", "fix_loss_weight_1e4"]
+
+
+def _facts(spread: float | None) -> dict[str, ArmFacts]:
+    return {a: ArmFacts(rot_spread_deg=spread, pretrained=False) for a in ARMS}
+
+
+def test_constant_rotation_drops_only_the_rotation_scaled_arms():
+    hyps = [load_hypothesis(h) for h in H1]
+    dropped = untestable_arms(hyps, ARMS, _facts(1.9))
+    assert set(dropped) == {"fix_rot_small", "fix_pos_cm_rot_small"}
+    assert "1.9 deg" in dropped["fix_rot_small"] and "untestable here" in dropped["fix_rot_small"]
+    # the control and the arms of testable comparisons stay, whatever else they appear in
+    assert untestable_arms(hyps, ARMS, _facts(30.0)) == {}
+
+
+def test_unmeasured_spread_keeps_the_arms():
+    """No demo file (its run will fail and say why): nothing is dropped on a guess."""
+    assert untestable_arms([load_hypothesis(h) for h in H1], ARMS, _facts(None)) == {}
+
+
+def test_pretrained_slots_need_is_read_from_the_specs(tmp_path):
+    hyp = load_hypothesis("H3_slot_semantics")
+    arms = sorted({a for c in hyp.comparisons for a in (c.arm, c.control)})
+    cold = {a: ArmFacts(rot_spread_deg=10.0, pretrained=False) for a in arms}
+    assert set(untestable_arms([hyp], arms, cold)) == set(arms)
+    warm = {a: ArmFacts(rot_spread_deg=10.0, pretrained=True) for a in arms}
+    assert untestable_arms([hyp], arms, warm) == {}
+
+
+@pytest.mark.parametrize("rotate, low, high", [(False, 0.0, 1e-6), (True, 5.0, 180.0)])
+def test_spread_is_measured_from_the_demo_file(tmp_path, rotate, low, high):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.hdf5"
+    write_demo_file(path, [synthetic_episode(rng, T=60, rotate=rotate, rot_scale=0.3) for _ in range(3)],
+                    synthetic_meta())
+    spread = demo_rotation_spread_deg(path)
+    assert low <= spread <= high, spread
+    spec = SimpleNamespace(model=SimpleNamespace(pretrained=None), train=SimpleNamespace(init_from=None))
+    facts = plan_time_facts({"a": SimpleNamespace(spec=spec)}, {"a": [path, path]})
+    assert facts["a"].rot_spread_deg == pytest.approx(spread) and facts["a"].pretrained is False
