@@ -44,6 +44,13 @@ class ComparisonResult:
     episodes_needed: int | None = None
     why: str = ""                  # for untestable / missing / inconclusive: what it would need
     method: str = ""
+    # Several tasks: the estimate above is pooled over them (tasks a random factor); per task, the
+    # same paired effect on that task alone ({task, estimate, lo, hi, rate_arm, rate_control,
+    # n_states, p_value}), and whether the tasks disagree (Cochran's Q, or intervals on both sides of 0).
+    n_tasks: int = 1
+    per_task: list = field(default_factory=list)
+    heterogeneity: str = ""
+    tasks_disagree: bool | None = None
 
     @property
     def decided(self) -> bool:
@@ -82,7 +89,7 @@ def judge(hypotheses: list[Hypothesis], records: list[dict], facts: dict[str, Ar
     success) at look `look_index` (0-based). Holm controls the family-wise error across all the
     comparisons; the look's alpha comes from the spending rule. A comparison decided at an earlier look
     (`previous`) keeps its decision: stopping early is what the looks are for."""
-    from .stats import SequentialDesign, episodes_needed, holm, paired_effect, verdict
+    from .stats import SequentialDesign, episodes_needed, heterogeneity, holm, paired_effect, per_task_effects, verdict
 
     real_looks = [x for x in looks if x is not None] or [1]
     design = SequentialDesign(looks=tuple(real_looks), alpha=alpha, spending=spending)
@@ -106,7 +113,11 @@ def judge(hypotheses: list[Hypothesis], records: list[dict], facts: dict[str, Ar
                 res.word, res.why = "missing", f"no finished episodes of {', '.join(missing)}"
             else:
                 try:
-                    eff = paired_effect(records, c.arm, c.control, n_boot=n_boot, rng_seed=0)
+                    # Tasks are a random factor: the verdict is about tasks like these, not only these.
+                    # multitask=False: each (arm, task, seed) is its own network (single-task policies),
+                    # so a seed is resampled per task, never shared across tasks.
+                    eff = paired_effect(records, c.arm, c.control, n_boot=n_boot, rng_seed=0, tasks="random",
+                                        multitask=False)
                 except ValueError as e:
                     res.word, res.why = "missing", str(e)
                 else:
@@ -114,6 +125,14 @@ def judge(hypotheses: list[Hypothesis], records: list[dict], facts: dict[str, Ar
                     res.estimate, res.lo, res.hi, res.p_value = eff.estimate, eff.lo, eff.hi, eff.p_value
                     res.rate_arm, res.rate_control, res.n_states = eff.rate_arm, eff.rate_control, eff.n_states
                     res.seeds_arm, res.seeds_control, res.method = eff.n_seeds_arm, eff.n_seeds_control, eff.method
+                    res.n_tasks = eff.n_tasks
+                    if eff.n_tasks > 1:
+                        per = per_task_effects(records, c.arm, c.control, n_boot=n_boot, rng_seed=0)
+                        het = heterogeneity(per, alpha=alpha)
+                        res.per_task = [{"task": t, "estimate": e.estimate, "lo": e.lo, "hi": e.hi,
+                                         "rate_arm": e.rate_arm, "rate_control": e.rate_control,
+                                         "n_states": e.n_states, "p_value": e.p_value} for t, e in per.items()]
+                        res.heterogeneity, res.tasks_disagree = het.note, het.disagree
             out.append(res)
     adjusted = holm({"|".join(k): e.p_value for k, e in effects.items()}, alpha) if effects else {}
     for res in out:
@@ -137,6 +156,10 @@ def judge(hypotheses: list[Hypothesis], records: list[dict], facts: dict[str, Ar
             except Exception:
                 need = None
             res.episodes_needed = None if need is None or need != need or need == float("inf") else int(need)
+            # The power formula uses z; the interval uses t with the seeds' few degrees of freedom. When
+            # it asks for no more episodes than were run, the seeds, not the episodes, are short.
+            if res.episodes_needed is not None and res.episodes_needed <= getattr(eff, "episodes_per_seed", 0):
+                res.episodes_needed = None
             if res.episodes_needed:
                 res.why = (f"the effect seen ({100 * eff.estimate:+.0f} pts) would need about {res.episodes_needed} "
                            f"episodes per arm x seed (with {eff.n_seeds_arm} seeds) to be detected at 80% power")
@@ -173,16 +196,19 @@ class LookDecision:
         from dataclasses import asdict
 
         return {"look": self.look_index, "episodes": look, "comparisons": [asdict(c) for c in self.comparisons],
-                "extended": sorted([list(x) for x in self.arms_to_extend])}
+                # [arm, seed] or [arm, seed, task] (a single-task plan's keys end in None)
+                "extended": sorted([[p for p in x if p is not None] for x in self.arms_to_extend], key=str)}
 
 
-def records_from_results(latest: dict, task_of: dict[str, str]) -> list[dict]:
-    """Per-episode stats records from RunResults. A crashed episode counts as a failure (it is one,
+def records_from_results(latest: dict, task_of: dict) -> list[dict]:
+    """Per-episode stats records from RunResults keyed (arm, seed) or (arm, seed, task); `task_of`
+    maps that key (or the arm) to the task's label. A crashed episode counts as a failure (it is one,
     for the user); the report shows crashes apart."""
     out = []
-    for (arm, seed), r in latest.items():
+    for key, r in latest.items():
+        arm, seed = key[0], key[1]
         for e in r.episodes:
-            out.append({"arm": arm, "task": task_of.get(arm, ""), "seed": int(seed),
+            out.append({"arm": arm, "task": task_of.get(key, task_of.get(arm, "")), "seed": int(seed),
                         "init_state": int(e.get("init_state", e.get("episode"))),
                         "success": bool(e.get("success")) and not e.get("error")})
     return out
@@ -192,12 +218,21 @@ def analyse_look(rp, latest: dict, look_index: int, looks: list[int | None],
                  previous: dict | None = None) -> LookDecision:
     """The plan's decision after a look: judge every comparison; the arms (all seeds) of the undecided
     ones get more episodes at the next look."""
-    task_of = {a.name: f"{a.spec.data.suite}/{a.spec.data.task}" for a in rp.arms.values()}
+    from .plan import task_label
+
+    task_of = {u.key: task_label(u.spec) for u in rp.units()}
     records = records_from_results(latest, task_of)
+    facts_extra: dict[str, ArmFacts] = {}
+    # Arms the plan dropped before training (untestable on these demos) have no audit: the demos'
+    # spread measured by the arms that did run stands for them (the same task's demos).
+    ran = [v for v in (_metric(latest, a, "audit/rot_spread_deg") for a in rp.arms) if v is not None]
+    for a in rp.skipped:
+        if a not in rp.arms and ran:
+            facts_extra[a] = ArmFacts(rot_spread_deg=max(ran), pretrained=False)
     facts = {a: ArmFacts(rot_spread_deg=_metric(latest, a, "audit/rot_spread_deg"),
                          pretrained=bool(rp.arms[a].spec.model.pretrained or getattr(rp.arms[a].spec.train,
                                                                                      "init_from", None)))
-             for a in rp.arms}
+             for a in rp.arms} | facts_extra
     sched = rp.plan.episodes
     kw = dict(alpha=sched.alpha, spending=sched.spending, margin=sched.margin) if sched else {}
     results = judge(rp.hypotheses, records, facts, look_index=look_index, looks=looks,
@@ -206,12 +241,11 @@ def analyse_look(rp, latest: dict, look_index: int, looks: list[int | None],
     extend = set()
     if more:
         for c in results:
-            if c.word == "inconclusive":
-                for a in (c.arm, c.control):
-                    extend |= {(a, s) for s in rp.arms[a].seeds}
+            if c.word == "inconclusive":  # pooled over tasks: every task of both arms gets more
+                extend |= {u.key for u in rp.units() if u.arm.name in (c.arm, c.control)}
     return LookDecision(look_index, results, extend)
 
 
 def _metric(latest: dict, arm: str, key: str) -> float | None:
-    vals = [r.metrics.get(key) for (a, _s), r in latest.items() if a == arm and r.metrics.get(key) is not None]
+    vals = [r.metrics.get(key) for k, r in latest.items() if k[0] == arm and r.metrics.get(key) is not None]
     return float(max(vals)) if vals else None

@@ -1,4 +1,4 @@
-"""The orchestrator: a plan's hypotheses -> arms x seeds -> runs in looks -> the report.
+"""The orchestrator: a plan's hypotheses -> arms x seeds (x tasks) -> runs in looks -> the report.
 
     parent run (one per plan, profile and --set; re-runs nest under it again)
       -> demos (once per task, in the parent: workers must not race on a file)
@@ -7,7 +7,8 @@
       -> look k+1: only the arms of undecided comparisons get more episodes ... up to the cap
       -> report (a plan whose report cannot be written exits non-zero)
 
-Every spec x seed run goes through the one run pipeline (ablation/run.py) in a worker process.
+Every spec x seed run goes through the one run pipeline (ablation/run.py) in a worker process:
+one of a local pool, or a Ray task on a cluster (ablation/executors.py, `--executor ray`).
 """
 from __future__ import annotations
 
@@ -17,9 +18,7 @@ import os
 import socket
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -28,16 +27,19 @@ from .errors import UserError
 from .hypothesis import Hypothesis, load_hypothesis
 from .needs import plan_time_facts, untestable_arms
 from .provenance import file_sha256, git_commit, versions
-from .run import RunJob, RunResult, execute
+from .run import RunJob, RunResult
 from .spec import EXPERIMENTS_DIR, Plan, Spec, SpecError, load_plan, resolve_spec, spec_path
 from .tracking import (TAG_FAILURE, TAG_KIND, TAG_SEED, TAG_SPEC, TAG_SPEC_HASH, Tracker, default_tracking_uri,
                        runs_view_url, ui_command)
-from .workdir import ensure_demos
+from .workdir import ensure_demos, workdir_lock
 
 PROFILES_DIR = EXPERIMENTS_DIR / "profiles"
 TAG_ARM = "ablation.arm"
+TAG_TASK = "ablation.task"          # suite/task of a spec run
 TAG_PLAN_KEY = "ablation.plan_key"
 PLAN_RECORD = "plan.json"  # artifact on the parent run: hypotheses, arms, runs, looks
+# The full study each profile runs when no plan is named: one task on 2 CPU cores; a whole suite on a GPU.
+DEFAULT_PLAN = {"cpu": "all", "gpu": "suite_sweep"}
 
 
 # ----------------------------------------------------------------------------- profiles
@@ -82,11 +84,56 @@ class Arm:
     name: str
     spec: Spec                      # resolved, without the seed
     seeds: tuple[int, ...]
+    # The plan's tasks of the spec's suite; None: the spec's own data.task (a single-task plan, whose
+    # run names, checkpoint dirs and spec hashes carry no task, as before multi-task plans existed).
+    tasks: tuple[int, ...] | None = None
 
-    def spec_for(self, seed: int) -> Spec:
+    def spec_at(self, task: int | None) -> Spec:
+        """The arm's spec on `task` (its own task when None), without the seed."""
         from .spec import with_overrides
 
-        return with_overrides(self.spec, [f"train.seed={seed}"])
+        return self.spec if task is None else with_overrides(self.spec, [f"data.task={task}"])
+
+    def spec_for(self, seed: int, task: int | None = None) -> Spec:
+        from .spec import with_overrides
+
+        return with_overrides(self.spec, [f"train.seed={seed}"] + ([] if task is None else [f"data.task={task}"]))
+
+
+@dataclass(frozen=True)
+class RunUnit:
+    """One trained network of a plan: arm x seed (x task, in a multi-task plan)."""
+
+    arm: Arm
+    seed: int
+    task: int | None = None
+
+    @property
+    def key(self) -> tuple[str, int, int | None]:
+        return (self.arm.name, self.seed, self.task)
+
+    @property
+    def spec(self) -> Spec:
+        return self.arm.spec_for(self.seed, self.task)
+
+    @property
+    def name(self) -> str:
+        """The MLflow run name: `arm/seedN`, or `arm/seedN/taskK` in a multi-task plan."""
+        return f"{self.arm.name}/seed{self.seed}" + ("" if self.task is None else f"/task{self.task}")
+
+    @property
+    def record_key(self) -> str:
+        """Key of this run under its arm in plan.json's `runs`: the seed, or `seed/taskK`."""
+        return str(self.seed) + ("" if self.task is None else f"/task{self.task}")
+
+    def ckpt_dir(self, workdir: Path) -> Path:
+        task = "" if self.task is None else f"-task{self.task}"
+        return workdir / "checkpoints" / f"{self.arm.name}-seed{self.seed}{task}-{self.spec.hash()}"
+
+
+def task_label(spec: Spec) -> str:
+    """How the statistics name a task (the pairing key with the init state): `suite/task`."""
+    return f"{spec.data.suite}/{spec.data.task}"
 
 
 @dataclass
@@ -103,8 +150,38 @@ class ResolvedPlan:
         return [(h.name, c) for h in self.hypotheses for c in h.comparisons
                 if c.arm in self.arms and c.control in self.arms]
 
+    @property
+    def multitask(self) -> bool:
+        return any(a.tasks is not None for a in self.arms.values())
+
     def entries(self) -> list[tuple[Arm, int]]:
         return [(a, s) for a in self.arms.values() for s in a.seeds]
+
+    def units(self) -> list[RunUnit]:
+        """Every run of the plan: arm x seed, times the arm's tasks in a multi-task plan."""
+        return [RunUnit(a, s, t) for a in self.arms.values() for t in (a.tasks or (None,)) for s in a.seeds]
+
+
+def plan_tasks(plan: Plan, sets: list[str]) -> tuple[str | tuple[int, ...] | None, list[str]]:
+    """The plan's tasks and the sets left for the specs. A `data.task=` set whose value is a list or
+    `all` names the plan's tasks (the last one wins, after the plan's own `tasks`); a single id stays a
+    spec override (one task, as before) and replaces any earlier list."""
+    from .spec import parse_set
+
+    tasks, keep = plan.tasks, []
+    for item in sets:
+        path, value = parse_set(item)
+        if path == ["data", "task"] and (value == "all" or isinstance(value, list)):
+            if value != "all" and (not value or not all(isinstance(t, int) and t >= 0 for t in value)
+                                   or len(set(value)) != len(value)):
+                raise SpecError(f"--set {item}: data.task takes one task id, a list of distinct ids "
+                                "(e.g. data.task=[0,3]) or 'all'")
+            tasks = value if value == "all" else tuple(value)
+            continue
+        if path == ["data", "task"]:
+            tasks = None
+        keep.append(item)
+    return tasks, keep
 
 
 def resolve_plan(plan: Plan, profile: Profile, seeds: list[int] | None = None, only: list[str] | None = None,
@@ -130,15 +207,36 @@ def resolve_plan(plan: Plan, profile: Profile, seeds: list[int] | None = None, o
         e = entry_sets.get(ref)
         hyp_dirs = [Path(h.path).parent for h in hyps if h.path and ref in h.arms()]
         path = spec_path(ref, relative_to=hyp_dirs[0] if hyp_dirs else plan_dir)
-        sets = [*profile.sets, *plan.set, *(e.set if e else ()), *(extra_sets or [])]
+        tasks, sets = plan_tasks(plan, [*profile.sets, *plan.set, *(e.set if e else ()), *(extra_sets or [])])
         arm_seeds = tuple(seeds or (e.seeds if e and e.seeds else None) or plan.seeds)
         # An entry given as a file path is named by its file (as its spec is), not by the whole path.
         name = Path(ref).stem if ref.endswith((".yaml", ".yml")) else ref
-        arms[name] = Arm(name, resolve_spec(path, sets), arm_seeds)
+        spec = resolve_spec(path, sets)
+        if tasks == "all":
+            tasks = _covered_tasks(spec.data.suite)
+        arms[name] = Arm(name, spec, arm_seeds, tasks)
+        if plan.pretrain is not None and set(tasks or ()) & set(plan.pretrain.tasks):
+            raise SpecError(f"{plan.path or plan.name}: tasks {list(tasks)} overlap pretrain.tasks "
+                            f"{list(plan.pretrain.tasks)}; fine-tune on tasks the pretraining did not see")
     blob = json.dumps({"plan": plan.name, "profile": profile.name, "sets": sorted(extra_sets or [])},
                       sort_keys=True)
     key = f"{plan.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
     return ResolvedPlan(plan, hyps, arms, key, skipped)
+
+
+_COVERED: dict[str, tuple[int, ...]] = {}
+
+
+def _covered_tasks(suite: str) -> tuple[int, ...]:
+    """`tasks: all`: every task of the suite whose goal the scripted expert covers (read once)."""
+    if suite not in _COVERED:
+        from .sim.expert import SUPPORTED_SUITES, covered_tasks
+
+        if suite not in SUPPORTED_SUITES:
+            raise SpecError(f"tasks: all: the scripted expert covers {', '.join(SUPPORTED_SUITES)}, not {suite}; "
+                            "name the tasks (e.g. tasks: [0, 1]) with your own demo files")
+        _COVERED[suite] = tuple(covered_tasks(suite))
+    return _COVERED[suite]
 
 
 # ----------------------------------------------------------------------------- the parent run
@@ -213,13 +311,14 @@ def write_plan_record(tracker: Tracker, parent: str, rp: ResolvedPlan, runs: dic
         "hypotheses": [{**h.model_dump(mode="json"), "path": h.path} for h in rp.hypotheses],
         "arms": {a.name: {"spec_hash": a.spec.hash(), "seeds": list(a.seeds), "description": a.spec.description,
                           "suite": a.spec.data.suite, "task": a.spec.data.task,
+                          "tasks": list(a.tasks) if a.tasks is not None else None,
                           "pretrained": bool(a.spec.model.pretrained or a.spec.train.init_from),
                           "init_from": a.spec.train.init_from}
                  for a in rp.arms.values()},
         "demos": demos or {},
         "versions": versions(),
         "skipped_arms": rp.skipped,
-        "runs": runs,                       # arm -> {seed: run_id}
+        "runs": runs,                       # arm -> {seed: run_id}, or {"seed/taskK": run_id} with tasks
         "episodes": rp.plan.episodes.model_dump(mode="json") if rp.plan.episodes else None,
         "looks": looks,
         "timing": timing or {},
@@ -245,62 +344,15 @@ class PlanOutcome:
         return [r for r in self.results if r.status == "FAILED"]
 
 
-class Dispatcher:
-    """Runs RunJobs: in this process (jobs=1) or in a pool of spawned processes kept for the whole
-    plan, so each worker's imports and simulator are paid once, not once per run or per look."""
-
-    def __init__(self, n_jobs: int):
-        self.n_jobs = n_jobs
-        self.pool = ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn")) if n_jobs > 1 else None
-
-    def run(self, jobs: list[RunJob], label: str) -> list[RunResult]:
-        from tqdm import tqdm
-
-        out: list[RunResult] = []
-        bar = tqdm(total=len(jobs), desc=label, unit="run", dynamic_ncols=True)
-        if self.pool is None:
-            for j in jobs:
-                bar.set_postfix_str(f"{j.spec_name} seed {j.seed}")
-                out.append(execute(j))
-                bar.update()
-        else:
-            futs = {self.pool.submit(execute, j): j for j in jobs}
-            for fut in as_completed(futs):
-                j = futs[fut]
-                try:
-                    out.append(fut.result())
-                except Exception as e:  # the worker process died (killed, out of memory): record it
-                    reason = f"worker died: {type(e).__name__}: {e}"
-                    Tracker(j.tracking_uri, j.experiment_id).end_run(j.run_id, "FAILED", reason)
-                    out.append(RunResult(j.spec_name, j.seed, j.run_id, "FAILED", reason))
-                    self._restart()
-                bar.set_postfix_str(f"{j.spec_name} seed {j.seed}: {out[-1].status}")
-                bar.update()
-        bar.close()
-        return out
-
-    def _restart(self) -> None:
-        # A broken pool refuses new work; later looks get a fresh one.
-        try:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-        except Exception:
-            pass
-        self.pool = ProcessPoolExecutor(self.n_jobs, mp_context=get_context("spawn"))
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _ensure_run(tracker: Tracker, arm: Arm, seed: int, parent: str | None, rp: ResolvedPlan, profile: Profile,
+def _ensure_run(tracker: Tracker, unit: RunUnit, parent: str | None, rp: ResolvedPlan, profile: Profile,
                 demo: Path | None) -> tuple[str, str]:
-    """(run id, state) for one arm x seed: the existing run of this exact spec and seed (any plan), or a
-    new one nested under the parent."""
-    spec = arm.spec_for(seed)
+    """(run id, state) for one arm x seed (x task): the existing run of this exact spec and seed (any
+    plan), or a new one nested under the parent."""
+    arm, seed, spec = unit.arm, unit.seed, unit.spec
     prev = tracker.find_spec_run(spec.hash(), seed)
     tags = {TAG_KIND: "spec_run", TAG_SPEC: spec.name, TAG_SPEC_HASH: spec.hash(), TAG_SEED: seed, TAG_ARM: arm.name,
-            "ablation.git_commit": git_commit(), "ablation.device": detect_device(), "ablation.profile": profile.name,
-            "ablation.plan": rp.plan.name, **_owner_tags()}
+            TAG_TASK: task_label(spec), "ablation.git_commit": git_commit(), "ablation.device": detect_device(),
+            "ablation.profile": profile.name, "ablation.plan": rp.plan.name, **_owner_tags()}
     if demo is not None:
         tags.update({"ablation.demo_sha256": file_sha256(demo)[:16], "ablation.demo_file": str(demo)})
     if prev is not None:
@@ -310,25 +362,27 @@ def _ensure_run(tracker: Tracker, arm: Arm, seed: int, parent: str | None, rp: R
         return prev.info.run_id, state
     if parent is None:
         return "", "to run"
-    rid = tracker.start_run(f"{arm.name}/seed{seed}", tags, parent)
+    rid = tracker.start_run(unit.name, tags, parent)
     tracker.log_params(rid, spec.flat())
     return rid, "new"
 
 
-def run_plan(plan_name: str, *, profile_name: str = "auto", seeds: list[int] | None = None,
+def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[int] | None = None,
              only: list[str] | None = None, dry_run: bool = False, workdir: Path = Path("workdir"),
              tracking_uri: str | None = None, extra_sets: list[str] | None = None,
              jobs: int | None = None, gate_episodes: int | None = None,
-             nest_under: str | None = None) -> PlanOutcome:
+             nest_under: str | None = None, executor: str = "local",
+             ray_address: str | None = None) -> PlanOutcome:
     t0 = time.time()
-    plan = load_plan(plan_name)
     profile = load_profile(profile_name)
+    plan = load_plan(plan_name or DEFAULT_PLAN[profile.name])
     rp = resolve_plan(plan, profile, seeds, only, list(extra_sets or []))
     workdir = Path(workdir).resolve()
     first = next(iter(rp.arms.values())).spec
     uri = tracking_uri or first.tracking.tracking_uri or default_tracking_uri(workdir)
-    n_runs = len(rp.entries())
-    print(f"[plan] {plan.name}: {len(rp.arms)} arm(s) x seeds = {n_runs} run(s), profile {profile.name}")
+    n_runs = len(rp.units())
+    print(f"[plan] {plan.name}: {len(rp.arms)} arm(s) x seeds{' x tasks' if rp.multitask else ''} = {n_runs} run(s), "
+          f"profile {profile.name}")
     print(f"[plan] workdir {workdir}")
     print(f"[plan] MLflow store {uri}, experiment '{first.tracking.experiment}'")
     print(f"[plan] open the UI with:  {ui_command(uri)}")
@@ -337,15 +391,21 @@ def run_plan(plan_name: str, *, profile_name: str = "auto", seeds: list[int] | N
     tracker = Tracker.open(uri, first.tracking.experiment, workdir / "mlartifacts")
     print(f"[plan] runs view: {runs_view_url(tracker)}")
     if dry_run:
-        for arm, seed in rp.entries():
-            rid, state = _ensure_run(tracker, arm, seed, None, rp, profile, None)
-            print(f"  - {arm.name:<26} seed {seed}  hash {arm.spec_for(seed).hash()}  "
+        for u in rp.units():
+            rid, state = _ensure_run(tracker, u, None, rp, profile, None)
+            print(f"  - {u.arm.name:<26} seed {u.seed}{_task_text(u)}  hash {u.spec.hash()}  "
                   f"{state}{f' (run {rid[:8]})' if rid else ''}")
         return PlanOutcome(None, [], None)
+    from .executors import make_executor
+
+    n_jobs = max(1, min(jobs or profile.jobs, n_runs))
+    # Before any run is opened: a missing Ray or an unreachable cluster is a one-line error.
+    dispatcher = make_executor(executor, n_jobs, ray_address, tracker.tracking_uri)
     stale = mark_stale_runs(tracker)
     if stale:
         print(f"[plan] marked {stale} run(s) left RUNNING by dead processes as KILLED")
-    parent = open_parent(tracker, rp, profile)
+    with workdir_lock(workdir, "runs"):  # two drivers of one plan share one parent run
+        parent = open_parent(tracker, rp, profile)
     if nest_under:  # e.g. a tuning study's re-evaluation, shown under the study's run
         tracker.set_tags(parent, {"mlflow.parentRunId": nest_under})
     timing = {"setup_s": float(os.environ.get("ABLATION_SETUP_S", "0") or 0)}
@@ -353,19 +413,20 @@ def run_plan(plan_name: str, *, profile_name: str = "auto", seeds: list[int] | N
     demos: dict = {}
     looks_log: list[dict] = []
     runs: dict[str, dict[str, str]] = {}
+    unit_of: dict[str, RunUnit] = {}  # run id -> its unit (results come back in any order)
     report_ok = False
     report_dir = workdir / "report"
-    dispatcher = None
     try:
         # Demos first, in the parent: arms share one file per task. A task whose demos cannot be made
         # fails its runs alone; the others go on.
         td = time.time()
-        demo_for: dict[str, Path | str] = {}
+        demo_for: dict[tuple[str, int | None], Path | str] = {}  # (arm, task) -> file, or why not
         for arm in rp.arms.values():
-            try:
-                demo_for[arm.name] = ensure_demos(arm.spec, workdir, 0)
-            except UserError as e:
-                demo_for[arm.name] = f"demos: {e}"
+            for task in arm.tasks or (None,):
+                try:
+                    demo_for[(arm.name, task)] = ensure_demos(arm.spec_at(task), workdir, 0)
+                except UserError as e:
+                    demo_for[(arm.name, task)] = f"demos: {e}"
         timing["demos_s"] = time.time() - td
         if plan.pretrain is not None:
             tp = time.time()
@@ -377,54 +438,55 @@ def run_plan(plan_name: str, *, profile_name: str = "auto", seeds: list[int] | N
                 print(f"[plan] pretraining failed: {type(e).__name__}: {e}")
                 for a in rp.arms.values():
                     if a.spec.train.init_from == PRETRAIN_MARKER:
-                        demo_for[a.name] = f"pretrain: {type(e).__name__}: {e}"
+                        for task in a.tasks or (None,):
+                            demo_for[(a.name, task)] = f"pretrain: {type(e).__name__}: {e}"
             timing["pretrain_s"] = time.time() - tp
-        demos = {a: demo_provenance(p) for a, p in demo_for.items() if isinstance(p, Path)}
+        demos = {a if t is None else f"{a}/task{t}": demo_provenance(p)
+                 for (a, t), p in demo_for.items() if isinstance(p, Path)}
         # Arms that only serve comparisons untestable on these demos (e.g. rotation scaling when the
         # expert never turns) are not trained; their comparisons are reported as untestable.
-        files = {a: [p] for a, p in demo_for.items() if isinstance(p, Path) and a in rp.arms}
+        files = {a: [p for (n, _t), p in demo_for.items() if n == a and isinstance(p, Path)] for a in rp.arms}
         for a, why in untestable_arms(rp.hypotheses, list(rp.arms), plan_time_facts(rp.arms, files)).items():
             print(f"[plan] {a}: not run, {why}")
             rp.skipped[a] = why
             del rp.arms[a]
-        run_ids: dict[tuple[str, int], str] = {}
+        run_ids: dict[tuple, str] = {}       # RunUnit.key -> run id
         not_run: list[RunResult] = []  # runs whose demos (or pretraining) could not be made
-        for arm, seed in rp.entries():
-            demo = demo_for[arm.name]
-            rid, state = _ensure_run(tracker, arm, seed, parent, rp, profile, demo if isinstance(demo, Path) else None)
-            run_ids[(arm.name, seed)] = rid
-            runs.setdefault(arm.name, {})[str(seed)] = rid
-            print(f"  - {arm.name:<26} seed {seed}  run {rid[:8]}  {state}")
+        for u in rp.units():
+            demo = demo_for[(u.arm.name, u.task)]
+            with workdir_lock(workdir, "runs"):  # ... and create each of its runs once
+                rid, state = _ensure_run(tracker, u, parent, rp, profile, demo if isinstance(demo, Path) else None)
+            run_ids[u.key], unit_of[rid] = rid, u
+            runs.setdefault(u.arm.name, {})[u.record_key] = rid
+            print(f"  - {u.arm.name:<26} seed {u.seed}{_task_text(u)}  run {rid[:8]}  {state}")
             if not isinstance(demo, Path):
                 tracker.end_run(rid, "FAILED", demo)
-                not_run.append(RunResult(arm.name, seed, rid, "FAILED", demo))
+                not_run.append(RunResult(u.arm.name, u.seed, rid, "FAILED", demo))
         write_plan_record(tracker, parent, rp, runs, looks_log, demos=demos)
         looks = list(plan.episodes.looks) if plan.episodes else [None]
-        n_jobs = max(1, min(jobs or profile.jobs, n_runs))
-        dispatcher = Dispatcher(n_jobs)
-        active = {(a.name, s) for a, s in rp.entries()}
-        latest: dict[tuple[str, int], RunResult] = {}
+        active = {u.key for u in rp.units()}
+        latest: dict[tuple, RunResult] = {}  # RunUnit.key -> the run's latest result
         previous: dict = {}
         worker_s: dict[str, float] = {}
         for k, look in enumerate(looks):
             job_list = []
-            for arm, seed in rp.entries():
-                if (arm.name, seed) not in active or not isinstance(demo_for[arm.name], Path):
+            for u in rp.units():
+                demo = demo_for[(u.arm.name, u.task)]
+                if u.key not in active or not isinstance(demo, Path):
                     continue
-                spec = arm.spec_for(seed)
+                spec = u.spec
                 n_eps = look if look is not None else spec.rollout.episodes
-                ckpt = workdir / "checkpoints" / f"{arm.name}-seed{seed}-{spec.hash()}"
                 job_list.append(RunJob(
-                    arm.name, spec.to_yaml(), seed, run_ids[(arm.name, seed)], tracker.tracking_uri,
-                    tracker.experiment_id, str(demo_for[arm.name]), str(ckpt), tuple(range(n_eps)),
+                    u.arm.name, spec.to_yaml(), u.seed, run_ids[u.key], tracker.tracking_uri,
+                    tracker.experiment_id, str(demo), str(u.ckpt_dir(workdir)), tuple(range(n_eps)),
                     rollout_workers=profile.rollout_workers or spec.rollout.workers,
                     threads=1 if n_jobs > 1 else 0, progress=n_jobs == 1,
                     gate_episodes=spec.rollout.gate_episodes if gate_episodes is None else gate_episodes,
                     gate_cache_dir=str(workdir / "gates")))
             label = f"look {k + 1}/{len(looks)}" + (f" ({look} episodes)" if look else "")
-            print(f"[plan] {label}: {len(job_list)} run(s), {n_jobs} at a time")
+            print(f"[plan] {label}: {len(job_list)} run(s), {dispatcher.parallelism}")
             for r in dispatcher.run(job_list, label):
-                latest[(r.spec_name, r.seed)] = r
+                latest[unit_of[r.run_id].key] = r
                 for st, v in r.stage_seconds.items():  # summed over every look, for the time breakdown
                     worker_s[st] = worker_s.get(st, 0.0) + v
             from .analysis import analyse_look
@@ -452,8 +514,7 @@ def run_plan(plan_name: str, *, profile_name: str = "auto", seeds: list[int] | N
         tracker.end_run(parent, "FAILED", f"{type(e).__name__}: {e}")
         raise
     finally:
-        if dispatcher is not None:
-            dispatcher.close()
+        dispatcher.close()
     tr = time.time()
     try:
         from .report import build_report
@@ -478,7 +539,7 @@ def run_plan(plan_name: str, *, profile_name: str = "auto", seeds: list[int] | N
     ok = not failed and results and report_ok
     tracker.end_run(parent, "FINISHED" if ok else "FAILED",
                     None if ok else (f"{len(failed)} run(s) failed" if failed else "report not written"))
-    print_results(results)
+    print_results(results, {rid: u.name for rid, u in unit_of.items()} if rp.multitask else None)
     return PlanOutcome(parent, results, report_dir, report_ok, timing)
 
 
@@ -513,9 +574,9 @@ def run_pretrain_stage(tracker: Tracker, parent: str, rp: ResolvedPlan, profile:
     arms = {}
     for name, arm in rp.arms.items():
         if arm.spec.train.init_from == PRETRAIN_MARKER:
-            arm = Arm(name, with_overrides(arm.spec, [f"train.init_from={res.bundle}"]), arm.seeds)
+            arm = replace(arm, spec=with_overrides(arm.spec, [f"train.init_from={res.bundle}"]))
         arms[name] = arm
-    return ResolvedPlan(rp.plan, rp.hypotheses, arms, rp.key, rp.skipped)
+    return replace(rp, arms=arms)
 
 
 def describe_plan(rp: ResolvedPlan) -> None:
@@ -530,6 +591,10 @@ def describe_plan(rp: ResolvedPlan) -> None:
             print(f"         rank correlation of {h.correlation.x} with {h.correlation.y} over every arm x seed")
     seeds = sorted({s for a in rp.arms.values() for s in a.seeds})
     print(f"[plan] arms: {', '.join(rp.arms)}; seeds {seeds}")
+    tasks = sorted({f"{a.spec.data.suite} {list(a.tasks)}" for a in rp.arms.values() if a.tasks is not None})
+    if tasks:
+        print(f"[plan] tasks: {'; '.join(tasks)} (each arm x seed x task is its own run; every comparison is "
+              "pooled over the tasks, tasks a random factor)")
     if rp.plan.episodes:
         e = rp.plan.episodes
         print(f"[plan] episodes per arm x seed: looks at {list(e.looks)}, alpha {e.alpha} (Holm across "
@@ -546,9 +611,14 @@ def print_timing(t: dict) -> None:
           f"plan {t.get('wall_s', 0):.0f} s wall")
 
 
-def print_results(results: list[RunResult]) -> None:
-    for r in sorted(results, key=lambda r: (r.spec_name, r.seed)):
-        line = f"  {r.spec_name:<26} seed {r.seed}  {r.status:<8}"
+def _task_text(u: RunUnit) -> str:
+    return "" if u.task is None else f"  task {u.task}"
+
+
+def print_results(results: list[RunResult], names: dict[str, str] | None = None) -> None:
+    """One line per run; `names` (run id -> run name) for multi-task plans, whose runs share arm and seed."""
+    for r in sorted(results, key=lambda r: ((names or {}).get(r.run_id, r.spec_name), r.seed)):
+        line = f"  {(names or {}).get(r.run_id, r.spec_name):<26} seed {r.seed}  {r.status:<8}"
         if r.status == "FINISHED":
             sr = r.metrics.get("eval/success_rate")
             n = r.metrics.get("eval/episodes")

@@ -96,7 +96,8 @@ class DiffusionPolicy(nn.Module):
         if tuple(obs_norm.keys) != tuple(spec.data.obs_keys):
             raise PolicyError(f"obs normaliser keys {obs_norm.keys} differ from data.obs_keys {spec.data.obs_keys}")
         self.spec, self.codec, self.obs_norm, self.cfg = spec, codec, obs_norm, cfg
-        self.obs_history = spec.data.obs_history
+        # Frames a rollout keeps per episode: the low-dim history, or RDT's image history if longer.
+        self.obs_history = max(spec.data.obs_history, _image_history(spec, cfg))
         self.horizon = spec.data.action_chunk
         # model.kind rdt: the official-layout RDT behind the same call signature (ablation/rdt/adapter.py)
         self.net = net if net is not None else DiffusionTransformer(cfg)
@@ -178,8 +179,9 @@ class DiffusionPolicy(nn.Module):
         """The last `obs_history` observation dicts (LIBERO names) -> a batch of one."""
         if not obs_history:
             raise ValueError("act() needs at least one observation")
-        hist = list(obs_history)[-self.obs_history:]
-        hist = [hist[0]] * (self.obs_history - len(hist)) + hist  # repeat the first frame, as in training
+        To = self.spec.data.obs_history
+        hist = list(obs_history)[-To:]
+        hist = [hist[0]] * (To - len(hist)) + hist  # repeat the first frame, as in training
         keys = self.spec.data.obs_keys
         feats = np.stack([obs_features(o, keys) for o in hist])                 # (To, F)
         last = hist[-1]
@@ -207,6 +209,10 @@ class DiffusionPolicy(nn.Module):
             raise ValueError(f"{len(obs_histories)} observation histories but {len(generators)} generators")
         rows = [self.batch_from_history(h) for h in obs_histories]
         batch = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
+        if getattr(self.cfg, "images", False):  # RDT: SigLIP tokens of all windows' frames, one encoder call
+            from .rdt.features import live_image_tokens
+
+            batch["images"] = live_image_tokens(self, obs_histories)
         was_training = self.training
         self.eval()
         try:
@@ -234,9 +240,15 @@ def build_policy(spec: Spec, codec: ActionCodec, obs_norm: ObsNormalizer, obs_di
         from .rdt.adapter import RDTNetConfig, build_rdt_net
 
         torch.manual_seed(spec.train.seed)
-        cfg = RDTNetConfig(spec.model.size, obs_dim)
+        vision_sha = ""
+        if spec.data.images:  # tokens come from SigLIP (ablation/rdt/features.py); record which weights
+            from .rdt.features import siglip_weights_sha256
+
+            vision_sha = siglip_weights_sha256(spec.model.vision_model)
+        cfg = RDTNetConfig(spec.model.size, obs_dim, images=spec.data.images, vision_sha256=vision_sha)
         net = build_rdt_net(cfg, spec.model.lang_embeddings, instruction, spec.model.image_features)
-        cfg = RDTNetConfig(spec.model.size, obs_dim, n_lang_tokens=int(net.lang_tokens.shape[0]))
+        cfg = RDTNetConfig(spec.model.size, obs_dim, n_lang_tokens=int(net.lang_tokens.shape[0]),
+                           images=spec.data.images, vision_sha256=vision_sha)
         if spec.model.pretrained:
             net.load_pretrained(spec.model.pretrained)
         if spec.model.freeze:
@@ -251,6 +263,16 @@ def build_policy(spec: Spec, codec: ActionCodec, obs_norm: ObsNormalizer, obs_di
         obs_dim=obs_dim, obs_history=spec.data.obs_history, n_cams=n_cams, image_size=spec.data.image_size)
     torch.manual_seed(spec.train.seed)
     return DiffusionPolicy(spec, codec, obs_norm, cfg, seed=spec.train.seed)
+
+
+def _image_history(spec: Spec, cfg) -> int:
+    """RDT with images: frames of image history its checkpoint config fixes (2); else 0."""
+    if not getattr(cfg, "images", False):
+        return 0
+    from .rdt.adapter import rdt_config_for
+    from .rdt.features import image_geometry
+
+    return image_geometry(rdt_config_for(spec.model.size, None))[0]
 
 
 def load_policy(bundle_dir: str | Path, device: str | torch.device = "cpu") -> DiffusionPolicy:

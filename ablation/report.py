@@ -36,7 +36,7 @@ class ArmRow:
     description: str
     seeds: list[int]
     finished_seeds: list[int]
-    failed: dict[int, str]                  # seed -> reason
+    failed: dict                            # seed (or "seed S task T" with several tasks) -> reason
     episodes: int
     successes: int
     crashed: int
@@ -48,6 +48,7 @@ class ArmRow:
     r2_abs: float | None
     r2_delta: float | None
     rot_spread_deg: float | None
+    per_task_rate: dict[str, float] = field(default_factory=dict)  # task label -> success over its runs
 
     @property
     def rate(self) -> float | None:
@@ -121,41 +122,59 @@ def _mean(vals) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def _run_key(key: str, info: dict) -> tuple[int, str]:
+    """plan.json's key of a run under its arm ("0", or "0/task3" in a multi-task plan) -> (seed, task
+    label); the label is the statistics' pairing key with the init state."""
+    seed, _, task = key.partition("/task")
+    return int(seed), f"{info.get('suite')}/{task or info.get('task')}"
+
+
 def collect(tracker: Tracker, record: dict) -> tuple[list[ArmRow], list[dict], dict]:
-    """Arm rows, per-episode stats records and per-run curves from the plan record's runs."""
+    """Arm rows, per-episode stats records and per-run curves from the plan record's runs (one run per
+    arm x seed, or per arm x seed x task)."""
     rows, records, curves = [], [], {}
     for arm, info in record["arms"].items():
         runs = {}
-        for seed, rid in (record.get("runs", {}).get(arm) or {}).items():
+        for key, rid in (record.get("runs", {}).get(arm) or {}).items():
             try:
-                runs[int(seed)] = tracker.client.get_run(rid)
+                runs[_run_key(key, info)] = tracker.client.get_run(rid)
             except Exception:
                 continue
-        finished = {s: r for s, r in runs.items() if r.info.status == "FINISHED"}
-        failed = {s: (r.data.tags.get("ablation.failure_reason") or r.info.status).splitlines()[0]
-                  for s, r in runs.items() if r.info.status != "FINISHED"}
+        multitask = len({t for _s, t in runs}) > 1 or info.get("tasks") is not None
+        finished = {k: r for k, r in runs.items() if r.info.status == "FINISHED"}
+        failed = {(f"{s} {t}" if multitask else s): (r.data.tags.get("ablation.failure_reason") or r.info.status
+                                                     ).splitlines()[0]
+                  for (s, t), r in runs.items() if r.info.status != "FINISHED"}
         eps_n = succ = crashed = 0
-        per_seed = {}
-        task = f"{info.get('suite')}/{info.get('task')}"
-        for s, r in finished.items():
+        by_seed: dict[int, list[int]] = {}   # seed -> [successes, episodes] over its tasks
+        by_task: dict[str, list[int]] = {}
+        rate_of: dict[tuple[int, str], float] = {}
+        for (s, task), r in finished.items():
             eps = _download_json(tracker, r.info.run_id, "rollouts/episodes.json") or []
             k = sum(bool(e.get("success")) and not e.get("error") for e in eps)
             eps_n, succ = eps_n + len(eps), succ + k
             crashed += sum(bool(e.get("error")) for e in eps)
-            per_seed[s] = k / len(eps) if eps else float("nan")
+            for d, x in ((by_seed, s), (by_task, task)):
+                d.setdefault(x, [0, 0])
+                d[x][0] += k
+                d[x][1] += len(eps)
+            rate_of[(s, task)] = k / len(eps) if eps else float("nan")
             records += [{"arm": arm, "task": task, "seed": s, "init_state": int(e.get("init_state", e.get("episode"))),
                          "success": bool(e.get("success")) and not e.get("error")} for e in eps]
+        per_seed = {s: (k / n if n else float("nan")) for s, (k, n) in sorted(by_seed.items())}
         fr = list(finished.values())
         rows.append(ArmRow(
             arm=arm, description=info.get("description", ""), seeds=list(info.get("seeds", [])),
-            finished_seeds=sorted(finished), failed=failed, episodes=eps_n, successes=succ, crashed=crashed,
+            finished_seeds=sorted(by_seed), failed=failed, episodes=eps_n, successes=succ, crashed=crashed,
             per_seed_rate=per_seed, final_train_loss=_mean(_last(r, "train/loss/total") for r in fr),
             openloop_nmse={g: _mean(_last(r, k) for r in fr) for g, k in OPEN_LOOP_KEYS.items()},
             clip_rate=_mean(_last(r, "eval/clip_rate") for r in fr),
             pos_out_of_range=_mean(_last(r, "eval/pos_out_of_range") for r in fr),
             r2_abs=_mean(_last(r, "val/openloop/r2/pos_vs_abs_pose") for r in fr),
             r2_delta=_mean(_last(r, "val/openloop/r2/pos_vs_delta") for r in fr),
-            rot_spread_deg=_mean(_last(r, "audit/rot_spread_deg") for r in fr)))
+            rot_spread_deg=_mean(_last(r, "audit/rot_spread_deg") for r in fr),
+            per_task_rate={t: (k / n if n else float("nan")) for t, (k, n) in sorted(by_task.items())}
+            if multitask else {}))
         if fr:
             curves[arm] = {}
             for g, key in OPEN_LOOP_KEYS.items():
@@ -164,7 +183,9 @@ def collect(tracker: Tracker, record: dict) -> tuple[list[ArmRow], list[dict], d
                     for m in tracker.client.get_metric_history(r.info.run_id, key):
                         pts.setdefault(m.step, []).append(m.value)
                 curves[arm][g] = sorted((s, sum(v) / len(v)) for s, v in pts.items())
-            curves[arm]["_scatter"] = [(s, _last(r, "train/loss/total"), per_seed.get(s)) for s, r in finished.items()]
+            # one point per trained network (arm x seed, or arm x seed x task)
+            curves[arm]["_scatter"] = [(s, _last(r, "train/loss/total"), rate_of.get((s, t)))
+                                       for (s, t), r in finished.items()]
     return rows, records, curves
 
 
@@ -281,7 +302,15 @@ def _comparison_line(c: ComparisonResult) -> str:
         s += f" (decided at look {c.decided_at_look + 1})"
     if c.word == "inconclusive" and c.why:
         s += f"; {c.why}"
+    if c.n_tasks > 1:
+        s += f"; pooled over {c.n_tasks} tasks ({_task_spread(c)}); {c.heterogeneity}"
     return s
+
+
+def _task_spread(c: ComparisonResult) -> str:
+    """The per-task effects in a few words: 'per task +40 to +45 pts'."""
+    est = [t["estimate"] for t in c.per_task]
+    return f"per task {_pts(min(est))} to {_pts(max(est))} pts" if est else "no per-task effect"
 
 
 def write_answer(rows: list[ArmRow], comps: list[ComparisonResult], verdicts: list[HypothesisVerdict],
@@ -306,9 +335,12 @@ def write_answer(rows: list[ArmRow], comps: list[ComparisonResult], verdicts: li
     wins = [c for c in comps if c.control == baseline and c.word == "better"]
     if wins:
         best = max(wins, key=lambda c: (c.estimate or 0))
+        tasks = f", pooled over {best.n_tasks} tasks as a random factor" if best.n_tasks > 1 else ""
         out.append(f"Use {best.arm}: {100 * (best.rate_arm or 0):.0f}% against {100 * (best.rate_control or 0):.0f}%, "
                    f"{_pts(best.estimate)} points [{_pts(best.lo)}, {_pts(best.hi)}] (95% interval over seeds and "
-                   f"init states, Holm p {best.p_holm:.2g}).")
+                   f"init states{tasks}, Holm p {best.p_holm:.2g}).")
+        if best.tasks_disagree:
+            out.append(f"But the tasks disagree about {best.arm} ({best.heterogeneity}): see the per-task effects.")
         others = [c.arm for c in wins if c is not best]
         if others:
             out.append(f"Also better than the baseline: {', '.join(others)}.")
@@ -347,6 +379,10 @@ def caveats_of(rows: list[ArmRow], comps: list[ComparisonResult], record: dict, 
                    "benchmark's fixed init states (episode i from init state i, the same for every arm).")
     for arm, why in (record.get("skipped_arms") or {}).items():
         out.append(f"{arm} left out of this plan: {why}.")
+    for c in comps:
+        if c.tasks_disagree:
+            out.append(f"{c.arm} vs {c.control}: {c.heterogeneity}; the pooled effect averages tasks that differ "
+                       "(see the per-task effects).")
     und = [f"{c.arm} vs {c.control}" for c in comps if c.word == "inconclusive"]
     if und:
         out.append(f"Inconclusive after the last look: {', '.join(und)}.")
@@ -381,6 +417,27 @@ def _plots(rep: Report, curves: dict, out_dir: Path) -> dict[str, Path]:
         paths["forest"] = out_dir / "forest.png"
         fig.savefig(paths["forest"], dpi=90)
         plt.close(fig)
+    multi = [c for c in comps if c.n_tasks > 1 and c.per_task]
+    if multi:  # per-task forest: each task's effect, then the pooled one (a diamond), per comparison
+        rows: list[tuple[str, float, float, float, bool]] = []
+        for c in multi:
+            rows += [(f"  {t['task']}", t["estimate"], t["lo"], t["hi"], False) for t in c.per_task]
+            rows.append((f"{c.arm} vs {c.control} (pooled)", c.estimate, c.lo, c.hi, True))
+        fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1.2))
+        for i, (_name, est, lo, hi, pooled) in enumerate(rows):
+            y = len(rows) - 1 - i
+            lo, hi = min(lo, est), max(hi, est)
+            ax.errorbar([100 * est], [y], xerr=[[100 * (est - lo)], [100 * (hi - est)]], fmt="D" if pooled else "o",
+                        color="k" if pooled else "tab:blue", capsize=3, ms=7 if pooled else 4)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)], fontsize=7)
+        ax.set_xlabel("effect on success (points), 95% interval")
+        ax.set_xlim(-105, 105)
+        ax.set_title("Per-task effects (dots) and the pooled effect, tasks a random factor (diamonds)", fontsize=9)
+        fig.tight_layout()
+        paths["per_task_forest"] = out_dir / "per_task_forest.png"
+        fig.savefig(paths["per_task_forest"], dpi=90)
+        plt.close(fig)
     pts = [(arm, loss, rate) for arm, c in curves.items() for _s, loss, rate in c.get("_scatter", [])
            if loss is not None and rate is not None and rate == rate]
     if pts:
@@ -390,6 +447,10 @@ def _plots(rep: Report, curves: dict, out_dir: Path) -> dict[str, Path]:
             ys = [100 * p[2] for p in pts if p[0] == arm]
             ax.scatter(xs, ys, label=arm, s=30)
         ax.set_xscale("log")
+        # Minor-tick labels of a log axis spanning one or two decades collide ("3x10^-4" over "4x10^-4").
+        from matplotlib.ticker import NullFormatter
+
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("final training loss (as the user reads it; units differ between arms)")
         ax.set_ylabel("closed-loop success (%)")
         ax.set_ylim(-5, 105)
@@ -426,13 +487,20 @@ def _arm_table(rows: list[ArmRow]) -> list[list[str]]:
 
     head = ["arm", "success (all seeds)", "per seed", "crashed", "final train loss", "open-loop nMSE pos / rot / grip",
             "clip rate", "pos step vs train range", "R2 pos vs abs pose / delta"]
+    tasks = any(r.per_task_rate for r in rows)
+    if tasks:  # a multi-task plan: success per task too (the table's other figures are means over tasks)
+        head.insert(3, "per task")
     body = []
     for r in rows:
         per = ", ".join(f"{100 * v:.0f}%" for _s, v in sorted(r.per_seed_rate.items()) if v == v) or "-"
-        body.append([r.arm, f"{r.successes}/{r.episodes}" + (f" = {100 * r.rate:.0f}%" if r.rate is not None else ""),
-                     per, str(r.crashed), f(r.final_train_loss),
-                     " / ".join(f(r.openloop_nmse.get(g)) for g in GROUPS), f(r.clip_rate),
-                     f(r.pos_out_of_range, "{:.2f}x"), f"{f(r.r2_abs, '{:.2f}')} / {f(r.r2_delta, '{:.2f}')}"])
+        row = [r.arm, f"{r.successes}/{r.episodes}" + (f" = {100 * r.rate:.0f}%" if r.rate is not None else ""),
+               per, str(r.crashed), f(r.final_train_loss),
+               " / ".join(f(r.openloop_nmse.get(g)) for g in GROUPS), f(r.clip_rate),
+               f(r.pos_out_of_range, "{:.2f}x"), f"{f(r.r2_abs, '{:.2f}')} / {f(r.r2_delta, '{:.2f}')}"]
+        if tasks:
+            row.insert(3, ", ".join(f"{t.split('/')[-1]}: {100 * v:.0f}%" for t, v in r.per_task_rate.items()
+                                    if v == v) or "-")
+        body.append(row)
     return [head] + body
 
 
@@ -444,6 +512,25 @@ def _effects_table(comps: list[ComparisonResult]) -> list[list[str]]:
                      "-" if c.lo is None else f"[{_pts(c.lo)}, {_pts(c.hi)}]",
                      "-" if c.p_holm is None else f"{c.p_holm:.3g}", c.word,
                      "-" if c.decided_at_look is None else str(c.decided_at_look + 1)])
+    return [head] + body
+
+
+def _per_task_table(comps: list[ComparisonResult]) -> list[list[str]]:
+    """Every comparison run on several tasks: its effect on each task, then the pooled effect (tasks a
+    random factor, what the verdict uses) and whether the tasks disagree."""
+    head = ["arm vs control", "task", "effect (pts)", "95% interval", "success arm / control", "init states",
+            "tasks agree?"]
+    body = []
+    for c in comps:
+        if c.n_tasks < 2 or c.estimate is None:
+            continue
+        name = f"{c.arm} vs {c.control}"
+        for t in c.per_task:
+            body.append([name, t["task"], _pts(t["estimate"]), f"[{_pts(t['lo'])}, {_pts(t['hi'])}]",
+                         f"{100 * t['rate_arm']:.0f}% / {100 * t['rate_control']:.0f}%", str(t["n_states"]), ""])
+        body.append([name, f"pooled over {c.n_tasks} tasks", _pts(c.estimate), f"[{_pts(c.lo)}, {_pts(c.hi)}]",
+                     f"{100 * (c.rate_arm or 0):.0f}% / {100 * (c.rate_control or 0):.0f}%", str(c.n_states),
+                     ("NO: " if c.tasks_disagree else "yes: ") + c.heterogeneity])
     return [head] + body
 
 
@@ -465,16 +552,27 @@ NMSE_NOTE = ("Open-loop nMSE: the group's mean squared error of fully sampled ac
              "relative to the unit noise.")
 
 
+PER_TASK_NOTE = ("Each task is its own set of trained networks (arm x seed x task). The pooled effect, which the "
+                 "verdicts use, treats tasks as a random factor: its interval resamples the tasks as well as the "
+                 "init states and seeds, so it speaks for tasks like these, and widens when they disagree. Tasks "
+                 "disagree when one task's interval lies wholly above 0 and another's wholly below, or Cochran's Q "
+                 "rejects equal effects at alpha; Q has little power with few tasks.")
+
+
 def render(rep: Report, plots: dict[str, Path], out_dir: Path) -> None:
-    arms, effects = _arm_table(rep.arms), _effects_table(rep.comparisons)
+    arms, effects, per_task = _arm_table(rep.arms), _effects_table(rep.comparisons), _per_task_table(rep.comparisons)
     md = [f"# Plan '{rep.plan}'", "", "## Answer", "", rep.answer, "", "## Baseline", "", f"{rep.baseline_note}.", "",
           "## Verdicts", ""]
     for v in rep.verdicts:
         md += [f"### {v.name}: {v.title} — **{v.word}**", "", f"Claim: {v.claim}", "", v.meaning, ""]
         md += [f"- {line}" for line in v.lines] + [""]
-    md += ["## Effects", ""] + _md_table(effects) + ["", f"Method: {rep.method}", "", "## Arms", ""]
+    md += ["## Effects", ""] + _md_table(effects) + ["", f"Method: {rep.method}", ""]
+    if len(per_task) > 1:
+        md += ["## Per-task effects", "", PER_TASK_NOTE, ""] + _md_table(per_task) + [""]
+        md += [f"![per_task_forest]({plots['per_task_forest'].name})", ""] if "per_task_forest" in plots else []
+    md += ["## Arms", ""]
     md += _md_table(arms) + ["", NMSE_NOTE, ""]
-    md += [f"![{k}]({p.name})" for k, p in plots.items()] + ["", "## Caveats", ""]
+    md += [f"![{k}]({p.name})" for k, p in plots.items() if k != "per_task_forest"] + ["", "## Caveats", ""]
     md += [f"- {c}" for c in rep.caveats] or ["- none"]
     if rep.versions:
         md += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in rep.versions.items())]
@@ -493,8 +591,11 @@ def render(rep: Report, plots: dict[str, Path], out_dir: Path) -> None:
                   "<ul>" + "".join(f"<li>{e(x)}</li>" for x in v.lines) + "</ul>"]
     parts += ["<h2>Effects</h2>", _html_table(effects), f"<p>Method: {e(rep.method)}</p>"]
     parts += [img(p) for k, p in plots.items() if k == "forest"]
+    if len(per_task) > 1:
+        parts += ["<h2>Per-task effects</h2>", f"<p>{e(PER_TASK_NOTE)}</p>", _html_table(per_task)]
+        parts += [img(p) for k, p in plots.items() if k == "per_task_forest"]
     parts += ["<h2>Arms</h2>", _html_table(arms), f"<p>{e(NMSE_NOTE)}</p>"]
-    parts += [img(p) for k, p in plots.items() if k != "forest"]
+    parts += [img(p) for k, p in plots.items() if k not in ("forest", "per_task_forest")]
     parts += ["<h2>Caveats</h2>", "<ul>" + "".join(f"<li>{e(c)}</li>" for c in rep.caveats) + "</ul>"]
     if rep.versions:
         parts.append(f"<p>Versions: {e(', '.join(f'{k} {v}' for k, v in rep.versions.items()))}</p>")

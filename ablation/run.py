@@ -188,10 +188,12 @@ def execute(job: RunJob, *, on_train_metrics: Callable[[int, dict], None] | None
         bundle = Path(state["bundle"]) if state.get("bundle") else None
         if not {"train", "open_loop", "artifacts"} <= set(state["done"]) or bundle is None or not bundle.is_dir():
             ts = enter("train")
-            from .data import prepare_data
+            from .data import prepare_spec_data
 
             # Read and window the demos once: the trainer and the predicted-vs-demo plot share them.
-            data = prepare_data(spec.data, spec.codec, demo)
+            # RDT image features are cached beside the gates (<workdir>/features), shared by every arm.
+            features = Path(job.gate_cache_dir).parent / "features" if job.gate_cache_dir else ckpt.parent / "features"
+            data = prepare_spec_data(spec, demo, features_dir=features)
 
             def on_metrics(step: int, metrics: dict) -> None:
                 buf(step, metrics)

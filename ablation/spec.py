@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
-from .representations import GROUPS, REPRESENTATIONS, representation
+from .representations import GROUPS, REPRESENTATIONS, representation  # noqa: F401 (GROUPS re-exported)
 
 # The names come from the registry, so a new representation class is the only edit.
 RepresentationName = Literal[tuple(REPRESENTATIONS)]  # type: ignore[valid-type]
@@ -219,9 +219,10 @@ class Spec(_Frozen):
                                  f"(got {self.model.size})")
             if self.data.action_chunk != 64:
                 raise ValueError("model.kind: rdt predicts 64-step chunks (pred_horizon); set data.action_chunk: 64")
-            if self.data.images:
-                raise ValueError("model.kind: rdt takes images as precomputed SigLIP features "
-                                 "(model.image_features), not raw frames; set data.images: false")
+            if self.data.images and not self.model.vision_model:
+                raise ValueError("model.kind: rdt with data.images: true encodes the camera frames with SigLIP; "
+                                 "set model.vision_model to a local SigLIP so400m-patch14-384 directory (e.g. "
+                                 "--set model.vision_model=/data/siglip-so400m-patch14-384), or set data.images: false")
         elif self.model.size == "rdt-tiny-fixture":
             raise ValueError("model.size rdt-tiny-fixture is an RDT checkpoint size; set model.kind: rdt")
         for path in self.tune.search_space:
@@ -499,11 +500,18 @@ class Plan(_Frozen):
     # Arms (in hypotheses) that this plan leaves out, with the reason the report prints.
     skip_arms: dict[str, str] = {}
     pretrain: Optional[PretrainStage] = None
+    # Several tasks of the arms' suite: task ids, or "all" (every task the scripted expert covers).
+    # None: each spec's own data.task, one task. With tasks, runs are arm x seed x task and every
+    # comparison is pooled over the tasks (a random factor). `--set data.task=[0,3]` sets this too.
+    tasks: Optional[Literal["all"] | tuple[int, ...]] = None
 
     @model_validator(mode="after")
     def _has_work(self) -> "Plan":
         if not self.hypotheses and not self.entries:
             raise ValueError("a plan lists hypotheses (experiments/hypotheses/*.yaml) or entries (specs)")
+        if isinstance(self.tasks, tuple):
+            if not self.tasks or min(self.tasks) < 0 or len(set(self.tasks)) != len(self.tasks):
+                raise ValueError(f"tasks: {list(self.tasks)} must be distinct task ids >= 0, e.g. [0, 3], or 'all'")
         return self
 
 

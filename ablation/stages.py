@@ -143,12 +143,12 @@ def plot_predicted_vs_demo(spec: Spec, demo: Path, bundle: Path, out: Path, data
     import matplotlib.pyplot as plt
     import torch
 
-    from .data import prepare_data
+    from .data import prepare_spec_data
     from .policy import load_policy
     from .train import WindowTensors
 
     policy = load_policy(bundle)
-    prep = data or prepare_data(spec.data, spec.codec, demo)
+    prep = data or prepare_spec_data(spec, demo)
     w = prep.val or prep.train
     first = np.nonzero(w.demo_index == w.demo_index[0])[0][:max_steps]
     wt = WindowTensors(w, torch.device("cpu"))

@@ -36,11 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from .bundle import check_resumable, latest_bundle, read_train_state, write_bundle
-from .data import PreparedData, Windows, prepare_data
+from .data import PreparedData, Windows, prepare_spec_data
 from .errors import UserError
 from .loss import SHARES, DiffusionLoss, physical_errors
 from .model import FAST_EVAL_KERNELS, FAST_TRAIN_KERNELS, REFERENCE_KERNELS, DiffusionTransformer
@@ -95,7 +96,8 @@ class WindowTensors:
         self.state = torch.as_tensor(w.state, device=device)
         self.actions = torch.as_tensor(w.actions, device=device)
         self.valid = torch.as_tensor(w.action_valid, device=device)
-        self.images = torch.as_tensor(w.images, device=device) if w.images is not None else None
+        # model.kind rdt: `images` gathers SigLIP tokens from the feature cache per batch (ablation/rdt/features.py)
+        self.images = torch.as_tensor(w.images, device=device) if isinstance(w.images, np.ndarray) else w.images
 
     def __len__(self) -> int:
         return self.obs.shape[0]
@@ -103,8 +105,10 @@ class WindowTensors:
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         idx = idx.to(self.obs.device)
         b = {"obs": self.obs[idx], "state": self.state[idx], "actions": self.actions[idx], "valid": self.valid[idx]}
-        if self.images is not None:
+        if isinstance(self.images, torch.Tensor):
             b["images"] = self.images[idx]
+        elif self.images is not None:
+            b["images"] = torch.as_tensor(self.images[idx.cpu().numpy()], device=self.obs.device)
         return b
 
 
@@ -273,7 +277,7 @@ class Trainer:
         self.spec, self.data, self.out_dir, self.demo_path = spec, data, out_dir, demo_path
         self.device = device = pick_device(spec)
         obs_norm = ObsNormalizer.fit(data.train.obs, spec.data.obs_keys)
-        n_cams = data.train.images.shape[2] if data.train.images is not None else 0
+        n_cams = data.train.images.shape[2] if isinstance(data.train.images, np.ndarray) else 0
         instruction = data.demo_set.meta.problem_info.get("language_instruction")
         self.policy = build_policy(spec, data.codec, obs_norm, data.train.obs.shape[-1], n_cams, instruction).to(device)
         net = self.policy.net
@@ -413,7 +417,7 @@ def train(spec: Spec, demo_path: str | Path, out_dir: str | Path, *, on_metrics:
     """
     t_start = time.perf_counter()
     out_dir, demo_path = Path(out_dir), Path(demo_path)
-    data = data or prepare_data(spec.data, spec.codec, demo_path)
+    data = data or prepare_spec_data(spec, demo_path)
     tr = Trainer(spec, data, demo_path, out_dir, kernels or getattr(spec.train, "kernels", "fast"))
     st, tcfg, total = tr.state, spec.train, total_steps(spec)
     ckpt_dir = tr.resume_or_init(resume)

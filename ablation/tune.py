@@ -7,6 +7,8 @@
   then marked FAILED too.
 - Pruning: the open-loop validation error is the intermediate value. Optuna's pruners compare
   intermediate values in the study's direction (maximise), so the *negated* error is reported.
+- Cluster: `--executor ray` runs each trial as a Ray task that loads the study from the same storage
+  (PostgreSQL for a cluster), so Optuna hands out trial numbers and samples as for separate processes.
 - MLflow: one parent run per study, one nested run per trial; the links go both ways (study user
   attr `mlflow_run_id`, trial user attr `mlflow_run_id`, run tags `optuna.study` / `optuna.trial`).
   Written here by hand: `optuna_integration.MLflowCallback` is deprecated.
@@ -14,7 +16,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -131,10 +133,12 @@ def run_trial(trial, base: Spec, demo: Path, workdir: Path, tracker: Tracker, st
 
     sets = suggest_overrides(trial, base)
     spec = with_overrides(base, sets)
+    from .executors import worker_tags
+
     run_id = tracker.start_run(f"trial {trial.number}", {
         TAG_KIND: "trial", TAG_SPEC: spec.name, TAG_SPEC_HASH: spec.hash(), TAG_SEED: spec.train.seed,
-        "optuna.study": trial.study.study_name, "optuna.trial": trial.number, "ablation.git_commit": git_commit()},
-        study_run)
+        "optuna.study": trial.study.study_name, "optuna.trial": trial.number, "ablation.git_commit": git_commit(),
+        **worker_tags()}, study_run)
     trial.set_user_attr(STUDY_RUN_ATTR, run_id)
     tracker.log_params(run_id, {**spec.flat(), "optuna.trial": trial.number})
 
@@ -162,7 +166,7 @@ def run_trial(trial, base: Spec, demo: Path, workdir: Path, tracker: Tracker, st
 def tune(spec_file: str, *, trials: int | None = None, storage: str | None = None, tracking_uri: str | None = None,
          study_name: str | None = None, workdir: Path = Path("workdir"), sets: list[str] | None = None,
          heartbeat_s: int = 20, reeval: bool = True, progress: bool = True, jobs: int | None = None,
-         profile_name: str | None = None) -> TuneOutcome:
+         profile_name: str | None = None, executor: str = "local", ray_address: str | None = None) -> TuneOutcome:
     import optuna
 
     from .plan import load_profile
@@ -186,6 +190,13 @@ def tune(spec_file: str, *, trials: int | None = None, storage: str | None = Non
     print(f"[tune] dashboard:  {dashboard_command(storage)}")
     print(f"[tune] MLflow {uri}; UI:  {ui_command(uri)}")
     tracker = Tracker.open(uri, base.tracking.experiment, workdir / "mlartifacts")
+    cluster = None
+    if ray_address and executor == "local":
+        raise UserError("--ray-address is used only with --executor ray")
+    if executor != "local":  # before the study and the demos: a missing Ray is a one-line error
+        from .executors import make_executor
+
+        cluster = make_executor(executor, 1, ray_address, uri)
     study = optuna.create_study(study_name=name, storage=make_storage(storage, heartbeat_s), direction="maximize",
                                 pruner=make_pruner(base.tune.pruner, base), load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=None))
@@ -197,8 +208,16 @@ def tune(spec_file: str, *, trials: int | None = None, storage: str | None = Non
     demo = ensure_demos(base, workdir, 0)
     t0 = time.time()
     workers = (profile.rollout_workers if profile and profile.rollout_workers else base.rollout.workers)
-    study.optimize(lambda t: run_trial(t, base, demo, workdir, tracker, study_run, progress, workers),
-                   n_trials=n_trials, catch=(UserError,), gc_after_trial=True)
+    if cluster is None:
+        study.optimize(lambda t: run_trial(t, base, demo, workdir, tracker, study_run, progress, workers),
+                       n_trials=n_trials, catch=(UserError,), gc_after_trial=True)
+    else:
+        task = TrialTask(name, storage, heartbeat_s, base.to_yaml(), str(demo), str(workdir), tracker.tracking_uri,
+                         tracker.experiment_id, study_run, workers)
+        try:
+            run_trials_on_cluster(cluster, task, n_trials, study)
+        finally:
+            cluster.close()
     sync_failed_trials(study, tracker)
     done = [t for t in study.trials if t.value is not None]
     print(f"[tune] {n_trials} trial(s) in {time.time() - t0:.0f} s; study holds {len(study.trials)} trial(s)")
@@ -220,8 +239,64 @@ def tune(spec_file: str, *, trials: int | None = None, storage: str | None = Non
         print(f"[tune] re-evaluating the best spec on seeds {list(base.tune.reeval_seeds)} beside "
               f"{base.tune.compare_with}, with the plan's statistics ({plan_path})")
         run_plan(str(plan_path), profile_name=profile.name if profile else "auto", workdir=workdir,
-                 tracking_uri=uri, extra_sets=list(sets or []), jobs=jobs, nest_under=study_run)
+                 tracking_uri=uri, extra_sets=list(sets or []), jobs=jobs, nest_under=study_run,
+                 executor=executor, ray_address=ray_address)
     return TuneOutcome(name, storage, best.value, best.params, best_path, len(study.trials))
+
+
+@dataclass(frozen=True)
+class TrialTask:
+    """What a cluster worker needs to run one trial of the study (picklable)."""
+
+    study_name: str
+    storage: str
+    heartbeat_s: int
+    spec_yaml: str
+    demo_path: str
+    workdir: str
+    tracking_uri: str
+    experiment_id: str
+    study_run: str
+    rollout_workers: int
+
+
+def run_trial_task(task: TrialTask) -> tuple[int, str]:
+    """One trial in a cluster worker: the study comes from its storage, so its sampler sees every trial
+    so far, whichever node ran it. -> (trial number, Optuna state)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    base = Spec.model_validate(yaml.safe_load(task.spec_yaml))
+    study = optuna.load_study(study_name=task.study_name, storage=make_storage(task.storage, task.heartbeat_s),
+                              pruner=make_pruner(base.tune.pruner, base), sampler=optuna.samplers.TPESampler(seed=None))
+    tracker = Tracker(task.tracking_uri, task.experiment_id)
+    ran: list = []
+    study.optimize(lambda t: run_trial(t, base, Path(task.demo_path), Path(task.workdir), tracker, task.study_run,
+                                       False, task.rollout_workers),
+                   n_trials=1, catch=(UserError,), gc_after_trial=True, callbacks=[lambda s, t: ran.append(t)])
+    return ran[0].number, ran[0].state.name
+
+
+def run_trials_on_cluster(cluster, task: TrialTask, n_trials: int, study) -> None:
+    """n_trials Ray tasks, as many at once as the cluster's resources allow. A trial whose worker died
+    stays RUNNING in the storage until its heartbeat is stale: then it is marked FAIL here."""
+    import optuna
+
+    from .executors import resources_for
+
+    base = Spec.model_validate(yaml.safe_load(task.spec_yaml))
+    cpus, gpus = cluster.fit(*resources_for(base, task.rollout_workers), base.name)
+    task = replace(task, rollout_workers=min(task.rollout_workers, cpus))
+    died = 0
+    for _, res in cluster.map(run_trial_task, [task] * n_trials, cpus, gpus):
+        if isinstance(res, BaseException):
+            died += 1
+            print(f"[tune] a trial's worker died: {type(res).__name__}: {(str(res).strip().splitlines() or [''])[0]}")
+        else:
+            print(f"[tune] trial {res[0]}: {res[1]}")
+    if died:
+        time.sleep(2 * task.heartbeat_s + 1)  # past the grace period, so its heartbeat counts as stale
+        optuna.storages.fail_stale_trials(study)
 
 
 def _safe(name: str) -> str:

@@ -5,17 +5,33 @@
     <workdir>/mlruns.db     MLflow sqlite store, artifacts under <workdir>/mlartifacts/
     <workdir>/optuna.db     Optuna storage
     <workdir>/report/       the comparison report
+    <workdir>/locks/        locks shared by the processes that use the workdir (run creation)
 """
 from __future__ import annotations
 
 import fcntl
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
 from .spec import Spec
 
 DEFAULT_WORKDIR = Path(os.environ.get("ABLATION_WORKDIR", "workdir"))
+
+
+@contextmanager
+def workdir_lock(workdir: Path, name: str):
+    """An exclusive lock for every process that uses this workdir, on this machine or on any node that
+    mounts it (plan drivers, cluster workers): e.g. two drivers of one plan create each run once."""
+    path = Path(workdir) / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def demo_path_for(spec: Spec, workdir: Path = DEFAULT_WORKDIR, seed: int = 0) -> Path:

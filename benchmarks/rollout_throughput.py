@@ -44,7 +44,8 @@ def quick_checkpoint(cache: Path) -> str:
     spec = resolve_spec(spec_path("fix_minmax"), ["model.size=small", "train.steps=20", "train.batch_size=32",
                                                   "train.num_threads=1", "train.eval_every=1000",
                                                   "train.checkpoint_every=1000", "train.warmup_steps=5"])
-    return str(train(spec, demos, cache / "run", progress=False).checkpoint_dir)
+    # Keyed by the spec's hash: a cache left by another version of the spec is not resumed.
+    return str(train(spec, demos, cache / f"run-{spec.hash()}", progress=False).checkpoint_dir)
 
 
 def line(label: str, r: RolloutResult) -> str:

@@ -11,7 +11,7 @@ python3 -m venv "$tmp/venv"
 # torch and torchvision stay pinned in pyproject (the CPU wheel on local disk); they are not locked
 # here because the GPU image installs a CUDA build of the same versions (docker/constraints).
 "$tmp/venv/bin/python" -m pip install -q torch==2.13.0 torchvision==0.28.0
-"$tmp/venv/bin/python" -m pip install -q ".[test]"
+"$tmp/venv/bin/python" -m pip install -q ".[test,cluster]"
 {
   echo "# Exact versions of the whole stack; scripts/setup.sh installs with -c constraints.txt."
   echo "# Refresh: bash scripts/lock.sh (see README, 'A reproducible stack')."

@@ -31,7 +31,8 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ constraints.txt -nt
   .venv/bin/python -m pip install -q torch==2.13.0 torchvision==0.28.0
   # constraints.txt holds the exact version of every other package (refresh: scripts/lock.sh), so a
   # fresh machine next year trains on the same code as today.
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+  # [cluster]: Ray, for `--executor ray` and its tests (CI runs them).
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test,cluster]"
   touch "$STAMP"
 fi
 

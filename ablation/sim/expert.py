@@ -125,6 +125,16 @@ def coverage_of(steps: list) -> tuple[bool, str]:
     return True, ", ".join(([f"pick-place x{n}" if n > 1 else "pick-place"] if n else []) + rest)
 
 
+def covered_tasks(suite: str) -> list[int]:
+    """The task ids of `suite` whose goal the expert scripts in full (what a plan's `tasks: all`
+    means). Reads the BDDL files only; no simulator is started."""
+    from .env import task_info
+    from .libero_setup import get_suite
+
+    n = get_suite(suite).get_num_tasks()
+    return [t for t in range(n) if coverage_of(task_plan(task_info(suite, t).bddl_file))[0]]
+
+
 def object_local_extents(env, name: str) -> np.ndarray:
     """Full extents (3,) of an object's geoms in the object's own frame (privileged sim geometry)."""
 
@@ -685,7 +695,6 @@ class ScriptedExpert:
         if isinstance(st, _Art):
             return self._act_art(obs, st, eef)
         s = st.spec
-        obj = np.asarray(obs.get(s.obj + "_pos", self.scene.body_pos(s.obj)), dtype=np.float64)
         if self.phase in ("lift", "transport", "lower") and st.carry_offset is not None:
             lo, hi = self.scene.bounds(s.obj)
             gap = float(np.linalg.norm(np.maximum(0.0, np.maximum(lo - eef, eef - hi))))

@@ -1,0 +1,246 @@
+"""Where a plan's runs execute: a local process pool (the default), or tasks on a Ray cluster.
+
+    executor = make_executor("ray", n_jobs, ray_address="HEAD:6379")
+    results = executor.run(jobs, "look 1/2")        # RunResults, in the order the runs end
+    executor.close()
+
+Both run the one run pipeline (`run.execute`) through `run_job`, which tags the run with the process
+that ran it (`ablation.worker_host` / `ablation.worker_pid`) and holds the run's checkpoint lock, so
+two plan drivers that reach the same run never train one checkpoint directory at once: the second
+waits, then finds every stage done. A run whose worker dies (killed, out of memory, its node lost) is
+recorded FAILED with the reason by the driver and the plan goes on; re-running the plan resumes it
+from its checkpoints.
+
+Ray: each RunJob is one task that declares what the run uses: CPUs = max(rollout workers, training
+threads), and one GPU when the spec trains on CUDA. A task is never retried by Ray (`max_retries=0`):
+a crash that came from the run (out of memory, a simulator segfault) would come again, and the
+re-run of the plan resumes from the checkpoint anyway. Demos, checkpoints and the gate cache stay
+paths in the workdir, which every node must see at the same path (a shared filesystem), not objects
+in Ray's object store: the demo files are already content-addressed there and made once by the
+driver, while the object store would copy each HDF5 file to every node that runs one of its tasks.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from .errors import UserError
+from .run import RunJob, RunResult, execute
+from .tracking import Tracker
+
+EXECUTORS = ("local", "ray")
+TAG_WORKER_HOST = "ablation.worker_host"
+TAG_WORKER_PID = "ablation.worker_pid"
+RAY_MISSING = ("--executor ray needs Ray, which is not installed: pip install -e \".[cluster]\" "
+               "(or: pip install -c constraints.txt ray)")
+
+
+def worker_tags() -> dict[str, str]:
+    """The host and process that run a run (the Ray worker, the pool worker or the driver itself)."""
+    return {TAG_WORKER_HOST: socket.gethostname(), TAG_WORKER_PID: str(os.getpid())}
+
+
+@contextmanager
+def checkpoint_lock(ckpt_dir: str | Path):
+    """Held while one process works on a run's checkpoint directory; released when it ends or dies."""
+    ckpt = Path(ckpt_dir)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    with open(ckpt.with_name(ckpt.name + ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_job(job: RunJob) -> RunResult:
+    """The one run pipeline for one RunJob, in whatever process the executor chose."""
+    try:
+        Tracker(job.tracking_uri, job.experiment_id).set_tags(job.run_id, worker_tags())
+    except Exception:  # an unreachable store: execute() records that failure on its own
+        pass
+    with checkpoint_lock(job.ckpt_dir):
+        return execute(job)
+
+
+def worker_died(job: RunJob, error: BaseException) -> RunResult:
+    """Record on the run (from the driver) that its worker process died, and why."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    reason = f"worker died: {type(error).__name__}: {first}"
+    Tracker(job.tracking_uri, job.experiment_id).end_run(job.run_id, "FAILED", reason)
+    return RunResult(job.spec_name, job.seed, job.run_id, "FAILED", reason)
+
+
+def _progress(total: int, label: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=label, unit="run", dynamic_ncols=True)
+
+
+class LocalExecutor:
+    """Runs RunJobs: in this process (jobs=1) or in a pool of spawned processes kept for the whole
+    plan, so each worker's imports and simulator are paid once, not once per run or per look."""
+
+    def __init__(self, n_jobs: int):
+        self.n_jobs = n_jobs
+        self.pool = ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn")) if n_jobs > 1 else None
+
+    @property
+    def parallelism(self) -> str:
+        return f"{self.n_jobs} at a time"
+
+    def run(self, jobs: list[RunJob], label: str) -> list[RunResult]:
+        out: list[RunResult] = []
+        bar = _progress(len(jobs), label)
+        if self.pool is None:
+            for j in jobs:
+                bar.set_postfix_str(f"{j.spec_name} seed {j.seed}")
+                out.append(run_job(j))
+                bar.update()
+        else:
+            futs = {self.pool.submit(run_job, j): j for j in jobs}
+            for fut in as_completed(futs):
+                j = futs[fut]
+                try:
+                    out.append(fut.result())
+                except Exception as e:  # the worker process died (killed, out of memory): record it
+                    out.append(worker_died(j, e))
+                    self._restart()
+                bar.set_postfix_str(f"{j.spec_name} seed {j.seed}: {out[-1].status}")
+                bar.update()
+        bar.close()
+        return out
+
+    def _restart(self) -> None:
+        # A broken pool refuses new work; later looks get a fresh one.
+        try:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        except Exception:
+            pass
+        self.pool = ProcessPoolExecutor(self.n_jobs, mp_context=get_context("spawn"))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def resources_for(spec, rollout_workers: int) -> tuple[int, int]:
+    """(CPUs, GPUs) one run of this spec occupies: its rollout workers or training threads, whichever
+    is more, and one GPU when it trains on CUDA (its rollout policies share that GPU)."""
+    cpus = max(1, int(rollout_workers or 1), int(spec.train.num_threads or 0))
+    return cpus, (1 if spec.train.device == "cuda" else 0)
+
+
+def ablation_task(fn: Callable, item: Any) -> Any:
+    return fn(item)
+
+
+class RayExecutor:
+    """Runs RunJobs (or any picklable call, for tuning trials) as tasks on a Ray cluster.
+
+    `address` None starts a Ray instance on this machine for the plan; "auto" joins the cluster this
+    node belongs to; HOST:PORT joins the cluster whose head listens there (e.g. inside Slurm)."""
+
+    def __init__(self, address: str | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise UserError(RAY_MISSING) from None
+        self.ray = ray
+        self.address = address or "local"
+        self.owns_connection = not ray.is_initialized()
+        if self.owns_connection:
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=True,
+                         logging_level="WARNING")
+            except Exception as e:  # a wrong address, no cluster there, a missing auth token: say which
+                raise UserError(f"--ray-address {self.address}: cannot join the Ray cluster: "
+                                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                                ) from None
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        self.max_node_cpus = max((int(n["Resources"].get("CPU", 0)) for n in nodes), default=0)
+        self.max_node_gpus = max((int(n["Resources"].get("GPU", 0)) for n in nodes), default=0)
+        total = ray.cluster_resources()
+        self.summary = (f"Ray cluster {self.address}: {len(nodes)} node(s), {int(total.get('CPU', 0))} CPU(s), "
+                        f"{int(total.get('GPU', 0))} GPU(s)")
+        print(f"[ray] {self.summary}")
+
+    @property
+    def parallelism(self) -> str:
+        return "as many at a time as the Ray cluster's CPUs and GPUs allow"
+
+    def fit(self, cpus: int, gpus: int, what: str) -> tuple[int, int]:
+        """Requested resources that some node can grant (a task no node can hold would wait forever)."""
+        if gpus > self.max_node_gpus:
+            raise UserError(f"{what} trains on CUDA (train.device=cuda) but no node of the Ray cluster "
+                            f"{self.address} has a GPU; start the workers with GPUs (ray start --num-gpus 1) "
+                            "or use --profile cpu")
+        if self.max_node_cpus and cpus > self.max_node_cpus:
+            # Fewer rollout workers change only the wall time: each episode is seeded by its init state.
+            print(f"[ray] {what}: {cpus} CPUs per run asked, the largest node has {self.max_node_cpus}; using that")
+            cpus = self.max_node_cpus
+        return cpus, gpus
+
+    def submit(self, fn: Callable, items: Iterable, cpus: int, gpus: int) -> dict:
+        """Start one task per item, now; -> {task ref: item}."""
+        remote = self.ray.remote(ablation_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+        return {remote.remote(fn, it): it for it in items}
+
+    def gather(self, pending: dict) -> Iterator[tuple[Any, Any]]:
+        """(item, its call's result or the exception that ended its task), as tasks end."""
+        ray = self.ray
+        pending = dict(pending)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            item = pending.pop(done[0])
+            try:
+                yield item, ray.get(done[0])
+            except ray.exceptions.RayError as e:  # the worker died, its node was lost, or the call raised
+                yield item, e
+
+    def map(self, fn: Callable, items: Iterable, cpus: int, gpus: int) -> Iterator[tuple[Any, Any]]:
+        return self.gather(self.submit(fn, items, cpus, gpus))
+
+    def run(self, jobs: list[RunJob], label: str) -> list[RunResult]:
+        pending: dict = {}
+        for j in jobs:
+            cpus, gpus = self.fit(*resources_for(j.spec, j.rollout_workers), j.spec_name)
+            # The task's CPUs are its threads and rollout workers; no terminal progress bars inside tasks.
+            job = replace(j, threads=cpus, rollout_workers=min(j.rollout_workers, cpus), progress=False)
+            pending.update(self.submit(run_job, [job], cpus, gpus))
+        out: list[RunResult] = []
+        bar = _progress(len(jobs), label)
+        for job, res in self.gather(pending):
+            if isinstance(res, BaseException):
+                res = worker_died(job, res)
+            out.append(res)
+            bar.set_postfix_str(f"{job.spec_name} seed {job.seed}: {res.status}")
+            bar.update()
+        bar.close()
+        return out
+
+    def close(self) -> None:
+        if self.owns_connection and self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def make_executor(kind: str, n_jobs: int, ray_address: str | None = None, tracking_uri: str | None = None):
+    """The executor a plan (or a tuning study) asked for; `local` is today's process pool."""
+    if kind == "local":
+        if ray_address:
+            raise UserError("--ray-address is used only with --executor ray")
+        return LocalExecutor(n_jobs)
+    if kind != "ray":
+        raise UserError(f"--executor {kind}: unknown; use one of {', '.join(EXECUTORS)}")
+    ex = RayExecutor(ray_address)
+    if tracking_uri and not tracking_uri.startswith(("http://", "https://")) and ex.address != "local":
+        print(f"[ray] tracking store {tracking_uri}: every node must see it at this path; on a cluster use an "
+              "MLflow server (--tracking-uri http://HOST:5000)")
+    return ex
