@@ -21,7 +21,6 @@ driver, while the object store would copy each HDF5 file to every node that runs
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import UserError
+from .locks import file_lock
 from .run import RunJob, RunResult, execute
 from .tracking import Tracker
 
@@ -51,13 +51,8 @@ def worker_tags() -> dict[str, str]:
 def checkpoint_lock(ckpt_dir: str | Path):
     """Held while one process works on a run's checkpoint directory; released when it ends or dies."""
     ckpt = Path(ckpt_dir)
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    with open(ckpt.with_name(ckpt.name + ".lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(ckpt.with_name(ckpt.name + ".lock")):
+        yield
 
 
 def run_job(job: RunJob) -> RunResult:

@@ -391,6 +391,37 @@ def caveats_of(rows: list[ArmRow], comps: list[ComparisonResult], record: dict, 
 
 # ----------------------------------------------------------------------------- plots
 
+@dataclass(frozen=True)
+class ForestRow:
+    """One line of a forest plot: an effect (fraction) with its interval."""
+
+    label: str
+    estimate: float
+    lo: float
+    hi: float
+    color: str = "tab:blue"
+    pooled: bool = False
+
+
+def _forest(plt, rows: list[ForestRow], path: Path, row_height_in: float, xlabel: str, title: str) -> Path:
+    """Effects in points with their intervals, top to bottom in `rows` order; saved to `path`."""
+    fig, ax = plt.subplots(figsize=(8, row_height_in * len(rows) + 1.2))
+    for i, r in enumerate(rows):
+        # Bounds can cross the estimate by float round-off at 0% or 100%: never a negative error bar.
+        lo, hi = min(r.lo, r.estimate), max(r.hi, r.estimate)
+        ax.errorbar([100 * r.estimate], [len(rows) - 1 - i], xerr=[[100 * (r.estimate - lo)], [100 * (hi - r.estimate)]],
+                    fmt="D" if r.pooled else "o", color=r.color, capsize=3, ms=7 if r.pooled else 5)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(rows)), [r.label for r in reversed(rows)], fontsize=8 if row_height_in > 0.4 else 7)
+    ax.set_xlabel(xlabel)
+    ax.set_xlim(-105, 105)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def _plots(rep: Report, curves: dict, out_dir: Path) -> dict[str, Path]:
     import matplotlib
 
@@ -399,45 +430,22 @@ def _plots(rep: Report, curves: dict, out_dir: Path) -> dict[str, Path]:
 
     paths: dict[str, Path] = {}
     comps = [c for c in rep.comparisons if c.estimate is not None]
+    colors = {"better": "tab:green", "worse": "tab:red", "no meaningful difference": "tab:gray"}
     if comps:
-        fig, ax = plt.subplots(figsize=(8, 0.45 * len(comps) + 1.2))
-        colors = {"better": "tab:green", "worse": "tab:red", "no meaningful difference": "tab:gray"}
-        for i, c in enumerate(comps):
-            y = len(comps) - 1 - i
-            # Bounds can cross the estimate by float round-off at 0% or 100%: never a negative error bar.
-            lo, hi = min(c.lo, c.estimate), max(c.hi, c.estimate)
-            ax.errorbar([100 * c.estimate], [y], xerr=[[100 * (c.estimate - lo)], [100 * (hi - c.estimate)]],
-                        fmt="o", color=colors.get(c.word, "tab:blue"), capsize=3)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_yticks(range(len(comps)), [f"{c.arm} vs {c.control}" for c in reversed(comps)], fontsize=8)
-        ax.set_xlabel("effect on success (points), 95% interval over seeds and init states")
-        ax.set_xlim(-105, 105)
-        ax.set_title("Effect against the control (green better, red worse, grey no difference)", fontsize=9)
-        fig.tight_layout()
-        paths["forest"] = out_dir / "forest.png"
-        fig.savefig(paths["forest"], dpi=90)
-        plt.close(fig)
+        rows = [ForestRow(f"{c.arm} vs {c.control}", c.estimate, c.lo, c.hi, colors.get(c.word, "tab:blue"))
+                for c in comps]
+        paths["forest"] = _forest(plt, rows, out_dir / "forest.png", 0.45,
+                                  "effect on success (points), 95% interval over seeds and init states",
+                                  "Effect against the control (green better, red worse, grey no difference)")
     multi = [c for c in comps if c.n_tasks > 1 and c.per_task]
     if multi:  # per-task forest: each task's effect, then the pooled one (a diamond), per comparison
-        rows: list[tuple[str, float, float, float, bool]] = []
+        rows = []
         for c in multi:
-            rows += [(f"  {t['task']}", t["estimate"], t["lo"], t["hi"], False) for t in c.per_task]
-            rows.append((f"{c.arm} vs {c.control} (pooled)", c.estimate, c.lo, c.hi, True))
-        fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1.2))
-        for i, (_name, est, lo, hi, pooled) in enumerate(rows):
-            y = len(rows) - 1 - i
-            lo, hi = min(lo, est), max(hi, est)
-            ax.errorbar([100 * est], [y], xerr=[[100 * (est - lo)], [100 * (hi - est)]], fmt="D" if pooled else "o",
-                        color="k" if pooled else "tab:blue", capsize=3, ms=7 if pooled else 4)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)], fontsize=7)
-        ax.set_xlabel("effect on success (points), 95% interval")
-        ax.set_xlim(-105, 105)
-        ax.set_title("Per-task effects (dots) and the pooled effect, tasks a random factor (diamonds)", fontsize=9)
-        fig.tight_layout()
-        paths["per_task_forest"] = out_dir / "per_task_forest.png"
-        fig.savefig(paths["per_task_forest"], dpi=90)
-        plt.close(fig)
+            rows += [ForestRow(f"  {t['task']}", t["estimate"], t["lo"], t["hi"]) for t in c.per_task]
+            rows.append(ForestRow(f"{c.arm} vs {c.control} (pooled)", c.estimate, c.lo, c.hi, "k", pooled=True))
+        paths["per_task_forest"] = _forest(plt, rows, out_dir / "per_task_forest.png", 0.3,
+                                           "effect on success (points), 95% interval",
+                                           "Per-task effects (dots) and the pooled effect, tasks a random factor (diamonds)")
     pts = [(arm, loss, rate) for arm, c in curves.items() for _s, loss, rate in c.get("_scatter", [])
            if loss is not None and rate is not None and rate == rate]
     if pts:

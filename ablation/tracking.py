@@ -6,7 +6,6 @@ and sent with `log_batch` (one call costs about what 3.5 ms per single `log_metr
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import UserError
+from .locks import file_lock
 
 # MLflow limits per log_batch call.
 _MAX_METRICS_PER_BATCH = 1000
@@ -53,13 +53,8 @@ def sqlite_lock(uri: str):
         yield
         return
     db = Path(uri[len("sqlite:///"):])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(db.with_name(db.name + ".lock")):
+        yield
 
 
 def _client(tracking_uri: str):

@@ -9,12 +9,12 @@
 """
 from __future__ import annotations
 
-import fcntl
 import os
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
+from .locks import file_lock
 from .spec import Spec
 
 DEFAULT_WORKDIR = Path(os.environ.get("ABLATION_WORKDIR", "workdir"))
@@ -24,14 +24,8 @@ DEFAULT_WORKDIR = Path(os.environ.get("ABLATION_WORKDIR", "workdir"))
 def workdir_lock(workdir: Path, name: str):
     """An exclusive lock for every process that uses this workdir, on this machine or on any node that
     mounts it (plan drivers, cluster workers): e.g. two drivers of one plan create each run once."""
-    path = Path(workdir) / "locks" / f"{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(Path(workdir) / "locks" / f"{name}.lock"):
+        yield
 
 
 def demo_path_for(spec: Spec, workdir: Path = DEFAULT_WORKDIR, seed: int = 0) -> Path:
@@ -76,7 +70,6 @@ def ensure_demos(spec: Spec, workdir: Path = DEFAULT_WORKDIR, seed: int = 0) -> 
     d = spec.data
     path.parent.mkdir(parents=True, exist_ok=True)
     # Concurrent tune workers may ask for the same file: one makes it, the others wait and reuse it.
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(path.with_name(path.name + ".lock")):
         return generate_demos(d.suite, d.task, n=d.n_demos, out=path, images=d.images,
                               image_size=d.image_size, dart_sigma=d.dart_noise, seed=seed, speed=d.expert_speed)

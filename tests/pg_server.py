@@ -200,3 +200,15 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 10) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5)
+
+
+@contextlib.contextmanager
+def tracking_services(d: Path) -> Iterator[tuple["PgServer", str]]:
+    """PostgreSQL with databases `optuna` and `mlflow`, and an MLflow server on the latter (artifacts
+    and its log under `d`); yields (the server, the MLflow URI). The distributed-tuning and the Ray
+    tests share it."""
+    with postgres_server() as pg:
+        pg.create_database("optuna")
+        pg.create_database("mlflow")
+        with mlflow_server(pg.url("mlflow"), d / "mlartifacts", d / "mlflow-server.log") as uri:
+            yield pg, uri

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.pg_server import (REPO, SKIP_ENV, PgUnavailable, mlflow_server, postgres_server,
-                             stop_process_group)
+from tests.pg_server import (REPO, SKIP_ENV, PgUnavailable, stop_process_group,
+                             tracking_services)
 
 pytestmark = pytest.mark.slow
 
@@ -42,11 +42,8 @@ def services(tmp_path_factory):
         pytest.skip(f"{SKIP_ENV}=1: PostgreSQL tests skipped")
     d = tmp_path_factory.mktemp("services")
     try:
-        with postgres_server() as pg:
-            pg.create_database("optuna")
-            pg.create_database("mlflow")
-            with mlflow_server(pg.url("mlflow"), d / "mlartifacts", d / "mlflow-server.log") as uri:
-                yield {"pg": pg, "optuna_url": pg.url("optuna"), "tracking_uri": uri, "dir": d}
+        with tracking_services(d) as (pg, uri):
+            yield {"pg": pg, "optuna_url": pg.url("optuna"), "tracking_uri": uri, "dir": d}
     except PgUnavailable as e:
         pytest.fail(str(e), pytrace=False)
 

@@ -29,7 +29,7 @@ import yaml
 from ablation.errors import UserError
 from ablation.executors import TAG_WORKER_PID, make_executor
 from ablation.spec import EXPERIMENTS_DIR
-from tests.pg_server import REPO, SKIP_ENV, PgUnavailable, mlflow_server, postgres_server, stop_process_group
+from tests.pg_server import REPO, SKIP_ENV, PgUnavailable, stop_process_group, tracking_services
 
 EXPERIMENT = "libero-action-ablation"
 TINY = ["data.n_demos=2", "model.size=tiny", "train.steps=40", "train.eval_every=20", "train.log_every=10",
@@ -118,13 +118,9 @@ def services(tmp_path_factory):
     from tests.ray_cluster import ray_cluster
 
     try:
-        with postgres_server() as pg:
-            pg.create_database("optuna")
-            pg.create_database("mlflow")
-            with mlflow_server(pg.url("mlflow"), d / "mlartifacts", d / "mlflow-server.log") as uri, \
-                    ray_cluster(d, worker_cpus=2) as cluster:
-                yield {"optuna_url": pg.url("optuna"), "tracking_uri": uri, "cluster": cluster, "dir": d,
-                       "workdir": d / "workdir"}
+        with tracking_services(d) as (pg, uri), ray_cluster(d, worker_cpus=2) as cluster:
+            yield {"optuna_url": pg.url("optuna"), "tracking_uri": uri, "cluster": cluster, "dir": d,
+                   "workdir": d / "workdir"}
     except PgUnavailable as e:
         pytest.fail(str(e), pytrace=False)
 

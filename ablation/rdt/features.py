@@ -19,7 +19,6 @@ slot, and `left_wrist` is always background (as is a frame before the episode st
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..locks import file_lock
 from .vision import BACKGROUND_RGB, CAMERAS, LIBERO_CAMERAS, VisionInputError, background_image, preprocess_image
 
 if TYPE_CHECKING:
@@ -270,8 +270,7 @@ def build_or_load(demo_path: str | Path, encoder: SiglipEncoder, settings: Featu
     key, inputs = cache_key(demo_sha256 or file_sha256(demo_path), encoder.sha256, settings)
     npy, side = features_dir / f"{key}.npy", features_dir / f"{key}.json"
     features_dir.mkdir(parents=True, exist_ok=True)
-    with open(features_dir / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(features_dir / f"{key}.lock"):
         meta = _read_valid(npy, side, inputs, None)
         built = meta is None
         if built:
