@@ -62,6 +62,16 @@ class ComparisonResult:
         return self.word == want
 
 
+def with_demo_spread(facts: dict[str, ArmFacts], others) -> dict[str, ArmFacts]:
+    """`facts` plus entries for arms in `others` that have none (e.g. dropped before training as
+    untestable, so never audited): the demos' rotation spread measured by the arms that ran stands
+    for them, since a plan's arms share their task's demos."""
+    spreads = [f.rot_spread_deg for f in facts.values() if f.rot_spread_deg is not None]
+    extra = {a: ArmFacts(rot_spread_deg=max(spreads), pretrained=False)
+             for a in others if a not in facts and spreads}
+    return {**facts, **extra}
+
+
 def unmet_needs(needs: tuple[str, ...], arms: list[str], facts: dict[str, ArmFacts]) -> list[str]:
     """The needs (with the measured reason) that these arms do not meet."""
     out = []
@@ -222,17 +232,11 @@ def analyse_look(rp, latest: dict, look_index: int, looks: list[int | None],
 
     task_of = {u.key: task_label(u.spec) for u in rp.units()}
     records = records_from_results(latest, task_of)
-    facts_extra: dict[str, ArmFacts] = {}
-    # Arms the plan dropped before training (untestable on these demos) have no audit: the demos'
-    # spread measured by the arms that did run stands for them (the same task's demos).
-    ran = [v for v in (_metric(latest, a, "audit/rot_spread_deg") for a in rp.arms) if v is not None]
-    for a in rp.skipped:
-        if a not in rp.arms and ran:
-            facts_extra[a] = ArmFacts(rot_spread_deg=max(ran), pretrained=False)
     facts = {a: ArmFacts(rot_spread_deg=_metric(latest, a, "audit/rot_spread_deg"),
                          pretrained=bool(rp.arms[a].spec.model.pretrained or getattr(rp.arms[a].spec.train,
                                                                                      "init_from", None)))
-             for a in rp.arms} | facts_extra
+             for a in rp.arms}
+    facts = with_demo_spread(facts, rp.skipped)
     sched = rp.plan.episodes
     kw = dict(alpha=sched.alpha, spending=sched.spending, margin=sched.margin) if sched else {}
     results = judge(rp.hypotheses, records, facts, look_index=look_index, looks=looks,

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .analysis import ArmFacts, ComparisonResult, judge
+from .analysis import ArmFacts, ComparisonResult, judge, with_demo_spread
 from .hypothesis import Hypothesis
 from .spec import GROUPS
 from .tracking import TAG_KIND, Tracker
@@ -631,6 +631,7 @@ def build_report(tracker: Tracker, *, parent_run_id: str | None = None, plan: st
     reproduced, note = baseline_check(rows, baseline)
     facts = {r.arm: ArmFacts(rot_spread_deg=r.rot_spread_deg,
                              pretrained=bool(record["arms"][r.arm].get("pretrained", False))) for r in rows}
+    facts = with_demo_spread(facts, record.get("skipped_arms", {}))
     sched = record.get("episodes") or {}
     looks = list(sched.get("looks") or [None])
     previous = {}

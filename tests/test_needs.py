@@ -54,3 +54,18 @@ def test_spread_is_measured_from_the_demo_file(tmp_path, rotate, low, high):
     spec = SimpleNamespace(model=SimpleNamespace(pretrained=None), train=SimpleNamespace(init_from=None))
     facts = plan_time_facts({"a": SimpleNamespace(spec=spec)}, {"a": [path, path]})
     assert facts["a"].rot_spread_deg == pytest.approx(spread) and facts["a"].pretrained is False
+
+
+def test_arms_dropped_before_training_are_judged_on_the_demos_spread():
+    """They never ran, so have no audit: the spread measured by the arms that ran stands for them, and
+    the comparison reads 'untestable' with the measured reason, not 'not measured'."""
+    from ablation.analysis import judge, with_demo_spread
+
+    ran = {"baseline_rdt": ArmFacts(rot_spread_deg=1.9, pretrained=False),
+           "fix_pos_cm": ArmFacts(rot_spread_deg=1.7, pretrained=False)}
+    facts = with_demo_spread(ran, {"fix_rot_small": "untestable here", "fix_pos_cm_rot_small": "untestable here"})
+    assert facts["fix_rot_small"].rot_spread_deg == 1.9 and facts["baseline_rdt"] is ran["baseline_rdt"]
+    assert with_demo_spread({}, {"fix_rot_small": "x"}) == {}  # nothing measured: nothing invented
+    res = judge([load_hypothesis("H1_scale_absolute")], [], facts, look_index=0, looks=[20])
+    second = next(r for r in res if r.arm == "fix_pos_cm_rot_small")
+    assert second.word == "untestable" and "1.9 deg" in second.why, second.why
