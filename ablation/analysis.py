@@ -62,6 +62,11 @@ class ComparisonResult:
         return self.word == want
 
 
+def starts_pretrained(spec) -> bool:
+    """Whether the spec's network starts from pretrained weights (a checkpoint or a pretraining stage)."""
+    return bool(spec.model.pretrained or getattr(spec.train, "init_from", None))
+
+
 def with_demo_spread(facts: dict[str, ArmFacts], others) -> dict[str, ArmFacts]:
     """`facts` plus entries for arms in `others` that have none (e.g. dropped before training as
     untestable, so never audited): the demos' rotation spread measured by the arms that ran stands
@@ -168,7 +173,7 @@ def judge(hypotheses: list[Hypothesis], records: list[dict], facts: dict[str, Ar
             res.episodes_needed = None if need is None or need != need or need == float("inf") else int(need)
             # The power formula uses z; the interval uses t with the seeds' few degrees of freedom. When
             # it asks for no more episodes than were run, the seeds, not the episodes, are short.
-            if res.episodes_needed is not None and res.episodes_needed <= getattr(eff, "episodes_per_seed", 0):
+            if res.episodes_needed is not None and res.episodes_needed <= eff.episodes_per_seed:
                 res.episodes_needed = None
             if res.episodes_needed:
                 res.why = (f"the effect seen ({100 * eff.estimate:+.0f} pts) would need about {res.episodes_needed} "
@@ -233,8 +238,7 @@ def analyse_look(rp, latest: dict, look_index: int, looks: list[int | None],
     task_of = {u.key: task_label(u.spec) for u in rp.units()}
     records = records_from_results(latest, task_of)
     facts = {a: ArmFacts(rot_spread_deg=_metric(latest, a, "audit/rot_spread_deg"),
-                         pretrained=bool(rp.arms[a].spec.model.pretrained or getattr(rp.arms[a].spec.train,
-                                                                                     "init_from", None)))
+                         pretrained=starts_pretrained(rp.arms[a].spec))
              for a in rp.arms}
     facts = with_demo_spread(facts, rp.skipped)
     sched = rp.plan.episodes

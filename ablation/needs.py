@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .analysis import ArmFacts, unmet_needs
+from .analysis import ArmFacts, starts_pretrained, unmet_needs
 from .hypothesis import Hypothesis
 
 
@@ -31,10 +31,12 @@ def plan_time_facts(arms: dict, demo_files: dict[str, list[Path]]) -> dict[str, 
     facts = {}
     for name, arm in arms.items():
         files = demo_files.get(name, [])
-        spreads = [cache.setdefault(f, demo_rotation_spread_deg(f)) for f in files]
-        spec = arm.spec
+        for f in files:  # arms share their task's file: read each once
+            if f not in cache:
+                cache[f] = demo_rotation_spread_deg(f)
+        spreads = [cache[f] for f in files]
         facts[name] = ArmFacts(rot_spread_deg=max(spreads) if spreads else None,
-                               pretrained=bool(spec.model.pretrained or getattr(spec.train, "init_from", None)))
+                               pretrained=starts_pretrained(arm.spec))
     return facts
 
 
