@@ -313,6 +313,14 @@ def _task_spread(c: ComparisonResult) -> str:
     return f"per task {_pts(min(est))} to {_pts(max(est))} pts" if est else "no per-task effect"
 
 
+def _carried(v: HypothesisVerdict, comps: list[ComparisonResult]) -> str:
+    """A supported hypothesis in the answer, by the comparisons that carried it. Not its claim: a claim
+    ('a normaliser or the x100 weight fixes it') can name arms this plan left out or that did not decide."""
+    held = [c for c in comps if c.hypothesis == v.name and c.matches_expectation]
+    said = "; ".join(f"{c.arm} vs {c.control} {c.word}, {_pts(c.estimate)} pts" for c in held)
+    return f"{v.name} ({said or 'see below'}): {v.meaning.rstrip('.')}."
+
+
 def write_answer(rows: list[ArmRow], comps: list[ComparisonResult], verdicts: list[HypothesisVerdict],
                  baseline: str | None, reproduced: bool | None, hyps: list[Hypothesis]) -> str:
     """One paragraph: why the baseline fails and which fix to use, with the numbers."""
@@ -326,7 +334,7 @@ def write_answer(rows: list[ArmRow], comps: list[ComparisonResult], verdicts: li
                       "; it does NOT reproduce the seed's failure signature, so read every verdict with care."))
     supported = [v for v in verdicts if v.word == "SUPPORTED"]
     if supported:
-        out.append("Why it fails: " + " ".join(f"{v.claim.rstrip('.')} ({v.name}: supported)." for v in supported))
+        out.append("Supported: " + " ".join(_carried(v, comps) for v in supported))
     seed = [v for v, h in zip(verdicts, hyps) if getattr(h, "seed_claim", False) and
             v.word in ("NOT SUPPORTED", "CONTRADICTED")]
     for v in seed:

@@ -130,6 +130,10 @@ def test_missing_and_failed_arms_and_crashed_episodes(tracker, tmp_path):
     words = {c.arm: c.word for c in rep.comparisons}
     assert words["fix_minmax"] == "better"
     assert words["fix_loss_weight"] == "missing" and words["fix_masked_loss"] == "missing"
+    # the answer rests H1_practical on the comparison that carried it, not on the claim's wording
+    # ("a standard normaliser or the seed's loss weight"): the x100 weight never finished
+    assert "Supported: H1_practical (fix_minmax vs baseline_rdt better, +73 pts): Use the fix" in rep.answer
+    assert "loss weight fixes" not in rep.answer
     text = "\n".join(rep.caveats)
     assert "Crashed episodes (counted as failures): fix_minmax (6)" in text
     assert "fix_loss_weight seed 0: train: TrainingDiverged" in text
