@@ -316,9 +316,14 @@ def _task_spread(c: ComparisonResult) -> str:
 def _carried(v: HypothesisVerdict, comps: list[ComparisonResult]) -> str:
     """A supported hypothesis in the answer, by the comparisons that carried it. Not its claim: a claim
     ('a normaliser or the x100 weight fixes it') can name arms this plan left out or that did not decide."""
-    held = [c for c in comps if c.hypothesis == v.name and c.matches_expectation]
-    said = "; ".join(f"{c.arm} vs {c.control} {c.word}, {_pts(c.estimate)} pts" for c in held)
-    return f"{v.name} ({said or 'see below'}): {v.meaning.rstrip('.')}."
+    held = [f"{c.arm} vs {c.control} {c.word}, {_pts(c.estimate)} pts"
+            for c in comps if c.hypothesis == v.name and c.matches_expectation]
+    corr = v.correlation
+    if corr and corr.get("rho") is not None:
+        held.insert(0, f"rank correlation rho {corr['rho']:+.2f} [{corr['lo']:+.2f}, {corr['hi']:+.2f}] "
+                       f"over {corr['n']} runs")
+    meaning = v.meaning if v.meaning.endswith((".", ")")) else v.meaning + "."
+    return f"{v.name} ({'; '.join(held) or 'see below'}): {meaning}"
 
 
 def write_answer(rows: list[ArmRow], comps: list[ComparisonResult], verdicts: list[HypothesisVerdict],

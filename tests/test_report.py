@@ -182,3 +182,13 @@ def test_report_command_finds_the_plan_through_its_parent_run(tracker, tmp_path)
                          capture_output=True, text=True, cwd=REPO)
     assert cli.returncode == 2 and cli.stderr.strip().startswith("error: no MLflow store at")
     assert "Traceback" not in cli.stderr
+
+
+def test_answer_rests_a_correlation_verdict_on_its_interval():
+    from ablation.report import HypothesisVerdict, _carried
+
+    v = HypothesisVerdict("H2_loss_proxy", "Loss dilution", "claim", "SUPPORTED",
+                          "Do not read the loss value. (Warning: the baseline did not reproduce the seed's failure.)",
+                          [], {"rho": 0.38, "lo": -0.22, "hi": 0.75, "n": 12, "word": "unclear"})
+    assert _carried(v, []) == ("H2_loss_proxy (rank correlation rho +0.38 [-0.22, +0.75] over 12 runs): Do not read "
+                               "the loss value. (Warning: the baseline did not reproduce the seed's failure.)")
