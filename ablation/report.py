@@ -21,8 +21,11 @@ from .hypothesis import Hypothesis
 from .spec import GROUPS
 from .tracking import TAG_KIND, Tracker
 
-BASELINE_FAILS_BELOW = 0.10
-CORR_STRONG = 0.3             # |rank correlation| below this is "no strong relation"   # "success near 0" for the seed's failure signature
+BASELINE_FAILS_BELOW = 0.10   # "success near 0" for the seed's failure signature
+CORR_STRONG = 0.3             # |rank correlation| below this is "no strong relation"
+# Two arms that both fail (at most this success) cannot show a difference whatever the claim: another
+# failure masks it. "No meaningful difference" between them is a floor, not evidence against the claim.
+FLOOR_SUCCESS = BASELINE_FAILS_BELOW
 OPEN_LOOP_KEYS = {g: f"val/openloop/nmse/{g}" for g in GROUPS}
 
 
@@ -246,6 +249,7 @@ def _correlation(h: Hypothesis, rows: list[ArmRow], curves: dict) -> dict:
 def hypothesis_verdict(h: Hypothesis, comps: list[ComparisonResult], corr: dict | None, warn: str) -> HypothesisVerdict:
     mine = [c for c in comps if c.hypothesis == h.name]
     lines = [_comparison_line(c) for c in mine]
+    floor = ""
     if h.kind == "correlation" and corr is not None:
         if "rho" in corr:
             lines.insert(0, f"rank correlation of {h.correlation.x} with {h.correlation.y}: rho {corr['rho']:+.2f} "
@@ -276,17 +280,38 @@ def hypothesis_verdict(h: Hypothesis, comps: list[ComparisonResult], corr: dict 
             else:
                 word = ("SUPPORTED" if len(match) == len(testable) else "CONTRADICTED" if opposite else
                         "NOT SUPPORTED" if all_decided else "INCONCLUSIVE")
+            against = [c for c in testable if not c.matches_expectation]
+            if word == "NOT SUPPORTED" and against and all(_at_floor(c) for c in against):
+                word, floor = "UNTESTABLE HERE", (
+                    f"every arm compared fails ({_rates(against)} success, at most "
+                    f"{100 * FLOOR_SUCCESS:.0f}%): a floor effect, so no difference could show whatever the claim; it "
+                    "needs a setting where the control can succeed (for example normalised actions)")
     meaning = {"SUPPORTED": h.outcomes.supported, "NOT SUPPORTED": h.outcomes.not_supported,
                "CONTRADICTED": h.outcomes.contradicted or h.outcomes.not_supported,
                "INCONCLUSIVE": h.outcomes.inconclusive, "UNTESTABLE HERE": h.outcomes.untestable}[word]
     untestable = [c for c in mine if c.word == "untestable"]
-    if word == "UNTESTABLE HERE":
+    if word == "UNTESTABLE HERE" and floor:
+        meaning = f"untestable here, because {floor}."
+    elif word == "UNTESTABLE HERE":
         meaning = f"untestable here, because {untestable[0].why}. {meaning}".strip()
     elif untestable:
         lines.append(f"untestable here: {', '.join(c.arm for c in untestable)}, because {untestable[0].why}")
     if warn:
         meaning = f"{meaning} (Warning: the baseline did not reproduce the seed's failure.)".strip()
     return HypothesisVerdict(h.name, h.title, h.claim, word, meaning, lines, corr)
+
+
+def _at_floor(c: ComparisonResult) -> bool:
+    return c.word == "no meaningful difference" and max(c.rate_arm or 0, c.rate_control or 0) <= FLOOR_SUCCESS
+
+
+def _rates(comps: list[ComparisonResult]) -> str:
+    """'control 0%, arm_a 6%, arm_b 2%': each arm once."""
+    rate = {}
+    for c in comps:
+        rate.setdefault(c.control, c.rate_control or 0)
+        rate.setdefault(c.arm, c.rate_arm or 0)
+    return ", ".join(f"{a} {100 * r:.0f}%" for a, r in rate.items())
 
 
 def _pts(x: float | None) -> str:
@@ -302,6 +327,8 @@ def _comparison_line(c: ComparisonResult) -> str:
         s += f" (decided at look {c.decided_at_look + 1})"
     if c.word == "inconclusive" and c.why:
         s += f"; {c.why}"
+    if _at_floor(c):
+        s += f"; both arms at the floor (at most {100 * FLOOR_SUCCESS:.0f}% success): this says nothing of the claim"
     if c.n_tasks > 1:
         s += f"; pooled over {c.n_tasks} tasks ({_task_spread(c)}); {c.heterogeneity}"
     return s

@@ -56,7 +56,8 @@ def record_plan(tracker: Tracker, hyps: list[str], arms: dict[str, dict], name: 
             tracker.end_run(rid)
     rec = {"plan": name, "key": name, "hypotheses": [load_hypothesis(h).model_dump(mode="json") for h in hyps],
            "arms": {arm: {"spec_hash": f"h-{arm}", "seeds": list(range(len(a.get("rates", [])))), "suite":
-                          "libero_object", "task": 0, "description": arm} for arm, a in arms.items()},
+                          "libero_object", "task": 0, "description": arm, "pretrained": a.get("pretrained", False)}
+                    for arm, a in arms.items()},
            "runs": runs, "episodes": {"looks": [STATES], "alpha": 0.05, "spending": "obrien_fleming", "margin": 0.15},
            "looks": looks or [], "demos": {"x": {"starts": "random_resets (seed 0)"}}, "versions": {"mujoco": "3.x"}}
     with tempfile.TemporaryDirectory() as d:
@@ -192,3 +193,26 @@ def test_answer_rests_a_correlation_verdict_on_its_interval():
                           [], {"rho": 0.38, "lo": -0.22, "hi": 0.75, "n": 12, "word": "unclear"})
     assert _carried(v, []) == ("H2_loss_proxy (rank correlation rho +0.38 [-0.22, +0.75] over 12 runs): Do not read "
                                "the loss value. (Warning: the baseline did not reproduce the seed's failure.)")
+
+
+def test_no_difference_at_the_floor_is_untestable_not_not_supported(tracker, tmp_path):
+    # Every H3 arm fails (0-5%): "no meaningful difference" is a floor, not evidence against slot meaning.
+    parent = record_plan(tracker, ["H3_slot_semantics"], {
+        "pre_seed_delta_eef": {"rates": [0, 0, 0], "loss": 1e-4, "nmse_pos": 0.5, "pretrained": True},
+        "pre_delta_velocity": {"rates": [0.05, 0, 0.05], "loss": 1e-4, "nmse_pos": 0.4, "pretrained": True},
+        "pre_abs_eef": {"rates": [0, 0.05, 0], "loss": 1e-4, "nmse_pos": 0.1, "pretrained": True}})
+    rep = build_report(tracker, parent_run_id=parent, out_dir=tmp_path / "r")
+    words = {c.arm: c.word for c in rep.comparisons}
+    assert words == {"pre_delta_velocity": "no meaningful difference", "pre_abs_eef": "no meaningful difference"}
+    v = by_name(rep)["H3_slot_semantics"]
+    assert v.word == "UNTESTABLE HERE"
+    assert v.meaning.startswith("untestable here, because every arm compared fails (pre_seed_delta_eef 0%, "
+                                "pre_delta_velocity 3%, pre_abs_eef 2% success, at most 10%): a floor effect")
+    assert all("both arms at the floor" in line for line in v.lines)
+    # the same comparison above the floor keeps its verdict: 50% vs 50% is evidence against the claim
+    parent = record_plan(tracker, ["H3_slot_semantics"], {
+        "pre_seed_delta_eef": {"rates": [0.5, 0.5, 0.5], "loss": 1e-4, "pretrained": True},
+        "pre_delta_velocity": {"rates": [0.5, 0.5, 0.5], "loss": 1e-4, "pretrained": True},
+        "pre_abs_eef": {"rates": [0.5, 0.5, 0.5], "loss": 1e-4, "pretrained": True}}, name="t2")
+    rep = build_report(tracker, parent_run_id=parent, out_dir=tmp_path / "r2")
+    assert by_name(rep)["H3_slot_semantics"].word == "NOT SUPPORTED"
