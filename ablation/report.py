@@ -252,8 +252,8 @@ def hypothesis_verdict(h: Hypothesis, comps: list[ComparisonResult], corr: dict 
     floor = ""
     if h.kind == "correlation" and corr is not None:
         if "rho" in corr:
-            lines.insert(0, f"rank correlation of {h.correlation.x} with {h.correlation.y}: rho {corr['rho']:+.2f} "
-                            f"[{corr['lo']:+.2f}, {corr['hi']:+.2f}] over {corr['n']} arm x seed runs ({corr['word']})")
+            lines.insert(0, f"rank correlation of {h.correlation.x} with {h.correlation.y}: {_rho(corr)} over "
+                            f"{corr['n']} arm x seed runs ({corr['word']})")
         else:
             lines.insert(0, f"rank correlation: {corr['why']}")
         want, lo, hi = h.correlation.expect, corr.get("lo"), corr.get("hi")
@@ -314,6 +314,11 @@ def _rates(comps: list[ComparisonResult]) -> str:
     return ", ".join(f"{a} {100 * r:.0f}%" for a, r in rate.items())
 
 
+def _rho(corr: dict) -> str:
+    """'rho +0.38 [-0.22, +0.75]': a rank correlation with its interval, as the verdict and the answer give it."""
+    return f"rho {corr['rho']:+.2f} [{corr['lo']:+.2f}, {corr['hi']:+.2f}]"
+
+
 def _pts(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:+.0f}"
 
@@ -347,8 +352,7 @@ def _carried(v: HypothesisVerdict, comps: list[ComparisonResult]) -> str:
             for c in comps if c.hypothesis == v.name and c.matches_expectation]
     corr = v.correlation
     if corr and corr.get("rho") is not None:
-        held.insert(0, f"rank correlation rho {corr['rho']:+.2f} [{corr['lo']:+.2f}, {corr['hi']:+.2f}] "
-                       f"over {corr['n']} runs")
+        held.insert(0, f"rank correlation {_rho(corr)} over {corr['n']} runs")
     meaning = v.meaning if v.meaning.endswith((".", ")")) else v.meaning + "."
     return f"{v.name} ({'; '.join(held) or 'see below'}): {meaning}"
 
