@@ -50,6 +50,9 @@ class Profile:
     sets: tuple[str, ...]
     jobs: int
     rollout_workers: int | None
+    # Episodes each rollout process steps in lockstep, one policy call for all of them: an execution
+    # detail like the worker count (outcomes do not depend on it), so the profile's, not the spec's.
+    rollout_batch: int = 1
 
 
 def detect_device() -> str:
@@ -74,7 +77,11 @@ def load_profile(name: str) -> Profile:
     workers = raw.get("rollout_workers")
     if workers == "auto":  # the CPUs this process may use (a container's limit, not the host's count)
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return Profile(name, tuple(raw.get("set", [])), int(raw.get("jobs", 1)), workers)
+    batch = raw.get("rollout_batch", 1)
+    if not isinstance(batch, int) or batch < 1:
+        raise SpecError(f"{path}: rollout_batch: {batch!r} is not a whole number >= 1; "
+                        "write e.g. `rollout_batch: 4` (1: one episode at a time)")
+    return Profile(name, tuple(raw.get("set", [])), int(raw.get("jobs", 1)), workers, batch)
 
 
 # ----------------------------------------------------------------------------- arms
@@ -480,6 +487,7 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
                     u.arm.name, spec.to_yaml(), u.seed, run_ids[u.key], tracker.tracking_uri,
                     tracker.experiment_id, str(demo), str(u.ckpt_dir(workdir)), tuple(range(n_eps)),
                     rollout_workers=profile.rollout_workers or spec.rollout.workers,
+                    rollout_batch=profile.rollout_batch,
                     threads=1 if n_jobs > 1 else 0, progress=n_jobs == 1,
                     gate_episodes=spec.rollout.gate_episodes if gate_episodes is None else gate_episodes,
                     gate_cache_dir=str(workdir / "gates")))
@@ -515,6 +523,9 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
         raise
     finally:
         dispatcher.close()
+        from .rollout_pool import close_shared_pools
+
+        close_shared_pools()  # the driver's warm rollout pool (runs executed here with several workers)
     tr = time.time()
     try:
         from .report import build_report

@@ -115,12 +115,14 @@ class DiffusionPolicy(nn.Module):
         return self.action_mask.device
 
     # ------------------------------------------------------------------ network call
-    def denoise(self, noisy: torch.Tensor, t: torch.Tensor, batch: dict) -> torch.Tensor:
-        """One network evaluation: noisy (B,H,W), t (B,) -> model output (x0 or epsilon), (B,H,W)."""
+    def denoise(self, noisy: torch.Tensor, t: torch.Tensor, batch: dict, net: nn.Module | None = None) -> torch.Tensor:
+        """One network evaluation: noisy (B,H,W), t (B,) -> model output (x0 or epsilon), (B,H,W).
+        `net`: a callable standing for `self.net` with the same weights (the trainer's compiled copy)."""
         B = noisy.shape[0]
         freq = torch.full((B,), float(self.spec.model.ctrl_freq_hz), device=noisy.device)
-        return self.net(noisy, self.action_mask, t, freq, batch["state"], self.state_mask,
-                        self.obs_norm(batch["obs"]), batch.get("images"))
+        net = self.net if net is None else net
+        return net(noisy, self.action_mask, t, freq, batch["state"], self.state_mask, self.obs_norm(batch["obs"]),
+                   batch.get("images"))
 
     def x0_from_output(self, out: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.spec.model.prediction_type == "sample":
@@ -128,15 +130,17 @@ class DiffusionPolicy(nn.Module):
         ab = self.alphas_cumprod.to(noisy.device)[t].view(-1, 1, 1)
         return (noisy - (1 - ab).sqrt() * out) / ab.sqrt()
 
-    def training_outputs(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Noise a batch's actions at random timesteps; returns pred, target, x0_pred, x0 (all (B,H,W))."""
+    def training_outputs(self, batch: dict, generator: torch.Generator | None = None,
+                         net: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """Noise a batch's actions at random timesteps; returns pred, target, x0_pred, x0 (all (B,H,W)).
+        `net` as in `denoise`."""
         x0 = batch["actions"]
         B = x0.shape[0]
         gen_dev = generator.device if generator is not None else torch.device("cpu")
         noise = torch.randn(x0.shape, generator=generator, device=gen_dev).to(x0.device)
         t = torch.randint(0, self.spec.model.num_train_timesteps, (B,), generator=generator, device=gen_dev).to(x0.device)
         noisy = self.train_scheduler.add_noise(x0, noise, t)
-        pred = self.denoise(noisy, t, batch)
+        pred = self.denoise(noisy, t, batch, net)
         target = x0 if self.spec.model.prediction_type == "sample" else noise
         x0_pred = self.x0_from_output(pred.float(), noisy, t)
         return {"pred": pred, "target": target, "x0_pred": x0_pred, "x0": x0}

@@ -31,6 +31,7 @@ Worker processes and the warm pool that outlives one evaluation: `ablation/rollo
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import sys
 import time
@@ -590,9 +591,38 @@ def run_rollouts(policy_factory: Callable[[], Policy], suite: str, task: int,
                          time.perf_counter() - t0)
 
 
+@contextlib.contextmanager
+def policy_threads(n: int = 1):
+    """torch's intra-op threads set to `n` for the duration (restored after). Rollouts compute their
+    policies on one thread wherever they run, as the pool's workers do: some CPUs' kernels split
+    a matmul differently on 2 threads (seen on Zen 5 with the tiny DiT: episode action means 6e-6
+    apart, serial on 2 threads vs a 1-thread worker), which would make an episode's outcome depend
+    on the process that ran it."""
+    try:
+        import torch
+    except ImportError:  # a policy without torch (the scripted expert): nothing to pin
+        yield
+        return
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def run_here(policy_factory: Callable[[], Policy], cfg: RunConfig, eps: list[int],
              progress: Callable[[EpisodeRecord], None] | None = None) -> dict[int, EpisodeRecord]:
-    """Run the episodes in this process (up to cfg.batch in lockstep); records by episode index."""
+    """Run the episodes in this process (up to cfg.batch in lockstep), the policy on one thread
+    (`policy_threads`); records by episode index."""
+    with policy_threads(1):
+        return _run_here(policy_factory, cfg, eps, progress)
+
+
+def _run_here(policy_factory: Callable[[], Policy], cfg: RunConfig, eps: list[int],
+              progress: Callable[[EpisodeRecord], None] | None) -> dict[int, EpisodeRecord]:
     runner = EpisodeRunner(policy_factory, cfg)
     pending, records = deque(eps), {}
 

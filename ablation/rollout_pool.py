@@ -8,16 +8,24 @@ episodes, one message each, so a fast worker takes more episodes than a slow one
         pool.warm("libero_object", 0)        # optional: pay imports and env creation now
         r = pool.run(factory, "libero_object", 0, range(10), replan_every=8, seed=0)   # RolloutResult
 
-A worker steps up to `batch` episodes in lockstep when the policy has `act_batch`. A worker that
-dies fails only its episode: when it had several in flight, they are run again one at a time (an
+A worker steps up to `batch` episodes in lockstep when the policy has `act_batch`. Its episodes are
+simulated one after another, so a worker that holds more episodes than another costs wall time the
+batched policy call does not win back: a busy worker takes new episodes only up to its quota
+(ceil(episodes / workers)); one with nothing in flight always gets the next (episodes that end early
+rebalance the rest). A worker that dies fails only its episode: when it had several in flight, they are run again one at a time (an
 episode's outcome does not depend on its batch-mates), and the one that kills its worker alone is
 recorded as failed.
+
+`shared_pool(n)` is this process's pool of n workers, started on first use and kept for every later
+run (a plan's runs and looks, a tuning study's trials) until `close_shared_pools()` or exit: the
+plan and the tuner use it whenever a run asks for more than one rollout worker.
 
 Messages, parent -> worker: ("run", run_id, factory, cfg), ("warm", key, n), ("episode", e), None (quit);
 worker -> parent: ("ready", run_id, capacity), ("warmed",), ("record", EpisodeRecord).
 """
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
 import time
@@ -56,6 +64,8 @@ def _worker_main(conn) -> None:
                     conn.send(("ready", msg[1], runner.capacity))
                 elif msg[0] == "warm":
                     warm_envs(*msg[1], n=msg[2])
+                    if msg[3]:  # the policy stack's imports (torch, diffusers: seconds), paid now, not by a run
+                        import ablation.policy  # noqa: F401
                     conn.send(("warmed",))
                 elif msg[0] == "episode":
                     queue.append(msg[1])
@@ -78,6 +88,7 @@ class _Worker:
     conn: object
     capacity: int | None = None          # None until the worker has built the run's policy
     inflight: set[int] = field(default_factory=set)
+    assigned: int = 0                    # episodes of the current run sent to it
     alone: bool = False                  # running a suspect episode that must have the worker to itself
 
 
@@ -126,14 +137,17 @@ class RolloutPool:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def warm(self, suite: str, task: int, images: bool = False, image_size: int = 128, envs: int = 1) -> float:
-        """Have every worker finish its imports and hold `envs` envs for this task; returns seconds."""
+    def warm(self, suite: str, task: int, images: bool = False, image_size: int = 128, envs: int = 1,
+             policy_imports: bool = True) -> float:
+        """Have every worker finish its imports (the diffusion policy's too, unless told not to) and
+        hold `envs` envs for this task; returns seconds."""
         t0 = time.perf_counter()
         self._fill()
         waiting = []
         for w in self._procs:
             try:
-                w.conn.send(("warm", (suite, int(task), bool(images), int(image_size)), int(envs)))
+                w.conn.send(("warm", (suite, int(task), bool(images), int(image_size)), int(envs),
+                             bool(policy_imports)))
                 waiting.append(w)
             except OSError:
                 pass
@@ -160,6 +174,7 @@ class RolloutPool:
         """Run the episodes across the workers; records by episode index."""
         pending, suspects = deque(eps), set()
         records: dict[int, EpisodeRecord] = {}
+        quota = -(-len(eps) // max(1, self.workers))  # episodes per worker while it is busy
         deaths_in_a_row = 0
         self._runs += 1
         run_id = self._runs
@@ -172,20 +187,22 @@ class RolloutPool:
                 progress(rec)
 
         def begin(w: _Worker) -> None:
-            w.capacity, w.inflight, w.alone = None, set(), False
+            w.capacity, w.inflight, w.alone, w.assigned = None, set(), False, 0
             try:
                 w.conn.send(("run", run_id, policy_factory, cfg))
             except OSError:
                 pass  # it died while idle: the loop below sees its sentinel and replaces it
 
         def feed(w: _Worker) -> None:
-            while pending and w.capacity and len(w.inflight) < w.capacity and not w.alone:
+            while (pending and w.capacity and len(w.inflight) < w.capacity and not w.alone
+                   and (w.assigned < quota or not w.inflight)):
                 e = pending[0]
                 if e in suspects and w.inflight:
                     return
                 w.conn.send(("episode", e))
                 pending.popleft()
                 w.inflight.add(e)
+                w.assigned += 1
                 w.alone = e in suspects
 
         def died(w: _Worker) -> None:
@@ -241,3 +258,27 @@ class RolloutPool:
                     self._drop(w)
             raise
         return records
+
+
+# ----------------------------------------------------------------------------- this process's pool
+
+_SHARED: dict[int, RolloutPool] = {}
+
+
+def shared_pool(workers: int) -> RolloutPool:
+    """This process's warm pool of `workers` rollout processes: started on the first call, reused by
+    every later one (another run of the plan, a later look, the next trial), so each worker pays its
+    imports and env creation once. A pool of another size is started beside it."""
+    n = max(1, int(workers))
+    if n not in _SHARED:
+        _SHARED[n] = RolloutPool(n)
+    return _SHARED[n]
+
+
+def close_shared_pools() -> None:
+    """Stop the pools `shared_pool` started (the plan and the tuner call it when they end)."""
+    while _SHARED:
+        _SHARED.popitem()[1].close()
+
+
+atexit.register(close_shared_pools)

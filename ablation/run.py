@@ -46,6 +46,7 @@ class RunJob:
     ckpt_dir: str
     init_states: tuple[int, ...]   # the init states this run must have evaluated when the call returns
     rollout_workers: int = 1
+    rollout_batch: int = 1         # episodes per rollout process in lockstep (the profile's rollout_batch)
     threads: int = 0
     progress: bool = True
     gate_episodes: int = 10        # 0: skip Gate A (tests on tiny budgets)
@@ -105,18 +106,24 @@ def episode_dict(rec) -> dict:
 
 
 def run_closed_loop(bundle: Path, spec: Spec, seed: int, init_states: list[int], *, workers: int = 1,
-                    video_dir: Path | None = None, videos: tuple[int, ...] = (), progress=None):
-    """Roll the bundle's policy out from the given benchmark init states -> RolloutResult."""
+                    batch: int = 1, video_dir: Path | None = None, videos: tuple[int, ...] = (), progress=None):
+    """Roll the bundle's policy out from the given benchmark init states -> RolloutResult.
+
+    workers > 1: in this process's warm pool (ablation.rollout_pool.shared_pool), kept for the next
+    run; 1: here, with this process's cached envs. batch: episodes per process in lockstep, one
+    policy call for all of them (the outcomes do not depend on it: each episode has its own noise)."""
     from functools import partial
 
     from .policy import load_policy
     from .rollout import run_rollouts
+    from .rollout_pool import shared_pool
 
     # On a GPU profile every rollout worker runs its policy on the GPU, the simulator on its CPU core.
     device = "cuda" if spec.train.device == "cuda" else "cpu"
+    n = min(int(workers), len(init_states))
     return run_rollouts(partial(load_policy, str(bundle), device=device), spec.data.suite, spec.data.task,
-                        episodes=list(init_states), workers=workers, videos=videos, video_dir=video_dir,
-                        progress=progress, **rollout_kwargs(spec, seed))
+                        episodes=list(init_states), videos=videos, video_dir=video_dir, progress=progress,
+                        batch=batch, pool=shared_pool(workers) if n > 1 else None, **rollout_kwargs(spec, seed))
 
 
 def summarise_episodes(records: list[dict]) -> dict[str, float]:
@@ -220,7 +227,7 @@ def execute(job: RunJob, *, on_train_metrics: Callable[[int, dict], None] | None
         have = {int(r["init_state"]) for r in state["episodes"]}
         todo = [s for s in job.init_states if s not in have]
         if todo:
-            res = run_closed_loop(bundle, spec, job.seed, todo, workers=job.rollout_workers)
+            res = run_closed_loop(bundle, spec, job.seed, todo, workers=job.rollout_workers, batch=job.rollout_batch)
             state["episodes"].extend(episode_dict(r) for r in res.episodes)
             save_state(ckpt, state)
             print(f"[{spec.name} seed {job.seed}] +{len(todo)} episodes: {res.line()}", flush=True)

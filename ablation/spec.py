@@ -121,6 +121,8 @@ class TrainSpec(_Frozen):
     grad_clip: float = Field(1.0, gt=0)
     ema: bool = False
     ema_decay: float = Field(0.999, gt=0, lt=1)
+    # torch.compile the training step's network call (ablation.train): ~1.3x samples/s on CPU with fast
+    # kernels, for a one-time compile (~45 s cold, ~3 s from torch's on-disk cache). The CPU profile sets it.
     compile: bool = False
     bf16: bool = True  # only takes effect on CUDA
     seed: int = 0

@@ -11,10 +11,18 @@ Checkpoint bundles are read and written by ablation.bundle; open-loop figures co
 ablation.openloop.
 
 Compute kernels (`train.kernels`, default "fast"; "reference" is the pre-Throughput trainer):
-    fast       on CPU, the blocks' matmuls in bf16 and attention by plain matmuls while training
-               (ablation.model.Kernels), fp32 for validation and sampling; fused AdamW, foreach EMA
+    fast       on CPU, the blocks' matmuls in bf16 while training (ablation.model.Kernels), fp32 for
+               validation and sampling; fused AdamW, foreach EMA and gradient clipping
     reference  SDPA attention, fp32 throughout, for-loop AdamW (today's figures, side by side)
 On CUDA both train as before (bf16 autocast when train.bf16).
+
+`train.compile` (the CPU profile sets it): the training step's network call goes through
+torch.compile (inductor), which fuses the elementwise work around the matmuls (norms, GELU, casts,
+bias and residual adds: ~60% of an eager fast step at the small size); with fast kernels attention is
+then plain matmuls, which fuse, instead of SDPA. Validation and sampling stay eager. The compiled
+code is cached on disk by torch (cold: ~45 s the first time on a machine; warm: ~3 s) and in memory
+for later runs of the same process. If the compiler cannot run here (no C++ compiler, say), the run
+says why once and trains eagerly from the same step and RNG state; the bundle's meta records which.
 
 Metrics passed to on_metrics every train.log_every steps (losses averaged over those steps):
     train/loss/{total,pos,rot,grip,pad}   shares of the loss; pos+rot+grip+pad == total (pad: unfilled
@@ -44,7 +52,8 @@ from .bundle import check_resumable, latest_bundle, read_train_state, write_bund
 from .data import PreparedData, Windows, prepare_spec_data
 from .errors import UserError
 from .loss import SHARES, DiffusionLoss, physical_errors
-from .model import FAST_EVAL_KERNELS, FAST_TRAIN_KERNELS, REFERENCE_KERNELS, DiffusionTransformer
+from .model import (COMPILED_TRAIN_KERNELS, FAST_EVAL_KERNELS, FAST_TRAIN_KERNELS, REFERENCE_KERNELS,
+                    DiffusionTransformer)
 from .openloop import open_loop_eval  # noqa: F401  (re-exported: `from ablation.train import open_loop_eval`)
 from .policy import DiffusionPolicy, ObsNormalizer, build_policy
 from .provenance import file_sha256, git_commit, versions
@@ -74,6 +83,9 @@ class TrainResult:
     checkpoint_time_s: float = 0.0               # of which writing bundles
     step_cpu_s: float = 0.0                      # process CPU time of the optimiser steps (all threads)
     open_loop: dict[str, float] = field(default_factory=dict)
+    compiled: str = "off"                        # train.compile: off | on | "failed: <reason>" (trained eagerly)
+    first_step_s: float = 0.0                    # this process's first step, compilation included
+    first_step_cpu_s: float = 0.0                # its process CPU time (the C++ compiler runs in subprocesses)
 
 
 def configure_torch(num_threads: int = 0) -> None:
@@ -281,11 +293,14 @@ class Trainer:
         instruction = data.demo_set.meta.problem_info.get("language_instruction")
         self.policy = build_policy(spec, data.codec, obs_norm, data.train.obs.shape[-1], n_cams, instruction).to(device)
         net = self.policy.net
-        fast_cpu = kernels == "fast" and device.type == "cpu" and isinstance(net, DiffusionTransformer)
-        self.train_kernels = (FAST_TRAIN_KERNELS if cpu_bf16_matmul() else REFERENCE_KERNELS) if fast_cpu \
-            else REFERENCE_KERNELS
-        self.eval_kernels = FAST_EVAL_KERNELS if fast_cpu else REFERENCE_KERNELS
+        self.fast_cpu = kernels == "fast" and device.type == "cpu" and isinstance(net, DiffusionTransformer)
+        self.compiled = "pending" if spec.train.compile else "off"
+        self.train_kernels = self._train_kernels()
+        self.eval_kernels = FAST_EVAL_KERNELS if self.fast_cpu else REFERENCE_KERNELS
         self.kernels = kernels
+        # The training step's network call; the policy's own `net` (eager) serves validation and sampling.
+        # dynamic=False: the batch shape never changes, and static shapes give inductor the fastest code.
+        self.train_net = torch.compile(net, dynamic=False) if spec.train.compile else net
         self.loss_fn = DiffusionLoss(data.codec, spec.loss, device)
         self.state = TrainState.create(spec, net, fused_opt=(kernels == "fast" and device.type == "cpu"))
         self.demo_sha = file_sha256(demo_path)
@@ -295,6 +310,11 @@ class Trainer:
         self.val_t = WindowTensors(data.val, device) if data.val is not None else None
         self.data_time = 0.0  # seconds spent gathering batches
         self.init_info: dict = {}  # what train.init_from loaded (kept in every bundle's meta)
+
+    def _train_kernels(self):
+        if not (self.fast_cpu and cpu_bf16_matmul()):
+            return REFERENCE_KERNELS
+        return COMPILED_TRAIN_KERNELS if self.compiled in ("pending", "on") else FAST_TRAIN_KERNELS
 
     def use_kernels(self, k) -> None:
         if isinstance(self.policy.net, DiffusionTransformer):
@@ -319,14 +339,39 @@ class Trainer:
         return prev
 
     def step(self, meter: LossMeter) -> tuple[torch.Tensor, dict, torch.Tensor]:
-        """One optimiser step on a fresh batch -> (batch indices, training outputs, grad norm)."""
+        """One optimiser step on a fresh batch -> (batch indices, training outputs, grad norm).
+
+        The first compiled step compiles (forward, then backward); if the compiler fails, the step is
+        redone eagerly from the same RNG state (nothing was applied yet), and so is the rest of the run."""
+        if self.compiled != "pending":
+            return self._step(meter)
+        rng = self.state.gen.get_state()
+        try:
+            out = self._step(meter)
+        except TrainingDiverged:
+            raise
+        except Exception as e:  # inductor's BackendCompilerFailed, a missing C++ compiler, ...
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            self.compiled = f"failed: {type(e).__name__}: {first}"
+            print(f"[train] {self.spec.name}: train.compile: torch.compile failed ({type(e).__name__}: {first}); "
+                  "training eagerly instead (same results, slower)", flush=True)
+            self.state.gen.set_state(rng)
+            self.state.opt.zero_grad(set_to_none=True)
+            self.train_net = self.policy.net
+            self.train_kernels = self._train_kernels()
+            self.use_kernels(self.train_kernels)
+            return self._step(meter)
+        self.compiled = "on"
+        return out
+
+    def _step(self, meter: LossMeter) -> tuple[torch.Tensor, dict, torch.Tensor]:
         st, spec = self.state, self.spec
         t0 = time.perf_counter()
         idx = torch.randint(0, len(self.train_t), (spec.train.batch_size,), generator=st.gen)
         batch = self.train_t.batch(idx)
         self.data_time += time.perf_counter() - t0
         with self.autocast:
-            o = self.policy.training_outputs(batch, st.gen)
+            o = self.policy.training_outputs(batch, st.gen, net=self.train_net)
         lo = self.loss_fn(o["pred"], o["target"], o["x0_pred"], o["x0"])
         if not torch.isfinite(lo.total):
             bad = [g for g in SHARES if not torch.isfinite(lo.contrib[g])]
@@ -390,7 +435,8 @@ class Trainer:
                 "demo_file": str(self.demo_path.resolve()), "demo_sha256": self.demo_sha,
                 "demo_attrs": data.demo_set.meta.attrs, "train_demos": data.train_ids, "val_demos": data.val_ids,
                 "versions": versions(), "git_commit": git_commit(), "device": str(self.device),
-                "weights": "ema" if st.ema is not None else "raw", "kernels": self.kernels}
+                "weights": "ema" if st.ema is not None else "raw", "kernels": self.kernels,
+                "compiled": self.compiled}
         meta.update(self.init_info or {"init_from": getattr(spec.train, "init_from", None)})
         return write_bundle(self.out_dir, self.policy, meta, st.state_dict(), st.ema.shadow if st.ema else None)
 
@@ -421,18 +467,18 @@ def train(spec: Spec, demo_path: str | Path, out_dir: str | Path, *, on_metrics:
     tr = Trainer(spec, data, demo_path, out_dir, kernels or getattr(spec.train, "kernels", "fast"))
     st, tcfg, total = tr.state, spec.train, total_steps(spec)
     ckpt_dir = tr.resume_or_init(resume)
-    if tcfg.compile:
-        tr.policy.net.compile()
     tr.use_kernels(tr.train_kernels)
     start_step, last = st.step, (st.history[-1][1] if st.history else {})
     meter = LossMeter(tr.device)
-    step_time = step_cpu = eval_time = ckpt_time = 0.0
+    step_time = step_cpu = eval_time = ckpt_time = first_step = first_cpu = 0.0
     bar = tqdm(total=total, initial=st.step, disable=not progress, desc=spec.name, dynamic_ncols=True)
     tr.policy.train()
     t_loop = time.perf_counter()
     while st.step < total:
         t0, c0 = time.perf_counter(), time.process_time()
         idx, o, gnorm = tr.step(meter)
+        if st.step == start_step + 1:
+            first_step, first_cpu = time.perf_counter() - t0, time.process_time() - c0
         step_time += time.perf_counter() - t0
         step_cpu += time.process_time() - c0
         bar.update(1)
@@ -468,4 +514,5 @@ def train(spec: Spec, demo_path: str | Path, out_dir: str | Path, *, on_metrics:
                        wall_time_s=time.perf_counter() - t_start,
                        samples_per_s=trained * tcfg.batch_size / max(step_time, 1e-9), steps=st.step,
                        data_time_share=tr.data_time / max(step_time, 1e-9), loop_wall_s=loop_wall,
-                       eval_time_s=eval_time, checkpoint_time_s=ckpt_time, step_cpu_s=step_cpu, open_loop=ol)
+                       eval_time_s=eval_time, checkpoint_time_s=ckpt_time, step_cpu_s=step_cpu, open_loop=ol,
+                       compiled=tr.compiled, first_step_s=first_step, first_step_cpu_s=first_cpu)

@@ -124,7 +124,7 @@ def suggest_overrides(trial, spec: Spec) -> list[str]:
 
 
 def run_trial(trial, base: Spec, demo: Path, workdir: Path, tracker: Tracker, study_run: str,
-              progress: bool, rollout_workers: int = 1) -> float:
+              progress: bool, rollout_workers: int = 1, rollout_batch: int = 1) -> float:
     """One trial = one run of the one run pipeline (gate, audit, train, open loop, closed loop,
     artifacts), nested under the study's run, with the open-loop error reported for pruning."""
     import optuna
@@ -151,7 +151,7 @@ def run_trial(trial, base: Spec, demo: Path, workdir: Path, tracker: Tracker, st
     ckpt = workdir / "checkpoints" / f"tune-{trial.study.study_name}-t{trial.number}-{spec.hash()}"
     job = RunJob(spec.name, spec.to_yaml(), spec.train.seed, run_id, tracker.tracking_uri, tracker.experiment_id,
                  str(demo), str(ckpt), tuple(range(spec.tune.episodes)), rollout_workers=rollout_workers,
-                 progress=progress, gate_episodes=spec.rollout.gate_episodes, gate_cache_dir=str(workdir / "gates"))
+                 rollout_batch=rollout_batch, progress=progress, gate_episodes=spec.rollout.gate_episodes, gate_cache_dir=str(workdir / "gates"))
     try:
         res = execute(job, on_train_metrics=on_metrics)
     except optuna.TrialPruned as e:
@@ -208,12 +208,18 @@ def tune(spec_file: str, *, trials: int | None = None, storage: str | None = Non
     demo = ensure_demos(base, workdir, 0)
     t0 = time.time()
     workers = (profile.rollout_workers if profile and profile.rollout_workers else base.rollout.workers)
+    batch = profile.rollout_batch if profile else 1
     if cluster is None:
-        study.optimize(lambda t: run_trial(t, base, demo, workdir, tracker, study_run, progress, workers),
-                       n_trials=n_trials, catch=(UserError,), gc_after_trial=True)
+        from .rollout_pool import close_shared_pools
+
+        try:  # trials with several rollout workers share one warm pool (ablation.rollout_pool.shared_pool)
+            study.optimize(lambda t: run_trial(t, base, demo, workdir, tracker, study_run, progress, workers, batch),
+                           n_trials=n_trials, catch=(UserError,), gc_after_trial=True)
+        finally:
+            close_shared_pools()
     else:
         task = TrialTask(name, storage, heartbeat_s, base.to_yaml(), str(demo), str(workdir), tracker.tracking_uri,
-                         tracker.experiment_id, study_run, workers)
+                         tracker.experiment_id, study_run, workers, batch)
         try:
             run_trials_on_cluster(cluster, task, n_trials, study)
         finally:
@@ -258,6 +264,7 @@ class TrialTask:
     experiment_id: str
     study_run: str
     rollout_workers: int
+    rollout_batch: int = 1
 
 
 def run_trial_task(task: TrialTask) -> tuple[int, str]:
@@ -272,7 +279,7 @@ def run_trial_task(task: TrialTask) -> tuple[int, str]:
     tracker = Tracker(task.tracking_uri, task.experiment_id)
     ran: list = []
     study.optimize(lambda t: run_trial(t, base, Path(task.demo_path), Path(task.workdir), tracker, task.study_run,
-                                       False, task.rollout_workers),
+                                       False, task.rollout_workers, task.rollout_batch),
                    n_trials=1, catch=(UserError,), gc_after_trial=True, callbacks=[lambda s, t: ran.append(t)])
     return ran[0].number, ran[0].state.name
 

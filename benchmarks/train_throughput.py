@@ -1,24 +1,31 @@
-"""Training throughput: today's kernels ("reference") vs the fast ones, and the harness vs a bare loop.
+"""Training throughput: today's trainer ("reference") vs the new one, and the harness vs a bare loop.
 
     .venv/bin/python benchmarks/train_throughput.py [--spec fix_minmax] [--size small] [--steps 300]
-        [--threads 1,2] [--batch 64] [--repeats 2] [--demos FILE] [--compile]
+        [--threads 1,2] [--batch 64] [--repeats 2] [--demos FILE] [--sides reference,fast,compiled]
 
-One run prints, side by side (reference and fast runs interleaved, so load on a shared machine hits both):
-  * samples/s of the harness's training loop, reference vs fast, at each thread count (best of
-    --repeats; the wall time of the step loop with its logging, the end-of-run validation and
-    checkpoint left out), also per CPU-second of the steps (process CPU time: less sensitive to
-    other processes on a shared machine), their ratio (target >= 2), and the harness / bare-loop ratio of each
-    (bare loop: the same model, kernels, data and batch with nothing but the essentials);
+The sides (interleaved, so load on a shared machine hits all of them):
+    reference  the pre-Throughput trainer: fp32, SDPA, for-loop AdamW (train.kernels=reference)
+    fast       bf16 block matmuls, fused AdamW, foreach clipping, eager (train.kernels=fast)
+    compiled   fast + train.compile=true: what the CPU profile trains with (the new trainer)
+One run prints:
+  * samples/s of the harness's training loop per side and thread count (best of --repeats; the
+    step loop with its logging, end-of-run validation and checkpoint left out; the first step, which
+    compiles, left out too and printed apart as the one-time cost), also per CPU-second (process CPU
+    time: less sensitive to other processes), the new / reference ratios (target >= 2), and
+    harness / bare loop per side (the same model, kernels, data and batch with nothing else);
+  * the compile cost: the first compiled step with torch's on-disk cache empty (a fresh machine: the
+    benchmark points TORCHINDUCTOR_CACHE_DIR at an empty folder), and then warm (later runs in the
+    same process reuse the compiled code), with the steps it takes to pay the cold compile back;
   * the open-loop error after the same number of samples (--steps x --batch), from chunks fully
     sampled with DPM-Solver on the held-out windows: position error in mm and open-loop pos nMSE,
-    mean over the runs at the first thread count (seed r for repeat r, the same seeds for both).
-`train.kernels` (ablation.train) selects the kernels; `--kernels-only fast` skips the other side.
+    mean over the runs at the first thread count (seed r for repeat r, the same seeds for every side).
 On CUDA it also measures bf16 training throughput of the rdt-170m-shaped model as a share of the
 GPU's dense bf16 peak.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -33,14 +40,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ablation.data import prepare_data  # noqa: E402
-from ablation.model import FAST_TRAIN_KERNELS, REFERENCE_KERNELS, count_params  # noqa: E402
+from ablation.model import COMPILED_TRAIN_KERNELS, FAST_TRAIN_KERNELS, REFERENCE_KERNELS, count_params  # noqa: E402
 from ablation.policy import ObsNormalizer, build_policy  # noqa: E402
 from ablation.spec import resolve_spec, spec_path  # noqa: E402
 from ablation.train import WindowTensors, configure_torch, train  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s), by device-name substring.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L4": 121.0}
-SIDES = ("reference", "fast")
+# side -> (train.kernels, train.compile)
+SIDES = {"reference": ("reference", False), "fast": ("fast", False), "compiled": ("fast", True)}
+NEW = ("fast", "compiled")
 
 
 def synthetic_demos(path: Path) -> Path:
@@ -54,14 +63,16 @@ def synthetic_demos(path: Path) -> Path:
     return path
 
 
-def bare_loop(spec, data, steps: int, device: torch.device, kernels: str) -> float:
-    """The same model/data/batch/kernels with nothing but the essentials. Returns samples/s."""
+def bare_loop(spec, data, steps: int, device: torch.device, kernels: str, compiled: bool) -> float:
+    """The same model/data/batch/kernels with nothing but the essentials. Returns samples/s (after a
+    warm-up step, which compiles when `compiled`)."""
     torch.manual_seed(spec.train.seed)
     policy = build_policy(spec, data.codec, ObsNormalizer.fit(data.train.obs, spec.data.obs_keys),
                           data.train.obs.shape[-1]).to(device)
     net, sched = policy.net, policy.train_scheduler
     fast = kernels == "fast" and device.type == "cpu"
-    net.set_kernels(FAST_TRAIN_KERNELS if fast else REFERENCE_KERNELS)
+    net.set_kernels((COMPILED_TRAIN_KERNELS if compiled else FAST_TRAIN_KERNELS) if fast else REFERENCE_KERNELS)
+    call = torch.compile(net, dynamic=False) if compiled else net
     opt = torch.optim.AdamW(net.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay,
                             **({"fused": True} if fast else {}))
     wt = WindowTensors(data.train, device)
@@ -71,16 +82,18 @@ def bare_loop(spec, data, steps: int, device: torch.device, kernels: str) -> flo
     freq = torch.full((B,), spec.model.ctrl_freq_hz, device=device)
     g = torch.Generator().manual_seed(0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and spec.train.bf16)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for i in range(steps + 1):
+        if i == 1:  # the first step compiles (when asked) and warms the allocator: not timed
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
         idx = torch.randint(0, len(wt), (B,), generator=g).to(device)
         x0, obs, state = wt.actions[idx], wt.obs[idx], wt.state[idx]
         noise = torch.randn(x0.shape, generator=g).to(device)
         t = torch.randint(0, spec.model.num_train_timesteps, (B,), generator=g).to(device)
         with autocast:
-            pred = net(sched.add_noise(x0, noise, t), amask, t, freq, state, smask, (obs - mean) / std)
+            pred = call(sched.add_noise(x0, noise, t), amask, t, freq, state, smask, (obs - mean) / std)
         loss = F.mse_loss(pred.float(), x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -122,12 +135,14 @@ def cuda_rdt170m_share(steps: int = 20, batch: int = 32) -> str:
 
 
 def harness_run(spec, demos: Path, data, out: Path, kernels: str):
+    """-> (result, samples/s, samples per CPU-second), both over the steps after the first."""
     res = train(spec, demos, out, resume=False, progress=False, data=data, kernels=kernels)
     # The step loop with its logging, without the end-of-run validation and checkpoint (they do not
-    # scale with the number of steps; printed apart).
-    train_wall = res.loop_wall_s - res.eval_time_s - res.checkpoint_time_s
-    n = res.steps * spec.train.batch_size
-    return res, n / train_wall, n / max(res.step_cpu_s, 1e-9)
+    # scale with the number of steps) and without the first step (it compiles: a one-time cost,
+    # printed apart).
+    train_wall = res.loop_wall_s - res.eval_time_s - res.checkpoint_time_s - res.first_step_s
+    n = (res.steps - 1) * spec.train.batch_size
+    return res, n / train_wall, n / max(res.step_cpu_s - res.first_step_cpu_s, 1e-9)
 
 
 def main() -> None:
@@ -140,40 +155,50 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
     ap.add_argument("--repeats", type=int, default=2, help="alternating repeats; the best samples/s of each is kept")
     ap.add_argument("--bare-steps", type=int, default=60, help="steps of each bare-loop measurement")
-    ap.add_argument("--compile", action="store_true", help="also set train.compile=true (both sides)")
-    ap.add_argument("--kernels-only", choices=SIDES, help="measure one side only")
+    ap.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, of {', '.join(SIDES)}")
+    ap.add_argument("--warm-cache", action="store_true",
+                    help="keep torch's on-disk compile cache (default: an empty one, as on a fresh machine)")
     args = ap.parse_args()
-    configure_torch()
-    sides = (args.kernels_only,) if args.kernels_only else SIDES
+    sides = tuple(args.sides.split(","))
+    if bad := [s for s in sides if s not in SIDES]:
+        ap.error(f"--sides: unknown {', '.join(bad)}; use {', '.join(SIDES)}")
     tmp = Path(tempfile.mkdtemp(prefix="throughput_"))
+    if not args.warm_cache:  # read by inductor when it first compiles, so set before anything compiles
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor_cache")
+    configure_torch()
     demos = args.demos or synthetic_demos(tmp / "synthetic.hdf5")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     threads = [int(t) for t in args.threads.split(",")]
     base_sets = [f"model.size={args.size}", f"train.steps={args.steps}", f"train.batch_size={args.batch}",
                  f"train.log_every={max(1, args.steps // 6)}", "train.eval_every=1000000",
-                 "train.checkpoint_every=1000000", *(["train.compile=true"] if args.compile else [])]
+                 "train.checkpoint_every=1000000"]
     spec0 = resolve_spec(spec_path(args.spec), base_sets)
     data = prepare_data(spec0.data, spec0.codec, demos)
     print(f"device {device}, spec {spec0.name}, size {args.size}, batch {args.batch}, steps {args.steps} "
           f"({args.steps * args.batch} samples per run), repeats {args.repeats}, demos {demos}, "
           f"cpu capability {torch.backends.cpu.get_cpu_capability()}", flush=True)
-    rows, quality = {}, {s: [] for s in sides}
+    rows, quality, first_steps = {}, {s: [] for s in sides}, {s: [] for s in sides}
     for th in threads:
         configure_torch(th)
         harness = {s: [] for s in sides}
         per_cpu = {s: [] for s in sides}
         bare = {s: [] for s in sides}
         for r in range(args.repeats):
-            spec = resolve_spec(spec_path(args.spec), [*base_sets, f"train.seed={r}", f"train.num_threads={th}"])
             for s in (sides if r % 2 == 0 else sides[::-1]):
-                res, sps, spc = harness_run(spec, demos, data, tmp / f"t{th}_{s}_{r}", s)
+                kernels, compiled = SIDES[s]
+                spec = resolve_spec(spec_path(args.spec), [*base_sets, f"train.seed={r}", f"train.num_threads={th}",
+                                                           f"train.compile={str(compiled).lower()}"])
+                res, sps, spc = harness_run(spec, demos, data, tmp / f"t{th}_{s}_{r}", kernels)
+                if compiled and res.compiled != "on":
+                    print(f"  {s}: torch.compile did not run ({res.compiled}); this side trained eagerly")
                 harness[s].append(sps)
                 per_cpu[s].append(spc)
+                first_steps[s].append(res.first_step_s)
                 if th == threads[0]:
                     quality[s].append(res.open_loop)
-                bare[s].append(bare_loop(spec, data, args.bare_steps, device, s))
+                bare[s].append(bare_loop(spec, data, args.bare_steps, device, kernels, compiled))
                 print(f"  threads {th} repeat {r} {s:9s}: harness {sps:7.1f} samples/s ({spc:6.1f} per CPU-s), "
-                      f"bare {bare[s][-1]:7.1f}, "
+                      f"bare {bare[s][-1]:7.1f}, first step {res.first_step_s:5.2f} s, "
                       f"open-loop pos {res.open_loop['pos_mm']:.2f} mm, nMSE pos {res.open_loop['nmse/pos']:.4f}",
                       flush=True)
         rows[th] = ({s: max(v) for s, v in harness.items()}, {s: max(v) for s, v in bare.items()},
@@ -183,9 +208,23 @@ def main() -> None:
     for th, (h, b, c) in rows.items():
         for s in sides:
             print(f"{th:>7}  {s:9s}  {h[s]:10.1f}  {c[s]:9.1f}  {b[s]:8.1f}  {h[s] / b[s]:12.3f}")
-        if len(sides) == 2:
-            print(f"{th:>7}  fast / reference: {h['fast'] / h['reference']:.2f}x samples/s (wall), "
-                  f"{c['fast'] / c['reference']:.2f}x samples per CPU-second  (target >= 2)")
+        for s in NEW:
+            if s in sides and "reference" in sides:
+                print(f"{th:>7}  {s} / reference: {h[s] / h['reference']:.2f}x samples/s (wall), "
+                      f"{c[s] / c['reference']:.2f}x samples per CPU-second" + ("  (target >= 2)" if s == "compiled" else ""))
+    if "compiled" in sides:
+        fs = first_steps["compiled"]
+        cold, warm = fs[0], (statistics.median(fs[1:]) if len(fs) > 1 else float("nan"))
+        per_step = {s: args.batch / rows[threads[0]][0][s] for s in sides}  # seconds per step at the first thread count
+        base = "fast" if "fast" in sides else ("reference" if "reference" in sides else None)
+        line = (f"compile (one-time): first compiled step {cold:.1f} s with an empty on-disk cache"
+                if not args.warm_cache else f"compile: first compiled step {cold:.1f} s (warm on-disk cache)")
+        line += f", {warm:.2f} s for later runs in this process"
+        if base:
+            saved = per_step[base] - per_step["compiled"]
+            line += (f"; it saves {1000 * saved:.1f} ms per step against {base}, so it pays for itself after "
+                     f"{cold / saved:.0f} steps (cold)" if saved > 0 else f"; no faster than {base} per step")
+        print(line)
     print()
     print(f"open-loop after {args.steps * args.batch} samples ({args.steps} steps), held-out windows, chunks fully "
           f"sampled (DPM-Solver), mean over {args.repeats} seed(s) at {threads[0]} thread(s):")

@@ -197,3 +197,60 @@ def test_overfits_expert_demos(expert_demo_file, tmp_path):
     assert res.final["train/loss/total"] < 0.2 * res.history[0][1]["train/loss/total"]
     for g in ("pos", "grip"):  # the scripted expert never rotates: rotation is ~constant, its nMSE meaningless
         assert res.final[f"train/nmse/{g}"] < 0.2, g
+
+
+def test_compiled_training_matches_eager_and_resumes_exactly(synthetic_demo_file, tmp_path):
+    """train.compile: the step's network call through torch.compile (the CPU profile's trainer). Same
+    training as eager to bf16 rounding, deterministic, and a killed run resumes to the straight run's
+    weights (the compiled code is deterministic; a resumed process compiles again)."""
+    sets = ["train.steps=30", "train.checkpoint_every=15", "train.log_every=1"]
+    eager = train(tiny_spec("fix_minmax", *sets), synthetic_demo_file, tmp_path / "eager", progress=False)
+    spec = tiny_spec("fix_minmax", *sets, "train.compile=true")
+    straight = train(spec, synthetic_demo_file, tmp_path / "straight", progress=False)
+    assert straight.compiled == "on", straight.compiled
+    assert json.loads((straight.checkpoint_dir / "meta.json").read_text())["compiled"] == "on"
+    le = [m["train/loss/total"] for _, m in eager.history]
+    lc = [m["train/loss/total"] for _, m in straight.history]
+    assert lc == pytest.approx(le, rel=0.05)  # bf16 matmuls either way; only the fusion differs
+    assert lc[-1] < lc[0]
+
+    class Killed(Exception):
+        pass
+
+    def kill(step, _m):
+        if step == 18:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(spec, synthetic_demo_file, tmp_path / "resumed", progress=False, on_metrics=kill)
+    resumed = train(spec, synthetic_demo_file, tmp_path / "resumed", progress=False)
+    assert resumed.compiled == "on" and resumed.steps == 30
+    w1 = load_file(str(straight.checkpoint_dir / "model.safetensors"))
+    w2 = load_file(str(resumed.checkpoint_dir / "model.safetensors"))
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=0)
+    assert [m["train/loss/total"] for _, m in resumed.history] == lc
+
+
+def test_compile_failure_trains_eagerly_with_the_same_results(synthetic_demo_file, tmp_path, monkeypatch, capsys):
+    """No working C++ compiler (a real inductor failure, with an empty compile cache so nothing can be
+    loaded instead): the run says why once, and trains eagerly from the same RNG state, giving exactly
+    the eager run's losses."""
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
+    sets = ["train.steps=6"]
+    eager = train(tiny_spec("fix_minmax", *sets), synthetic_demo_file, tmp_path / "eager", progress=False)
+    torch._dynamo.reset()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
+    try:
+        res = train(tiny_spec("fix_minmax", *sets, "train.compile=true"), synthetic_demo_file, tmp_path / "c",
+                    progress=False)
+    finally:
+        torch._dynamo.reset()
+    assert res.compiled.startswith("failed: ") and "compiler" in res.compiled.lower(), res.compiled
+    out = capsys.readouterr().out
+    assert out.count("torch.compile failed") == 1 and "training eagerly" in out
+    assert json.loads((res.checkpoint_dir / "meta.json").read_text())["compiled"] == res.compiled
+    assert [m["train/loss/total"] for _, m in res.history] == [m["train/loss/total"] for _, m in eager.history]
