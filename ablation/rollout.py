@@ -33,6 +33,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import math
+import os
 import sys
 import time
 import traceback
@@ -90,6 +91,7 @@ class EpisodeRecord:
     env_steps: int = 0             # including wait steps
     video: str | None = None
     error: str | None = None
+    worker_pid: int = 0            # the process that simulated it (how a pool spread a run's episodes)
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -298,7 +300,7 @@ class _Episode:
     def __init__(self, policy, env, episode: int, cfg: RunConfig):
         t0 = time.perf_counter()
         self.policy, self.env, self.cfg = policy, env, cfg
-        self.rec = EpisodeRecord(episode=episode)
+        self.rec = EpisodeRecord(episode=episode, worker_pid=os.getpid())
         self._gen = None
         _seed_everything(cfg.seed, episode)
         if hasattr(policy, "reset"):

@@ -55,7 +55,10 @@ def open_loop_stage(tracker: Tracker, run_id: str, spec: Spec, demo: Path, resul
          if isinstance(v, (int, float)) and np.isfinite(v)}
     m["time/train_s"] = float(result.wall_time_s)
     m["train/samples_per_s"] = float(result.samples_per_s)
+    # train.compile: whether the compiled step ran (the tag says why not), and what compiling cost here
+    m["time/train_first_step_s"] = float(result.first_step_s)
     tracker.log_metrics(run_id, [(k, v, result.steps) for k, v in m.items()])
+    tracker.set_tags(run_id, {"ablation.train_compiled": str(result.compiled)[:500]})
     try:
         with tempfile.TemporaryDirectory() as d:
             p = plot_predicted_vs_demo(spec, demo, Path(result.checkpoint_dir), Path(d) / "pred_vs_demo.png", data)

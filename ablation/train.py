@@ -91,10 +91,17 @@ class TrainResult:
 def configure_torch(num_threads: int = 0) -> None:
     """Process-wide torch options, set once by a process entry point (CLI command, plan/tune worker,
     benchmark), never by library code: flush denormals (unnormalised tiny actions make denormals,
-    ~5x slower on CPU) and the intra-op thread count (0: torch's default)."""
+    ~5x slower on CPU), the intra-op thread count (0: torch's default) and how many shapes
+    torch.compile may compile the network for."""
     torch.set_flush_denormal(True)
     if num_threads:
         torch.set_num_threads(num_threads)
+    # train.compile: a plan worker trains many runs; each new input shape (another task's observation
+    # width, another codec's action width) is one more compiled graph of the same forward. Past dynamo's
+    # default of 8 it would quietly train the rest eagerly.
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
 
 
 # ----------------------------------------------------------------------------- batches

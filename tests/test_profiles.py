@@ -33,11 +33,27 @@ def test_cpu_profile():
             (False, "small", "cpu", 10)
 
 
+def test_cpu_profile_trains_compiled_and_batches_rollouts():
+    p = load_profile("cpu")
+    assert p.rollout_batch == 4
+    assert all(spec.train.compile and spec.train.kernels == "fast" for spec, _ in entries("cpu"))
+    assert load_profile("gpu").rollout_batch == 4
+
+
+def test_a_bad_rollout_batch_names_the_file_and_the_fix(tmp_path, monkeypatch):
+    import ablation.plan as plan_mod
+
+    (tmp_path / "odd.yaml").write_text("jobs: 1\nrollout_batch: four\n")
+    monkeypatch.setattr(plan_mod, "PROFILES_DIR", tmp_path)
+    with pytest.raises(SpecError, match=r"odd\.yaml: rollout_batch: 'four' .*rollout_batch: 4"):
+        load_profile("odd")
+
+
 def test_gpu_profile_configuration():
     p = load_profile("gpu")
     assert p.rollout_workers >= 1
     es = entries("gpu")
-    assert len(es) == 6 * 3  # 6 arms (2 of them dropped at run time where rotation never varies) x 3 seeds
+    assert len(es) == 8 * 3  # 8 arms (2 of them dropped at run time where rotation never varies) x 3 seeds
     for spec, _ in es:
         assert spec.data.images and spec.data.image_size == 128
         assert "object_state" not in spec.data.obs_keys  # cameras replace privileged object poses

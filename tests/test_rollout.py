@@ -202,6 +202,51 @@ def test_pool_keeps_its_workers_across_runs():
     assert r1.workers == 2
 
 
+def test_busy_workers_take_episodes_up_to_their_quota_in_lockstep():
+    """10 equal episodes, 2 workers, 4 in lockstep: 5 each (not 4 + 2 for one and 4 for the other, which
+    would simulate 6 episodes' steps in one process while the other idles)."""
+    from collections import Counter
+
+    from ablation.rollout_pool import RolloutPool
+
+    with RolloutPool(2) as pool:
+        pool.warm(SUITE, TASK, envs=4, policy_imports=False)
+        r = pool.run(BatchPolicy, SUITE, TASK, 10, replan_every=4, max_steps=8, wait_steps=0, batch=4)
+    assert all(e.error is None and e.steps == 8 for e in r.episodes)
+    per_worker = Counter(e.worker_pid for e in r.episodes)
+    assert sorted(per_worker.values()) == [5, 5], per_worker
+
+
+def test_runs_with_several_workers_share_this_processs_warm_pool(checkpoint):
+    """The plan's and the tuner's path (run.run_closed_loop): the pool is started once, kept by every
+    later run in the process (same worker processes), outcomes as in the serial runner, and stopped by
+    close_shared_pools (the plan and the tuner call it when they end)."""
+    from pathlib import Path
+
+    from ablation.policy import load_policy
+    from ablation.rollout_pool import _SHARED, close_shared_pools, shared_pool
+    from ablation.run import run_closed_loop
+    from ablation.spec import with_overrides
+
+    spec = with_overrides(load_policy(checkpoint).spec, ["rollout.max_steps=40", "rollout.replan_every=4"])
+    close_shared_pools()
+    try:
+        a = run_closed_loop(Path(checkpoint), spec, 0, [0, 1], workers=2)
+        pool = shared_pool(2)
+        pids = sorted(w.proc.pid for w in pool._procs)
+        b = run_closed_loop(Path(checkpoint), spec, 0, [2, 3], workers=2, batch=2)
+        assert shared_pool(2) is pool and sorted(w.proc.pid for w in pool._procs) == pids
+        assert {e.worker_pid for e in a.episodes + b.episodes} <= set(pids)
+        serial = run_closed_loop(Path(checkpoint), spec, 0, [0, 1, 2, 3], workers=1)
+        for x, y in zip(a.episodes + b.episodes, serial.episodes):
+            assert x.error is None and (x.episode, x.success, x.steps) == (y.episode, y.success, y.steps)
+        for x, y in zip(a.episodes, serial.episodes[:2]):
+            _same_episode(x, y)  # unbatched: bit for bit, in a pool worker or here
+    finally:
+        close_shared_pools()
+    assert not _SHARED and all(not w.proc.is_alive() for w in pool._procs)
+
+
 # ----------------------------------------------------------------------------- init states
 
 def test_explicit_init_states_are_recorded_and_never_repeated():

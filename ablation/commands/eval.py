@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--demos", type=Path, help="demo file for open-loop windows (default: the one in meta.json)")
     p.add_argument("--n", type=int, default=256, help="held-out windows to sample open-loop")
     p.add_argument("--workers", type=int, help="rollout worker processes (default: rollout.workers)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="episodes per process in lockstep, one policy call for all of them (the CPU profile's "
+                        "plans use 4); outcomes agree with batch 1 to float rounding in the policy's matmuls")
     p.add_argument("--seed", type=int, help="sampling seed (default: the run's train.seed, as the plan used)")
     p.add_argument("--first-init-state", type=int, default=0, help="first benchmark init state (default 0)")
     p.add_argument("--episodes-json", dest="json_out", type=Path, help="write the per-episode records here")
@@ -39,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..train import configure_torch
 
+    if args.batch < 1:
+        raise UserError(f"--batch {args.batch}: give 1 or more episodes per process")
     configure_torch()
     policy = load_policy(args.checkpoint)
     spec = policy.spec
@@ -55,11 +60,12 @@ def run(args: argparse.Namespace) -> int:
     from ..run import run_closed_loop
 
     # The same spec -> rollout mapping as plan and tune runs (ablation/run.py), seeded by the run's seed,
-    # so `eval` of a plan's checkpoint reproduces the plan's per-episode outcomes.
+    # so `eval` of a plan's checkpoint reproduces the plan's per-episode outcomes (bit for bit with the
+    # plan's --batch and looks; to float rounding in the batched policy call otherwise).
     seed = args.seed if args.seed is not None else spec.train.seed
     n = args.episodes or spec.rollout.episodes
     res = run_closed_loop(args.checkpoint, spec, seed, list(range(args.first_init_state, args.first_init_state + n)),
-                          workers=args.workers or spec.rollout.workers)
+                          workers=args.workers or spec.rollout.workers, batch=args.batch)
     print()
     print(_table(f"closed-loop, {spec.data.suite} task {spec.data.task}, seed {seed}", dict(res.summary())))
     if args.json_out:
