@@ -427,6 +427,9 @@ class EpisodeRunner:
         batching = hasattr(self.policy, "act_batch")
         self.capacity = max(1, int(cfg.batch)) if batching else 1
         self.active: list[_Episode] = []
+        from .sim.env import freeze_long_lived_objects
+
+        freeze_long_lived_objects()  # every hard reset of the run ends in a gc.collect(): make it cheap
 
     def free(self) -> bool:
         return len(self.active) < self.capacity

@@ -37,7 +37,7 @@ import numpy as np
 from ..data import LOWDIM_KEYS, IMAGE_KEYS, DemoFileError, Episode, write_demo_file
 from ..errors import UserError
 from ..provenance import versions
-from .env import WAIT_ACTION, make_env
+from .env import WAIT_ACTION, freeze_long_lived_objects, make_env
 from .expert import EXPERT_VERSION, SUPPORTED_SUITES, ScriptedExpert
 
 DEMO_GEN_VERSION = 2   # 2: randomised-reset starts, parallel workers
@@ -200,6 +200,7 @@ def _job_env(job: _Job):
             old.close()
         env = make_env(job.suite, job.task, images=job.images, image_size=job.image_size, seed=job.seed)
         _WORKER.update(key=key, env=env, expert=ScriptedExpert.for_env(env, job.speed))
+        freeze_long_lived_objects()  # each attempt's hard reset ends in a gc.collect(): make it cheap
     return _WORKER["env"], _WORKER["expert"]
 
 
