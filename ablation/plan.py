@@ -51,7 +51,8 @@ class Profile:
     jobs: int
     rollout_workers: int | None
     # Episodes each rollout process steps in lockstep, one policy call for all of them: an execution
-    # detail like the worker count (outcomes do not depend on it), so the profile's, not the spec's.
+    # detail like the worker count (each episode keeps its own noise; the actions agree with one at a
+    # time to float rounding), so the profile's, not the spec's.
     rollout_batch: int = 1
 
 

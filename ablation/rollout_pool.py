@@ -12,9 +12,9 @@ A worker steps up to `batch` episodes in lockstep when the policy has `act_batch
 simulated one after another, so a worker that holds more episodes than another costs wall time the
 batched policy call does not win back: a busy worker takes new episodes only up to its quota
 (ceil(episodes / workers)); one with nothing in flight always gets the next (episodes that end early
-rebalance the rest). A worker that dies fails only its episode: when it had several in flight, they are run again one at a time (an
-episode's outcome does not depend on its batch-mates), and the one that kills its worker alone is
-recorded as failed.
+rebalance the rest). A worker that dies fails only its episode: when it had several in flight, they
+are run again one at a time (an episode's outcome does not depend on its batch-mates), and the one
+that kills its worker alone is recorded as failed.
 
 `shared_pool(n)` is this process's pool of n workers, started on first use and kept for every later
 run (a plan's runs and looks, a tuning study's trials) until `close_shared_pools()` or exit: the
