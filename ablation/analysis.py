@@ -77,6 +77,16 @@ def with_demo_spread(facts: dict[str, ArmFacts], others) -> dict[str, ArmFacts]:
     return {**facts, **extra}
 
 
+def mark_left_out(comps: list["ComparisonResult"], skipped: dict[str, str]) -> list["ComparisonResult"]:
+    """An arm the plan leaves out on purpose (skip_arms, e.g. moved to its own plan) is "left out",
+    not "missing": nothing failed. Holm never counted it (it has no effect to adjust)."""
+    for c in comps:
+        why = (skipped or {}).get(c.arm) or (skipped or {}).get(c.control)
+        if c.word == "missing" and why:
+            c.word, c.why = "left out", f"left out of this plan: {why}"
+    return comps
+
+
 def unmet_needs(needs: tuple[str, ...], arms: list[str], facts: dict[str, ArmFacts]) -> list[str]:
     """The needs (with the measured reason) that these arms do not meet."""
     out = []
@@ -243,8 +253,8 @@ def analyse_look(rp, latest: dict, look_index: int, looks: list[int | None],
     facts = with_demo_spread(facts, rp.skipped)
     sched = rp.plan.episodes
     kw = dict(alpha=sched.alpha, spending=sched.spending, margin=sched.margin) if sched else {}
-    results = judge(rp.hypotheses, records, facts, look_index=look_index, looks=looks,
-                    previous=previous, **kw)
+    results = mark_left_out(judge(rp.hypotheses, records, facts, look_index=look_index, looks=looks,
+                                  previous=previous, **kw), rp.skipped)
     more = look_index + 1 < len(looks) and looks[look_index] is not None
     extend = set()
     if more:

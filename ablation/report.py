@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .analysis import ArmFacts, ComparisonResult, judge, with_demo_spread
+from .analysis import ArmFacts, ComparisonResult, judge, mark_left_out, with_demo_spread
 from .hypothesis import Hypothesis
 from .spec import GROUPS
 from .tracking import TAG_KIND, Tracker
@@ -687,17 +687,15 @@ def build_report(tracker: Tracker, *, parent_run_id: str | None = None, plan: st
     k = max(0, len(record.get("looks", [])) - 1)
     comps = judge(hyps, records, facts, look_index=k, looks=looks, previous=previous,
                   **{key: sched[key] for key in ("alpha", "spending", "margin") if key in sched})
-    for c in comps:  # an arm the plan leaves out on purpose is not "missing"
-        why = (record.get("skipped_arms") or {}).get(c.arm) or (record.get("skipped_arms") or {}).get(c.control)
-        if c.word == "missing" and why:
-            c.word, c.why = "left out", f"left out of this plan: {why}"
+    mark_left_out(comps, record.get("skipped_arms") or {})
     warn = "" if reproduced is not False else "baseline"
     verdicts = [hypothesis_verdict(h, comps, _correlation(h, rows, curves) if h.kind == "correlation" else None, warn)
                 for h in hyps]
     method = next((c.method for c in comps if c.method), "")
     if sched:
         method = method.rstrip(".") + "." if method else ""
-        method += (f" Holm across the plan's {len(comps)} comparisons; looks at {looks} episodes per arm x seed, "
+        n_holm = sum(c.p_holm is not None for c in comps)  # untestable and left-out ones have no p
+        method += (f" Holm across the {n_holm} comparisons with data (of the plan's {len(comps)}); looks at {looks} episodes per arm x seed, "
                    f"alpha {sched.get('alpha')} spent by {sched.get('spending')}; 'no meaningful difference' when the "
                    f"(1 - 2 alpha) interval lies within +-{100 * sched.get('margin', 0.15):.0f} points.")
     rep = Report(record["plan"], write_answer(rows, comps, verdicts, baseline, reproduced, hyps), baseline, reproduced,

@@ -100,6 +100,30 @@ def test_tiny_plan_end_to_end(first_run, workdir):
     assert "plan.json" in {a.path for a in c.list_artifacts(out.parent_run_id)}
 
 
+def test_an_arm_left_out_by_the_plan_is_left_out_not_missing(first_run, workdir):
+    """skip_arms is a choice, not a failure: every look's record and the report say "left out", and
+    Holm's family is the comparisons that have data, as the report's method line says."""
+    import json
+    import re
+    import tempfile
+
+    _, out = first_run
+    tr = client_for(workdir)
+    with tempfile.TemporaryDirectory() as d:
+        record = json.loads(Path(tr.client.download_artifacts(out.parent_run_id, "plan.json", d)).read_text())
+    assert record["looks"], record.keys()
+    for look in record["looks"]:
+        words = {c["arm"]: c["word"] for c in look["comparisons"]}
+        assert words["fix_loss_weight"] == "left out", words
+        assert words["fix_minmax"] != "left out", words
+    md = (workdir / "report" / "report.md").read_text()
+    assert "fix_loss_weight left out of this plan: tiny test" in md
+    m = re.search(r"Holm across the (\d+) comparisons with data \(of the plan's (\d+)\)", md)
+    assert m, md[-2000:]
+    with_data = sum(c["word"] not in ("left out", "missing", "untestable") for c in record["looks"][-1]["comparisons"])
+    assert int(m.group(1)) == with_data and int(m.group(2)) == len(record["looks"][-1]["comparisons"]) > with_data
+
+
 def test_rerun_retrains_nothing_and_nests_under_the_same_parent(first_run, workdir):
     plan, first = first_run
     out = run_plan(str(plan), profile_name="cpu", workdir=workdir)

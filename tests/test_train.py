@@ -136,22 +136,30 @@ def test_nan_stops_the_run_naming_step_and_group(synthetic_demo_file, tmp_path):
         train(spec, synthetic_demo_file, tmp_path, progress=False)
 
 
+def _killed_at_then_resumed(spec, demo_file, run_dir, kill_step, checkpoints_left=None):
+    """Train until `kill_step` raises out of the metrics callback (a killed process), check what
+    was left on disk, then train again in the same folder: the resumed run's result."""
+    class Killed(Exception):
+        pass
+
+    def kill(step, _m):
+        if step == kill_step:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(spec, demo_file, run_dir, progress=False, on_metrics=kill)
+    if checkpoints_left is not None:
+        assert [p.name for p in (run_dir / "checkpoints").iterdir()] == checkpoints_left
+    return train(spec, demo_file, run_dir, progress=False)
+
+
 def test_resume_matches_a_straight_run(synthetic_demo_file, tmp_path):
     spec = tiny_spec("baseline_rdt", "train.steps=40", "train.checkpoint_every=20", "train.log_every=1",
                      "train.ema=true")
     straight = train(spec, synthetic_demo_file, tmp_path / "straight", progress=False)
 
-    class Killed(Exception):
-        pass
-
-    def kill_after_20(step, _m):
-        if step == 23:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(spec, synthetic_demo_file, tmp_path / "resumed", progress=False, on_metrics=kill_after_20)
-    assert [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["step_0000020"]
-    resumed = train(spec, synthetic_demo_file, tmp_path / "resumed", progress=False)
+    resumed = _killed_at_then_resumed(spec, synthetic_demo_file, tmp_path / "resumed", 23,
+                                      checkpoints_left=["step_0000020"])
     w1 = load_file(str(straight.checkpoint_dir / "model.safetensors"))
     w2 = load_file(str(resumed.checkpoint_dir / "model.safetensors"))
     for k in w1:
@@ -214,16 +222,7 @@ def test_compiled_training_matches_eager_and_resumes_exactly(synthetic_demo_file
     assert lc == pytest.approx(le, rel=0.05)  # bf16 matmuls either way; only the fusion differs
     assert lc[-1] < lc[0]
 
-    class Killed(Exception):
-        pass
-
-    def kill(step, _m):
-        if step == 18:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(spec, synthetic_demo_file, tmp_path / "resumed", progress=False, on_metrics=kill)
-    resumed = train(spec, synthetic_demo_file, tmp_path / "resumed", progress=False)
+    resumed = _killed_at_then_resumed(spec, synthetic_demo_file, tmp_path / "resumed", 18)
     assert resumed.compiled == "on" and resumed.steps == 30
     w1 = load_file(str(straight.checkpoint_dir / "model.safetensors"))
     w2 = load_file(str(resumed.checkpoint_dir / "model.safetensors"))
