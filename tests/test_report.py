@@ -34,13 +34,15 @@ def outcomes(rate: float, n: int = STATES, offset: int = 0) -> list[bool]:
 def record_plan(tracker: Tracker, hyps: list[str], arms: dict[str, dict], name: str = "t",
                 looks: list[dict] | None = None) -> str:
     """arms: name -> {"rates": [per seed], "loss": float, "nmse_pos": float, "rot_spread": float,
-    "failed": bool, "crash_first": int}. Returns the parent run id."""
+    "failed": bool, "crash_first": int, "steps": int, "steps_scale": float}. Returns the parent run id."""
     parent = tracker.start_run(f"plan:{name}", {TAG_KIND: "plan", "ablation.plan": name})
     runs: dict[str, dict[str, str]] = {}
     for arm, a in arms.items():
         for seed, rate in enumerate(a.get("rates", [])):
             rid = tracker.start_run(f"{arm}/seed{seed}", {TAG_KIND: "spec_run", TAG_SPEC: arm, TAG_SEED: seed}, parent)
             runs.setdefault(arm, {})[str(seed)] = rid
+            if "steps" in a:  # as the plan logs a spec's params
+                tracker.log_params(rid, {"train.steps": a["steps"], "train.steps_scale": a.get("steps_scale", 1.0)})
             tracker.log_metrics(rid, [("train/loss/total", a.get("loss", 1e-3), 0),
                                       ("audit/rot_spread_deg", a.get("rot_spread", 30.0), 0)]
                                 + [("val/openloop/nmse/pos", a.get("nmse_pos", 0.5) * f, s)
@@ -153,6 +155,28 @@ def test_baseline_not_reproduced_warns_every_verdict(tracker, tmp_path):
     assert "did NOT reproduce the seed's failure signature" in rep.baseline_note
     assert all("did not reproduce the seed's failure" in v.meaning for v in rep.verdicts)
     assert "does NOT reproduce" in rep.answer
+
+
+def test_longer_trained_arms_do_not_unseat_the_baseline_signature(tracker, tmp_path):
+    """H4's arms train the baseline's set-up 2x and 4x as long, so their loss is lower: the baseline's
+    signature (success near 0, lowest loss, worst error) is ranked among arms trained as long, and
+    with none of those only the success rate speaks. An arm trained as long with a lower loss still
+    unseats it."""
+    arms = {"baseline_rdt": {"rates": [0.0, 0.05, 0.0], "loss": 2e-4, "nmse_pos": 0.4, "steps": 600},
+            "baseline_2x": {"rates": [0.1, 0.05, 0.1], "loss": 8e-5, "nmse_pos": 0.3, "steps": 600,
+                            "steps_scale": 2.0},
+            "baseline_4x": {"rates": [0.2, 0.15, 0.2], "loss": 3e-5, "nmse_pos": 0.5, "steps": 600,
+                            "steps_scale": 4.0}}
+    rep = build_report(tracker, parent_run_id=record_plan(tracker, ["H4_training_length"], arms, name="h4"),
+                       out_dir=tmp_path / "r")
+    assert rep.baseline_reproduced is True, rep.baseline_note
+    assert "no other arm trained for 600 steps to rank against" in rep.baseline_note
+    assert "does NOT reproduce" not in rep.answer
+    same_budget = {**arms, "baseline_2x": {**arms["baseline_2x"], "steps_scale": 1.0}}
+    rep = build_report(tracker, parent_run_id=record_plan(tracker, ["H4_training_length"], same_budget, name="h4b"),
+                       out_dir=tmp_path / "r2")
+    assert rep.baseline_reproduced is False
+    assert "NOT the lowest of the arms trained for 600 steps" in rep.baseline_note
 
 
 def test_inconclusive_says_what_it_would_need(tracker, tmp_path):
