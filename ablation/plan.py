@@ -321,7 +321,7 @@ def write_plan_record(tracker: Tracker, parent: str, rp: ResolvedPlan, runs: dic
                           "suite": a.spec.data.suite, "task": a.spec.data.task,
                           "tasks": list(a.tasks) if a.tasks is not None else None,
                           "pretrained": bool(a.spec.model.pretrained or a.spec.train.init_from),
-                          "init_from": a.spec.train.init_from}
+                          "init_from": a.spec.train.init_from, "train_steps": a.spec.train.total_steps}
                  for a in rp.arms.values()},
         "demos": demos or {},
         "versions": versions(),

@@ -52,7 +52,7 @@ class ArmRow:
     r2_delta: float | None
     rot_spread_deg: float | None
     per_task_rate: dict[str, float] = field(default_factory=dict)  # task label -> success over its runs
-    train_steps: int | None = None          # optimiser steps (steps x steps_scale), from the runs' params
+    train_steps: int | None = None          # the spec's optimiser steps (plan record; None in older records)
 
     @property
     def rate(self) -> float | None:
@@ -133,18 +133,6 @@ def _run_key(key: str, info: dict) -> tuple[int, str]:
     return int(seed), f"{info.get('suite')}/{task or info.get('task')}"
 
 
-def _train_steps(runs) -> int | None:
-    """The optimiser steps the arm's runs trained for (steps x steps_scale, as logged), if one value."""
-    vals = set()
-    for r in runs:
-        p = r.data.params
-        try:
-            vals.add(max(1, int(round(int(p["train.steps"]) * float(p.get("train.steps_scale", 1.0))))))
-        except (KeyError, ValueError):
-            return None
-    return vals.pop() if len(vals) == 1 else None
-
-
 def collect(tracker: Tracker, record: dict) -> tuple[list[ArmRow], list[dict], dict]:
     """Arm rows, per-episode stats records and per-run curves from the plan record's runs (one run per
     arm x seed, or per arm x seed x task)."""
@@ -190,7 +178,7 @@ def collect(tracker: Tracker, record: dict) -> tuple[list[ArmRow], list[dict], d
             r2_delta=_mean(_last(r, "val/openloop/r2/pos_vs_delta") for r in fr),
             rot_spread_deg=_mean(_last(r, "audit/rot_spread_deg") for r in fr),
             per_task_rate={t: (k / n if n else float("nan")) for t, (k, n) in sorted(by_task.items())}
-            if multitask else {}, train_steps=_train_steps(fr)))
+            if multitask else {}, train_steps=info.get("train_steps")))
         if fr:
             curves[arm] = {}
             for g, key in OPEN_LOOP_KEYS.items():

@@ -41,8 +41,6 @@ def record_plan(tracker: Tracker, hyps: list[str], arms: dict[str, dict], name: 
         for seed, rate in enumerate(a.get("rates", [])):
             rid = tracker.start_run(f"{arm}/seed{seed}", {TAG_KIND: "spec_run", TAG_SPEC: arm, TAG_SEED: seed}, parent)
             runs.setdefault(arm, {})[str(seed)] = rid
-            if "steps" in a:  # as the plan logs a spec's params
-                tracker.log_params(rid, {"train.steps": a["steps"], "train.steps_scale": a.get("steps_scale", 1.0)})
             tracker.log_metrics(rid, [("train/loss/total", a.get("loss", 1e-3), 0),
                                       ("audit/rot_spread_deg", a.get("rot_spread", 30.0), 0)]
                                 + [("val/openloop/nmse/pos", a.get("nmse_pos", 0.5) * f, s)
@@ -58,7 +56,9 @@ def record_plan(tracker: Tracker, hyps: list[str], arms: dict[str, dict], name: 
             tracker.end_run(rid)
     rec = {"plan": name, "key": name, "hypotheses": [load_hypothesis(h).model_dump(mode="json") for h in hyps],
            "arms": {arm: {"spec_hash": f"h-{arm}", "seeds": list(range(len(a.get("rates", [])))), "suite":
-                          "libero_object", "task": 0, "description": arm, "pretrained": a.get("pretrained", False)}
+                          "libero_object", "task": 0, "description": arm, "pretrained": a.get("pretrained", False),
+                          # the spec's train.total_steps, as the plan records it
+                          "train_steps": round(a["steps"] * a.get("steps_scale", 1.0)) if "steps" in a else None}
                     for arm, a in arms.items()},
            "runs": runs, "episodes": {"looks": [STATES], "alpha": 0.05, "spending": "obrien_fleming", "margin": 0.15},
            "looks": looks or [], "demos": {"x": {"starts": "random_resets (seed 0)"}}, "versions": {"mujoco": "3.x"}}
