@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .hypothesis import NEEDS, ROT_SPREAD_MIN_DEG, Hypothesis
+from .hypothesis import NEEDS, Hypothesis
+from .rules import DEFAULT_RULES, DecisionRules
+from .stats import (EpisodeArrays, SeedEffect, SequentialDesign, episodes_needed_t, heterogeneity, holm_difference_equivalence,
+                    per_task_seed_effects, seed_effect, seeds_needed, to_arrays)
 
 DECIDED_WORDS = ("better", "worse", "no meaningful difference")
 
@@ -28,13 +31,13 @@ class ComparisonResult:
     control: str
     expect: str
     label: str
-    word: str                     # better | worse | no meaningful difference | inconclusive | untestable | missing
+    word: str                     # better | worse | no meaningful difference | inconclusive | untestable | missing | left out
     decided_at_look: int | None = None
-    estimate: float | None = None  # success(arm) - success(control), fraction
-    lo: float | None = None        # 95% interval (seeds and states resampled)
+    estimate: float | None = None  # success(arm) - success(control), fraction (difference of mean per-seed rates)
+    lo: float | None = None        # the decision interval, at `level` (excludes 0 exactly when better/worse)
     hi: float | None = None
-    p_value: float | None = None
-    p_holm: float | None = None
+    p_value: float | None = None   # seed-level Welch t, two-sided, H0 effect = 0
+    p_holm: float | None = None    # adjusted over the plan's family (difference and equivalence tests)
     alpha_look: float | None = None
     rate_arm: float | None = None
     rate_control: float | None = None
@@ -45,12 +48,24 @@ class ComparisonResult:
     why: str = ""                  # for untestable / missing / inconclusive: what it would need
     method: str = ""
     # Several tasks: the estimate above is pooled over them (tasks a random factor); per task, the
-    # same paired effect on that task alone ({task, estimate, lo, hi, rate_arm, rate_control,
+    # same effect on that task alone ({task, estimate, lo, hi, rate_arm, rate_control,
     # n_states, p_value}), and whether the tasks disagree (Cochran's Q, or intervals on both sides of 0).
     n_tasks: int = 1
     per_task: list = field(default_factory=list)
     heterogeneity: str = ""
     tasks_disagree: bool | None = None
+    level: float | None = None     # confidence level of (lo, hi): 1 - alpha_look / Holm divisor
+    lo95: float | None = None      # the plain 95% interval, for reference (labelled so)
+    hi95: float | None = None
+    p_equiv_holm: float | None = None  # adjusted TOST p of |effect| >= margin
+    se: float | None = None
+    df: float | None = None
+    seeds_needed: int | None = None
+    per_seed_arm: list = field(default_factory=list)      # each seed's success fraction (single task)
+    per_seed_control: list = field(default_factory=list)
+    # Why a non-difference here says nothing of a claim: "floor" (both arms fail), "ceiling" (both
+    # succeed), "no headroom" (the control is within the margin of 100% / 0% in the expected direction).
+    bound: str = ""
 
     @property
     def decided(self) -> bool:
@@ -87,14 +102,16 @@ def mark_left_out(comps: list["ComparisonResult"], skipped: dict[str, str]) -> l
     return comps
 
 
-def unmet_needs(needs: tuple[str, ...], arms: list[str], facts: dict[str, ArmFacts]) -> list[str]:
+def unmet_needs(needs: tuple[str, ...], arms: list[str], facts: dict[str, ArmFacts],
+                rules: DecisionRules = DEFAULT_RULES) -> list[str]:
     """The needs (with the measured reason) that these arms do not meet."""
     out = []
+    min_deg = rules.rot_spread_min_deg
     for need in needs:
         if need == "rotation_varies":
             spreads = [facts[a].rot_spread_deg for a in arms if a in facts and facts[a].rot_spread_deg is not None]
-            if spreads and max(spreads) < ROT_SPREAD_MIN_DEG:
-                out.append(f"the demos' rotation spread is {max(spreads):.1f} deg (< {ROT_SPREAD_MIN_DEG:g} deg): "
+            if spreads and max(spreads) < min_deg:
+                out.append(f"the demos' rotation spread is {max(spreads):.1f} deg (< {min_deg:g} deg): "
                            "the expert barely turns on this task, so scaling rotation cannot matter here")
             elif not spreads:
                 out.append("the demos' rotation spread was not measured (no audit)")
@@ -106,31 +123,50 @@ def unmet_needs(needs: tuple[str, ...], arms: list[str], facts: dict[str, ArmFac
     return out
 
 
-def judge(hypotheses: list[Hypothesis], records: list[dict], facts: dict[str, ArmFacts], *,
-          look_index: int, looks: list[int | None], alpha: float = 0.05,
-          spending: str = "obrien_fleming", margin: float = 0.15, n_boot: int | None = None,
+def bound_of(rate_arm: float, rate_control: float, expect: str, rules: DecisionRules) -> str:
+    """Why a "no meaningful difference" between these rates would say nothing of a claim: both arms
+    at the floor, both at the ceiling, or a control so close to 100% (or 0%) that the expected
+    direction has less room than the margin. "" when the comparison can show what it tests."""
+    if max(rate_arm, rate_control) <= rules.floor:
+        return "floor"
+    if min(rate_arm, rate_control) >= rules.ceiling:
+        return "ceiling"
+    if (expect == "better" and rate_control > 1.0 - rules.margin) or (expect == "worse" and rate_control < rules.margin):
+        return "no headroom"
+    return ""
+
+
+def judge(hypotheses: list[Hypothesis], records: "list[dict] | EpisodeArrays", facts: dict[str, ArmFacts], *,
+          look_index: int, looks: list[int | None], alpha: float | None = None, spending: str | None = None,
+          margin: float | None = None, floor: float | None = None, ceiling: float | None = None,
+          rules: DecisionRules | None = None, n_boot: int | None = None,
           previous: dict[tuple[str, str, str], ComparisonResult] | None = None) -> list[ComparisonResult]:
     """Judge every comparison of `hypotheses` on `records` (dicts with arm, task, seed, init_state,
-    success) at look `look_index` (0-based). Holm controls the family-wise error across all the
-    comparisons; the look's alpha comes from the spending rule. A comparison decided at an earlier look
-    (`previous`) keeps its decision: stopping early is what the looks are for."""
-    from .stats import SequentialDesign, episodes_needed, heterogeneity, holm, paired_effect, per_task_effects, verdict
+    success) at look `look_index` (0-based).
 
+    Each comparison is a seed-level Welch t (`stats.seed_effect`): a trained network is the unit.
+    One family per plan: the difference test (effect = 0) and the equivalence test (|effect| >=
+    margin) of every comparison with data go through one Shaffer-Holm step-down at the look's
+    spending level, so "better", "worse" and "no meaningful difference" together keep the
+    family-wise error at alpha over all looks (union bound over the looks' levels). The interval
+    stored is the decision interval (level 1 - alpha_look / divisor), beside the plain 95% one.
+    A comparison decided at an earlier look (`previous`) keeps its decision and that look's figures.
+    `n_boot` is accepted for older callers and ignored (the test needs no resampling)."""
+    base = rules or DEFAULT_RULES
+    rules = base.with_overrides(dict(alpha=alpha, spending=spending, margin=margin, floor=floor, ceiling=ceiling))
     real_looks = [x for x in looks if x is not None] or [1]
-    design = SequentialDesign(looks=tuple(real_looks), alpha=alpha, spending=spending)
+    design = SequentialDesign(looks=tuple(real_looks), alpha=rules.alpha, spending=rules.spending)
     alpha_k = design.nominal_alpha(min(look_index, len(real_looks) - 1))
-    n_comp = sum(len(h.comparisons) for h in hypotheses)
-    # A bootstrap p cannot go below 2 / (n_boot + 1); Holm multiplies it by the family size. Enough
-    # resamples that the first look can decide at all.
-    n_boot = n_boot or max(4000, 2 * design.required_n_boot(max(1, n_comp)))
-    arms_with_data = {r["arm"] for r in records}
+    arrays = records if isinstance(records, EpisodeArrays) else to_arrays(records)
+    arms_with_data = set(arrays.arm.tolist())
     out: list[ComparisonResult] = []
-    effects = {}
+    effects: dict[tuple[str, str, str], SeedEffect] = {}
     for h in hypotheses:
+        margin_h = h.rule_overrides(rules).margin
         for c in h.comparisons:
             key = (h.name, c.arm, c.control)
             res = ComparisonResult(h.name, c.arm, c.control, c.expect, c.label, "inconclusive")
-            unmet = unmet_needs((*h.needs, *c.needs), [c.arm, c.control], facts)
+            unmet = unmet_needs((*h.needs, *c.needs), [c.arm, c.control], facts, rules)
             if unmet:
                 res.word, res.why = "untestable", "; ".join(unmet)
             elif c.arm not in arms_with_data or c.control not in arms_with_data:
@@ -139,62 +175,92 @@ def judge(hypotheses: list[Hypothesis], records: list[dict], facts: dict[str, Ar
             else:
                 try:
                     # Tasks are a random factor: the verdict is about tasks like these, not only these.
-                    # multitask=False: each (arm, task, seed) is its own network (single-task policies),
-                    # so a seed is resampled per task, never shared across tasks.
-                    eff = paired_effect(records, c.arm, c.control, n_boot=n_boot, rng_seed=0, tasks="random",
-                                        multitask=False)
+                    eff = seed_effect(arrays, c.arm, c.control, tasks="random")
                 except ValueError as e:
                     res.word, res.why = "missing", str(e)
                 else:
                     effects[key] = eff
-                    res.estimate, res.lo, res.hi, res.p_value = eff.estimate, eff.lo, eff.hi, eff.p_value
-                    res.rate_arm, res.rate_control, res.n_states = eff.rate_arm, eff.rate_control, eff.n_states
-                    res.seeds_arm, res.seeds_control, res.method = eff.n_seeds_arm, eff.n_seeds_control, eff.method
-                    res.n_tasks = eff.n_tasks
+                    _fill(res, eff, margin_h, rules, c.expect)
                     if eff.n_tasks > 1:
-                        per = per_task_effects(records, c.arm, c.control, n_boot=n_boot, rng_seed=0)
-                        het = heterogeneity(per, alpha=alpha)
+                        per = per_task_seed_effects(arrays, c.arm, c.control)
+                        het = heterogeneity(per, alpha=rules.alpha)
                         res.per_task = [{"task": t, "estimate": e.estimate, "lo": e.lo, "hi": e.hi,
                                          "rate_arm": e.rate_arm, "rate_control": e.rate_control,
                                          "n_states": e.n_states, "p_value": e.p_value} for t, e in per.items()]
                         res.heterogeneity, res.tasks_disagree = het.note, het.disagree
             out.append(res)
-    adjusted = holm({"|".join(k): e.p_value for k, e in effects.items()}, alpha) if effects else {}
+    names = {k: "|".join(k) for k in effects}
+    margins = {k: next(h for h in hypotheses if h.name == k[0]).rule_overrides(rules).margin for k in effects}
+    steps = holm_difference_equivalence({names[k]: e.p_value for k, e in effects.items()},
+                                        {names[k]: e.p_equivalence(margins[k]) for k, e in effects.items()},
+                                        alpha_k) if effects else {}
     for res in out:
         key = (res.hypothesis, res.arm, res.control)
-        prev = (previous or {}).get(key)
         if key not in effects:
             continue
-        eff = effects[key]
-        res.p_holm = float(adjusted["|".join(key)])
-        res.alpha_look = alpha_k
+        prev = (previous or {}).get(key)
         if prev is not None and prev.decided:
-            res.word, res.decided_at_look = prev.word, prev.decided_at_look
+            _carry_decision(res, prev)
             continue
-        word = verdict(eff, res.p_holm, alpha_k, margin=margin)
-        if word in DECIDED_WORDS:
-            res.word, res.decided_at_look = word, look_index
+        eff, st = effects[key], steps[names[key]]
+        res.p_holm, res.p_equiv_holm, res.alpha_look = st.p_diff_adj, st.p_equiv_adj, alpha_k
+        res.level = 1.0 - alpha_k / st.divisor
+        res.lo, res.hi = eff.interval(res.level)
+        if st.p_diff_adj <= alpha_k and eff.estimate != 0:
+            res.word, res.decided_at_look = ("better" if eff.estimate > 0 else "worse"), look_index
+        elif st.p_equiv_adj <= alpha_k:
+            res.word, res.decided_at_look = "no meaningful difference", look_index
+            res.level = 1.0 - 2.0 * alpha_k / st.equiv_divisor   # the TOST interval inside +-margin
+            res.lo, res.hi = eff.interval(res.level)
         else:
             res.word = "inconclusive"
-            try:
-                need = episodes_needed(eff, alpha=alpha_k)
-            except Exception:
-                need = None
-            res.episodes_needed = None if need is None or need != need or need == float("inf") else int(need)
-            # The power formula uses z; the interval uses t with the seeds' few degrees of freedom. When
-            # it asks for no more episodes than were run, the seeds, not the episodes, are short.
-            if res.episodes_needed is not None and res.episodes_needed <= eff.episodes_per_seed:
-                res.episodes_needed = None
-            if res.episodes_needed:
-                res.why = (f"the effect seen ({100 * eff.estimate:+.0f} pts) would need about {res.episodes_needed} "
-                           f"episodes per arm x seed (with {eff.n_seeds_arm} seeds) to be detected at 80% power")
-            elif abs(eff.estimate) < 1e-12:
-                res.why = ("no difference was seen; showing it is smaller than the margin needs more episodes "
-                           "or seeds")
-            else:
-                res.why = (f"the effect seen ({100 * eff.estimate:+.0f} pts) varies too much between seeds for more "
-                           "episodes to settle it: it needs more seeds")
+            _what_it_needs(res, eff, alpha_k / st.divisor, rules)
     return out
+
+
+def _fill(res: ComparisonResult, eff: SeedEffect, margin: float, rules: DecisionRules, expect: str) -> None:
+    res.estimate, res.p_value, res.se, res.df = eff.estimate, eff.p_value, eff.se, eff.df
+    res.lo95, res.hi95 = eff.interval(0.95)
+    res.rate_arm, res.rate_control, res.n_states = eff.rate_arm, eff.rate_control, eff.n_states
+    res.seeds_arm, res.seeds_control, res.method = eff.n_seeds_arm, eff.n_seeds_control, eff.method
+    res.n_tasks = eff.n_tasks
+    if eff.n_tasks == 1:
+        _, sa, sc, _ = eff.per_task_parts[0]
+        res.per_seed_arm, res.per_seed_control = [float(x) for x in sa.rates], [float(x) for x in sc.rates]
+    res.bound = bound_of(eff.rate_arm, eff.rate_control, expect, rules.with_overrides({"margin": margin}))
+
+
+def _carry_decision(res: ComparisonResult, prev: ComparisonResult) -> None:
+    """Stopping early is what the looks are for: the word and the figures it was decided on stay."""
+    for name in ("word", "decided_at_look", "estimate", "lo", "hi", "level", "p_value", "p_holm", "p_equiv_holm",
+                 "alpha_look", "rate_arm", "rate_control", "n_states", "seeds_arm", "seeds_control", "lo95", "hi95",
+                 "se", "df", "per_seed_arm", "per_seed_control"):
+        if getattr(prev, name, None) is not None:
+            setattr(res, name, getattr(prev, name))
+
+
+def _what_it_needs(res: ComparisonResult, eff: SeedEffect, level_alpha: float, rules: DecisionRules) -> None:
+    """For an inconclusive comparison: the seeds (or episodes) a t test at the level actually used would
+    need for 80% power at the effect seen (post hoc: optimistic for lucky effects)."""
+    if abs(eff.estimate) < 1e-12:
+        res.why = "no difference was seen; showing it is smaller than the margin needs more seeds"
+        return
+    res.seeds_needed = seeds_needed(eff, alpha=level_alpha, power=rules.power)
+    need = episodes_needed_t(eff, alpha=level_alpha, power=rules.power)
+    res.episodes_needed = need if need is not None and need > eff.episodes_per_seed else None
+    k = max(eff.n_seeds_arm, eff.n_seeds_control)
+    if res.seeds_needed is not None and res.seeds_needed > k:
+        res.why = (f"the effect seen ({100 * eff.estimate:+.0f} pts) would need about {res.seeds_needed} seeds per arm "
+                   f"(now {k}) to be detected at {100 * rules.power:.0f}% power at the level used "
+                   f"({level_alpha:.2g})")
+        if res.episodes_needed:
+            res.why += f", or about {res.episodes_needed} episodes per arm x seed with the seeds run"
+    elif res.episodes_needed:
+        res.why = (f"the effect seen ({100 * eff.estimate:+.0f} pts) would need about {res.episodes_needed} episodes "
+                   f"per arm x seed (with {k} seeds) to be detected at {100 * rules.power:.0f}% power")
+    else:
+        res.why = (f"the effect seen ({100 * eff.estimate:+.0f} pts) is too small or varies too much between seeds to "
+                   f"settle with up to 64 seeds per arm")
 
 
 @dataclass
@@ -252,7 +318,8 @@ def analyse_look(rp, latest: dict, look_index: int, looks: list[int | None],
              for a in rp.arms}
     facts = with_demo_spread(facts, rp.skipped)
     sched = rp.plan.episodes
-    kw = dict(alpha=sched.alpha, spending=sched.spending, margin=sched.margin) if sched else {}
+    kw = dict(alpha=sched.alpha, spending=sched.spending, margin=sched.margin, floor=getattr(sched, "floor", None),
+              ceiling=getattr(sched, "ceiling", None)) if sched else {}
     results = mark_left_out(judge(rp.hypotheses, records, facts, look_index=look_index, looks=looks,
                                   previous=previous, **kw), rp.skipped)
     more = look_index + 1 < len(looks) and looks[look_index] is not None

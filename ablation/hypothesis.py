@@ -25,6 +25,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, ValidationError
 
+from .rules import DEFAULT_RULES, DecisionRules
 from .spec import EXPERIMENTS_DIR, SpecError, _Frozen, _read_yaml, format_validation_error
 
 HYPOTHESES_DIR = EXPERIMENTS_DIR / "hypotheses"
@@ -37,9 +38,19 @@ NEEDS = {
                         "(model.pretrained or train.init_from); a randomly initialised network gives "
                         "slot positions no meaning",
 }
-ROT_SPREAD_MIN_DEG = 5.0
+ROT_SPREAD_MIN_DEG = DEFAULT_RULES.rot_spread_min_deg
 
 Expect = Literal["better", "worse", "same"]
+
+
+class WordMeanings(_Frozen):
+    """What this comparison's word would mean for the claim, when it is not the expected one. The
+    verdict's text is assembled from these, so a hypothesis never prints a reading that the pattern of
+    words does not support (e.g. "favours signal-to-noise" when cm did *worse* than the weight)."""
+
+    better: str = ""
+    worse: str = ""
+    same: str = ""
 
 
 class Comparison(_Frozen):
@@ -48,6 +59,7 @@ class Comparison(_Frozen):
     expect: Expect = "better"
     label: str = ""                 # what the arm changes, in a few words
     needs: tuple[str, ...] = ()     # needs of this comparison only (besides the hypothesis's own)
+    means: WordMeanings = WordMeanings()
 
 
 class Correlation(_Frozen):
@@ -56,6 +68,9 @@ class Correlation(_Frozen):
     x: Literal["final_train_loss", "openloop_pos_nmse"] = "final_train_loss"
     y: Literal["success"] = "success"
     expect: Literal["positive", "negative", "none"] = "negative"
+    # "arm": rank within each arm (its runs share the loss's units) and bootstrap whole arms; "none":
+    # one correlation over every run (only for a unit-free x, e.g. openloop_pos_nmse).
+    within: Literal["arm", "none"] = "arm"
 
 
 class Outcomes(_Frozen):
@@ -80,7 +95,14 @@ class Hypothesis(_Frozen):
     # The seed report's own diagnosis: when the data contradict it, the answer paragraph says so.
     seed_claim: bool = False
     outcomes: Outcomes = Outcomes()
+    # Thresholds of this hypothesis that differ from the plan's (margin, corr_strong, floor, ceiling);
+    # the defaults live in ablation/rules.py.
+    rules: dict[str, float] = {}
     path: Optional[str] = Field(None, exclude=True)
+
+    def rule_overrides(self, rules: DecisionRules) -> DecisionRules:
+        """The plan's rules with this hypothesis's own thresholds on top."""
+        return rules.with_overrides(self.rules)
 
     def arms(self) -> list[str]:
         """Every spec this hypothesis trains, controls first, in file order."""
@@ -120,6 +142,10 @@ def load_hypothesis(name: str, relative_to: Path | None = None) -> Hypothesis:
     if h.kind == "comparisons" and not h.comparisons:
         raise SpecError(f"{path}: comparisons: a hypothesis of kind 'comparisons' lists at least one "
                         "{arm, control, expect}")
+    bad = sorted(set(h.rules) - set(DecisionRules.__dataclass_fields__))
+    if bad:
+        raise SpecError(f"{path}: rules: {', '.join(bad)} not known; known: "
+                        f"{', '.join(DecisionRules.__dataclass_fields__)}")
     if h.kind == "correlation" and h.correlation is None:
         raise SpecError(f"{path}: correlation: a hypothesis of kind 'correlation' says x, y and expect")
     from .spec import spec_path

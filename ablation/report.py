@@ -18,14 +18,13 @@ from pathlib import Path
 
 from .analysis import ArmFacts, ComparisonResult, judge, mark_left_out, with_demo_spread
 from .hypothesis import Hypothesis
+from .rules import DEFAULT_RULES, DecisionRules
+from .calibration import calibration_for
+from .verdicts import (HypothesisVerdict, baseline_check, comparison_line, correlation_of, hypothesis_verdict,
+                       pts as _pts, recommendation, rho_text as _rho)
 from .spec import GROUPS
 from .tracking import TAG_KIND, Tracker
 
-BASELINE_FAILS_BELOW = 0.10   # "success near 0" for the seed's failure signature
-CORR_STRONG = 0.3             # |rank correlation| below this is "no strong relation"
-# Two arms that both fail (at most this success) cannot show a difference whatever the claim: another
-# failure masks it. "No meaningful difference" between them is a floor, not evidence against the claim.
-FLOOR_SUCCESS = BASELINE_FAILS_BELOW
 OPEN_LOOP_KEYS = {g: f"val/openloop/nmse/{g}" for g in GROUPS}
 
 
@@ -57,17 +56,6 @@ class ArmRow:
     @property
     def rate(self) -> float | None:
         return self.successes / self.episodes if self.episodes else None
-
-
-@dataclass
-class HypothesisVerdict:
-    name: str
-    title: str
-    claim: str
-    word: str          # SUPPORTED | NOT SUPPORTED | CONTRADICTED | INCONCLUSIVE | UNTESTABLE HERE
-    meaning: str       # the hypothesis file's text for this outcome
-    lines: list[str]
-    correlation: dict | None = None
 
 
 @dataclass
@@ -204,157 +192,6 @@ def _baseline(record: dict, hyps: list[Hypothesis]) -> str | None:
     return max(counts, key=counts.get) if counts else None
 
 
-def baseline_check(rows: list[ArmRow], baseline: str | None) -> tuple[bool | None, str]:
-    """Did the baseline reproduce the seed's failure signature: success near 0, and, among the arms
-    trained for as many steps, the lowest training loss and the worst position error?"""
-    by = {r.arm: r for r in rows}
-    b = by.get(baseline) if baseline else None
-    if b is None or b.rate is None:
-        return None, "no finished baseline run: the seed's failure could not be checked"
-    others = [r for r in rows if r.arm != baseline and r.final_train_loss is not None]
-    # Loss and error are ranked among arms trained as long as the baseline: an arm that only trains
-    # longer (H4) reaches a lower loss without saying anything about the seed's failure.
-    peers = [r for r in others if b.train_steps is None or r.train_steps in (None, b.train_steps)]
-    low_success = b.rate <= BASELINE_FAILS_BELOW
-    pos = b.openloop_nmse.get("pos")
-    among = "all arms" if len(peers) == len(others) else f"the arms trained for {b.train_steps} steps"
-    if peers:
-        lowest_loss = b.final_train_loss is not None and all(b.final_train_loss <= r.final_train_loss for r in peers)
-        worst_pos = pos is not None and all(pos >= (r.openloop_nmse.get("pos") or 0) for r in peers)
-        loss_word = f"the lowest of {among}" if lowest_loss else f"NOT the lowest of {among}"
-        pos_word = f"the worst of {among}" if worst_pos else f"NOT the worst of {among}"
-    else:  # nothing to rank against: only the success rate speaks
-        lowest_loss = worst_pos = True
-        loss_word = pos_word = f"no other arm trained for {b.train_steps} steps to rank against"
-    parts = [f"success {100 * b.rate:.0f}% over {b.episodes} episodes ({'near 0' if low_success else 'NOT near 0'})",
-             f"final training loss {b.final_train_loss:.3g} ({loss_word})" if b.final_train_loss is not None
-             else "no training loss recorded",
-             f"open-loop position nMSE {pos:.3g} ({pos_word})"
-             if pos is not None else "no open-loop position error recorded"]
-    ok = low_success and lowest_loss and worst_pos
-    return ok, ("reproduced the seed's failure signature: " if ok else
-                "did NOT reproduce the seed's failure signature; every verdict below carries that warning: ") \
-        + "; ".join(parts)
-
-
-def _correlation(h: Hypothesis, rows: list[ArmRow], curves: dict) -> dict:
-    from .stats import rank_correlation
-
-    xs, ys = [], []
-    for r in rows:
-        for s, loss, rate in curves.get(r.arm, {}).get("_scatter", []):
-            x = loss if h.correlation.x == "final_train_loss" else r.openloop_nmse.get("pos")
-            if x is not None and rate is not None and rate == rate:
-                xs.append(x)
-                ys.append(rate)
-    if len(xs) < 4:
-        return {"word": "inconclusive", "n": len(xs), "why": f"only {len(xs)} arm x seed points (need >= 4)"}
-    rc = rank_correlation(xs, ys)
-    rho, lo, hi, n = (rc.rho, rc.lo, rc.hi, rc.n) if hasattr(rc, "rho") else rc
-    word = ("positive" if lo > 0 else "negative" if hi < 0 else
-            "none" if max(abs(lo), abs(hi)) < CORR_STRONG else "unclear")
-    return {"rho": rho, "lo": lo, "hi": hi, "n": n, "word": word}
-
-
-def hypothesis_verdict(h: Hypothesis, comps: list[ComparisonResult], corr: dict | None, warn: str) -> HypothesisVerdict:
-    mine = [c for c in comps if c.hypothesis == h.name]
-    lines = [_comparison_line(c) for c in mine]
-    floor = ""
-    if h.kind == "correlation" and corr is not None:
-        if "rho" in corr:
-            lines.insert(0, f"rank correlation of {h.correlation.x} with {h.correlation.y}: {_rho(corr)} over "
-                            f"{corr['n']} arm x seed runs ({corr['word']})")
-        else:
-            lines.insert(0, f"rank correlation: {corr['why']}")
-        want, lo, hi = h.correlation.expect, corr.get("lo"), corr.get("hi")
-        if lo is None:
-            word = "INCONCLUSIVE"
-        elif want == "positive":
-            word = "SUPPORTED" if lo > 0 else "CONTRADICTED" if hi < 0 else "INCONCLUSIVE"
-        elif want == "negative":
-            word = "SUPPORTED" if hi < 0 else "CONTRADICTED" if lo > 0 else "INCONCLUSIVE"
-        else:  # "none": no strong negative relation (a lower loss does not reliably mean more success)
-            word = "SUPPORTED" if lo > -CORR_STRONG else "NOT SUPPORTED" if hi < 0 else "INCONCLUSIVE"
-    else:
-        testable = [c for c in mine if c.word not in ("untestable", "missing", "left out")]
-        if not testable:
-            word = "UNTESTABLE HERE" if any(c.word == "untestable" for c in mine) else "INCONCLUSIVE"
-        else:
-            match = [c for c in testable if c.matches_expectation]
-            opposite = [c for c in testable if c.decided and not c.matches_expectation and
-                        {c.word, c.expect} == {"better", "worse"}]
-            all_decided = all(c.decided for c in testable)
-            if h.decide == "any":
-                word = ("SUPPORTED" if match else "CONTRADICTED" if opposite else
-                        "NOT SUPPORTED" if all_decided else "INCONCLUSIVE")
-            else:
-                word = ("SUPPORTED" if len(match) == len(testable) else "CONTRADICTED" if opposite else
-                        "NOT SUPPORTED" if all_decided else "INCONCLUSIVE")
-            against = [c for c in testable if not c.matches_expectation]
-            if word == "NOT SUPPORTED" and against and all(_at_floor(c) for c in against):
-                word, floor = "UNTESTABLE HERE", (
-                    f"every arm compared fails ({_rates(against)} success, at most "
-                    f"{100 * FLOOR_SUCCESS:.0f}%): a floor effect, so no difference could show whatever the claim; it "
-                    "needs a setting where the control can succeed (for example normalised actions)")
-    meaning = {"SUPPORTED": h.outcomes.supported, "NOT SUPPORTED": h.outcomes.not_supported,
-               "CONTRADICTED": h.outcomes.contradicted or h.outcomes.not_supported,
-               "INCONCLUSIVE": h.outcomes.inconclusive, "UNTESTABLE HERE": h.outcomes.untestable}[word]
-    untestable = [c for c in mine if c.word == "untestable"]
-    if word == "UNTESTABLE HERE" and floor:
-        meaning = f"untestable here, because {floor}."
-    elif word == "UNTESTABLE HERE":
-        meaning = f"untestable here, because {untestable[0].why}. {meaning}".strip()
-    elif untestable:
-        lines.append(f"untestable here: {', '.join(c.arm for c in untestable)}, because {untestable[0].why}")
-    if warn:
-        meaning = f"{meaning} (Warning: the baseline did not reproduce the seed's failure.)".strip()
-    return HypothesisVerdict(h.name, h.title, h.claim, word, meaning, lines, corr)
-
-
-def _at_floor(c: ComparisonResult) -> bool:
-    return c.word == "no meaningful difference" and max(c.rate_arm or 0, c.rate_control or 0) <= FLOOR_SUCCESS
-
-
-def _rates(comps: list[ComparisonResult]) -> str:
-    """'control 0%, arm_a 6%, arm_b 2%': each arm once."""
-    rate = {}
-    for c in comps:
-        rate.setdefault(c.control, c.rate_control or 0)
-        rate.setdefault(c.arm, c.rate_arm or 0)
-    return ", ".join(f"{a} {100 * r:.0f}%" for a, r in rate.items())
-
-
-def _rho(corr: dict) -> str:
-    """'rho +0.38 [-0.22, +0.75]': a rank correlation with its interval, as the verdict and the answer give it."""
-    return f"rho {corr['rho']:+.2f} [{corr['lo']:+.2f}, {corr['hi']:+.2f}]"
-
-
-def _pts(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:+.0f}"
-
-
-def _comparison_line(c: ComparisonResult) -> str:
-    if c.word in ("untestable", "missing", "left out"):
-        return f"{c.arm} vs {c.control}: {c.word} ({c.why})"
-    s = (f"{c.arm} vs {c.control}: {_pts(c.estimate)} pts [{_pts(c.lo)}, {_pts(c.hi)}], "
-         f"{100 * (c.rate_arm or 0):.0f}% vs {100 * (c.rate_control or 0):.0f}%, Holm p {c.p_holm:.3g} -> {c.word}")
-    if c.decided_at_look is not None:
-        s += f" (decided at look {c.decided_at_look + 1})"
-    if c.word == "inconclusive" and c.why:
-        s += f"; {c.why}"
-    if _at_floor(c):
-        s += f"; both arms at the floor (at most {100 * FLOOR_SUCCESS:.0f}% success): this says nothing of the claim"
-    if c.n_tasks > 1:
-        s += f"; pooled over {c.n_tasks} tasks ({_task_spread(c)}); {c.heterogeneity}"
-    return s
-
-
-def _task_spread(c: ComparisonResult) -> str:
-    """The per-task effects in a few words: 'per task +40 to +45 pts'."""
-    est = [t["estimate"] for t in c.per_task]
-    return f"per task {_pts(min(est))} to {_pts(max(est))} pts" if est else "no per-task effect"
-
-
 def _carried(v: HypothesisVerdict, comps: list[ComparisonResult]) -> str:
     """A supported hypothesis in the answer, by the comparisons that carried it. Not its claim: a claim
     ('a normaliser or the x100 weight fixes it') can name arms this plan left out or that did not decide."""
@@ -376,7 +213,7 @@ def write_answer(rows: list[ArmRow], comps: list[ComparisonResult], verdicts: li
     if b is not None and b.rate is not None:
         out.append(f"The baseline ({baseline}) succeeded in {100 * b.rate:.0f}% of {b.episodes} episodes"
                    + (f" with a final training loss of {b.final_train_loss:.2g}" if b.final_train_loss else "")
-                   + ("; it reproduces the seed's symptom (tiny loss, no success)." if reproduced else
+                   + ("; it reproduces the seed's failure (no success, the worst open-loop position error)." if reproduced else
                       "; it does NOT reproduce the seed's failure signature, so read every verdict with care."))
     supported = [v for v in verdicts if v.word == "SUPPORTED"]
     if supported:
@@ -384,20 +221,27 @@ def write_answer(rows: list[ArmRow], comps: list[ComparisonResult], verdicts: li
     seed = [v for v, h in zip(verdicts, hyps) if getattr(h, "seed_claim", False) and
             v.word in ("NOT SUPPORTED", "CONTRADICTED")]
     for v in seed:
-        out.append(f"The data contradict the seed's hypothesis that {v.claim[0].lower() + v.claim[1:].rstrip('.')} "
+        verb = "contradict" if v.word == "CONTRADICTED" else "do not support"
+        out.append(f"The data {verb} the seed's hypothesis that {v.claim[0].lower() + v.claim[1:].rstrip('.')} "
                    f"({v.name}: {v.word.lower()}).")
-    wins = [c for c in comps if c.control == baseline and c.word == "better"]
-    if wins:
-        best = max(wins, key=lambda c: (c.estimate or 0))
+    rec = recommendation(comps, baseline)
+    best = rec["use"]
+    if best is not None:
         tasks = f", pooled over {best.n_tasks} tasks as a random factor" if best.n_tasks > 1 else ""
+        others = [c.arm for c in rec["wins"] if c is not best]
         out.append(f"Use {best.arm}: {100 * (best.rate_arm or 0):.0f}% against {100 * (best.rate_control or 0):.0f}%, "
-                   f"{_pts(best.estimate)} points [{_pts(best.lo)}, {_pts(best.hi)}] (95% interval over seeds and "
-                   f"init states{tasks}, Holm p {best.p_holm:.2g}).")
+                   f"{_pts(best.estimate)} points [{_pts(best.lo)}, {_pts(best.hi)}] ({_level(best)} decision interval "
+                   f"over seeds{tasks}, adjusted p {best.p_holm:.2g})"
+                   + (f"; it beat {', '.join(others)} in direct comparisons." if others else "."))
         if best.tasks_disagree:
             out.append(f"But the tasks disagree about {best.arm} ({best.heterogeneity}): see the per-task effects.")
-        others = [c.arm for c in wins if c is not best]
-        if others:
-            out.append(f"Also better than the baseline: {', '.join(others)}.")
+    elif rec["wins"]:
+        names = [c.arm for c in rec["wins"]]
+        figs = "; ".join(f"{c.arm} {_pts(c.estimate)} pts [{_pts(c.lo)}, {_pts(c.hi)}]" for c in rec["wins"])
+        between = "; ".join(f"{c.arm} vs {c.control}: {c.word}" for c in rec["between"])
+        out.append(f"{' and '.join([', '.join(names[:-1]), names[-1]])} all beat the baseline ({figs}); "
+                   + (f"compared directly: {between}, so none is shown better than the others." if between else
+                      "they were not compared with each other, so the data do not say which is better."))
     else:
         pending = [c for c in comps if c.control == baseline and c.word == "inconclusive"]
         out.append("No fix is shown better than the baseline yet" +
@@ -409,7 +253,7 @@ def write_answer(rows: list[ArmRow], comps: list[ComparisonResult], verdicts: li
 
 
 def caveats_of(rows: list[ArmRow], comps: list[ComparisonResult], record: dict, reproduced: bool | None,
-               baseline_note: str, demos: dict) -> list[str]:
+               baseline_note: str, demos: dict, rules: DecisionRules = DEFAULT_RULES) -> list[str]:
     """Confounds collapsed: one line per confound, naming the arms it touches."""
     out = []
     if reproduced is False:
@@ -423,9 +267,9 @@ def caveats_of(rows: list[ArmRow], comps: list[ComparisonResult], record: dict, 
     few = [r.arm for r in rows if r.finished_seeds and len(r.finished_seeds) < 3]
     if few:
         out.append(f"Fewer than 3 finished seeds, so seed-to-seed variation is barely estimated: {', '.join(few)}.")
-    const = [r.arm for r in rows if r.rot_spread_deg is not None and r.rot_spread_deg < 5.0]
+    const = [r.arm for r in rows if r.rot_spread_deg is not None and r.rot_spread_deg < rules.rot_spread_min_deg]
     if const:
-        out.append(f"The demos barely turn (rotation spread < 5 deg): rotation errors cannot rank "
+        out.append(f"The demos barely turn (rotation spread < {rules.rot_spread_min_deg:g} deg): rotation errors cannot rank "
                    f"{', '.join(const)}; rotation-scale comparisons are untestable on this task.")
     starts = sorted({str(v.get('starts', 'unknown')) for v in demos.values()})
     if starts:
@@ -489,14 +333,14 @@ def _plots(rep: Report, curves: dict, out_dir: Path) -> dict[str, Path]:
         rows = [ForestRow(f"{c.arm} vs {c.control}", c.estimate, c.lo, c.hi, colors.get(c.word, "tab:blue"))
                 for c in comps]
         paths["forest"] = _forest(plt, rows, out_dir / "forest.png", 0.45,
-                                  "effect on success (points), 95% interval over seeds and init states",
+                                  "effect on success (points), decision interval (each at the level its verdict used)",
                                   "Effect against the control (green better, red worse, grey no difference)")
     multi = [c for c in comps if c.n_tasks > 1 and c.per_task]
     if multi:  # per-task forest: each task's effect, then the pooled one (a diamond), per comparison
         rows = []
         for c in multi:
             rows += [ForestRow(f"  {t['task']}", t["estimate"], t["lo"], t["hi"]) for t in c.per_task]
-            rows.append(ForestRow(f"{c.arm} vs {c.control} (pooled)", c.estimate, c.lo, c.hi, "k", pooled=True))
+            rows.append(ForestRow(f"{c.arm} vs {c.control} (pooled)", c.estimate, c.lo95, c.hi95, "k", pooled=True))
         paths["per_task_forest"] = _forest(plt, rows, out_dir / "per_task_forest.png", 0.3,
                                            "effect on success (points), 95% interval",
                                            "Per-task effects (dots) and the pooled effect, tasks a random factor (diamonds)")
@@ -566,13 +410,28 @@ def _arm_table(rows: list[ArmRow]) -> list[list[str]]:
     return [head] + body
 
 
+def _level(c: ComparisonResult) -> str:
+    return f"{100 * c.level:.2f}%" if c.level else "-"
+
+
 def _effects_table(comps: list[ComparisonResult]) -> list[list[str]]:
-    head = ["hypothesis", "arm vs control", "expect", "effect (pts)", "95% interval", "Holm p", "verdict", "look"]
+    """The decision interval (at the level the word was decided at) first; the plain 95% interval
+    beside it, labelled, for reference only."""
+    head = ["hypothesis", "arm vs control", "expect", "success arm / control (per seed)", "effect (pts)",
+            "decision interval", "its level", "95% interval (reference)", "adjusted p", "verdict", "look"]
     body = []
     for c in comps:
-        body.append([c.hypothesis, f"{c.arm} vs {c.control}", c.expect, _pts(c.estimate),
-                     "-" if c.lo is None else f"[{_pts(c.lo)}, {_pts(c.hi)}]",
-                     "-" if c.p_holm is None else f"{c.p_holm:.3g}", c.word,
+        seeds = ""
+        if c.per_seed_arm:
+            seeds = (" (" + "/".join(f"{100 * x:.0f}" for x in c.per_seed_arm) + " vs "
+                     + "/".join(f"{100 * x:.0f}" for x in c.per_seed_control) + ")")
+        rates = "-" if c.rate_arm is None else f"{100 * c.rate_arm:.0f}% / {100 * (c.rate_control or 0):.0f}%{seeds}"
+        word = c.word + (f" ({c.bound}: says nothing of the claim)" if c.word == "no meaningful difference" and c.bound
+                         else "")
+        body.append([c.hypothesis, f"{c.arm} vs {c.control}", c.expect, rates, _pts(c.estimate),
+                     "-" if c.lo is None else f"[{_pts(c.lo)}, {_pts(c.hi)}]", _level(c),
+                     "-" if c.lo95 is None else f"[{_pts(c.lo95)}, {_pts(c.hi95)}]",
+                     "-" if c.p_holm is None else f"{c.p_holm:.3g}", word,
                      "-" if c.decided_at_look is None else str(c.decided_at_look + 1)])
     return [head] + body
 
@@ -669,6 +528,44 @@ def render(rep: Report, plots: dict[str, Path], out_dir: Path) -> None:
                                          + "\n".join(parts) + "</body></html>\n")
 
 
+def _points(h: Hypothesis, rows: list[ArmRow], curves: dict) -> list[tuple[str, float | None, float | None]]:
+    """(arm, x, success) per finished run, for a correlation hypothesis."""
+    out = []
+    for r in rows:
+        for _s, loss, rate in curves.get(r.arm, {}).get("_scatter", []):
+            x = loss if h.correlation.x == "final_train_loss" else r.openloop_nmse.get("pos")
+            out.append((r.arm, x, rate))
+    return out
+
+
+def _seeds_per_arm(rows: list[ArmRow]) -> int:
+    counts = [len(r.finished_seeds) for r in rows if r.finished_seeds]
+    return min(counts) if counts else 0
+
+
+def method_text(plan: str, comps: list[ComparisonResult], looks: list, rules: DecisionRules, planned: bool,
+                seeds: int) -> str:
+    """The method paragraph: the test, the family and what it spends, and the calibration figures
+    measured for this design (benchmarks/calibration.py)."""
+    method = next((c.method for c in comps if c.method), "")
+    method = method.rstrip(".") + "." if method else ""
+    if not planned:
+        return method
+    n_fam = sum(c.p_holm is not None for c in comps)  # untestable and left-out ones have no p
+    method += (f" Family: the {n_fam} comparisons of plan '{plan}' with data (of its {len(comps)}), each tested "
+               f"for a difference and for equivalence within +-{100 * rules.margin:.0f} points in one Shaffer-Holm "
+               f"step-down; alpha {rules.alpha:g} spent over them and over the looks at {looks} episodes per arm x "
+               f"seed ({rules.spending}). Other plans run in the same workdir reuse this plan's shared runs (e.g. "
+               f"its baseline) and spend their own alpha: a conclusion that combines plans spends the sum. Each "
+               f"interval shown is at the level its decision used; the 95% interval beside it is for reference. "
+               f"Both arms at or below {100 * rules.floor:.0f}% or at or above {100 * rules.ceiling:.0f}% success "
+               f"(or a control within the margin of the limit) make 'no meaningful difference' say nothing.")
+    cal = calibration_for(seeds, [x for x in looks if x is not None])
+    if cal:
+        method += " " + cal
+    return method
+
+
 def build_report(tracker: Tracker, *, parent_run_id: str | None = None, plan: str | None = None,
                  out_dir: Path) -> Report:
     """Build report.md, report.html (plots embedded), report.json and the PNGs from MLflow."""
@@ -682,7 +579,7 @@ def build_report(tracker: Tracker, *, parent_run_id: str | None = None, plan: st
     hyps = [Hypothesis.model_validate({k: v for k, v in h.items() if k != "path"}) for h in record["hypotheses"]]
     rows, records, curves = collect(tracker, record)
     baseline = _baseline(record, hyps)
-    reproduced, note = baseline_check(rows, baseline)
+    reproduced, note = baseline_check(rows, baseline, DEFAULT_RULES.with_overrides(record.get("episodes") or {}))
     facts = {r.arm: ArmFacts(rot_spread_deg=r.rot_spread_deg,
                              pretrained=bool(record["arms"][r.arm].get("pretrained", False))) for r in rows}
     facts = with_demo_spread(facts, record.get("skipped_arms", {}))
@@ -695,22 +592,16 @@ def build_report(tracker: Tracker, *, parent_run_id: str | None = None, plan: st
             if res.decided and (c["hypothesis"], c["arm"], c["control"]) not in previous:
                 previous[(c["hypothesis"], c["arm"], c["control"])] = res
     k = max(0, len(record.get("looks", [])) - 1)
-    comps = judge(hyps, records, facts, look_index=k, looks=looks, previous=previous,
-                  **{key: sched[key] for key in ("alpha", "spending", "margin") if key in sched})
+    rules = DEFAULT_RULES.with_overrides(sched)
+    comps = judge(hyps, records, facts, look_index=k, looks=looks, previous=previous, rules=rules)
     mark_left_out(comps, record.get("skipped_arms") or {})
     warn = "" if reproduced is not False else "baseline"
-    verdicts = [hypothesis_verdict(h, comps, _correlation(h, rows, curves) if h.kind == "correlation" else None, warn)
-                for h in hyps]
-    method = next((c.method for c in comps if c.method), "")
-    if sched:
-        method = method.rstrip(".") + "." if method else ""
-        n_holm = sum(c.p_holm is not None for c in comps)  # untestable and left-out ones have no p
-        method += (f" Holm across the {n_holm} comparisons with data (of the plan's {len(comps)}); looks at {looks} episodes per arm x seed, "
-                   f"alpha {sched.get('alpha')} spent by {sched.get('spending')}; 'no meaningful difference' when the "
-                   f"(1 - 2 alpha) interval lies within +-{100 * sched.get('margin', 0.15):.0f} points.")
+    verdicts = [hypothesis_verdict(h, comps, correlation_of(h, _points(h, rows, curves), rules)
+                                   if h.kind == "correlation" else None, warn, rules) for h in hyps]
+    method = method_text(record["plan"], comps, looks, rules, bool(sched), _seeds_per_arm(rows))
     rep = Report(record["plan"], write_answer(rows, comps, verdicts, baseline, reproduced, hyps), baseline, reproduced,
                  note, rows, comps, verdicts, [], method.strip(), record.get("versions", {}), record.get("timing", {}))
-    rep.caveats = caveats_of(rows, comps, record, reproduced, note, record.get("demos", {}))
+    rep.caveats = caveats_of(rows, comps, record, reproduced, note, record.get("demos", {}), rules)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = _plots(rep, curves, out_dir)
     render(rep, plots, out_dir)

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
+from .rules import DEFAULT_RULES
 from .representations import GROUPS, REPRESENTATIONS, representation  # noqa: F401 (GROUPS re-exported)
 
 # The names come from the registry, so a new representation class is the only edit.
@@ -465,10 +466,14 @@ class EpisodeSchedule(_Frozen):
     is controlled with Holm; across looks the error is spent by `spending` (see ablation/stats/)."""
 
     looks: tuple[int, ...] = (20, 35, 50)
-    alpha: float = Field(0.05, gt=0, lt=0.5)
-    spending: Literal["obrien_fleming", "bonferroni"] = "obrien_fleming"
+    # The decision thresholds; their defaults live in one place, ablation/rules.py (DecisionRules).
+    alpha: float = Field(DEFAULT_RULES.alpha, gt=0, lt=0.5)
+    spending: Literal["obrien_fleming", "bonferroni"] = DEFAULT_RULES.spending
     # A difference smaller than this (in success-rate points / 100) counts as "no meaningful difference".
-    margin: float = Field(0.15, gt=0, lt=1)
+    margin: float = Field(DEFAULT_RULES.margin, gt=0, lt=1)
+    # Both arms at or below `floor` (or at or above `ceiling`) success cannot show a difference.
+    floor: float = Field(DEFAULT_RULES.floor, ge=0, lt=1)
+    ceiling: float = Field(DEFAULT_RULES.ceiling, gt=0, le=1)
 
     @model_validator(mode="after")
     def _increasing(self) -> "EpisodeSchedule":

@@ -55,3 +55,49 @@ def rank_correlation(x: Sequence[float], y: Sequence[float], *, conf: float = 0.
         return RankCorrelation(rho, math.nan, math.nan, n)
     lo, hi = np.quantile(dist, [(1 - conf) / 2, (1 + conf) / 2])
     return RankCorrelation(rho, float(lo), float(hi), n)
+
+
+def within_group_rank_correlation(x: Sequence[float], y: Sequence[float], groups: Sequence[str], *,
+                                  conf: float = 0.95, n_boot: int = 4000, rng_seed: int = 0) -> RankCorrelation:
+    """Rank correlation of x with y *within* groups, with a cluster bootstrap over the groups.
+
+    For a proxy whose units differ between groups (the training loss of arms with different action
+    scales), a correlation across groups is mechanical: it ranks the units, not the runs. Within each
+    group x and y are ranked (average ranks) and centred; rho is the correlation of those centred
+    ranks pooled over the groups (groups of one point carry nothing). The interval resamples whole
+    groups with replacement (the runs of one arm share its units and its success level, so they are
+    not independent). n counts the points in groups of two or more; NaNs when fewer than 2 such
+    groups or no variation within them."""
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    g = np.asarray([str(v) for v in groups], dtype=object)
+    if not (xa.shape == ya.shape == g.shape) or xa.ndim != 1:
+        raise ValueError(f"x, y and groups must be 1-D and of equal length, got {xa.shape}, {ya.shape}, {g.shape}")
+    if not (np.all(np.isfinite(xa)) and np.all(np.isfinite(ya))):
+        raise ValueError("x and y must be finite")
+    names = [n for n in dict.fromkeys(g.tolist()) if (g == n).sum() >= 2]
+    parts = []
+    for n in names:
+        sel = g == n
+        rx, ry = sps.rankdata(xa[sel]), sps.rankdata(ya[sel])
+        parts.append((rx - rx.mean(), ry - ry.mean()))
+    n_pts = int(sum(p[0].size for p in parts))
+    if len(parts) < 2:
+        return RankCorrelation(math.nan, math.nan, math.nan, n_pts)
+    sxy = np.array([(a * b).sum() for a, b in parts])
+    sxx = np.array([(a * a).sum() for a, _ in parts])
+    syy = np.array([(b * b).sum() for _, b in parts])
+
+    def rho_of(w: np.ndarray) -> np.ndarray:
+        den = np.sqrt((w * sxx).sum(-1) * (w * syy).sum(-1))
+        num = (w * sxy).sum(-1)
+        return np.divide(num, den, out=np.full(np.shape(num), np.nan), where=den > 0)
+
+    rho = float(rho_of(np.ones(len(parts))))
+    if not math.isfinite(rho):
+        return RankCorrelation(math.nan, math.nan, math.nan, n_pts)
+    rng = np.random.default_rng(rng_seed)
+    w = rng.multinomial(len(parts), np.full(len(parts), 1 / len(parts)), size=n_boot).astype(float)
+    dist = rho_of(w)
+    dist = dist[np.isfinite(dist)]
+    lo, hi = np.quantile(dist, [(1 - conf) / 2, (1 + conf) / 2]) if dist.size else (math.nan, math.nan)
+    return RankCorrelation(rho, float(lo), float(hi), n_pts)

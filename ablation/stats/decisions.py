@@ -14,6 +14,7 @@ import numpy as np
 from scipy.stats import norm
 from statsmodels.stats.multitest import multipletests
 
+from ..rules import DEFAULT_RULES
 from .effect import Effect
 
 VERDICTS = ("better", "worse", "no meaningful difference", "inconclusive")
@@ -133,7 +134,7 @@ class SequentialDesign:
         return int(look)
 
 
-def verdict(effect: Effect, adjusted_p: float, alpha_nominal: float, *, margin: float = 0.10,
+def verdict(effect: Effect, adjusted_p: float, alpha_nominal: float, *, margin: float = DEFAULT_RULES.margin,
             family_size: int = 1) -> str:
     """The verdict word for one comparison, in this order:
 
@@ -209,3 +210,60 @@ def episodes_needed(effect: Effect | float, *, alpha: float = 0.05, power: float
         raise ValueError(f"p_control={p0} with effect {delta} leaves [0, 1]")
     var = p1 * (1 - p1) + p0 * (1 - p0)
     return max(1, math.ceil(z2 * var / delta ** 2))
+
+
+@dataclass(frozen=True)
+class StepDown:
+    """Result of `holm_difference_equivalence` for one comparison.
+
+    p_diff_adj / p_equiv_adj: adjusted p of the difference test (effect = 0) and of the equivalence
+    test (|effect| >= margin); divisor: the Holm divisor the difference test was judged with (the
+    decision interval is at level 1 - alpha / divisor, so it excludes 0 exactly when "better"/"worse"
+    was declared); equiv_divisor likewise for the equivalence test (its interval is at 1 - 2 alpha /
+    equiv_divisor)."""
+
+    p_diff_adj: float
+    p_equiv_adj: float
+    divisor: int
+    equiv_divisor: int
+
+
+def holm_difference_equivalence(p_diff: Mapping[str, float], p_equiv: Mapping[str, float],
+                                alpha: float) -> dict[str, StepDown]:
+    """One Holm-type family over both questions of every comparison: "is there a difference?" (H0:
+    effect = 0) and "is it smaller than the margin?" (H0: |effect| >= margin).
+
+    The two nulls of one comparison are disjoint, so at most one of them is true: at most M of the 2M
+    hypotheses can be true at once. Shaffer's (1986) step-down uses that: the i-th smallest p is
+    compared with alpha / t_i, t_i = the number of comparisons that still have an unrejected
+    hypothesis before step i (it starts at M, not 2M, and drops only when both of a comparison's
+    hypotheses are rejected). This keeps the family-wise error over every "better", "worse" and "no
+    meaningful difference" at alpha, with the power of Holm over M for the difference tests.
+    Adjusted p = running max of t_i p_(i), capped at 1."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if set(p_diff) != set(p_equiv):
+        raise ValueError(f"difference and equivalence p-values must name the same comparisons: "
+                         f"{sorted(p_diff)} vs {sorted(p_equiv)}")
+    tests = sorted([(float(p), name, "d") for name, p in p_diff.items()] +
+                   [(float(p), name, "e") for name, p in p_equiv.items()], key=lambda x: (x[0], x[2]))
+    open_ = {name: 2 for name in p_diff}   # unrejected hypotheses per comparison
+    running, stopped = 0.0, False
+    adj: dict[tuple[str, str], float] = {}
+    div: dict[tuple[str, str], int] = {}
+    stop_div = None
+    for p, name, kind in tests:
+        t = sum(1 for v in open_.values() if v > 0)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p-values must lie in [0, 1]: {name} {kind} {p}")
+        running = max(running, min(1.0, t * p))
+        adj[(name, kind)] = running
+        if not stopped and running <= alpha:
+            div[(name, kind)] = t
+            open_[name] -= 1   # treated as rejected for the next steps' t
+        else:
+            if not stopped:
+                stopped, stop_div = True, t
+            div[(name, kind)] = stop_div
+    return {n: StepDown(adj[(n, "d")], adj[(n, "e")], div[(n, "d")], div[(n, "e")]) for n in p_diff}
+

@@ -106,6 +106,11 @@ class Effect:
         return lo, hi
 
     @property
+    def variance(self) -> float:
+        """The estimate's variance (fraction^2): the bootstrap's."""
+        return self.boot_variance
+
+    @property
     def boot_variance(self) -> float:
         """Variance of the bootstrap replicates (the estimate's variance, fraction^2)."""
         return float(self.boot.var(ddof=1)) if self.boot.size > 1 else 0.0
@@ -427,10 +432,11 @@ class Heterogeneity:
     note: str
 
 
-def heterogeneity(per_task: Mapping[str, Effect], *, alpha: float = 0.05) -> Heterogeneity:
-    """Heterogeneity of per-task effects (from `per_task_effects`).
+def heterogeneity(per_task: Mapping[str, Any], *, alpha: float = 0.05) -> Heterogeneity:
+    """Heterogeneity of per-task effects (`Effect`s from `per_task_effects`, or `SeedEffect`s from
+    `per_task_seed_effects`: anything with estimate, lo, hi, variance and episode counts).
 
-    Each task's variance is its bootstrap variance, floored at the variance of a difference of two
+    Each task's variance is its estimate's variance, floored at the variance of a difference of two
     proportions of 1 / (N + 2) over N episodes per arm (so a task at 0% or 100% in both arms, whose
     bootstrap variance is 0, does not get infinite weight). Cochran's Q has low power with few
     tasks, hence the additional opposite-signs rule."""
@@ -445,7 +451,7 @@ def heterogeneity(per_task: Mapping[str, Effect], *, alpha: float = 0.05) -> Het
         n = max(min(ef.n_episodes_arm, ef.n_episodes_control), 1)
         p0 = 1.0 / (n + 2)
         floor.append(2 * p0 * (1 - p0) / n)
-    v = np.maximum([ef.boot_variance for _, ef in items], floor)
+    v = np.maximum([ef.variance for _, ef in items], floor)
     w = 1.0 / v
     pooled = float((w * e).sum() / w.sum())
     q = float((w * (e - pooled) ** 2).sum())

@@ -1,0 +1,278 @@
+"""Verdict rules: from the comparison words that `analysis.judge` gives to a hypothesis's verdict, the
+baseline's failure signature, and which fix the answer may recommend.
+
+The rules never say more than the effects table: a hypothesis is SUPPORTED only when every
+comparison its rule needs has the expected word; a "no meaningful difference" where no difference
+could show (both arms at the floor or the ceiling, or no headroom in the expected direction) counts
+as untestable, in either direction; the outcome text is assembled from what each comparison's actual
+word means (the hypothesis file's `means`), not picked from one word. The report only presents.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .analysis import ComparisonResult
+from .hypothesis import Hypothesis
+from .rules import DEFAULT_RULES, DecisionRules
+from .stats import rank_correlation, within_group_rank_correlation
+
+WORDS_WITHOUT_DATA = ("untestable", "missing", "left out")
+BOUND_WHY = {
+    "floor": "both arms fail (at most {floor:.0f}% success): another failure masks any difference",
+    "ceiling": "both arms succeed (at least {ceiling:.0f}% success): no room for a difference",
+    "no headroom": "the control is within the margin ({margin:.0f} pts) of the limit in the expected direction, "
+                   "so a meaningful gain cannot show",
+}
+
+
+@dataclass
+class HypothesisVerdict:
+    name: str
+    title: str
+    claim: str
+    word: str          # SUPPORTED | NOT SUPPORTED | CONTRADICTED | INCONCLUSIVE | UNTESTABLE HERE
+    meaning: str       # what the pattern of words means (from the hypothesis file)
+    lines: list[str]
+    correlation: dict | None = None
+
+
+def bound_why(c: ComparisonResult, rules: DecisionRules) -> str:
+    return BOUND_WHY[c.bound].format(floor=100 * rules.floor, ceiling=100 * rules.ceiling, margin=100 * rules.margin)
+
+
+def effective_word(c: ComparisonResult) -> str:
+    """The word the hypothesis logic uses: a "no meaningful difference" that could not have been
+    anything else (floor, ceiling, no headroom) is untestable, whatever the expectation."""
+    if c.word == "no meaningful difference" and c.bound:
+        return "untestable"
+    return c.word
+
+
+def _opposes(c: ComparisonResult) -> bool:
+    return {c.word, c.expect} == {"better", "worse"}
+
+
+def comparisons_verdict(h: Hypothesis, mine: Sequence[ComparisonResult], rules: DecisionRules) -> tuple[str, str]:
+    """(word, reason) for a hypothesis of kind comparisons, from the whole pattern of its words.
+
+    - every comparison untestable (needs unmet, or a non-difference at a bound) -> UNTESTABLE HERE;
+    - decide all: SUPPORTED only when every comparison has its expected word; any missing, left out or
+      untestable comparison -> INCONCLUSIVE (the rule needs all of them); else CONTRADICTED when a
+      comparison went the opposite way (better vs worse), NOT SUPPORTED when all are decided;
+    - decide any: SUPPORTED when one has its expected word; CONTRADICTED when one went the opposite way;
+      NOT SUPPORTED when every testable one is decided and none is missing or left out (untestable
+      ones are named, not counted); else INCONCLUSIVE."""
+    eff = {id(c): effective_word(c) for c in mine}
+    testable = [c for c in mine if eff[id(c)] not in WORDS_WITHOUT_DATA]
+    absent = [c for c in mine if eff[id(c)] in ("missing", "left out")]
+    untestable = [c for c in mine if eff[id(c)] == "untestable"]
+    if not testable:
+        if untestable and not absent:
+            return "UNTESTABLE HERE", "; ".join(_untestable_why(c, rules) for c in untestable)
+        return "INCONCLUSIVE", "; ".join(f"{c.arm} vs {c.control}: {c.word} ({c.why})" for c in absent + untestable)
+    match = [c for c in testable if c.matches_expectation]
+    opposite = [c for c in testable if c.decided and _opposes(c)]
+    all_decided = all(c.decided for c in testable)
+    if h.decide == "all":
+        if absent or untestable:
+            gaps = absent + untestable
+            return "INCONCLUSIVE", ("the rule needs every comparison, and " + "; ".join(
+                f"{c.arm} vs {c.control} is {effective_word(c)}"
+                + (f" ({_untestable_why(c, rules)})" if effective_word(c) == "untestable" else
+                   f" ({c.why})" if c.why else "") for c in gaps))
+        if len(match) == len(testable):
+            return "SUPPORTED", ""
+        if opposite:
+            return "CONTRADICTED", ""
+        return ("NOT SUPPORTED", "") if all_decided else ("INCONCLUSIVE", _pending(testable))
+    if match:
+        return "SUPPORTED", ""
+    if opposite:
+        return "CONTRADICTED", ""
+    if all_decided and not absent:
+        return "NOT SUPPORTED", ""
+    parts = [_pending(testable)] + [f"{c.arm} vs {c.control} {c.word} ({c.why})" for c in absent]
+    return "INCONCLUSIVE", "; ".join(x for x in parts if x)
+
+
+def _pending(cs: Sequence[ComparisonResult]) -> str:
+    return "; ".join(f"{c.arm} vs {c.control} inconclusive: {c.why}" for c in cs if not c.decided and c.why)
+
+
+def _untestable_why(c: ComparisonResult, rules: DecisionRules) -> str:
+    if c.word == "untestable":
+        return c.why
+    rates = f"{c.arm} {100 * (c.rate_arm or 0):.0f}%, {c.control} {100 * (c.rate_control or 0):.0f}%"
+    return f"{c.arm} vs {c.control} shows no meaningful difference, but {bound_why(c, rules)} ({rates})"
+
+
+def _meaning_of_pattern(h: Hypothesis, word: str, mine: Sequence[ComparisonResult]) -> str:
+    """The outcome text for NOT SUPPORTED / CONTRADICTED from what each comparison's actual word
+    means; the file's generic text only when no comparison defines one."""
+    key = {"better": "better", "worse": "worse", "no meaningful difference": "same"}
+    spec = {(c.arm, c.control): c for c in h.comparisons}
+    texts = []
+    for c in mine:
+        if not c.decided or c.matches_expectation or effective_word(c) == "untestable":
+            continue
+        m = getattr(spec[(c.arm, c.control)].means, key[c.word], "") if (c.arm, c.control) in spec else ""
+        if m:
+            texts.append(m)
+    if texts:
+        return " ".join(dict.fromkeys(texts))
+    return (h.outcomes.contradicted or h.outcomes.not_supported) if word == "CONTRADICTED" else h.outcomes.not_supported
+
+
+def correlation_verdict(h: Hypothesis, corr: dict | None, rules: DecisionRules) -> str:
+    lo, hi = (corr or {}).get("lo"), (corr or {}).get("hi")
+    if lo is None or hi is None or lo != lo:
+        return "INCONCLUSIVE"
+    want = h.correlation.expect
+    if want == "positive":
+        return "SUPPORTED" if lo > 0 else "CONTRADICTED" if hi < 0 else "INCONCLUSIVE"
+    if want == "negative":
+        return "SUPPORTED" if hi < 0 else "CONTRADICTED" if lo > 0 else "INCONCLUSIVE"
+    # "none": no strong negative relation (a lower x does not reliably mean more success)
+    return "SUPPORTED" if lo > -rules.corr_strong else "NOT SUPPORTED" if hi < -rules.corr_strong else "INCONCLUSIVE"
+
+
+def hypothesis_verdict(h: Hypothesis, comps: list[ComparisonResult], corr: dict | None, warn: str,
+                       rules: DecisionRules = DEFAULT_RULES) -> HypothesisVerdict:
+    rules = h.rule_overrides(rules)
+    mine = [c for c in comps if c.hypothesis == h.name]
+    lines = [comparison_line(c, rules) for c in mine]
+    reason = ""
+    if h.kind == "correlation":
+        if corr is not None and "rho" in corr:
+            lines.insert(0, f"rank correlation of {h.correlation.x} with {h.correlation.y}"
+                            f"{' within arms (each arm its own units), arms resampled' if corr.get('within') else ''}: "
+                            f"{rho_text(corr)} over {corr['n']} runs ({corr['word']})")
+        elif corr is not None:
+            lines.insert(0, f"rank correlation: {corr['why']}")
+        word = correlation_verdict(h, corr, rules)
+    else:
+        word, reason = comparisons_verdict(h, mine, rules)
+    if word == "SUPPORTED":
+        meaning = h.outcomes.supported
+    elif word in ("NOT SUPPORTED", "CONTRADICTED"):
+        meaning = _meaning_of_pattern(h, word, mine)
+    elif word == "UNTESTABLE HERE":
+        meaning = f"untestable here, because {reason}. {h.outcomes.untestable}".strip()
+    else:
+        meaning = h.outcomes.inconclusive + (f" ({reason})" if reason else "")
+    untestable = [c for c in mine if effective_word(c) == "untestable"]
+    if untestable and word != "UNTESTABLE HERE":
+        lines.append("untestable here: " + "; ".join(_untestable_why(c, rules) for c in untestable))
+    if warn:
+        meaning = f"{meaning} (Warning: the baseline did not reproduce the seed's failure.)".strip()
+    return HypothesisVerdict(h.name, h.title, h.claim, word, meaning.strip(), lines, corr)
+
+
+def rho_text(corr: dict) -> str:
+    """'rho +0.38 [-0.22, +0.75]': a rank correlation with its interval."""
+    return f"rho {corr['rho']:+.2f} [{corr['lo']:+.2f}, {corr['hi']:+.2f}]"
+
+
+def pts(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:+.0f}"
+
+
+def comparison_line(c: ComparisonResult, rules: DecisionRules = DEFAULT_RULES) -> str:
+    if c.word in WORDS_WITHOUT_DATA:
+        return f"{c.arm} vs {c.control}: {c.word} ({c.why})"
+    lvl = f"{100 * c.level:.2f}% decision interval" if c.level else "interval"
+    s = (f"{c.arm} vs {c.control}: {pts(c.estimate)} pts [{pts(c.lo)}, {pts(c.hi)}] ({lvl}), "
+         f"{100 * (c.rate_arm or 0):.0f}% vs {100 * (c.rate_control or 0):.0f}%, adjusted p "
+         f"{c.p_holm:.3g} -> {c.word}" if c.p_holm is not None else
+         f"{c.arm} vs {c.control}: {pts(c.estimate)} pts -> {c.word}")
+    if c.decided_at_look is not None:
+        s += f" (decided at look {c.decided_at_look + 1})"
+    if c.word == "inconclusive" and c.why:
+        s += f"; {c.why}"
+    if c.word == "no meaningful difference" and c.bound:
+        s += f"; but {bound_why(c, rules)}: this says nothing of the claim"
+    if c.n_tasks > 1:
+        est = [t["estimate"] for t in c.per_task]
+        spread = f"per task {pts(min(est))} to {pts(max(est))} pts" if est else "no per-task effect"
+        s += f"; pooled over {c.n_tasks} tasks ({spread}); {c.heterogeneity}"
+    return s
+
+
+def correlation_of(h: Hypothesis, points: Sequence[tuple[str, float | None, float | None]],
+                   rules: DecisionRules = DEFAULT_RULES) -> dict:
+    """The correlation a hypothesis of kind correlation asks for, from (arm, x, success) per run.
+    within: arm ranks inside each arm and resamples arms; none correlates every run."""
+    rules = h.rule_overrides(rules)
+    pts_ = [(a, x, y) for a, x, y in points if x is not None and y is not None and y == y and x == x]
+    within = h.correlation.within == "arm"
+    if len(pts_) < 4:
+        return {"word": "inconclusive", "n": len(pts_), "why": f"only {len(pts_)} arm x seed points (need >= 4)"}
+    arms, xs, ys = zip(*pts_)
+    rc = (within_group_rank_correlation(xs, ys, arms) if within else rank_correlation(xs, ys))
+    if rc.lo != rc.lo:
+        why = ("fewer than 2 arms with 2 or more runs that vary" if within else "x or y is constant")
+        return {"word": "inconclusive", "n": rc.n, "why": why, "within": within}
+    word = ("positive" if rc.lo > 0 else "negative" if rc.hi < 0 else
+            "none" if max(abs(rc.lo), abs(rc.hi)) < rules.corr_strong else "unclear")
+    return {"rho": rc.rho, "lo": rc.lo, "hi": rc.hi, "n": rc.n, "word": word, "within": within}
+
+
+def recommendation(comps: Sequence[ComparisonResult], baseline: str | None) -> dict[str, Any]:
+    """Which fix the answer may name. "use": an arm that beat the baseline and beat every other arm
+    that beat the baseline in a direct, decided comparison (or the only one that beat it); otherwise
+    "unranked": the winners, with what was (or was not) compared among them."""
+    wins = [c for c in comps if c.control == baseline and c.word == "better"]
+    by_arm: dict[str, ComparisonResult] = {}
+    for c in wins:
+        if c.arm not in by_arm or (c.estimate or 0) > (by_arm[c.arm].estimate or 0):
+            by_arm[c.arm] = c
+    arms = list(by_arm)
+    if not arms:
+        return {"use": None, "wins": [], "between": []}
+    if len(arms) == 1:
+        return {"use": by_arm[arms[0]], "wins": [by_arm[arms[0]]], "between": []}
+    between = [c for c in comps if c.arm in by_arm and c.control in by_arm and c.arm != c.control]
+    for a in arms:
+        beaten = set()
+        for c in between:
+            if c.arm == a and c.word == "better":
+                beaten.add(c.control)
+            if c.control == a and c.word == "worse":
+                beaten.add(c.arm)
+        if beaten >= set(arms) - {a}:
+            return {"use": by_arm[a], "wins": list(by_arm.values()), "between": between}
+    return {"use": None, "wins": list(by_arm.values()), "between": between}
+
+
+def baseline_check(rows: Sequence[Any], baseline: str | None, rules: DecisionRules = DEFAULT_RULES
+                   ) -> tuple[bool | None, str]:
+    """Did the baseline reproduce the seed's failure signature? Success near 0, and, among the arms
+    trained for as many steps, the worst unit-free open-loop position error (sampled nMSE). The
+    training loss is reported, never ranked: each arm's loss is in its own units (an arm in cm or
+    with a x10^4 weight logs a larger loss for the same fit)."""
+    by = {r.arm: r for r in rows}
+    b = by.get(baseline) if baseline else None
+    if b is None or b.rate is None:
+        return None, "no finished baseline run: the seed's failure could not be checked"
+    others = [r for r in rows if r.arm != baseline and r.openloop_nmse.get("pos") is not None]
+    peers = [r for r in others if b.train_steps is None or r.train_steps in (None, b.train_steps)]
+    low_success = b.rate <= rules.baseline_fails_below
+    pos = b.openloop_nmse.get("pos")
+    among = "all arms" if len(peers) == len(others) else f"the arms trained for {b.train_steps} steps"
+    if peers and pos is not None:
+        worst_pos = all(pos >= r.openloop_nmse["pos"] for r in peers)
+        pos_word = f"the worst of {among}" if worst_pos else f"NOT the worst of {among}"
+    elif pos is None:
+        worst_pos, pos_word = False, ""
+    else:
+        worst_pos, pos_word = True, f"no other arm trained for {b.train_steps} steps to rank against"
+    parts = [f"success {100 * b.rate:.0f}% over {b.episodes} episodes ({'near 0' if low_success else 'NOT near 0'})",
+             f"open-loop position nMSE {pos:.3g} ({pos_word}; sampled actions, unit-free)" if pos is not None
+             else "no open-loop position error recorded",
+             f"final training loss {b.final_train_loss:.3g} (in its own units: not ranked across arms)"
+             if b.final_train_loss is not None else "no training loss recorded"]
+    ok = low_success and worst_pos
+    return ok, ("reproduced the seed's failure signature: " if ok else
+                "did NOT reproduce the seed's failure signature; every verdict below carries that warning: ") \
+        + "; ".join(parts)

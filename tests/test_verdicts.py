@@ -1,0 +1,180 @@
+"""The verdict rules, branch by branch: comparison words in, hypothesis verdict and outcome text out.
+
+Table-driven over every hypothesis kind (`decide: any`, `decide: all`, `expect: same`, correlation),
+with the words a plan can produce (better, worse, no meaningful difference, inconclusive, missing,
+left out, untestable) and the bounds (floor, ceiling, no headroom). No MLflow, no simulator: the
+words are what `analysis.judge` hands to `verdicts.hypothesis_verdict`.
+"""
+from __future__ import annotations
+
+import pytest
+
+from ablation.analysis import ComparisonResult, bound_of
+from ablation.hypothesis import Hypothesis, load_hypothesis
+from ablation.rules import DEFAULT_RULES, DecisionRules
+from ablation.verdicts import (baseline_check, comparisons_verdict, correlation_verdict, hypothesis_verdict,
+                               recommendation)
+
+ANY = Hypothesis.model_validate({
+    "name": "Hany", "title": "t", "claim": "c", "rule": "r", "decide": "any",
+    "comparisons": [{"arm": "a", "control": "base", "expect": "better"},
+                    {"arm": "b", "control": "base", "expect": "better"}],
+    "outcomes": {"supported": "S", "not_supported": "NS", "contradicted": "C", "inconclusive": "I",
+                 "untestable": "U"}})
+ALL = ANY.model_copy(update={"name": "Hall", "decide": "all"})
+SAME = Hypothesis.model_validate({
+    "name": "Hsame", "title": "t", "claim": "c", "rule": "r", "decide": "all",
+    "comparisons": [{"arm": "a", "control": "base", "expect": "same",
+                     "means": {"better": "a beats base", "worse": "base beats a"}}],
+    "outcomes": {"supported": "S", "not_supported": "NS", "inconclusive": "I"}})
+
+DECIDED = {"better", "worse", "no meaningful difference"}
+
+
+def comp(h: Hypothesis, i: int, word: str, rate_arm: float = 0.5, rate_control: float = 0.3) -> ComparisonResult:
+    c = h.comparisons[i]
+    r = ComparisonResult(h.name, c.arm, c.control, c.expect, c.label, word)
+    if word not in ("untestable", "missing", "left out"):
+        r.estimate, r.rate_arm, r.rate_control = rate_arm - rate_control, rate_arm, rate_control
+        r.lo, r.hi, r.p_holm, r.level = r.estimate - 0.1, r.estimate + 0.1, 0.01, 0.99
+        r.bound = bound_of(rate_arm, rate_control, c.expect, DEFAULT_RULES)
+        if word in DECIDED:
+            r.decided_at_look = 0
+    else:
+        r.why = {"untestable": "the demos do not turn", "missing": "no finished episodes of x",
+                 "left out": "left out of this plan: moved"}[word]
+    return r
+
+
+# (hypothesis, [(word, rate_arm, rate_control), ...], expected verdict)
+CASES = [
+    # decide: any
+    (ANY, [("better", .6, .2), ("inconclusive", .3, .2)], "SUPPORTED"),
+    (ANY, [("no meaningful difference", .3, .25), ("no meaningful difference", .35, .25)], "NOT SUPPORTED"),
+    (ANY, [("worse", .1, .5), ("no meaningful difference", .5, .5)], "CONTRADICTED"),
+    (ANY, [("inconclusive", .3, .2), ("no meaningful difference", .3, .25)], "INCONCLUSIVE"),
+    (ANY, [("no meaningful difference", .3, .25), ("missing", 0, 0)], "INCONCLUSIVE"),
+    (ANY, [("no meaningful difference", .3, .25), ("left out", 0, 0)], "INCONCLUSIVE"),
+    (ANY, [("no meaningful difference", .3, .25), ("untestable", 0, 0)], "NOT SUPPORTED"),
+    (ANY, [("untestable", 0, 0), ("untestable", 0, 0)], "UNTESTABLE HERE"),
+    # floor: both arms fail -> a non-difference says nothing, in every comparison
+    (ANY, [("no meaningful difference", .05, .02), ("no meaningful difference", .0, .02)], "UNTESTABLE HERE"),
+    # no headroom: the control at 87% cannot gain the margin (goal 7's case)
+    (ANY, [("no meaningful difference", .95, .87), ("no meaningful difference", .99, .87)], "UNTESTABLE HERE"),
+    # decide: all
+    (ALL, [("better", .6, .2), ("better", .7, .2)], "SUPPORTED"),
+    (ALL, [("better", .6, .2), ("missing", 0, 0)], "INCONCLUSIVE"),
+    (ALL, [("better", .6, .2), ("left out", 0, 0)], "INCONCLUSIVE"),
+    (ALL, [("better", .6, .2), ("untestable", 0, 0)], "INCONCLUSIVE"),
+    (ALL, [("better", .6, .2), ("worse", .1, .2)], "CONTRADICTED"),
+    (ALL, [("better", .6, .2), ("no meaningful difference", .3, .25)], "NOT SUPPORTED"),
+    (ALL, [("better", .6, .2), ("inconclusive", .3, .2)], "INCONCLUSIVE"),
+    # expect: same
+    (SAME, [("no meaningful difference", .5, .45)], "SUPPORTED"),
+    (SAME, [("no meaningful difference", .04, .02)], "UNTESTABLE HERE"),     # at the floor: not support
+    (SAME, [("no meaningful difference", .97, .95)], "UNTESTABLE HERE"),     # at the ceiling: not support
+    (SAME, [("better", .8, .4)], "NOT SUPPORTED"),
+    (SAME, [("worse", .2, .6)], "NOT SUPPORTED"),
+    (SAME, [("inconclusive", .5, .4)], "INCONCLUSIVE"),
+    (SAME, [("missing", 0, 0)], "INCONCLUSIVE"),
+]
+
+
+@pytest.mark.parametrize("h,words,want", CASES, ids=[f"{h.name}-{'+'.join(w for w, *_ in ws)}-{i}"
+                                                     for i, (h, ws, _) in enumerate(CASES)])
+def test_verdict_follows_the_pattern_of_words(h, words, want):
+    comps = [comp(h, i, w, ra, rc) for i, (w, ra, rc) in enumerate(words)]
+    v = hypothesis_verdict(h, comps, None, "")
+    assert v.word == want, (v.word, v.meaning)
+    text = {"SUPPORTED": "S", "INCONCLUSIVE": "I"}
+    if want in text:
+        assert v.meaning.startswith(text[want])
+    if want == "UNTESTABLE HERE":
+        assert v.meaning.startswith("untestable here, because ")
+    if want == "NOT SUPPORTED" and h is SAME:
+        # the text says what the actual word means, never the other direction's reading
+        assert v.meaning == ("a beats base" if words[0][0] == "better" else "base beats a")
+
+
+def test_floor_and_ceiling_reasons_are_named():
+    v = hypothesis_verdict(SAME, [comp(SAME, 0, "no meaningful difference", .97, .95)], None, "")
+    assert "both arms succeed (at least 90% success)" in v.meaning
+    v = hypothesis_verdict(ANY, [comp(ANY, 0, "no meaningful difference", .95, .87),
+                                 comp(ANY, 1, "no meaningful difference", .99, .87)], None, "")
+    assert "within the margin (15 pts) of the limit" in v.meaning
+    assert bound_of(0.5, 0.5, "better", DEFAULT_RULES) == ""
+    assert bound_of(0.05, 0.9, "worse", DEFAULT_RULES) == ""     # a worse arm far below: room to show it
+    assert bound_of(0.3, 0.1, "worse", DEFAULT_RULES) == "no headroom"
+    # the thresholds come from the rules (a plan's or a hypothesis's override)
+    assert bound_of(0.15, 0.12, "better", DecisionRules(floor=0.2)) == "floor"
+
+
+def test_h1_mechanism_cm_worse_than_weight_never_prints_signal_to_noise():
+    h = load_hypothesis("H1_mechanism")
+    weight = comp(h, 0, "better", .65, .01)
+    for word, ra, rc, want in (("worse", .41, .65, "NOT SUPPORTED"), ("better", .9, .65, "NOT SUPPORTED")):
+        cm = comp(h, 1, word, ra, rc)
+        v = hypothesis_verdict(h, [weight, cm], None, "")
+        assert v.word == want
+        if word == "worse":
+            assert "favour the signal-to-noise" not in v.meaning and "signal-to-noise predicts the opposite" in v.meaning
+        else:
+            assert "favour the signal-to-noise" in v.meaning
+    # the cm comparison left out: never SUPPORTED on the weight alone
+    left = comp(h, 1, "left out")
+    assert hypothesis_verdict(h, [weight, left], None, "").word == "INCONCLUSIVE"
+    # the weight making things worse is contradicted, with the comparison's own meaning
+    v = hypothesis_verdict(h, [comp(h, 0, "worse", .0, .3), comp(h, 1, "no meaningful difference", .3, .3)], None, "")
+    assert v.word == "CONTRADICTED" and "makes things worse" in v.meaning
+
+
+CORR = Hypothesis.model_validate({"name": "Hc", "title": "t", "claim": "c", "rule": "r", "kind": "correlation",
+                                  "correlation": {"x": "final_train_loss", "expect": "none"}})
+
+
+@pytest.mark.parametrize("corr,want", [
+    ({"rho": 0.1, "lo": -0.2, "hi": 0.4}, "SUPPORTED"),
+    ({"rho": -0.8, "lo": -0.95, "hi": -0.5}, "NOT SUPPORTED"),
+    ({"rho": -0.3, "lo": -0.8, "hi": 0.3}, "INCONCLUSIVE"),
+    ({"word": "inconclusive", "n": 2, "why": "only 2 points"}, "INCONCLUSIVE"),
+    (None, "INCONCLUSIVE"),
+])
+def test_correlation_branches(corr, want):
+    assert correlation_verdict(CORR, corr, DEFAULT_RULES) == want
+    h = CORR.model_copy(update={"correlation": CORR.correlation.model_copy(update={"expect": "negative"})})
+    if corr and "lo" in corr:
+        neg = "SUPPORTED" if corr["hi"] < 0 else "CONTRADICTED" if corr["lo"] > 0 else "INCONCLUSIVE"
+        assert correlation_verdict(h, corr, DEFAULT_RULES) == neg
+
+
+def test_use_x_only_where_compared_directly():
+    h = Hypothesis.model_validate({"name": "H", "title": "t", "claim": "c", "rule": "r",
+                                   "comparisons": [{"arm": "a", "control": "base"}, {"arm": "b", "control": "base"},
+                                                   {"arm": "a", "control": "b"}]})
+    a, b = comp(h, 0, "better", .9, .1), comp(h, 1, "better", .6, .1)
+    rec = recommendation([a, b], "base")
+    assert rec["use"] is None and {c.arm for c in rec["wins"]} == {"a", "b"} and rec["between"] == []
+    ab = comp(h, 2, "better", .9, .6)
+    assert recommendation([a, b, ab], "base")["use"] is a
+    ab_same = comp(h, 2, "inconclusive", .9, .6)
+    assert recommendation([a, b, ab_same], "base")["use"] is None
+    assert recommendation([a], "base")["use"] is a
+
+
+class Row:
+    def __init__(self, arm, rate, pos, loss, steps=600):
+        self.arm, self.rate, self.episodes = arm, rate, 150
+        self.openloop_nmse, self.final_train_loss, self.train_steps = {"pos": pos}, loss, steps
+
+
+def test_baseline_check_ranks_unit_free_figures_not_the_loss():
+    # the baseline logs a larger loss than an arm in other units: that must not unseat it
+    ok, note = baseline_check([Row("base", 0.02, 0.9, 1e-2), Row("cm", 0.5, 0.2, 1e-4)], "base")
+    assert ok and "not ranked across arms" in note and "the worst of all arms" in note
+    ok, note = baseline_check([Row("base", 0.02, 0.3, 1e-6), Row("cm", 0.5, 0.5, 1e-2)], "base")
+    assert ok is False and "NOT the worst" in note
+
+
+def test_decide_all_reason_names_the_gap():
+    word, why = comparisons_verdict(ALL, [comp(ALL, 0, "better", .6, .2), comp(ALL, 1, "left out")], DEFAULT_RULES)
+    assert word == "INCONCLUSIVE" and "b vs base is left out" in why
