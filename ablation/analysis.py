@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .hypothesis import NEEDS, ROT_SPREAD_MIN_DEG, Hypothesis
+from .plan_record import task_label
 
 DECIDED_WORDS = ("better", "worse", "no meaningful difference")
 
@@ -243,8 +244,6 @@ def analyse_look(rp, latest: dict, look_index: int, looks: list[int | None],
                  previous: dict | None = None) -> LookDecision:
     """The plan's decision after a look: judge every comparison; the arms (all seeds) of the undecided
     ones get more episodes at the next look."""
-    from .plan import task_label
-
     task_of = {u.key: task_label(u.spec) for u in rp.units()}
     records = records_from_results(latest, task_of)
     facts = {a: ArmFacts(rot_spread_deg=_metric(latest, a, "audit/rot_spread_deg"),

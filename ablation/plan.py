@@ -26,6 +26,7 @@ import yaml
 from .errors import UserError
 from .hypothesis import Hypothesis, load_hypothesis
 from .needs import plan_time_facts, untestable_arms
+from .plan_record import PLAN_RECORD, task_label
 from .provenance import file_sha256, git_commit, versions
 from .run import RunJob, RunResult
 from .spec import EXPERIMENTS_DIR, Plan, Spec, SpecError, load_plan, resolve_spec, spec_path
@@ -37,7 +38,6 @@ PROFILES_DIR = EXPERIMENTS_DIR / "profiles"
 TAG_ARM = "ablation.arm"
 TAG_TASK = "ablation.task"          # suite/task of a spec run
 TAG_PLAN_KEY = "ablation.plan_key"
-PLAN_RECORD = "plan.json"  # artifact on the parent run: hypotheses, arms, runs, looks
 # The full study each profile runs when no plan is named: one task on 2 CPU cores; a whole suite on a GPU.
 DEFAULT_PLAN = {"cpu": "all", "gpu": "suite_sweep"}
 
@@ -137,11 +137,6 @@ class RunUnit:
     def ckpt_dir(self, workdir: Path) -> Path:
         task = "" if self.task is None else f"-task{self.task}"
         return workdir / "checkpoints" / f"{self.arm.name}-seed{self.seed}{task}-{self.spec.hash()}"
-
-
-def task_label(spec: Spec) -> str:
-    """How the statistics name a task (the pairing key with the init state): `suite/task`."""
-    return f"{spec.data.suite}/{spec.data.task}"
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .analysis import ArmFacts, ComparisonResult, judge, mark_left_out, with_demo_spread
 from .hypothesis import Hypothesis
+from .plan_record import PLAN_RECORD
 from .spec import GROUPS
 from .tracking import TAG_KIND, Tracker
 
@@ -672,8 +673,6 @@ def render(rep: Report, plots: dict[str, Path], out_dir: Path) -> None:
 def build_report(tracker: Tracker, *, parent_run_id: str | None = None, plan: str | None = None,
                  out_dir: Path) -> Report:
     """Build report.md, report.html (plots embedded), report.json and the PNGs from MLflow."""
-    from .plan import PLAN_RECORD
-
     parent = find_plan_run(tracker, plan, parent_run_id)
     record = _download_json(tracker, parent.info.run_id, PLAN_RECORD)
     if record is None:

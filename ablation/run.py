@@ -28,10 +28,6 @@ from .tracking import TAG_FAILURE, TAG_STAGE, MetricBuffer, Tracker
 GATE_MIN_SUCCESS = 0.9
 
 
-class GateFailed(UserError):
-    """Gate A: the spec's own encode -> decode -> env path cannot replay its demos."""
-
-
 @dataclass(frozen=True)
 class RunJob:
     """Everything a worker process needs for one spec x seed run (picklable)."""
@@ -115,8 +111,8 @@ def run_closed_loop(bundle: Path, spec: Spec, seed: int, init_states: list[int],
     float rounding in the batched matmuls, ~1e-6)."""
     from functools import partial
 
-    from .policy import load_policy
-    from .rollout import run_rollouts
+    from .bundle import load_policy
+    from .rollout_pool import run_rollouts
     from .rollout_pool import shared_pool
 
     # On a GPU profile every rollout worker runs its policy on the GPU, the simulator on its CPU core.
@@ -196,7 +192,7 @@ def execute(job: RunJob, *, on_train_metrics: Callable[[int, dict], None] | None
         bundle = Path(state["bundle"]) if state.get("bundle") else None
         if not {"train", "open_loop", "artifacts"} <= set(state["done"]) or bundle is None or not bundle.is_dir():
             ts = enter("train")
-            from .data import prepare_spec_data
+            from .spec_data import prepare_spec_data
 
             # Read and window the demos once: the trainer and the predicted-vs-demo plot share them.
             # RDT image features are cached beside the gates (<workdir>/features), shared by every arm.
