@@ -53,12 +53,12 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
 class Edge:
     importer: str   # dotted module name, e.g. ablation.stages
     imported: str
-    path: Path
+    path: Path      # relative to the folder that holds the package
     line: int
     where: str      # "top" (module body), "function" (inside a def) or "type" (TYPE_CHECKING)
 
     def __str__(self) -> str:
-        return f"{self.importer} -> {self.imported}  ({self.path.relative_to(PACKAGE_DIR.parent)}:{self.line}, {self.where})"
+        return f"{self.importer} -> {self.imported}  ({self.path}:{self.line}, {self.where})"
 
 
 def modules(package_dir: Path = PACKAGE_DIR) -> dict[str, Path]:
@@ -114,9 +114,9 @@ def import_edges(package_dir: Path = PACKAGE_DIR) -> list[Edge]:
         while stack:
             node, where = stack.pop()
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                for t in _targets(node, mod, path.name == "__init__.py", known):
+                for t in dict.fromkeys(_targets(node, mod, path.name == "__init__.py", known)):  # once per statement
                     if t != mod:
-                        edges.append(Edge(mod, t, path, node.lineno, where))
+                        edges.append(Edge(mod, t, path.relative_to(package_dir.parent), node.lineno, where))
                 continue
             if isinstance(node, ast.If) and _is_type_checking(node):
                 inner = "type"
