@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from .analysis import analyse_look
 from .errors import UserError
 from .hypothesis import Hypothesis, load_hypothesis
 from .needs import plan_time_facts, untestable_arms
@@ -493,8 +494,6 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
                 latest[unit_of[r.run_id].key] = r
                 for st, v in r.stage_seconds.items():  # summed over every look, for the time breakdown
                     worker_s[st] = worker_s.get(st, 0.0) + v
-            from .analysis import analyse_look
-
             decision = analyse_look(rp, latest, k, looks, previous)
             previous = decision.by_key()
             looks_log.append(decision.to_record(look))

@@ -23,6 +23,7 @@ import yaml
 
 from .errors import UserError
 from .spec import Spec
+from .stages import audit_stage, gate_stage, log_bundle, log_episodes, open_loop_stage, train_stage
 from .tracking import TAG_FAILURE, TAG_STAGE, MetricBuffer, Tracker
 
 GATE_MIN_SUCCESS = 0.9
@@ -176,8 +177,6 @@ def execute(job: RunJob, *, on_train_metrics: Callable[[int, dict], None] | None
     try:
         tracker.client.update_run(job.run_id, status="RUNNING")
         tracker.set_tags(job.run_id, {TAG_FAILURE: ""})
-        from .stages import audit_stage, gate_stage, log_bundle, open_loop_stage, train_stage
-
         demo = Path(job.demo_path)
         if "gate" not in state["done"] and job.gate_episodes > 0:
             ts = enter("gate")
@@ -231,8 +230,6 @@ def execute(job: RunJob, *, on_train_metrics: Callable[[int, dict], None] | None
         m = summarise_episodes(state["episodes"])
         # Step = episodes so far: every look leaves its own point in the metric history.
         tracker.log_metrics(job.run_id, [(k, v, len(state["episodes"])) for k, v in m.items()])
-        from .stages import log_episodes
-
         log_episodes(tracker, job.run_id, state["episodes"])
         done("closed_loop", ts)
         stage_s["total"] = time.time() - t0
