@@ -22,11 +22,10 @@ from typing import Callable
 import yaml
 
 from .errors import UserError
+from .gates import GATE_MIN_SUCCESS
 from .spec import Spec
 from .stages import audit_stage, gate_stage, log_bundle, log_episodes, open_loop_stage, train_stage
 from .tracking import TAG_FAILURE, TAG_STAGE, MetricBuffer, Tracker
-
-GATE_MIN_SUCCESS = 0.9
 
 
 @dataclass(frozen=True)
@@ -113,8 +112,7 @@ def run_closed_loop(bundle: Path, spec: Spec, seed: int, init_states: list[int],
     from functools import partial
 
     from .bundle import load_policy
-    from .rollout_pool import run_rollouts
-    from .rollout_pool import shared_pool
+    from .rollout_pool import run_rollouts, shared_pool
 
     # On a GPU profile every rollout worker runs its policy on the GPU, the simulator on its CPU core.
     device = "cuda" if spec.train.device == "cuda" else "cpu"

@@ -144,8 +144,8 @@ def plot_predicted_vs_demo(spec: Spec, demo: Path, bundle: Path, out: Path, data
     import matplotlib.pyplot as plt
     import torch
 
-    from .spec_data import prepare_spec_data
     from .bundle import load_policy
+    from .spec_data import prepare_spec_data
     from .train import WindowTensors
 
     policy = load_policy(bundle)
