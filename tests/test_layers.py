@@ -72,3 +72,14 @@ def test_layers_name_real_modules():
     stale = [(layer, n) for layer, ns in LAYERS.items() for n in ns
              if not any(m == n or m.startswith(n + ".") for m in names)]
     assert not stale, f"LAYERS entries that match no module under {PACKAGE_DIR}: {stale}"
+
+
+def test_allowed_arrows_chain_and_never_loop():
+    """docs/architecture.md reads MAY_IMPORT as chained arrows: whatever a layer may import, it may
+    also import what that layer may; and no layer may import itself back through another."""
+    assert set(MAY_IMPORT) == set(LAYERS)
+    for layer, allowed in MAY_IMPORT.items():
+        assert layer not in allowed
+        for lower in allowed:
+            assert MAY_IMPORT[lower] <= allowed, f"{layer} may import {lower} but not all that {lower} may"
+            assert layer not in MAY_IMPORT[lower], f"{layer} and {lower} may import each other"
