@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .hypothesis import NEEDS, Hypothesis
+from .plan_record import task_label
 from .rules import DEFAULT_RULES, DecisionRules
 from .stats import (EpisodeArrays, SeedEffect, SequentialDesign, episodes_needed_t, heterogeneity, holm_difference_equivalence,
                     per_task_seed_effects, seed_effect, seeds_needed, to_arrays)
@@ -309,8 +310,6 @@ def analyse_look(rp, latest: dict, look_index: int, looks: list[int | None],
                  previous: dict | None = None) -> LookDecision:
     """The plan's decision after a look: judge every comparison; the arms (all seeds) of the undecided
     ones get more episodes at the next look."""
-    from .plan import task_label
-
     task_of = {u.key: task_label(u.spec) for u in rp.units()}
     records = records_from_results(latest, task_of)
     facts = {a: ArmFacts(rot_spread_deg=_metric(latest, a, "audit/rot_spread_deg"),

@@ -141,3 +141,20 @@ def load_policy(bundle_dir: str | Path, device: str | torch.device = "cpu") -> D
         raise PolicyError(f"{bundle / WEIGHTS}: weights do not fit the model "
                           f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     return policy.to(device).eval()
+
+
+def load_matching(module, bundle: str | Path) -> tuple[int, list[str]]:
+    """Copy every tensor of `bundle`'s weights whose name and shape match `module`'s. Returns (number
+    loaded, names left at their fresh initialisation)."""
+    path = Path(bundle) / WEIGHTS
+    if not path.is_file():
+        raise UserError(f"train.init_from: {bundle} has no model.safetensors; point it at a checkpoint bundle "
+                        "(…/checkpoints/step_N) or use \"@pretrain\" in a plan with a pretrain stage")
+    src = load_file(str(path))
+    own = module.state_dict()
+    take = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    fresh = sorted(k for k in own if k not in take)
+    with torch.no_grad():
+        for k, v in take.items():
+            own[k].copy_(v.to(own[k].dtype))
+    return len(take), fresh

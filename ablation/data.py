@@ -478,13 +478,3 @@ def prepare_data(spec_data: DataSpec, codec_spec, demo_path: str | Path, split_s
     train = build_windows(views, train_ids, codec, spec_data, imgs)
     val = build_windows(views, val_ids, codec, spec_data, imgs) if val_ids else None
     return PreparedData(codec, train, val, train_ids, val_ids, ds)
-
-
-def prepare_spec_data(spec, demo_path: str | Path, *, features_dir: str | Path | None = None) -> PreparedData:
-    """prepare_data for a whole spec. model.kind rdt with data.images gets SigLIP tokens of its frames
-    from the feature cache as `images` (ablation/rdt/features.py), never the raw frames."""
-    if spec.model.kind == "rdt" and spec.data.images:
-        from .rdt.features import prepare_rdt_image_data
-
-        return prepare_rdt_image_data(spec, demo_path, features_dir)
-    return prepare_data(spec.data, spec.codec, demo_path)

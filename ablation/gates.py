@@ -34,6 +34,10 @@ GATE_MIN_SUCCESS = 0.9
 REPLAY_CHUNK = 8
 
 
+class GateFailed(UserError):
+    """Gate A: the spec's own encode -> decode -> env path cannot replay its demos."""
+
+
 @dataclass
 class GateResult:
     gate: str
@@ -187,7 +191,7 @@ def replay_gate(spec, demo_file: str | Path, *, episodes: int = 10, workers: int
             return res
         except (json.JSONDecodeError, TypeError):
             pass  # a broken cache entry is simply recomputed
-    from .rollout import run_rollouts
+    from .rollout_pool import run_rollouts
 
     factory = functools.partial(SpecReplayPolicy, spec_json, str(demo_file), obs_convention,
                                 source == "executed_actions", REPLAY_CHUNK, None, n, codec_override)
@@ -217,4 +221,4 @@ def replay_gate(spec, demo_file: str | Path, *, episodes: int = 10, workers: int
     return out
 
 
-__all__ = ["replay_gate", "GateResult", "SpecReplayPolicy", "GATE_MIN_SUCCESS", "gate_cache_key"]
+__all__ = ["replay_gate", "GateResult", "GateFailed", "SpecReplayPolicy", "GATE_MIN_SUCCESS", "gate_cache_key"]

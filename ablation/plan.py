@@ -23,9 +23,11 @@ from pathlib import Path
 
 import yaml
 
+from .analysis import analyse_look
 from .errors import UserError
 from .hypothesis import Hypothesis, load_hypothesis
 from .needs import plan_time_facts, untestable_arms
+from .plan_record import PLAN_RECORD, task_label
 from .provenance import file_sha256, git_commit, versions
 from .run import RunJob, RunResult
 from .spec import EXPERIMENTS_DIR, Plan, Spec, SpecError, load_plan, resolve_spec, spec_path
@@ -37,7 +39,6 @@ PROFILES_DIR = EXPERIMENTS_DIR / "profiles"
 TAG_ARM = "ablation.arm"
 TAG_TASK = "ablation.task"          # suite/task of a spec run
 TAG_PLAN_KEY = "ablation.plan_key"
-PLAN_RECORD = "plan.json"  # artifact on the parent run: hypotheses, arms, runs, looks
 # The full study each profile runs when no plan is named: one task on 2 CPU cores; a whole suite on a GPU.
 DEFAULT_PLAN = {"cpu": "all", "gpu": "suite_sweep"}
 
@@ -137,11 +138,6 @@ class RunUnit:
     def ckpt_dir(self, workdir: Path) -> Path:
         task = "" if self.task is None else f"-task{self.task}"
         return workdir / "checkpoints" / f"{self.arm.name}-seed{self.seed}{task}-{self.spec.hash()}"
-
-
-def task_label(spec: Spec) -> str:
-    """How the statistics name a task (the pairing key with the init state): `suite/task`."""
-    return f"{spec.data.suite}/{spec.data.task}"
 
 
 @dataclass
@@ -498,8 +494,6 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
                 latest[unit_of[r.run_id].key] = r
                 for st, v in r.stage_seconds.items():  # summed over every look, for the time breakdown
                     worker_s[st] = worker_s.get(st, 0.0) + v
-            from .analysis import analyse_look
-
             decision = analyse_look(rp, latest, k, looks, previous)
             previous = decision.by_key()
             looks_log.append(decision.to_record(look))

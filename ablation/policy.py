@@ -1,7 +1,7 @@
 """`DiffusionPolicy`: network + codec + observation normaliser + diffusion schedulers.
 
-The checkpoint bundle (its layout, reading and writing) is ablation/bundle.py; `load_policy` and
-`DiffusionPolicy.save_weights` here delegate to it.
+The checkpoint bundle (its layout, reading and writing, `load_policy`) is ablation/bundle.py, which
+builds on this module.
 """
 from __future__ import annotations
 
@@ -225,13 +225,6 @@ class DiffusionPolicy(nn.Module):
             self.train(was_training)
         return list(chunks.cpu().numpy().astype(np.float64))
 
-    # ------------------------------------------------------------------ bundle
-    def save_weights(self, bundle: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """Weights, codec, observation normaliser and spec into `bundle` (see ablation.bundle)."""
-        from .bundle import save_weights
-
-        save_weights(self, Path(bundle), state_dict)
-
 
 def build_policy(spec: Spec, codec: ActionCodec, obs_norm: ObsNormalizer, obs_dim: int, n_cams: int = 0,
                  instruction: str | None = None) -> DiffusionPolicy:
@@ -277,10 +270,3 @@ def _image_history(spec: Spec, cfg) -> int:
     from .rdt.features import image_geometry
 
     return image_geometry(rdt_config_for(spec.model.size, None))[0]
-
-
-def load_policy(bundle_dir: str | Path, device: str | torch.device = "cpu") -> DiffusionPolicy:
-    """Load a checkpoint bundle (ablation.bundle.load_policy; kept here for the many importers)."""
-    from .bundle import load_policy as _load
-
-    return _load(bundle_dir, device)

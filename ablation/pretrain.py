@@ -8,8 +8,8 @@ from it (all arms and seeds share the one cached network).
 
 Observations that differ between tasks (object_state: each task has its own objects) are left out
 of pretraining; the fine-tuned network re-learns the layers whose shapes differ (see
-`load_matching`), everything else (the action and state adaptors, the transformer, the action head)
-starts pretrained.
+`ablation.bundle.load_matching`), everything else (the action and state adaptors, the transformer,
+the action head) starts pretrained.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .train import train
 
 PRETRAIN_MARKER = "@pretrain"
 
@@ -32,26 +33,6 @@ class PretrainResult:
     tasks: tuple[int, ...]
     reused: bool
     seconds: float
-
-
-def load_matching(module, bundle: str | Path) -> tuple[int, list[str]]:
-    """Copy every tensor of `bundle`'s weights whose name and shape match `module`'s. Returns (number
-    loaded, names left at their fresh initialisation)."""
-    import torch
-    from safetensors.torch import load_file
-
-    path = Path(bundle) / "model.safetensors"
-    if not path.is_file():
-        raise UserError(f"train.init_from: {bundle} has no model.safetensors; point it at a checkpoint bundle "
-                        "(…/checkpoints/step_N) or use \"@pretrain\" in a plan with a pretrain stage")
-    src = load_file(str(path))
-    own = module.state_dict()
-    take = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
-    fresh = sorted(k for k in own if k not in take)
-    with torch.no_grad():
-        for k, v in take.items():
-            own[k].copy_(v.to(own[k].dtype))
-    return len(take), fresh
 
 
 def _merged_demos(spec, tasks: tuple[int, ...], n_demos: int, workdir: Path) -> Path:
@@ -83,8 +64,6 @@ def _merged_demos(spec, tasks: tuple[int, ...], n_demos: int, workdir: Path) -> 
 def pretrain(spec, tasks: tuple[int, ...], n_demos: int, workdir: Path, *, progress: bool = True,
              on_metrics=None) -> PretrainResult:
     """Train (or reuse) the cached pretraining network. Returns its final bundle."""
-    from .train import train
-
     t0 = time.time()
     if spec.data.task in tasks:
         raise UserError(f"pretrain.tasks {list(tasks)} include the target task {spec.data.task}: pretraining must "

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from .analysis import ArmFacts, ComparisonResult, judge, mark_left_out, with_demo_spread
 from .hypothesis import Hypothesis
-from .rules import DEFAULT_RULES, DecisionRules
 from .calibration import calibration_for
+from .plan_record import PLAN_RECORD
+from .rules import DEFAULT_RULES, DecisionRules
 from .verdicts import (HypothesisVerdict, baseline_check, comparison_line, correlation_of, hypothesis_verdict,
                        pts as _pts, recommendation, rho_text as _rho)
 from .spec import GROUPS
@@ -569,8 +570,6 @@ def method_text(plan: str, comps: list[ComparisonResult], looks: list, rules: De
 def build_report(tracker: Tracker, *, parent_run_id: str | None = None, plan: str | None = None,
                  out_dir: Path) -> Report:
     """Build report.md, report.html (plots embedded), report.json and the PNGs from MLflow."""
-    from .plan import PLAN_RECORD
-
     parent = find_plan_run(tracker, plan, parent_run_id)
     record = _download_json(tracker, parent.info.run_id, PLAN_RECORD)
     if record is None:

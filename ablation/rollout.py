@@ -26,7 +26,8 @@ of batched matmuls; tests/test_rollout.py measures it).
 Optional policy hooks: `reset(episode_index)`, `attach_env(env)` (privileged policies),
 `init_state_for(episode_index)` (replay of recorded demos), `wait_steps` (int), `act_batch`.
 
-Worker processes and the warm pool that outlives one evaluation: `ablation/rollout_pool.py`.
+Worker processes, the warm pool that outlives one evaluation, and `run_rollouts` (here or in a pool):
+`ablation/rollout_pool.py`.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ import traceback
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -48,9 +49,6 @@ from . import rotation as R
 from .codec import ActionCodec
 from .data import gripper_history_features
 from .spec import CodecSpec
-
-if TYPE_CHECKING:
-    from .rollout_pool import RolloutPool
 
 WAIT_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
 DEFAULT_WAIT_STEPS = 10
@@ -544,57 +542,6 @@ def run_episode(policy, env, episode: int, replan_every: int, max_steps: int | N
 
 
 # ----------------------------------------------------------------------------- runs
-
-def run_rollouts(policy_factory: Callable[[], Policy], suite: str, task: int,
-                 episodes: int | Iterable[int], replan_every: int, workers: int = 1,
-                 videos: Iterable[int] = (), video_dir: str | Path | None = None,
-                 max_steps: int | None = None, images: bool = False, *, image_size: int = 128,
-                 wait_steps: int = DEFAULT_WAIT_STEPS, seed: int = 0, batch: int = 1,
-                 pool: "RolloutPool | None" = None,
-                 progress: Callable[[EpisodeRecord], None] | None = None) -> RolloutResult:
-    """Run episodes and collect per-episode records, in the order of `episodes`.
-
-    episodes: an int n means init states 0..n-1; else the init-state indices to run (episode index ==
-    init-state index), each at most once.
-    policy_factory: picklable zero-arg callable, called once per run in each process that runs episodes.
-    workers: 1 runs here (envs are cached in this process, so the next call pays no env creation);
-    N > 1 starts a RolloutPool of N processes for this call only. `pool`: run in that warm pool instead
-    (`workers` is then ignored).
-    batch: episodes one process steps in lockstep, with one policy call per step for all of them
-    (policies with `act_batch` only; 1 = one episode at a time).
-    videos: episode indices to record as mp4 (agentview, upright) into video_dir; those episodes
-    run in an env with cameras on (others keep the fast low-dim env unless images=True).
-    """
-    from .sim.libero_setup import check_task, ensure_libero
-
-    if replan_every < 1:
-        raise ValueError("replan_every must be >= 1")
-    if batch < 1:
-        raise ValueError("batch must be >= 1")
-    ensure_libero()  # env vars (config path, render backend) are inherited by spawned workers
-    check_task(suite, task)
-    eps = list(range(episodes)) if isinstance(episodes, int) else [int(e) for e in episodes]
-    if len(set(eps)) != len(eps):
-        raise ValueError(f"episodes repeat an init state: {eps}")
-    videos = tuple(int(v) for v in videos)
-    if videos and video_dir is None:
-        raise ValueError("videos requested but video_dir is None")
-    cfg = RunConfig(suite, int(task), int(replan_every), max_steps, bool(images), int(image_size), videos,
-                    str(video_dir) if video_dir is not None else None, int(wait_steps), int(seed), int(batch))
-    t0 = time.perf_counter()
-    if pool is not None:
-        records, n_workers = pool.run_config(policy_factory, cfg, eps, progress), pool.workers
-    elif min(int(workers), len(eps)) > 1:
-        from .rollout_pool import RolloutPool
-
-        n_workers = min(int(workers), len(eps))
-        with RolloutPool(n_workers) as tmp:
-            records = tmp.run_config(policy_factory, cfg, eps, progress)
-    else:
-        records, n_workers = run_here(policy_factory, cfg, eps, progress), 1
-    return RolloutResult(suite, task, [records[e] for e in eps], replan_every, n_workers,
-                         time.perf_counter() - t0)
-
 
 @contextlib.contextmanager
 def policy_threads(n: int = 1):

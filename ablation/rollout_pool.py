@@ -1,4 +1,5 @@
-"""A warm pool of rollout worker processes that can live for a whole plan or tuning study.
+"""A warm pool of rollout worker processes that can live for a whole plan or tuning study, and
+`run_rollouts`, which runs a call's episodes here, in a pool of its own or in a warm pool.
 
 Each worker pays its start-up (imports, ~4 s per LIBERO env) once: it keeps its envs per (suite,
 task, images, image_size) between runs, and is fed runs (a policy factory + RunConfig) and then
@@ -32,10 +33,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as mp_wait
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterable
 
-from .rollout import (DEFAULT_WAIT_STEPS, EpisodeRecord, EpisodeRunner, RolloutResult, RunConfig, close_cached_envs,
-                      run_rollouts, warm_envs)
+from .rollout import (DEFAULT_WAIT_STEPS, EpisodeRecord, EpisodeRunner, Policy, RolloutResult, RunConfig,
+                      close_cached_envs, run_here, warm_envs)
 
 # A pool that loses this many workers in a row without any episode ending gives up on the run
 # (e.g. a policy factory that kills its process): the remaining episodes fail instead of looping.
@@ -263,6 +265,55 @@ class RolloutPool:
 # ----------------------------------------------------------------------------- this process's pool
 
 _SHARED: dict[int, RolloutPool] = {}
+
+
+def run_rollouts(policy_factory: Callable[[], Policy], suite: str, task: int,
+                 episodes: int | Iterable[int], replan_every: int, workers: int = 1,
+                 videos: Iterable[int] = (), video_dir: str | Path | None = None,
+                 max_steps: int | None = None, images: bool = False, *, image_size: int = 128,
+                 wait_steps: int = DEFAULT_WAIT_STEPS, seed: int = 0, batch: int = 1,
+                 pool: RolloutPool | None = None,
+                 progress: Callable[[EpisodeRecord], None] | None = None) -> RolloutResult:
+    """Run episodes and collect per-episode records, in the order of `episodes`.
+
+    episodes: an int n means init states 0..n-1; else the init-state indices to run (episode index ==
+    init-state index), each at most once.
+    policy_factory: picklable zero-arg callable, called once per run in each process that runs episodes.
+    workers: 1 runs here (envs are cached in this process, so the next call pays no env creation);
+    N > 1 starts a RolloutPool of N processes for this call only. `pool`: run in that warm pool instead
+    (`workers` is then ignored).
+    batch: episodes one process steps in lockstep, with one policy call per step for all of them
+    (policies with `act_batch` only; 1 = one episode at a time).
+    videos: episode indices to record as mp4 (agentview, upright) into video_dir; those episodes
+    run in an env with cameras on (others keep the fast low-dim env unless images=True).
+    """
+    from .sim.libero_setup import check_task, ensure_libero
+
+    if replan_every < 1:
+        raise ValueError("replan_every must be >= 1")
+    if batch < 1:
+        raise ValueError("batch must be >= 1")
+    ensure_libero()  # env vars (config path, render backend) are inherited by spawned workers
+    check_task(suite, task)
+    eps = list(range(episodes)) if isinstance(episodes, int) else [int(e) for e in episodes]
+    if len(set(eps)) != len(eps):
+        raise ValueError(f"episodes repeat an init state: {eps}")
+    videos = tuple(int(v) for v in videos)
+    if videos and video_dir is None:
+        raise ValueError("videos requested but video_dir is None")
+    cfg = RunConfig(suite, int(task), int(replan_every), max_steps, bool(images), int(image_size), videos,
+                    str(video_dir) if video_dir is not None else None, int(wait_steps), int(seed), int(batch))
+    t0 = time.perf_counter()
+    if pool is not None:
+        records, n_workers = pool.run_config(policy_factory, cfg, eps, progress), pool.workers
+    elif min(int(workers), len(eps)) > 1:
+        n_workers = min(int(workers), len(eps))
+        with RolloutPool(n_workers) as tmp:
+            records = tmp.run_config(policy_factory, cfg, eps, progress)
+    else:
+        records, n_workers = run_here(policy_factory, cfg, eps, progress), 1
+    return RolloutResult(suite, task, [records[e] for e in eps], replan_every, n_workers,
+                         time.perf_counter() - t0)
 
 
 def shared_pool(workers: int) -> RolloutPool:

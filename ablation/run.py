@@ -22,14 +22,10 @@ from typing import Callable
 import yaml
 
 from .errors import UserError
+from .gates import GATE_MIN_SUCCESS
 from .spec import Spec
+from .stages import audit_stage, gate_stage, log_bundle, log_episodes, open_loop_stage, train_stage
 from .tracking import TAG_FAILURE, TAG_STAGE, MetricBuffer, Tracker
-
-GATE_MIN_SUCCESS = 0.9
-
-
-class GateFailed(UserError):
-    """Gate A: the spec's own encode -> decode -> env path cannot replay its demos."""
 
 
 @dataclass(frozen=True)
@@ -115,9 +111,8 @@ def run_closed_loop(bundle: Path, spec: Spec, seed: int, init_states: list[int],
     float rounding in the batched matmuls, ~1e-6)."""
     from functools import partial
 
-    from .policy import load_policy
-    from .rollout import run_rollouts
-    from .rollout_pool import shared_pool
+    from .bundle import load_policy
+    from .rollout_pool import run_rollouts, shared_pool
 
     # On a GPU profile every rollout worker runs its policy on the GPU, the simulator on its CPU core.
     device = "cuda" if spec.train.device == "cuda" else "cpu"
@@ -180,8 +175,6 @@ def execute(job: RunJob, *, on_train_metrics: Callable[[int, dict], None] | None
     try:
         tracker.client.update_run(job.run_id, status="RUNNING")
         tracker.set_tags(job.run_id, {TAG_FAILURE: ""})
-        from .stages import audit_stage, gate_stage, log_bundle, open_loop_stage, train_stage
-
         demo = Path(job.demo_path)
         if "gate" not in state["done"] and job.gate_episodes > 0:
             ts = enter("gate")
@@ -196,7 +189,7 @@ def execute(job: RunJob, *, on_train_metrics: Callable[[int, dict], None] | None
         bundle = Path(state["bundle"]) if state.get("bundle") else None
         if not {"train", "open_loop", "artifacts"} <= set(state["done"]) or bundle is None or not bundle.is_dir():
             ts = enter("train")
-            from .data import prepare_spec_data
+            from .spec_data import prepare_spec_data
 
             # Read and window the demos once: the trainer and the predicted-vs-demo plot share them.
             # RDT image features are cached beside the gates (<workdir>/features), shared by every arm.
@@ -235,8 +228,6 @@ def execute(job: RunJob, *, on_train_metrics: Callable[[int, dict], None] | None
         m = summarise_episodes(state["episodes"])
         # Step = episodes so far: every look leaves its own point in the metric history.
         tracker.log_metrics(job.run_id, [(k, v, len(state["episodes"])) for k, v in m.items()])
-        from .stages import log_episodes
-
         log_episodes(tracker, job.run_id, state["episodes"])
         done("closed_loop", ts)
         stage_s["total"] = time.time() - t0

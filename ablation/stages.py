@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from .gates import GateFailed, replay_gate
 from .spec import GROUPS, Spec
 from .tracking import Tracker
 
@@ -73,9 +74,6 @@ def gate_stage(tracker: Tracker, run_id: str, spec: Spec, demo: Path, *, episode
                min_success: float) -> dict[str, float]:
     """Gate A: replay the demos through this spec's own encode -> decode -> env path in the simulator.
     Below `min_success` the run cannot measure anything about learning: it fails with that reason."""
-    from .gates import replay_gate
-    from .run import GateFailed
-
     t0 = time.time()
     g = replay_gate(spec, demo, episodes=episodes, cache_dir=cache_dir)
     m = {"gate/replay_success_rate": float(g.success_rate), "gate/replay_episodes": float(g.n),
@@ -146,8 +144,8 @@ def plot_predicted_vs_demo(spec: Spec, demo: Path, bundle: Path, out: Path, data
     import matplotlib.pyplot as plt
     import torch
 
-    from .data import prepare_spec_data
-    from .policy import load_policy
+    from .bundle import load_policy
+    from .spec_data import prepare_spec_data
     from .train import WindowTensors
 
     policy = load_policy(bundle)

@@ -48,8 +48,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .bundle import check_resumable, latest_bundle, read_train_state, write_bundle
-from .data import PreparedData, Windows, prepare_spec_data
+from .bundle import check_resumable, latest_bundle, load_matching, read_train_state, write_bundle
+from .data import PreparedData, Windows
 from .errors import UserError
 from .loss import SHARES, DiffusionLoss, physical_errors
 from .model import (COMPILED_TRAIN_KERNELS, FAST_EVAL_KERNELS, FAST_TRAIN_KERNELS, REFERENCE_KERNELS,
@@ -58,6 +58,7 @@ from .openloop import open_loop_eval  # noqa: F401  (re-exported: `from ablation
 from .policy import DiffusionPolicy, ObsNormalizer, build_policy
 from .provenance import file_sha256, git_commit, versions
 from .spec import GROUPS, Spec
+from .spec_data import prepare_spec_data
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
 VAL_BATCHES = 4        # batches of held-out windows per validation
@@ -337,8 +338,6 @@ class Trainer:
             check_resumable(prev, self.spec, self.demo_sha, self.data.codec)
             self.state.load_state_dict(read_train_state(prev, self.device))
         elif init_from:
-            from .pretrain import load_matching
-
             n, fresh = load_matching(self.policy.net, init_from)
             self.init_info = {"init_from": str(init_from), "init_loaded": n, "init_fresh": fresh}
             if self.state.ema is not None:

@@ -119,7 +119,7 @@ def main() -> int:
         compare(f"scripted expert, {a.episodes} episodes:", pools, lambda pool: pool.run(expert, SUITE, TASK, eps, **kw),
                 a.repeats)
 
-        from ablation.policy import load_policy
+        from ablation.bundle import load_policy
 
         policy = functools.partial(load_policy, ckpt)
         plain = compare(f"diffusion policy {ckpt}, {a.episodes} episodes, unbatched:", pools,

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from ablation.data import DemoMeta, prepare_spec_data, read_demo_file, write_demo_file
+from ablation.data import DemoMeta, read_demo_file, write_demo_file
 from ablation.errors import UserError
 from ablation.spec import EXPERIMENTS_DIR, SpecError, resolve_spec
+from ablation.spec_data import prepare_spec_data
 
 from .conftest import synthetic_episode, synthetic_meta
 
@@ -263,8 +264,8 @@ def test_language_from_a_local_t5_directory(tmp_path):
 def test_image_path_end_to_end(siglip_dir, image_demo_file, lang_file, tmp_path, monkeypatch):
     """Cache -> a few training steps -> bundle -> reload -> 2 closed-loop episodes in the simulator
     with cameras on, batched in one process (one SigLIP and one RDT call per step for both)."""
-    from ablation.policy import load_policy
-    from ablation.rollout import run_rollouts
+    from ablation.bundle import load_policy
+    from ablation.rollout_pool import run_rollouts
     from ablation.train import WindowTensors, train
 
     monkeypatch.setenv("ABLATION_FEATURES_DIR", str(tmp_path / "features"))

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablation.policy import load_policy
+from ablation.bundle import load_policy
 from ablation.spec import EXPERIMENTS_DIR, SpecError, resolve_spec
 from ablation.train import train
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ablation.hypothesis import load_hypothesis
-from ablation.plan import PLAN_RECORD
+from ablation.plan_record import PLAN_RECORD
 from ablation.report import build_report
 from ablation.stages import log_episodes
 from ablation.tracking import TAG_KIND, TAG_SEED, TAG_SPEC, Tracker, default_tracking_uri

@@ -12,8 +12,8 @@ import os
 import numpy as np
 import pytest
 
-from ablation.rollout import (ZeroPolicy, _with_history, episode_generator, episode_seed, native_codec,
-                              run_rollouts)
+from ablation.rollout import ZeroPolicy, _with_history, episode_generator, episode_seed, native_codec
+from ablation.rollout_pool import run_rollouts
 
 pytestmark = pytest.mark.sim
 
@@ -65,7 +65,7 @@ def checkpoint(expert_demo_file, tmp_path_factory) -> str:
 def _factory(checkpoint: str):
     import functools
 
-    from ablation.policy import load_policy
+    from ablation.bundle import load_policy
 
     return functools.partial(load_policy, checkpoint)
 
@@ -92,7 +92,7 @@ def test_outcomes_do_not_depend_on_workers_or_earlier_episodes(checkpoint):
 # ----------------------------------------------------------------------------- batched policy calls
 
 def test_act_batch_rows_match_act_within_float_rounding(checkpoint):
-    from ablation.policy import load_policy
+    from ablation.bundle import load_policy
     from ablation.sim.env import make_env
 
     policy = load_policy(checkpoint)
@@ -226,7 +226,7 @@ def test_runs_with_several_workers_share_this_processs_warm_pool(checkpoint):
     close_shared_pools (the plan and the tuner call it when they end)."""
     from pathlib import Path
 
-    from ablation.policy import load_policy
+    from ablation.bundle import load_policy
     from ablation.rollout_pool import _SHARED, close_shared_pools, shared_pool
     from ablation.run import run_closed_loop
     from ablation.spec import with_overrides

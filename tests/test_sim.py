@@ -254,7 +254,8 @@ def test_replay_cli_gate_a(demo_file, capsys):
 
 @pytest.mark.sim
 def test_runner_expert_and_zero():
-    from ablation.rollout import ExpertPolicy, ZeroPolicy, run_rollouts
+    from ablation.rollout import ExpertPolicy, ZeroPolicy
+    from ablation.rollout_pool import run_rollouts
 
     r = run_rollouts(functools.partial(ExpertPolicy, "libero_object", 0), "libero_object", 0, [3],
                      replan_every=8)
@@ -269,7 +270,8 @@ def test_runner_expert_and_zero():
 
 @pytest.mark.sim
 def test_runner_replay_parallel_matches_serial(demo_file):
-    from ablation.rollout import ReplayPolicy, run_rollouts
+    from ablation.rollout import ReplayPolicy
+    from ablation.rollout_pool import run_rollouts
 
     fac = functools.partial(ReplayPolicy, str(demo_file), True)
     s = run_rollouts(fac, "libero_object", 0, [0, 1], replan_every=5, workers=1)
@@ -285,7 +287,7 @@ def test_runner_replay_parallel_matches_serial(demo_file):
 
 @pytest.mark.sim
 def test_runner_records_crashes_and_goes_on():
-    from ablation.rollout import run_rollouts
+    from ablation.rollout_pool import run_rollouts
 
     # serial: an exception in the policy fails that episode only
     r = run_rollouts(functools.partial(CrashPolicy, -1, 1), "libero_object", 0, [0, 1, 2],
@@ -304,7 +306,8 @@ def test_runner_records_crashes_and_goes_on():
 def test_runner_video(tmp_path):
     import imageio.v2 as imageio
 
-    from ablation.rollout import ExpertPolicy, run_rollouts
+    from ablation.rollout import ExpertPolicy
+    from ablation.rollout_pool import run_rollouts
 
     r = run_rollouts(functools.partial(ExpertPolicy, "libero_object", 0), "libero_object", 0, [0],
                      replan_every=8, max_steps=12, videos=[0], video_dir=tmp_path)

@@ -15,7 +15,7 @@ from ablation.cli import main as cli_main
 from ablation.codec import CodecError
 from ablation.data import prepare_data
 from ablation.errors import UserError
-from ablation.policy import load_policy
+from ablation.bundle import load_policy
 from ablation.spec import resolve_spec, spec_path
 from ablation.train import TrainingDiverged, WindowTensors, open_loop_eval, train
 

@@ -36,8 +36,8 @@ def _table(title: str, rows: dict[str, float]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import prepare_spec_data
-    from ..policy import load_policy
+    from ..bundle import load_policy
+    from ..spec_data import prepare_spec_data
     from ..train import open_loop_eval
 
     from ..train import configure_torch

@@ -73,7 +73,8 @@ def run(args) -> int:
 
 
 def _replay_native(args, ds, suite, task, n, use_exec):
-    from ..rollout import ReplayPolicy, run_rollouts
+    from ..rollout import ReplayPolicy
+    from ..rollout_pool import run_rollouts
 
     has_exec = all("executed_actions" in ep.extras for ep in ds.episodes[:n])
     factory = functools.partial(ReplayPolicy, str(args.file), use_exec)

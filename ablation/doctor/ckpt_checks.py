@@ -110,7 +110,7 @@ def check_openloop(bundle: str | Path, spec, demo_set, data_sha: str, meta: dict
     import torch
 
     from ..data import build_windows, split_demos
-    from ..policy import load_policy
+    from ..bundle import load_policy
     from ..train import WindowTensors
 
     if spec.data.images:

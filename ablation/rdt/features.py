@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 import torch
 
+from ..data import prepare_data, read_demo_file
 from ..errors import UserError
 from ..locks import file_lock
 from .vision import BACKGROUND_RGB, CAMERAS, LIBERO_CAMERAS, VisionInputError, background_image, preprocess_image
@@ -224,8 +225,6 @@ def _demo_frames(demo_path: Path, cameras: Sequence[str]) -> list[tuple[str, int
     """(demo name, frames) in file order, after checking that every demo has every camera."""
     import h5py
 
-    from ..data import read_demo_file
-
     names = read_demo_file(demo_path).names
     out = []
     with h5py.File(demo_path, "r") as f:
@@ -382,8 +381,6 @@ def feature_device() -> str:
 def prepare_rdt_image_data(spec: "Spec", demo_path: str | Path,
                            features_dir: str | Path | None = None) -> "PreparedData":
     """Demos as training windows whose `images` are SigLIP tokens from the cache (no raw frames in memory)."""
-    from ..data import prepare_data
-
     if not spec.model.vision_model:
         raise VisionInputError(f"spec {spec.name}: model.kind rdt with data.images: true needs `{SPEC_FIELD}`; "
                                f"{HOW_TO_GET_SIGLIP}")
