@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from .hypothesis import NEEDS, Hypothesis
 from .plan_record import task_label
 from .rules import DEFAULT_RULES, DecisionRules
-from .stats import (EpisodeArrays, SeedEffect, SequentialDesign, episodes_needed_t, heterogeneity, holm_difference_equivalence,
+from .stats import (EpisodeArrays, SeedEffect, SequentialDesign, contrast_effect, episodes_needed_t, heterogeneity, holm_difference_equivalence,
                     per_task_seed_effects, seed_effect, seeds_needed, to_arrays)
 
 DECIDED_WORDS = ("better", "worse", "no meaningful difference")
@@ -67,6 +67,13 @@ class ComparisonResult:
     # Why a non-difference here says nothing of a claim: "floor" (both arms fail), "ceiling" (both
     # succeed), "no headroom" (the control is within the margin of 100% / 0% in the expected direction).
     bound: str = ""
+    # The arms this result rests on: (arm, control), or a factorial contrast's four cells.
+    arms: list = field(default_factory=list)
+    contrast: str = ""             # a factorial's contrast: "a", "b" or "ab" ("" for a comparison)
+
+    @property
+    def involved(self) -> list[str]:
+        return list(self.arms) or [self.arm, self.control]
 
     @property
     def decided(self) -> bool:
@@ -190,6 +197,8 @@ def judge(hypotheses: list[Hypothesis], records: "list[dict] | EpisodeArrays", f
                                          "n_states": e.n_states, "p_value": e.p_value} for t, e in per.items()]
                         res.heterogeneity, res.tasks_disagree = het.note, het.disagree
             out.append(res)
+        if h.kind == "factorial" and h.factorial is not None:
+            out += _judge_factorial(h, arrays, arms_with_data, facts, rules, margin_h, effects)
     names = {k: "|".join(k) for k in effects}
     margins = {k: next(h for h in hypotheses if h.name == k[0]).rule_overrides(rules).margin for k in effects}
     steps = holm_difference_equivalence({names[k]: e.p_value for k, e in effects.items()},
@@ -219,13 +228,43 @@ def judge(hypotheses: list[Hypothesis], records: "list[dict] | EpisodeArrays", f
     return out
 
 
+def _judge_factorial(h: Hypothesis, arrays: EpisodeArrays, arms_with_data: set, facts: dict, rules: DecisionRules,
+                     margin: float, effects: dict) -> list[ComparisonResult]:
+    """The three contrasts of a 2x2 (main effects and interaction), each expected as the claim's
+    mechanism predicts; they join the plan's family like any comparison."""
+    f = h.factorial
+    pred = f.mechanisms[f.claim]
+    out = []
+    for key_c, weights in f.weights().items():
+        label = f.label(key_c)
+        expect = {"positive": "better", "negative": "worse", "none": "same"}[pred.get(key_c, "none")]
+        res = ComparisonResult(h.name, label, "2x2 contrast", expect, label, "inconclusive", arms=list(weights),
+                               contrast=key_c)
+        unmet = unmet_needs(h.needs, list(weights), facts, rules)
+        missing = [a for a in weights if a not in arms_with_data]
+        if unmet:
+            res.word, res.why = "untestable", "; ".join(unmet)
+        elif missing:
+            res.word, res.why = "missing", f"no finished episodes of {', '.join(missing)}"
+        else:
+            try:
+                eff = contrast_effect(arrays, weights, label)
+            except ValueError as e:
+                res.word, res.why = "missing", str(e)
+            else:
+                effects[(h.name, label, "2x2 contrast")] = eff
+                _fill(res, eff, margin, rules, expect)
+        out.append(res)
+    return out
+
+
 def _fill(res: ComparisonResult, eff: SeedEffect, margin: float, rules: DecisionRules, expect: str) -> None:
     res.estimate, res.p_value, res.se, res.df = eff.estimate, eff.p_value, eff.se, eff.df
     res.lo95, res.hi95 = eff.interval(0.95)
     res.rate_arm, res.rate_control, res.n_states = eff.rate_arm, eff.rate_control, eff.n_states
     res.seeds_arm, res.seeds_control, res.method = eff.n_seeds_arm, eff.n_seeds_control, eff.method
     res.n_tasks = eff.n_tasks
-    if eff.n_tasks == 1:
+    if eff.n_tasks == 1 and eff.per_task_parts:
         _, sa, sc, _ = eff.per_task_parts[0]
         res.per_seed_arm, res.per_seed_control = [float(x) for x in sa.rates], [float(x) for x in sc.rates]
     res.bound = bound_of(eff.rate_arm, eff.rate_control, expect, rules.with_overrides({"margin": margin}))
@@ -325,8 +364,8 @@ def analyse_look(rp, latest: dict, look_index: int, looks: list[int | None],
     extend = set()
     if more:
         for c in results:
-            if c.word == "inconclusive":  # pooled over tasks: every task of both arms gets more
-                extend |= {u.key for u in rp.units() if u.arm.name in (c.arm, c.control)}
+            if c.word == "inconclusive":  # pooled over tasks: every task of its arms gets more
+                extend |= {u.key for u in rp.units() if u.arm.name in c.involved}
     return LookDecision(look_index, results, extend)
 
 

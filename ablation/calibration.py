@@ -120,7 +120,7 @@ def run_procedure(hyps: list[Hypothesis], skipped: dict[str, str], outcomes: dic
         if k + 1 < len(looks):
             for c in comps:
                 if c.word == "inconclusive":
-                    for a in (c.arm, c.control):
+                    for a in c.involved:
                         if a in episodes:
                             episodes[a] = looks[k + 1]
     return comps

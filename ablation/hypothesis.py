@@ -73,6 +73,39 @@ class Correlation(_Frozen):
     within: Literal["arm", "none"] = "arm"
 
 
+Prediction = Literal["positive", "negative", "none"]
+CONTRASTS = ("a", "b", "ab")   # main effect of A, main effect of B, their interaction
+
+
+class Factorial(_Frozen):
+    """A 2x2 design: factor A (levels 0 -> 1) x factor B (levels 0 -> 1), one arm per cell, and what each
+    candidate mechanism predicts for the three contrasts on success:
+
+        a  = [(a1b0 + a1b1) - (a0b0 + a0b1)] / 2     main effect of A
+        b  = [(a0b1 + a1b1) - (a0b0 + a1b0)] / 2     main effect of B
+        ab = [(a0b0 + a1b1) - (a0b1 + a1b0)] / 2     interaction
+
+    `claim` names the mechanism the hypothesis's claim states; the verdict says which mechanism the
+    pattern of contrast words favours, or that it fits none."""
+
+    a: str                                   # factor A, e.g. "data scale (m -> cm)"
+    b: str
+    cells: dict[Literal["a0b0", "a0b1", "a1b0", "a1b1"], str]
+    mechanisms: dict[str, dict[Literal["a", "b", "ab"], Prediction]]
+    claim: str
+
+    def weights(self) -> dict[str, dict[str, float]]:
+        """Contrast -> {arm: weight}."""
+        c = self.cells
+        return {"a": {c["a1b0"]: 0.5, c["a1b1"]: 0.5, c["a0b0"]: -0.5, c["a0b1"]: -0.5},
+                "b": {c["a0b1"]: 0.5, c["a1b1"]: 0.5, c["a0b0"]: -0.5, c["a1b0"]: -0.5},
+                "ab": {c["a0b0"]: 0.5, c["a1b1"]: 0.5, c["a0b1"]: -0.5, c["a1b0"]: -0.5}}
+
+    def label(self, contrast: str) -> str:
+        return {"a": f"main effect of {self.a}", "b": f"main effect of {self.b}",
+                "ab": f"interaction {self.a} x {self.b}"}[contrast]
+
+
 class Outcomes(_Frozen):
     supported: str = ""
     not_supported: str = ""
@@ -87,9 +120,10 @@ class Hypothesis(_Frozen):
     claim: str
     mechanism: str = ""
     needs: tuple[str, ...] = ()
-    kind: Literal["comparisons", "correlation"] = "comparisons"
+    kind: Literal["comparisons", "correlation", "factorial"] = "comparisons"
     comparisons: tuple[Comparison, ...] = ()
     correlation: Optional[Correlation] = None
+    factorial: Optional[Factorial] = None
     decide: Literal["any", "all"] = "any"
     rule: str
     # The seed report's own diagnosis: when the data contradict it, the answer paragraph says so.
@@ -107,10 +141,12 @@ class Hypothesis(_Frozen):
     def arms(self) -> list[str]:
         """Every spec this hypothesis trains, controls first, in file order."""
         out: list[str] = []
-        for c in self.comparisons:
-            for name in (c.control, c.arm):
-                if name not in out:
-                    out.append(name)
+        names = [n for c in self.comparisons for n in (c.control, c.arm)]
+        if self.factorial is not None:
+            names += [self.factorial.cells[k] for k in ("a0b0", "a0b1", "a1b0", "a1b1") if k in self.factorial.cells]
+        for name in names:
+            if name not in out:
+                out.append(name)
         return out
 
 
@@ -146,6 +182,14 @@ def load_hypothesis(name: str, relative_to: Path | None = None) -> Hypothesis:
     if bad:
         raise SpecError(f"{path}: rules: {', '.join(bad)} not known; known: "
                         f"{', '.join(DecisionRules.__dataclass_fields__)}")
+    if h.kind == "factorial":
+        f = h.factorial
+        if f is None or set(f.cells) != {"a0b0", "a0b1", "a1b0", "a1b1"}:
+            raise SpecError(f"{path}: factorial: a hypothesis of kind 'factorial' names its four cells "
+                            "a0b0, a0b1, a1b0, a1b1 (one arm each)")
+        if f.claim not in f.mechanisms:
+            raise SpecError(f"{path}: factorial.claim: {f.claim!r} is not one of the mechanisms "
+                            f"({', '.join(f.mechanisms) or 'none given'})")
     if h.kind == "correlation" and h.correlation is None:
         raise SpecError(f"{path}: correlation: a hypothesis of kind 'correlation' says x, y and expect")
     from .spec import spec_path

@@ -45,14 +45,17 @@ def untestable_arms(hypotheses: list[Hypothesis], planned: list[str], facts: dic
     used: set[str] = set()
     why: dict[str, str] = {}
     for h in hypotheses:
-        for c in h.comparisons:
-            if any(a not in facts or facts[a].rot_spread_deg is None for a in (c.arm, c.control)):
-                used |= {c.arm, c.control}  # not measurable before training (no demos): let the run say why
+        groups = [((*h.needs, *c.needs), [c.arm, c.control]) for c in h.comparisons]
+        if h.factorial is not None:  # a 2x2's cells stand or fall together
+            groups.append((h.needs, list(h.factorial.cells.values())))
+        for needs, arms in groups:
+            if any(a not in facts or facts[a].rot_spread_deg is None for a in arms):
+                used |= set(arms)  # not measurable before training (no demos): let the run say why
                 continue
-            unmet = unmet_needs((*h.needs, *c.needs), [c.arm, c.control], facts)
+            unmet = unmet_needs(needs, arms, facts)
             if unmet:
-                for a in (c.arm, c.control):
+                for a in arms:
                     why.setdefault(a, f"untestable here ({h.name}): " + "; ".join(unmet))
             else:
-                used |= {c.arm, c.control}
+                used |= set(arms)
     return {a: w for a, w in why.items() if a in planned and a not in used}

@@ -18,6 +18,7 @@ from .rules import DEFAULT_RULES, DecisionRules
 from .stats import rank_correlation, within_group_rank_correlation
 
 WORDS_WITHOUT_DATA = ("untestable", "missing", "left out")
+DECIDED = ("better", "worse", "no meaningful difference")
 BOUND_WHY = {
     "floor": "both arms fail (at most {floor:.0f}% success): another failure masks any difference",
     "ceiling": "both arms succeed (at least {ceiling:.0f}% success): no room for a difference",
@@ -124,6 +125,55 @@ def _meaning_of_pattern(h: Hypothesis, word: str, mine: Sequence[ComparisonResul
     return (h.outcomes.contradicted or h.outcomes.not_supported) if word == "CONTRADICTED" else h.outcomes.not_supported
 
 
+PREDICTED_WORD = {"positive": "better", "negative": "worse"}
+
+
+def mechanism_status(pred: dict[str, str], words: dict[str, str]) -> str:
+    """How the contrast words sit with one mechanism's predictions: "ruled out" (a predicted effect
+    decided the other way or absent, or an effect it predicts absent decided present), "fits" (every
+    prediction decided as predicted, absences shown as "no meaningful difference"), "favoured" (every
+    predicted effect decided as predicted, no predicted absence contradicted), else "open"."""
+    status = "fits"
+    for k in ("a", "b", "ab"):
+        p, w = pred.get(k, "none"), words.get(k, "missing")
+        if p == "none":
+            if w in ("better", "worse"):
+                return "ruled out"
+            if w != "no meaningful difference":
+                status = "favoured" if status == "fits" else status
+        elif w != PREDICTED_WORD[p]:
+            if w in DECIDED:
+                return "ruled out"
+            status = "open"
+    return status
+
+
+def factorial_verdict(h: Hypothesis, mine: Sequence[ComparisonResult]) -> tuple[str, str]:
+    """(word, text) for a 2x2: the mechanism the pattern of contrast words favours, or that it fits none."""
+    f = h.factorial
+    words = {c.contrast: effective_word(c) for c in mine if c.contrast}
+    pattern = "; ".join(f"{f.label(k)}: {words.get(k, 'missing')}" for k in ("a", "b", "ab"))
+    status = {m: mechanism_status(pred, words) for m, pred in f.mechanisms.items()}
+    good = [m for m, st in status.items() if st in ("fits", "favoured")]
+    if mine and all(words.get(k) == "untestable" for k in ("a", "b", "ab")):
+        return "UNTESTABLE HERE", "; ".join(dict.fromkeys(c.why or c.bound for c in mine))
+    if any(words.get(k) in WORDS_WITHOUT_DATA for k in ("a", "b", "ab")):
+        return "INCONCLUSIVE", f"the 2x2 is incomplete ({pattern})"
+    if status[f.claim] in ("fits", "favoured") and good == [f.claim]:
+        how = "fits" if status[f.claim] == "fits" else "favours"
+        return "SUPPORTED", f"The pattern {how} the {f.claim} mechanism ({pattern})."
+    if status[f.claim] == "ruled out":
+        if good:
+            return "NOT SUPPORTED", (f"The pattern favours the {' and the '.join(good)} mechanism, not the {f.claim} "
+                                     f"mechanism ({pattern}).")
+        if all(st == "ruled out" for st in status.values()):
+            return "NOT SUPPORTED", f"The pattern fits none of the mechanisms ({', '.join(status)}): {pattern}."
+        open_ = [m for m, st in status.items() if st == "open"]
+        return "NOT SUPPORTED", (f"The pattern rules out the {f.claim} mechanism; {', '.join(open_)} not yet decided "
+                                 f"({pattern}).")
+    return "INCONCLUSIVE", f"the contrasts do not yet tell the mechanisms apart ({pattern})"
+
+
 def correlation_verdict(h: Hypothesis, corr: dict | None, rules: DecisionRules) -> str:
     lo, hi = (corr or {}).get("lo"), (corr or {}).get("hi")
     if lo is None or hi is None or lo != lo:
@@ -151,9 +201,13 @@ def hypothesis_verdict(h: Hypothesis, comps: list[ComparisonResult], corr: dict 
         elif corr is not None:
             lines.insert(0, f"rank correlation: {corr['why']}")
         word = correlation_verdict(h, corr, rules)
+    elif h.kind == "factorial":
+        word, reason = factorial_verdict(h, mine)
     else:
         word, reason = comparisons_verdict(h, mine, rules)
-    if word == "SUPPORTED":
+    if h.kind == "factorial" and word in ("SUPPORTED", "NOT SUPPORTED"):
+        meaning = f"{reason} {h.outcomes.supported if word == 'SUPPORTED' else ''}".strip()
+    elif word == "SUPPORTED":
         meaning = h.outcomes.supported
     elif word in ("NOT SUPPORTED", "CONTRADICTED"):
         meaning = _meaning_of_pattern(h, word, mine)
@@ -182,10 +236,11 @@ def comparison_line(c: ComparisonResult, rules: DecisionRules = DEFAULT_RULES) -
     if c.word in WORDS_WITHOUT_DATA:
         return f"{c.arm} vs {c.control}: {c.word} ({c.why})"
     lvl = f"{100 * c.level:.2f}% decision interval" if c.level else "interval"
-    s = (f"{c.arm} vs {c.control}: {pts(c.estimate)} pts [{pts(c.lo)}, {pts(c.hi)}] ({lvl}), "
+    name = f"{c.arm} (2x2 contrast)" if c.contrast else f"{c.arm} vs {c.control}"
+    s = (f"{name}: {pts(c.estimate)} pts [{pts(c.lo)}, {pts(c.hi)}] ({lvl}), "
          f"{100 * (c.rate_arm or 0):.0f}% vs {100 * (c.rate_control or 0):.0f}%, adjusted p "
          f"{c.p_holm:.3g} -> {c.word}" if c.p_holm is not None else
-         f"{c.arm} vs {c.control}: {pts(c.estimate)} pts -> {c.word}")
+         f"{name}: {pts(c.estimate)} pts -> {c.word}")
     if c.decided_at_look is not None:
         s += f" (decided at look {c.decided_at_look + 1})"
     if c.word == "inconclusive" and c.why:

@@ -178,3 +178,61 @@ def test_baseline_check_ranks_unit_free_figures_not_the_loss():
 def test_decide_all_reason_names_the_gap():
     word, why = comparisons_verdict(ALL, [comp(ALL, 0, "better", .6, .2), comp(ALL, 1, "left out")], DEFAULT_RULES)
     assert word == "INCONCLUSIVE" and "b vs base is left out" in why
+
+
+FACT = Hypothesis.model_validate({
+    "name": "Hf", "title": "t", "claim": "c", "rule": "r", "kind": "factorial",
+    "factorial": {"a": "scale", "b": "weight", "claim": "loss share",
+                  "cells": {"a0b0": "m1", "a0b1": "m4", "a1b0": "cm1", "a1b1": "cm4"},
+                  "mechanisms": {"loss share": {"a": "none", "b": "none", "ab": "negative"},
+                                 "signal-to-noise": {"a": "positive", "b": "none", "ab": "none"}}},
+    "outcomes": {"supported": "S", "not_supported": "NS", "inconclusive": "I"}})
+
+
+def contrasts(words: dict[str, str]) -> list[ComparisonResult]:
+    out = []
+    for k in ("a", "b", "ab"):
+        r = ComparisonResult("Hf", FACT.factorial.label(k), "2x2 contrast", "same", "", words[k], contrast=k,
+                             arms=list(FACT.factorial.weights()[k]))
+        if words[k] not in ("missing", "untestable"):
+            r.estimate, r.rate_arm, r.rate_control, r.p_holm = 0.1, 0.5, 0.4, 0.01
+        out.append(r)
+    return out
+
+
+@pytest.mark.parametrize("words,want,text", [
+    ({"a": "inconclusive", "b": "inconclusive", "ab": "worse"}, "SUPPORTED", "favours the loss share"),
+    ({"a": "no meaningful difference", "b": "no meaningful difference", "ab": "worse"}, "SUPPORTED",
+     "fits the loss share"),
+    ({"a": "better", "b": "inconclusive", "ab": "inconclusive"}, "NOT SUPPORTED",
+     "favours the signal-to-noise mechanism, not the loss share"),
+    ({"a": "better", "b": "inconclusive", "ab": "worse"}, "NOT SUPPORTED", "fits none of the mechanisms"),
+    ({"a": "inconclusive", "b": "better", "ab": "inconclusive"}, "NOT SUPPORTED", "fits none"),
+    ({"a": "inconclusive", "b": "inconclusive", "ab": "inconclusive"}, "INCONCLUSIVE", "do not yet tell"),
+    ({"a": "inconclusive", "b": "inconclusive", "ab": "better"}, "NOT SUPPORTED", "fits none"),  # both rule out
+    ({"a": "inconclusive", "b": "no meaningful difference", "ab": "no meaningful difference"}, "NOT SUPPORTED",
+     "rules out the loss share mechanism; signal-to-noise not yet decided"),
+    ({"a": "better", "b": "inconclusive", "ab": "missing"}, "INCONCLUSIVE", "2x2 is incomplete"),
+])
+def test_factorial_names_the_mechanism_the_pattern_favours(words, want, text):
+    v = hypothesis_verdict(FACT, contrasts(words), None, "")
+    assert v.word == want and text in v.meaning, (v.word, v.meaning)
+
+
+def test_factorial_contrasts_are_judged_at_the_seed_level():
+    """Synthetic 2x2 with a pure interaction (the loss-share pattern): the interaction is decided
+    'worse', the main effects are not decided as effects."""
+    from ablation.analysis import judge
+
+    n, recs = 50, []
+    rates = {"m1": (0.1, 0.12, 0.1), "m4": (0.7, 0.72, 0.7), "cm1": (0.7, 0.7, 0.72), "cm4": (0.1, 0.1, 0.12)}
+    for arm, rs in rates.items():
+        for s, r in enumerate(rs):
+            k = round(r * n)
+            recs += [{"arm": arm, "task": "t", "seed": s, "init_state": i, "success": ((i + s) * k) % n < k}
+                     for i in range(n)]
+    res = {c.contrast: c for c in judge([FACT], recs, {}, look_index=0, looks=[50])}
+    assert res["ab"].word == "worse" and res["ab"].estimate == pytest.approx(-0.6, abs=0.02)
+    assert res["a"].word != "better" and res["b"].word != "better"
+    assert set(res["ab"].involved) == {"m1", "m4", "cm1", "cm4"}
+    assert hypothesis_verdict(FACT, list(res.values()), None, "").word == "SUPPORTED"

@@ -17,7 +17,7 @@ from .decisions import (VERDICTS, SequentialDesign, StepDown, episodes_needed, h
 from .effect import (Effect, Heterogeneity, calibrated_p, heterogeneity, paired_effect, per_task_effects,
                      sign_test_midp)
 from .records import EpisodeArrays, EpisodeOutcome, to_arrays
-from .seed_level import (ArmSeeds, SeedEffect, episodes_needed_t, per_task_seed_effects, seed_effect,
+from .seed_level import (ArmSeeds, SeedEffect, contrast_effect, episodes_needed_t, per_task_seed_effects, seed_effect,
                          seeds_needed)
 
 __all__ = [
@@ -26,6 +26,6 @@ __all__ = [
     "calibrated_p", "sign_test_midp",
     "holm", "obrien_fleming_spent", "SequentialDesign", "verdict", "VERDICTS", "episodes_needed",
     "RankCorrelation", "rank_correlation", "within_group_rank_correlation",
-    "ArmSeeds", "SeedEffect", "seed_effect", "per_task_seed_effects", "seeds_needed", "episodes_needed_t",
+    "ArmSeeds", "SeedEffect", "seed_effect", "contrast_effect", "per_task_seed_effects", "seeds_needed", "episodes_needed_t",
     "StepDown", "holm_difference_equivalence",
 ]
