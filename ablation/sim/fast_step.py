@@ -75,6 +75,14 @@ def check_versions() -> None:
                             "ablation/sim/fast_step.py VALIDATED_VERSIONS")
 
 
+def _as_range(indexes) -> slice | None:
+    """A slice for consecutive indexes (the same elements as fancy indexing), else None."""
+    ix = [int(i) for i in indexes]
+    if not ix or ix != list(range(ix[0], ix[0] + len(ix))):
+        return None
+    return slice(ix[0], ix[0] + len(ix))
+
+
 def _refuse(what: str) -> FastPathError:
     return FastPathError(f"the fast env step supports LIBERO's standard Panda + OSC_POSE env only ({what}): {FIX}")
 
@@ -139,71 +147,43 @@ class FastStepper:
             raise _refuse("observables with delays or separate sampling clocks")
         (self._obs_period_s, _, _, self._obs_delay_s), = clocks
 
+        joints = _as_range(c.qvel_index)
+        if joints is None or _as_range(c.qpos_index) != joints or _as_range(robot._ref_joint_actuator_indexes) is None:
+            raise _refuse("arm joints or actuators that are not one block")
+        grip = _as_range([sim.model.actuator_name2id(a) for a in robot.gripper.actuators])
+        if grip is None:
+            raise _refuse("gripper actuators that are not one block")
+
         self._sim, self._controller, self._robot, self._gripper = sim, c, robot, robot.gripper
         self._m, self._d, self._observables = m, d, obs
         self._n_substeps = int(env.control_timestep / env.model_timestep)  # as MujocoEnv.step counts
         self._dt_s = env.model_timestep
         self._site = sim.model.site_name2id(c.eef_name)
-        self._qpos_index, self._qvel_index = c.qpos_index, c.qvel_index
+        self._joints = joints
+        self._qvel_index = np.asarray(c.qvel_index, dtype=np.intp)
+        # Views into MjData's buffers, which stay put for the life of the MjData.
+        self._site_xpos, self._site_xmat = d.site_xpos[self._site], d.site_xmat[self._site].reshape([3, 3])
+        self._qpos, self._qvel, self._qM, self._qfrc_bias, self._ctrl = d.qpos, d.qvel, d.qM, d.qfrc_bias, d.ctrl
+        self._joint_ctrl = _as_range(robot._ref_joint_actuator_indexes)
         self._torque_low, self._torque_high = robot.torque_limits
-        self._joint_actuators = robot._ref_joint_actuator_indexes
-        grip_ids = [sim.model.actuator_name2id(a) for a in robot.gripper.actuators]
-        ctrl_range = sim.model.actuator_ctrlrange[grip_ids]
-        self._grip_ids = grip_ids
-        self._grip_bias = 0.5 * (ctrl_range[:, 1] + ctrl_range[:, 0])
+        ctrl_range = sim.model.actuator_ctrlrange[grip]
+        self._grip_ctrl = grip
+        self._grip_bias = 0.5 * (ctrl_range[:, 1] + ctrl_range[:, 0])   # as Manipulator.grip_action
         self._grip_weight = 0.5 * (ctrl_range[:, 1] - ctrl_range[:, 0])
-        self._grip_rate = np.array([-1.0, 1.0]) * robot.gripper.speed
+        self._grip_rate = np.array([-1.0, 1.0]) * robot.gripper.speed  # as PandaGripper.format_action
+        self._kp_pos, self._kp_ori = np.array(c.kp[0:3]), np.array(c.kp[3:6])  # fixed impedance: constant
+        self._kd_pos, self._kd_ori = c.kd[0:3], c.kd[3:6]
         self._jacp = np.zeros((3, m.nv))
         self._jacr = np.zeros((3, m.nv))
         self._mass_full = np.ndarray(shape=(m.nv, m.nv), dtype=np.float64, order="C")
 
-    # ------------------------------------------------------------------ the controller
-    def _read_state(self) -> None:
-        """OperationalSpaceController.update without its mj_forward: mj_step1 just computed the same.
-        Like update(), it keeps the controller's state while `new_update` is False: after a reset the
-        controller read the sim when it was made (before LIBERO's set_init_state), and robosuite's
-        first substep runs on that reading."""
-        mj, m, d, c, s, qv = self._mj, self._m, self._d, self._controller, self._site, self._qvel_index
-        if not c.new_update:
-            return
-        jacp, jacr = self._jacp, self._jacr
-        c.ee_pos = np.array(d.site_xpos[s])
-        c.ee_ori_mat = np.array(d.site_xmat[s].reshape([3, 3]))
-        mj.mj_jacSite(m, d, jacp, jacr, s)  # fills both in full: the same numbers as two calls
-        c.ee_pos_vel = np.dot(jacp, d.qvel)
-        c.ee_ori_vel = np.dot(jacr, d.qvel)
-        c.joint_pos = np.array(d.qpos[self._qpos_index])
-        c.joint_vel = np.array(d.qvel[qv])
-        c.J_pos = np.array(jacp[:, qv])
-        c.J_ori = np.array(jacr[:, qv])
-        c.J_full = np.array(np.vstack([c.J_pos, c.J_ori]))
-        mj.mj_fullM(m, self._mass_full, d.qM)
-        c.mass_matrix = self._mass_full[qv, :][:, qv]
-        c.new_update = False
-
-    def _osc_torques(self) -> np.ndarray:
-        """OperationalSpaceController.run_controller for its fixed-impedance, uncoupled, no-interpolator
-        configuration, operation for operation."""
-        c = self._controller
-        desired_pos = np.array(c.goal_pos)
-        ori_error = self._orientation_error(np.array(c.goal_ori), c.ee_ori_mat)
-        position_error = desired_pos - c.ee_pos
-        desired_force = np.multiply(np.array(position_error), np.array(c.kp[0:3])) + np.multiply(
-            -c.ee_pos_vel, c.kd[0:3])
-        desired_torque = np.multiply(np.array(ori_error), np.array(c.kp[3:6])) + np.multiply(
-            -c.ee_ori_vel, c.kd[3:6])
-        _lambda_full, lambda_pos, lambda_ori, nullspace_matrix = self._opspace_matrices(
-            c.mass_matrix, c.J_full, c.J_pos, c.J_ori)
-        decoupled_wrench = np.concatenate([np.dot(lambda_pos, desired_force), np.dot(lambda_ori, desired_torque)])
-        torques = np.dot(c.J_full.T, decoupled_wrench) + self._d.qfrc_bias[self._qvel_index]
-        torques += self._nullspace_torques(c.mass_matrix, nullspace_matrix, c.initial_joint, c.joint_pos, c.joint_vel)
-        c.torques = torques
-        c.new_update = True  # as Controller.run_controller leaves it: a stock update() re-reads the sim
-        return torques
-
     # ------------------------------------------------------------------ one control step
     def step(self, action: np.ndarray):
-        """MujocoEnv.step + BDDLBaseDomain.step: (obs, reward, done, info), done = the task's success."""
+        """MujocoEnv.step + BDDLBaseDomain.step: (obs, reward, done, info), done = the task's success.
+
+        Per substep, the operations of robosuite's loop in its order and on arrays of its layouts
+        (OperationalSpaceController.update/run_controller, SingleArm.control, grip_action); the
+        controller's state is written back to it as update() would."""
         env = self._env
         if env.sim is not self._sim or env.robots[0].controller is not self._controller:
             self._bind()
@@ -211,24 +191,59 @@ class FastStepper:
             raise ValueError("executing action in terminated episode")
         if len(action) != env.action_dim:
             raise ValueError(f"environment got invalid action dimension -- expected {env.action_dim}, got {len(action)}")
-        mj, m, d = self._mj, self._m, self._d
-        c, robot, gripper, obs = self._controller, self._robot, self._gripper, self._observables
-        arm_action, grip_sign = action[:c.control_dim], np.sign(action[c.control_dim:])
-        grip_ids, joint_ids = self._grip_ids, self._joint_actuators
-        period, delay, dt = self._obs_period_s, self._obs_delay_s, self._dt_s
+        mj, m, d, c, robot, gripper = self._mj, self._m, self._d, self._controller, self._robot, self._gripper
+        step1, step2, jac_site, full_m = mj.mj_step1, mj.mj_step2, mj.mj_jacSite, mj.mj_fullM
+        opspace, nullspace, ori_err_of = self._opspace_matrices, self._nullspace_torques, self._orientation_error
+        site, jacp, jacr, mass_full, j, qv = (self._site, self._jacp, self._jacr, self._mass_full, self._joints,
+                                              self._qvel_index)
+        site_xpos, site_xmat, qpos, qvel, qM, qfrc_bias = (self._site_xpos, self._site_xmat, self._qpos, self._qvel,
+                                                          self._qM, self._qfrc_bias)
+        ctrl, joint_ctrl, grip_ctrl = self._ctrl, self._joint_ctrl, self._grip_ctrl
+        kp_pos, kp_ori, kd_pos, kd_ori = self._kp_pos, self._kp_ori, self._kd_pos, self._kd_ori
+        low, high, grip_bias, grip_weight = self._torque_low, self._torque_high, self._grip_bias, self._grip_weight
+        grip_step = self._grip_rate * np.sign(action[c.control_dim:])
+        obs, period, delay, dt = self._observables, self._obs_period_s, self._obs_delay_s, self._dt_s
         clock, sampled = obs[0]._time_since_last_sample, obs[0]._sampled
         env.timestep += 1
         for i in range(self._n_substeps):
-            mj.mj_step1(m, d)
-            self._read_state()
+            step1(m, d)  # what MujocoEnv.step's sim.forward() and update()'s compute, and mj_step again
+            # update(). new_update is False only on the first substep after a reset: the controller
+            # read the sim when it was made (before LIBERO's set_init_state) and robosuite runs on that.
+            if c.new_update:
+                c.ee_pos = np.array(site_xpos)
+                c.ee_ori_mat = np.array(site_xmat)
+                jac_site(m, d, jacp, jacr, site)  # fills both in full: the same numbers as two calls
+                c.ee_pos_vel = np.dot(jacp, qvel)
+                c.ee_ori_vel = np.dot(jacr, qvel)
+                c.joint_pos = np.array(qpos[j])
+                c.joint_vel = np.array(qvel[j])
+                # Fancy indexing, as update() does, makes these Fortran-ordered; the layout decides
+                # which BLAS call np.dot(J_full.T, .) makes and which numba specialisation runs, so
+                # the last bits of the torque depend on it.
+                c.J_pos = jacp[:, qv]
+                c.J_ori = jacr[:, qv]
+                c.J_full = np.concatenate((c.J_pos, c.J_ori))  # np.vstack's own call
+                full_m(m, mass_full, qM)
+                c.mass_matrix = mass_full[qv, :][:, qv]
+                c.new_update = False
             if i == 0:
-                c.set_goal(arm_action)  # its update() is a no-op: _read_state just did it
-            robot.torques = np.clip(self._osc_torques(), self._torque_low, self._torque_high)
-            gripper.current_action = np.clip(gripper.current_action + self._grip_rate * grip_sign, -1.0, 1.0)
-            d.ctrl[grip_ids] = self._grip_bias + self._grip_weight * gripper.current_action
-            d.ctrl[joint_ids] = robot.torques
-            mj.mj_step2(m, d)
-            # Observable.update's clock, shared by all of them (checked at bind)
+                c.set_goal(action[:c.control_dim])  # its update() is a no-op now
+            # run_controller (fixed impedance, uncoupled, no interpolators)
+            desired_force = (c.goal_pos - c.ee_pos) * kp_pos + (-c.ee_pos_vel) * kd_pos
+            desired_torque = ori_err_of(c.goal_ori, c.ee_ori_mat) * kp_ori + (-c.ee_ori_vel) * kd_ori
+            _lambda_full, lambda_pos, lambda_ori, nullspace_matrix = opspace(c.mass_matrix, c.J_full, c.J_pos, c.J_ori)
+            wrench = np.concatenate((np.dot(lambda_pos, desired_force), np.dot(lambda_ori, desired_torque)))
+            torques = np.dot(c.J_full.T, wrench) + qfrc_bias[j]
+            torques += nullspace(c.mass_matrix, nullspace_matrix, c.initial_joint, c.joint_pos, c.joint_vel)
+            c.torques = torques
+            c.new_update = True
+            # SingleArm.control: the torque clip (np.clip's arithmetic), the gripper, the actuators
+            robot.torques = np.minimum(np.maximum(torques, low), high)
+            gripper.current_action = np.minimum(np.maximum(gripper.current_action + grip_step, -1.0), 1.0)
+            ctrl[grip_ctrl] = grip_bias + grip_weight * gripper.current_action
+            ctrl[joint_ctrl] = robot.torques
+            step2(m, d)
+            # Observable.update's clock, one for all of them (checked at bind)
             clock += dt
             if not sampled and period - delay >= clock:
                 self._sample(obs)
