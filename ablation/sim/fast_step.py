@@ -93,6 +93,7 @@ class FastStepper:
 
     def __init__(self, env):
         import mujoco
+        import numba
         from libero.libero.envs.bddl_base_domain import BDDLBaseDomain
         from robosuite.environments.base import MujocoEnv
         from robosuite.environments.robot_env import RobotEnv
@@ -112,6 +113,8 @@ class FastStepper:
         self._opspace_matrices = control_utils.opspace_matrices
         self._nullspace_torques = control_utils.nullspace_torques
         self._orientation_error = control_utils.orientation_error
+        self._numba_typeof = numba.typeof
+        self._opspace_key, self._opspace_fn = None, None
 
     # ------------------------------------------------------------------ binding (once per sim)
     def _bind(self) -> None:
@@ -193,55 +196,61 @@ class FastStepper:
             raise ValueError(f"environment got invalid action dimension -- expected {env.action_dim}, got {len(action)}")
         mj, m, d, c, robot, gripper = self._mj, self._m, self._d, self._controller, self._robot, self._gripper
         step1, step2, jac_site, full_m = mj.mj_step1, mj.mj_step2, mj.mj_jacSite, mj.mj_fullM
-        opspace, nullspace, ori_err_of = self._opspace_matrices, self._nullspace_torques, self._orientation_error
+        nullspace, ori_err_of = self._nullspace_torques, self._orientation_error
         site, jacp, jacr, mass_full, j, qv = (self._site, self._jacp, self._jacr, self._mass_full, self._joints,
                                               self._qvel_index)
         site_xpos, site_xmat, qpos, qvel, qM, qfrc_bias = (self._site_xpos, self._site_xmat, self._qpos, self._qvel,
                                                           self._qM, self._qfrc_bias)
-        ctrl, joint_ctrl, grip_ctrl = self._ctrl, self._joint_ctrl, self._grip_ctrl
+        ctrl, joint_ctrl = self._ctrl, self._joint_ctrl
         kp_pos, kp_ori, kd_pos, kd_ori = self._kp_pos, self._kp_ori, self._kd_pos, self._kd_ori
-        low, high, grip_bias, grip_weight = self._torque_low, self._torque_high, self._grip_bias, self._grip_weight
-        grip_step = self._grip_rate * np.sign(action[c.control_dim:])
+        low, high, initial_joint = self._torque_low, self._torque_high, c.initial_joint
+        n = self._n_substeps
+        grip_ctrl = self._gripper_controls(np.sign(action[c.control_dim:]), n)
         obs, period, delay, dt = self._observables, self._obs_period_s, self._obs_delay_s, self._dt_s
         clock, sampled = obs[0]._time_since_last_sample, obs[0]._sampled
         env.timestep += 1
-        for i in range(self._n_substeps):
+        fresh = c.new_update
+        for i in range(n):
             step1(m, d)  # what MujocoEnv.step's sim.forward() and update()'s compute, and mj_step again
             # update(). new_update is False only on the first substep after a reset: the controller
             # read the sim when it was made (before LIBERO's set_init_state) and robosuite runs on that.
-            if c.new_update:
-                c.ee_pos = np.array(site_xpos)
-                c.ee_ori_mat = np.array(site_xmat)
+            if fresh:
+                ee_pos = np.array(site_xpos)
+                ee_ori_mat = np.array(site_xmat)
                 jac_site(m, d, jacp, jacr, site)  # fills both in full: the same numbers as two calls
-                c.ee_pos_vel = np.dot(jacp, qvel)
-                c.ee_ori_vel = np.dot(jacr, qvel)
-                c.joint_pos = np.array(qpos[j])
-                c.joint_vel = np.array(qvel[j])
+                ee_pos_vel = np.dot(jacp, qvel)
+                ee_ori_vel = np.dot(jacr, qvel)
+                joint_pos = np.array(qpos[j])
+                joint_vel = np.array(qvel[j])
                 # Fancy indexing, as update() does, makes these Fortran-ordered; the layout decides
                 # which BLAS call np.dot(J_full.T, .) makes and which numba specialisation runs, so
                 # the last bits of the torque depend on it.
-                c.J_pos = jacp[:, qv]
-                c.J_ori = jacr[:, qv]
-                c.J_full = np.concatenate((c.J_pos, c.J_ori))  # np.vstack's own call
+                J_pos = jacp[:, qv]
+                J_ori = jacr[:, qv]
+                J_full = np.concatenate((J_pos, J_ori))  # np.vstack's own call
                 full_m(m, mass_full, qM)
-                c.mass_matrix = mass_full[qv, :][:, qv]
-                c.new_update = False
+                mass_matrix = mass_full[qv, :][:, qv]
+            else:
+                ee_pos, ee_ori_mat, ee_pos_vel, ee_ori_vel = c.ee_pos, c.ee_ori_mat, c.ee_pos_vel, c.ee_ori_vel
+                joint_pos, joint_vel, J_pos, J_ori = c.joint_pos, c.joint_vel, c.J_pos, c.J_ori
+                J_full, mass_matrix = c.J_full, c.mass_matrix
+                fresh = True
             if i == 0:
-                c.set_goal(action[:c.control_dim])  # its update() is a no-op now
-            # run_controller (fixed impedance, uncoupled, no interpolators)
-            desired_force = (c.goal_pos - c.ee_pos) * kp_pos + (-c.ee_pos_vel) * kd_pos
-            desired_torque = ori_err_of(c.goal_ori, c.ee_ori_mat) * kp_ori + (-c.ee_ori_vel) * kd_ori
-            _lambda_full, lambda_pos, lambda_ori, nullspace_matrix = opspace(c.mass_matrix, c.J_full, c.J_pos, c.J_ori)
+                c.ee_pos, c.ee_ori_mat, c.new_update = ee_pos, ee_ori_mat, False
+                c.set_goal(action[:c.control_dim])  # reads only these two; its update() is a no-op now
+                goal_pos, goal_ori = c.goal_pos, c.goal_ori
+                opspace = self._opspace_entry(mass_matrix, J_full, J_pos, J_ori)
+            # run_controller (fixed impedance, uncoupled, no interpolators). a + (-b) * k is computed
+            # as a - b * k: IEEE negation is exact, so the two are the same number.
+            desired_force = (goal_pos - ee_pos) * kp_pos - ee_pos_vel * kd_pos
+            desired_torque = ori_err_of(goal_ori, ee_ori_mat) * kp_ori - ee_ori_vel * kd_ori
+            _lambda_full, lambda_pos, lambda_ori, nullspace_matrix = opspace(mass_matrix, J_full, J_pos, J_ori)
             wrench = np.concatenate((np.dot(lambda_pos, desired_force), np.dot(lambda_ori, desired_torque)))
-            torques = np.dot(c.J_full.T, wrench) + qfrc_bias[j]
-            torques += nullspace(c.mass_matrix, nullspace_matrix, c.initial_joint, c.joint_pos, c.joint_vel)
-            c.torques = torques
-            c.new_update = True
+            torques = np.dot(J_full.T, wrench) + qfrc_bias[j]
+            torques += nullspace(mass_matrix, nullspace_matrix, initial_joint, joint_pos, joint_vel)
             # SingleArm.control: the torque clip (np.clip's arithmetic), the gripper, the actuators
-            robot.torques = np.minimum(np.maximum(torques, low), high)
-            gripper.current_action = np.minimum(np.maximum(gripper.current_action + grip_step, -1.0), 1.0)
-            ctrl[grip_ctrl] = grip_bias + grip_weight * gripper.current_action
-            ctrl[joint_ctrl] = robot.torques
+            ctrl[joint_ctrl] = np.minimum(np.maximum(torques, low), high)
+            ctrl[self._grip_ctrl] = grip_ctrl[i]
             step2(m, d)
             # Observable.update's clock, one for all of them (checked at bind)
             clock += dt
@@ -253,11 +262,46 @@ class FastStepper:
                     self._sample(obs)
                 clock %= period
                 sampled = False
+        # The state robosuite's controller, robot and observables are left in after its own step.
+        c.ee_pos, c.ee_ori_mat, c.ee_pos_vel, c.ee_ori_vel = ee_pos, ee_ori_mat, ee_pos_vel, ee_ori_vel
+        c.joint_pos, c.joint_vel, c.J_pos, c.J_ori, c.J_full = joint_pos, joint_vel, J_pos, J_ori, J_full
+        c.mass_matrix, c.torques, c.new_update = mass_matrix, torques, True
+        robot.torques = ctrl[joint_ctrl].copy()
         for o in obs:
             o._time_since_last_sample, o._sampled = clock, sampled
         env.cur_time += env.control_timestep
         reward, _done, info = env._post_action(action)
         return env._get_observations(), reward, env._check_success(), info
+
+    def _gripper_controls(self, sign: np.ndarray, n: int) -> np.ndarray:
+        """(n, 2) gripper actuator controls for the n substeps, and the gripper's state after them:
+        PandaGripper.format_action (current += [-1, 1] * speed * sign, clipped to [-1, 1]) then
+        Manipulator.grip_action's bias + weight * current, per substep, element by element in
+        doubles (the same IEEE operations numpy does on the arrays)."""
+        gripper = self._gripper
+        rate_arr = self._grip_rate * sign
+        rate, bias, weight = rate_arr.tolist(), self._grip_bias.tolist(), self._grip_weight.tolist()
+        # The gripper starts a reset with a (1,) state that the first `current + rate` broadcasts to (2,).
+        current = np.asarray(gripper.current_action)
+        cur = np.broadcast_to(current, np.broadcast_shapes(current.shape, rate_arr.shape)).tolist()
+        out = np.empty((n, len(cur)))
+        for i in range(n):
+            for k in range(len(cur)):
+                cur[k] = min(max(cur[k] + rate[k], -1.0), 1.0)
+                out[i, k] = bias[k] + weight[k] * cur[k]
+        gripper.current_action = np.array(cur)
+        return out
+
+    def _opspace_entry(self, *args):
+        """robosuite's jitted opspace_matrices, called past numba's dispatcher (its type checks cost
+        ~7 us a call): the compiled specialisation the dispatcher picks for these argument types."""
+        key = tuple(self._numba_typeof(a) for a in args)
+        if key != self._opspace_key:
+            self._opspace_matrices(*args)  # compiles, or loads from numba's cache, what stock calls
+            found = self._opspace_matrices.overloads.get(key)
+            self._opspace_key, self._opspace_fn = key, (found.entry_point if found is not None
+                                                         else self._opspace_matrices)
+        return self._opspace_fn
 
     def _sample(self, obs: list) -> None:
         """Every enabled observable's sample, in order, on the env's cache (Observable.update's body)."""
