@@ -227,7 +227,8 @@ def _take_env(key: tuple):
     from .sim.env import make_env
 
     suite, task, images, image_size = key
-    return make_env(suite, task, images=images, image_size=image_size)
+    # Made with robosuite's step; each run then sets env.fast from its RunConfig (one env serves both).
+    return make_env(suite, task, images=images, image_size=image_size, fast=False)
 
 
 def _keep_env(key: tuple, env) -> None:
@@ -277,6 +278,7 @@ class RunConfig:
     wait_steps: int = DEFAULT_WAIT_STEPS
     seed: int = 0
     batch: int = 1  # episodes one process steps in lockstep (policies with act_batch only)
+    fast: bool = True  # the env's fast step (spec sim.fast; same physics, see ablation.sim.fast_step)
 
     def wants_video(self, episode: int) -> bool:
         return episode in self.videos and self.video_dir is not None
@@ -442,6 +444,7 @@ class EpisodeRunner:
         key, env = self.cfg.env_key(episode), None
         try:
             env = _take_env(key)
+            env.fast = self.cfg.fast  # a cached env is shared by runs of either setting
             if hasattr(self.policy, "attach_env"):
                 self.policy.attach_env(env)
             ep = _Episode(self.policy, env, episode, self.cfg)
@@ -549,7 +552,7 @@ def run_rollouts(policy_factory: Callable[[], Policy], suite: str, task: int,
                  episodes: int | Iterable[int], replan_every: int, workers: int = 1,
                  videos: Iterable[int] = (), video_dir: str | Path | None = None,
                  max_steps: int | None = None, images: bool = False, *, image_size: int = 128,
-                 wait_steps: int = DEFAULT_WAIT_STEPS, seed: int = 0, batch: int = 1,
+                 wait_steps: int = DEFAULT_WAIT_STEPS, seed: int = 0, batch: int = 1, fast: bool = True,
                  pool: "RolloutPool | None" = None,
                  progress: Callable[[EpisodeRecord], None] | None = None) -> RolloutResult:
     """Run episodes and collect per-episode records, in the order of `episodes`.
@@ -562,6 +565,8 @@ def run_rollouts(policy_factory: Callable[[], Policy], suite: str, task: int,
     (`workers` is then ignored).
     batch: episodes one process steps in lockstep, with one policy call per step for all of them
     (policies with `act_batch` only; 1 = one episode at a time).
+    fast: cameras-off envs take the fast env step (spec `sim.fast`; the same physics bit for bit);
+    False: robosuite's own step.
     videos: episode indices to record as mp4 (agentview, upright) into video_dir; those episodes
     run in an env with cameras on (others keep the fast low-dim env unless images=True).
     """
@@ -580,7 +585,8 @@ def run_rollouts(policy_factory: Callable[[], Policy], suite: str, task: int,
     if videos and video_dir is None:
         raise ValueError("videos requested but video_dir is None")
     cfg = RunConfig(suite, int(task), int(replan_every), max_steps, bool(images), int(image_size), videos,
-                    str(video_dir) if video_dir is not None else None, int(wait_steps), int(seed), int(batch))
+                    str(video_dir) if video_dir is not None else None, int(wait_steps), int(seed), int(batch),
+                    bool(fast))
     t0 = time.perf_counter()
     if pool is not None:
         records, n_workers = pool.run_config(policy_factory, cfg, eps, progress), pool.workers

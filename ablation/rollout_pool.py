@@ -162,12 +162,12 @@ class RolloutPool:
     # ------------------------------------------------------------------ runs
     def run(self, policy_factory: Callable, suite: str, task: int, episodes, replan_every: int, *,
             max_steps: int | None = None, images: bool = False, image_size: int = 128, videos=(),
-            video_dir=None, wait_steps: int = DEFAULT_WAIT_STEPS, seed: int = 0, batch: int = 1,
+            video_dir=None, wait_steps: int = DEFAULT_WAIT_STEPS, seed: int = 0, batch: int = 1, fast: bool = True,
             progress: Callable[[EpisodeRecord], None] | None = None) -> RolloutResult:
         """`run_rollouts` in this pool (same arguments and meaning)."""
         return run_rollouts(policy_factory, suite, task, episodes, replan_every, videos=videos,
                             video_dir=video_dir, max_steps=max_steps, images=images, image_size=image_size,
-                            wait_steps=wait_steps, seed=seed, batch=batch, pool=self, progress=progress)
+                            wait_steps=wait_steps, seed=seed, batch=batch, fast=fast, pool=self, progress=progress)
 
     def run_config(self, policy_factory: Callable, cfg: RunConfig, eps: list[int],
                    progress: Callable[[EpisodeRecord], None] | None = None) -> dict[int, EpisodeRecord]:
