@@ -81,6 +81,8 @@ class LiberoEnv:
 
     def __init__(self, suite: str, task_id: int, *, images: bool = False, image_size: int = 128, seed: int = 0,
                  fast: bool = True):
+        if fast and not images:
+            check_versions()  # before the ~4 s of building a sim that could not take the fast step
         ensure_libero()
         with contextlib.redirect_stdout(io.StringIO()):
             import robosuite  # noqa: F401  (prints macro warnings on first import)
