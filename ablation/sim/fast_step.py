@@ -123,7 +123,7 @@ class FastStepper:
         from robosuite.controllers.osc import OperationalSpaceController
         from robosuite.models.grippers.panda_gripper import PandaGripper
         from robosuite.robots.single_arm import SingleArm
-        from robosuite.utils.observables import NO_DELAY
+        from robosuite.utils.observables import NO_CORRUPTION, NO_DELAY, NO_FILTER
 
         mj, env = self._mj, self._env
         sim = env.sim
@@ -161,6 +161,7 @@ class FastStepper:
 
         self._sim, self._controller, self._robot, self._gripper = sim, c, robot, robot.gripper
         self._m, self._d, self._observables = m, d, obs
+        self._identity = (NO_CORRUPTION, NO_FILTER)
         self._n_substeps = int(env.control_timestep / env.model_timestep)  # as MujocoEnv.step counts
         self._dt_s = env.model_timestep
         self._site = sim.model.site_name2id(c.eef_name)
@@ -203,7 +204,7 @@ class FastStepper:
                                               self._qvel_index)
         site_xpos, site_xmat, qpos, qvel, qM, qfrc_bias = (self._site_xpos, self._site_xmat, self._qpos, self._qvel,
                                                           self._qM, self._qfrc_bias)
-        ctrl, joint_ctrl = self._ctrl, self._joint_ctrl
+        ctrl, joint_ctrl, grip_slice = self._ctrl, self._joint_ctrl, self._grip_ctrl
         kp_pos, kp_ori, kd_pos, kd_ori = self._kp_pos, self._kp_ori, self._kd_pos, self._kd_ori
         low, high, initial_joint = self._torque_low, self._torque_high, c.initial_joint
         n = self._n_substeps
@@ -220,8 +221,8 @@ class FastStepper:
                 ee_pos = np.array(site_xpos)
                 ee_ori_mat = np.array(site_xmat)
                 jac_site(m, d, jacp, jacr, site)  # fills both in full: the same numbers as two calls
-                ee_pos_vel = np.dot(jacp, qvel)
-                ee_ori_vel = np.dot(jacr, qvel)
+                ee_pos_vel = jacp.dot(qvel)  # ndarray.dot: np.dot's own code, without its dispatch
+                ee_ori_vel = jacr.dot(qvel)
                 joint_pos = np.array(qpos[j])
                 joint_vel = np.array(qvel[j])
                 # Fancy indexing, as update() does, makes these Fortran-ordered; the layout decides
@@ -247,12 +248,12 @@ class FastStepper:
             desired_force = (goal_pos - ee_pos) * kp_pos - ee_pos_vel * kd_pos
             desired_torque = ori_err_of(goal_ori, ee_ori_mat) * kp_ori - ee_ori_vel * kd_ori
             _lambda_full, lambda_pos, lambda_ori, nullspace_matrix = opspace(mass_matrix, J_full, J_pos, J_ori)
-            wrench = np.concatenate((np.dot(lambda_pos, desired_force), np.dot(lambda_ori, desired_torque)))
-            torques = np.dot(J_full.T, wrench) + qfrc_bias[j]
+            wrench = np.concatenate((lambda_pos.dot(desired_force), lambda_ori.dot(desired_torque)))
+            torques = J_full.T.dot(wrench) + qfrc_bias[j]
             torques += nullspace(mass_matrix, nullspace_matrix, initial_joint, joint_pos, joint_vel)
             # SingleArm.control: the torque clip (np.clip's arithmetic), the gripper, the actuators
             ctrl[joint_ctrl] = np.minimum(np.maximum(torques, low), high)
-            ctrl[self._grip_ctrl] = grip_ctrl[i]
+            ctrl[grip_slice] = grip_ctrl[i]
             step2(m, d)
             # Observable.update's clock, one for all of them (checked at bind)
             clock += dt
@@ -288,9 +289,13 @@ class FastStepper:
         cur = np.broadcast_to(current, np.broadcast_shapes(current.shape, rate_arr.shape)).tolist()
         out = np.empty((n, len(cur)))
         for i in range(n):
+            before = list(cur)
             for k in range(len(cur)):
                 cur[k] = min(max(cur[k] + rate[k], -1.0), 1.0)
                 out[i, k] = bias[k] + weight[k] * cur[k]
+            if cur == before:  # saturated at the clip: every later substep repeats this one
+                out[i + 1:] = out[i]
+                break
         gripper.current_action = np.array(cur)
         return out
 
@@ -307,9 +312,14 @@ class FastStepper:
 
     def _sample(self, obs: list) -> None:
         """Every enabled observable's sample, in order, on the env's cache (Observable.update's body)."""
-        cache = self._env._obs_cache
+        cache, (no_corruption, no_filter) = self._env._obs_cache, self._identity
         for o in obs:
-            v = np.array(o._filter(o._corrupter(o._sensor(cache))))
+            v = o._sensor(cache)
+            if o._corrupter is not no_corruption:
+                v = o._corrupter(v)
+            if o._filter is not no_filter:
+                v = o._filter(v)
+            v = np.array(v)
             o._current_observed_value = v[0] if len(v.shape) == 1 and v.shape[0] == 1 else v
             cache[o.name] = np.array(o._current_observed_value)
-            o._current_delay = o._delayer()
+            o._current_delay = 0.0  # NO_DELAY's value (checked at bind)
