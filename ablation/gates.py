@@ -199,7 +199,9 @@ def replay_gate(spec, demo_file: str | Path, *, episodes: int = 10, workers: int
     # not whether it keeps the demo's pace (absolute targets decoded at the current pose replay a
     # little slower than the executed deltas, since the controller lags the pose it is sent to).
     t0 = time.perf_counter()
-    res = run_rollouts(factory, suite, int(task), list(range(n)), replan_every=REPLAY_CHUNK, workers=workers)
+    fast = spec.sim.fast if hasattr(spec, "sim") else True  # a bare CodecSpec: the default
+    res = run_rollouts(factory, suite, int(task), list(range(n)), replan_every=REPLAY_CHUNK, workers=workers,
+                       fast=fast)
     wall = time.perf_counter() - t0
     succ = [bool(e.success) for e in res.episodes]
     rate = sum(succ) / n

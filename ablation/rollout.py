@@ -225,7 +225,8 @@ def _take_env(key: tuple):
     from .sim.env import make_env
 
     suite, task, images, image_size = key
-    return make_env(suite, task, images=images, image_size=image_size)
+    # Made with robosuite's step; each run then sets env.fast from its RunConfig (one env serves both).
+    return make_env(suite, task, images=images, image_size=image_size, fast=False)
 
 
 def _keep_env(key: tuple, env) -> None:
@@ -275,6 +276,7 @@ class RunConfig:
     wait_steps: int = DEFAULT_WAIT_STEPS
     seed: int = 0
     batch: int = 1  # episodes one process steps in lockstep (policies with act_batch only)
+    fast: bool = True  # the env's fast step (spec sim.fast; same physics, see ablation.sim.fast_step)
 
     def wants_video(self, episode: int) -> bool:
         return episode in self.videos and self.video_dir is not None
@@ -440,6 +442,7 @@ class EpisodeRunner:
         key, env = self.cfg.env_key(episode), None
         try:
             env = _take_env(key)
+            env.fast = self.cfg.fast  # a cached env is shared by runs of either setting
             if hasattr(self.policy, "attach_env"):
                 self.policy.attach_env(env)
             ep = _Episode(self.policy, env, episode, self.cfg)

@@ -164,12 +164,12 @@ class RolloutPool:
     # ------------------------------------------------------------------ runs
     def run(self, policy_factory: Callable, suite: str, task: int, episodes, replan_every: int, *,
             max_steps: int | None = None, images: bool = False, image_size: int = 128, videos=(),
-            video_dir=None, wait_steps: int = DEFAULT_WAIT_STEPS, seed: int = 0, batch: int = 1,
+            video_dir=None, wait_steps: int = DEFAULT_WAIT_STEPS, seed: int = 0, batch: int = 1, fast: bool = True,
             progress: Callable[[EpisodeRecord], None] | None = None) -> RolloutResult:
         """`run_rollouts` in this pool (same arguments and meaning)."""
         return run_rollouts(policy_factory, suite, task, episodes, replan_every, videos=videos,
                             video_dir=video_dir, max_steps=max_steps, images=images, image_size=image_size,
-                            wait_steps=wait_steps, seed=seed, batch=batch, pool=self, progress=progress)
+                            wait_steps=wait_steps, seed=seed, batch=batch, fast=fast, pool=self, progress=progress)
 
     def run_config(self, policy_factory: Callable, cfg: RunConfig, eps: list[int],
                    progress: Callable[[EpisodeRecord], None] | None = None) -> dict[int, EpisodeRecord]:
@@ -271,7 +271,7 @@ def run_rollouts(policy_factory: Callable[[], Policy], suite: str, task: int,
                  episodes: int | Iterable[int], replan_every: int, workers: int = 1,
                  videos: Iterable[int] = (), video_dir: str | Path | None = None,
                  max_steps: int | None = None, images: bool = False, *, image_size: int = 128,
-                 wait_steps: int = DEFAULT_WAIT_STEPS, seed: int = 0, batch: int = 1,
+                 wait_steps: int = DEFAULT_WAIT_STEPS, seed: int = 0, batch: int = 1, fast: bool = True,
                  pool: RolloutPool | None = None,
                  progress: Callable[[EpisodeRecord], None] | None = None) -> RolloutResult:
     """Run episodes and collect per-episode records, in the order of `episodes`.
@@ -284,6 +284,8 @@ def run_rollouts(policy_factory: Callable[[], Policy], suite: str, task: int,
     (`workers` is then ignored).
     batch: episodes one process steps in lockstep, with one policy call per step for all of them
     (policies with `act_batch` only; 1 = one episode at a time).
+    fast: cameras-off envs take the fast env step (spec `sim.fast`; the same physics bit for bit);
+    False: robosuite's own step.
     videos: episode indices to record as mp4 (agentview, upright) into video_dir; those episodes
     run in an env with cameras on (others keep the fast low-dim env unless images=True).
     """
@@ -302,7 +304,8 @@ def run_rollouts(policy_factory: Callable[[], Policy], suite: str, task: int,
     if videos and video_dir is None:
         raise ValueError("videos requested but video_dir is None")
     cfg = RunConfig(suite, int(task), int(replan_every), max_steps, bool(images), int(image_size), videos,
-                    str(video_dir) if video_dir is not None else None, int(wait_steps), int(seed), int(batch))
+                    str(video_dir) if video_dir is not None else None, int(wait_steps), int(seed), int(batch),
+                    bool(fast))
     t0 = time.perf_counter()
     if pool is not None:
         records, n_workers = pool.run_config(policy_factory, cfg, eps, progress), pool.workers

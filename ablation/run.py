@@ -91,7 +91,7 @@ def rollout_kwargs(spec: Spec, seed: int) -> dict:
     """The one mapping from a spec to the rollout runner's arguments (plan, tune and eval)."""
     return dict(replan_every=spec.rollout.replan_every, max_steps=spec.rollout.max_steps,
                 images=spec.data.images, image_size=spec.data.image_size, wait_steps=spec.rollout.wait_steps,
-                seed=seed)
+                seed=seed, fast=spec.sim.fast)
 
 
 def episode_dict(rec) -> dict:

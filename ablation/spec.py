@@ -188,6 +188,12 @@ class TuneSpec(_Frozen):
     reeval_seeds: tuple[int, ...] = (0, 1, 2)
 
 
+class SimSpec(_Frozen):
+    # true: cameras-off envs step through ablation.sim.fast_step, the same physics bit for bit
+    # (tests/test_fast_env.py); false: robosuite's own env.step. Not part of the spec's hash.
+    fast: bool = True
+
+
 class TrackingSpec(_Frozen):
     experiment: str = "libero-action-ablation"
     tracking_uri: Optional[str] = None  # null: sqlite store in the workdir
@@ -204,6 +210,7 @@ class Spec(_Frozen):
     rollout: RolloutSpec = RolloutSpec()
     tune: TuneSpec = TuneSpec()
     tracking: TrackingSpec = TrackingSpec()
+    sim: SimSpec = SimSpec()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Spec":
@@ -233,8 +240,9 @@ class Spec(_Frozen):
         return self
 
     def hash(self) -> str:
-        """Stable short hash of the resolved spec: key order, comments and `extends` do not matter."""
-        payload = json.dumps(self.model_dump(mode="json", exclude={"description"}), sort_keys=True,
+        """Stable short hash of the resolved spec: key order, comments and `extends` do not matter.
+        `sim` is left out: it picks how the same physics is computed, not what is computed."""
+        payload = json.dumps(self.model_dump(mode="json", exclude={"description", "sim"}), sort_keys=True,
                              separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

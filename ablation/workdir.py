@@ -72,4 +72,5 @@ def ensure_demos(spec: Spec, workdir: Path = DEFAULT_WORKDIR, seed: int = 0) -> 
     # Concurrent tune workers may ask for the same file: one makes it, the others wait and reuse it.
     with file_lock(path.with_name(path.name + ".lock")):
         return generate_demos(d.suite, d.task, n=d.n_demos, out=path, images=d.images,
-                              image_size=d.image_size, dart_sigma=d.dart_noise, seed=seed, speed=d.expert_speed)
+                              image_size=d.image_size, dart_sigma=d.dart_noise, seed=seed, speed=d.expert_speed,
+                              fast=spec.sim.fast)

@@ -187,6 +187,7 @@ class _Job:
     dart_sigma: float
     seed: int
     starts: str
+    fast: bool = True  # the env's fast step: the same physics, so not part of the cache key
 
 
 _WORKER: dict = {}
@@ -198,9 +199,11 @@ def _job_env(job: _Job):
         old = _WORKER.pop("env", None)
         if old is not None:
             old.close()
-        env = make_env(job.suite, job.task, images=job.images, image_size=job.image_size, seed=job.seed)
+        env = make_env(job.suite, job.task, images=job.images, image_size=job.image_size, seed=job.seed,
+                       fast=job.fast)
         _WORKER.update(key=key, env=env, expert=ScriptedExpert.for_env(env, job.speed))
         freeze_long_lived_objects()  # each attempt's hard reset ends in a gc.collect(): make it cheap
+    _WORKER["env"].fast = job.fast
     return _WORKER["env"], _WORKER["expert"]
 
 
@@ -252,12 +255,14 @@ def _worker_init() -> None:
 def generate_demos(suite: str, task: int, n: int, out: str | Path, images: bool = False,
                    dart_sigma: float = 0.3, seed: int = 0, speed: float = 1.0, *, image_size: int = 128,
                    force: bool = False, progress: bool = True, max_attempts: int | None = None,
-                   min_success_rate: float = 0.3, starts: str = "random", workers: int | None = None) -> Path:
+                   min_success_rate: float = 0.3, starts: str = "random", workers: int | None = None,
+                   fast: bool = True) -> Path:
     """Generate (or reuse) `n` successful expert demos; returns the file path.
 
     `starts`: "random" (fresh randomised resets, seeded by `seed`; the default) or "benchmark" (the
     benchmark's init states in order). `workers`: parallel worker processes (default: usable CPUs;
-    1 = in this process); the result does not depend on it.
+    1 = in this process); the result does not depend on it. `fast`: the env's fast step (spec
+    sim.fast; the same physics bit for bit, so the same file); False: robosuite's own step.
     An existing `out` whose stored cache key matches these inputs is reused as is. Otherwise demos
     are generated and written atomically (temp file + rename).
     """
@@ -285,7 +290,8 @@ def generate_demos(suite: str, task: int, n: int, out: str | Path, images: bool 
     max_attempts = max_attempts or max(3 * n, n + 20)
     workers = usable_cpus() if workers is None else int(workers)
     workers = max(1, min(workers, max_attempts))
-    job = _Job(suite, int(task), bool(images), int(image_size), float(speed), float(dart_sigma), int(seed), starts)
+    job = _Job(suite, int(task), bool(images), int(image_size), float(speed), float(dart_sigma), int(seed), starts,
+               bool(fast))
 
     bar = None
     if progress:

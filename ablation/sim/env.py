@@ -1,6 +1,6 @@
 """Env factory around LIBERO's robosuite env, with obs in LIBERO's HDF5 names.
 
-    env = make_env("libero_object", 0)          # cameras off: the fast low-dim path (~100 steps/s)
+    env = make_env("libero_object", 0)          # cameras off: the fast low-dim path (fast step, see fast_step.py)
     obs = env.reset_to(env.init_states[i])      # reset, then set_init_state (pitfall 6)
     obs, done = env.step(action)                # done = the task's success predicate
 
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import DemoMeta, env_obs_to_libero
+from .fast_step import FastStepper, check_versions
 from .libero_setup import SUITE_MAX_STEPS, LiberoSetupError, check_task, ensure_libero, list_tasks
 
 __all__ = ["LiberoEnv", "TaskInfo", "make_env", "list_tasks", "task_info", "SUITE_MAX_STEPS", "WAIT_ACTION"]
@@ -78,7 +79,10 @@ def load_init_states(suite: str, task_id: int) -> np.ndarray:
 class LiberoEnv:
     """A LIBERO task env: reset_to / step / close, obs in LIBERO names plus object poses."""
 
-    def __init__(self, suite: str, task_id: int, *, images: bool = False, image_size: int = 128, seed: int = 0):
+    def __init__(self, suite: str, task_id: int, *, images: bool = False, image_size: int = 128, seed: int = 0,
+                 fast: bool = True):
+        if fast and not images:
+            check_versions()  # before the ~4 s of building a sim that could not take the fast step
         ensure_libero()
         with contextlib.redirect_stdout(io.StringIO()):
             import robosuite  # noqa: F401  (prints macro warnings on first import)
@@ -106,6 +110,23 @@ class LiberoEnv:
         self.language = self.info.language
         self._raw: dict | None = None
         self._reset_done = False
+        self._stepper: FastStepper | None = None
+        self.fast = fast
+
+    @property
+    def fast(self) -> bool:
+        """True when `step` takes the fast path (ablation.sim.fast_step): cameras off and sim.fast."""
+        return self._stepper is not None
+
+    @fast.setter
+    def fast(self, on: bool) -> None:
+        # With cameras the render dominates a step, so image envs keep robosuite's own step.
+        if on and not self.images:
+            if self._stepper is None:
+                check_versions()
+                self._stepper = FastStepper(self._env.env)
+        else:
+            self._stepper = None
 
     # -- scene facts
     @property
@@ -172,7 +193,7 @@ class LiberoEnv:
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         if a.shape != (7,) or not np.all(np.isfinite(a)):
             raise ValueError(f"env action must be 7 finite numbers, got {a}")
-        raw, _reward, done, _info = self._env.step(a)
+        raw, _reward, done, _info = self._stepper.step(a) if self._stepper is not None else self._env.step(a)
         return self._obs(raw), bool(done)
 
     def demo_meta(self, attrs: dict | None = None) -> DemoMeta:
@@ -191,6 +212,7 @@ class LiberoEnv:
 
     def close(self) -> None:
         env, self._env = getattr(self, "_env", None), None
+        self._stepper = None
         if env is not None:
             with contextlib.suppress(Exception):
                 env.close()
@@ -202,6 +224,9 @@ class LiberoEnv:
         self.close()
 
 
-def make_env(suite: str, task_id: int, *, images: bool = False, image_size: int = 128, seed: int = 0) -> LiberoEnv:
-    """Build one LIBERO task env (cameras only with images=True). ~4 s on 2 CPU cores."""
-    return LiberoEnv(suite, task_id, images=images, image_size=image_size, seed=seed)
+def make_env(suite: str, task_id: int, *, images: bool = False, image_size: int = 128, seed: int = 0,
+             fast: bool = True) -> LiberoEnv:
+    """Build one LIBERO task env (cameras only with images=True). ~4 s on 2 CPU cores.
+    fast: step through ablation.sim.fast_step (cameras-off envs; same physics, raises FastPathError
+    on unvalidated robosuite/LIBERO/MuJoCo versions); False: robosuite's own step."""
+    return LiberoEnv(suite, task_id, images=images, image_size=image_size, seed=seed, fast=fast)
