@@ -47,7 +47,7 @@ def test_every_hypothesis_file_loads_and_names_existing_arms():
     assert len(files) >= 6
     for f in files:
         h = load_hypothesis(f.stem)
-        assert h.claim and h.rule and (h.comparisons or h.correlation)
+        assert h.claim and h.rule and (h.comparisons or h.correlation or h.factorial)
         for arm in h.arms():
             assert spec_path(arm).is_file()
 
