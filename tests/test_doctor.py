@@ -453,3 +453,38 @@ def test_fixed_copy_replays_in_the_simulator(planted, tmp_path, capsys):
     assert rc == 0 and gate["severity"] == "info" and gate["numbers"]["passed"], json.dumps(gate, indent=1)
     before_gate = {f["id"]: f for f in res["before"]["findings"]}["gate_a"]
     assert before_gate["severity"] == "serious" and before_gate["where"]
+
+
+# ----------------------------------------------------------------------------- the corpus, small
+
+@pytest.fixture(scope="session")
+def object_task2_file(tmp_path_factory) -> Path:
+    """The issue's clean file: the expert on libero_object task 2 (its rotation barely varies)."""
+    from ablation.sim.demos import generate_demos
+
+    out = tmp_path_factory.mktemp("obj2") / "libero_object_task2.hdf5"
+    return generate_demos("libero_object", 2, n=3, out=out, seed=0, progress=False)
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_corpus_small_confusion_table(expert_demo_file, object_task2_file, image_demo_file, tmp_path):
+    """benchmarks/doctor_corpus.py on two tasks: 0 serious findings on every clean file (alone with the
+    simulator checks, and with the seed's spec), every planted pitfall ranked first."""
+    from ablation.doctor.corpus import CLEAN, CLEAN_SPEC, EXPECTED, check_clean, check_planted, confusion_table
+    from ablation.spec import EXPERIMENTS_DIR
+
+    files = {("libero_object", 0): expert_demo_file, ("libero_object", 2): object_task2_file}
+    rows = []
+    for i, ((suite, task), path) in enumerate(files.items()):
+        rows.append(check_clean(path, suite, task, sim=(task == 2), workdir=tmp_path, episodes=2))
+        rows.append(check_clean(path, suite, task, sim=False, workdir=tmp_path,
+                                spec=EXPERIMENTS_DIR / "native_delta.yaml"))
+        other = list(files.values())[1 - i]
+        rows += check_planted(path, suite, task, tmp_path / f"{suite}_{task}", other_clean=other)
+    rows += check_planted(image_demo_file, "libero_object", 0, tmp_path / "img", kinds=["blank_frames"])
+    table = confusion_table(rows)
+    print(table)
+    assert all(r.ok for r in rows), table
+    assert {r.kind for r in rows} == {CLEAN, CLEAN_SPEC, *EXPECTED}, table
+    assert "all met: True" in table and "MISSED" not in table
