@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # ----------------------------------------------------------------------------- planting
 
 # The plantings live in ablation/doctor/plant.py (shared with benchmarks/doctor_corpus.py).
-_clone, _late, _blank = clone, obs_late, blank_frames
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +109,7 @@ def test_double_delta(planted):
 def test_blank_frames(image_demo_file, tmp_path):
     ds = read_demo_file(image_demo_file, load_images=True)
     bad = tmp_path / "blank.hdf5"
-    write_demo_file(bad, [_blank(ep) for ep in ds.episodes], ds.meta)
+    write_demo_file(bad, [blank_frames(ep) for ep in ds.episodes], ds.meta)
     r = _doctor(bad)
     top = _top(r)
     assert (top.id, top.severity) == ("images.blank", "serious"), r.text()
@@ -137,22 +136,9 @@ def test_image_orientation_against_the_simulator(image_demo_file):
 
 def _bundle(dir_: Path, spec_name: str, demo_file: Path) -> Path:
     """codec.json + spec.yaml only, the codec fitted on `demo_file` (as training fits it)."""
-    from ablation.codec import ActionCodec
-    from ablation.data import episode_view
-    from ablation.representations import representation
-    from ablation.spec import EXPERIMENTS_DIR, resolve_spec
+    from ablation.doctor.corpus import stats_bundle
 
-    spec = resolve_spec(EXPERIMENTS_DIR / f"{spec_name}.yaml")
-    ds = read_demo_file(demo_file)
-    rep = representation(spec.codec.representation, spec.codec.rotation)
-    views = [episode_view(ep, ds.meta.obs_convention) for ep in ds.episodes]
-    phys = np.concatenate([rep.from_demo(v.actions, v.ee_pos, v.ee_rot, v.next_ee_pos, v.next_ee_rot) for v in views])
-    codec = ActionCodec.fit(spec.codec, phys, np.concatenate([v.state for v in views]),
-                            np.concatenate([v.actions for v in views]))
-    dir_.mkdir(parents=True, exist_ok=True)
-    codec.save(dir_ / "codec.json")
-    (dir_ / "spec.yaml").write_text(spec.to_yaml())
-    return dir_
+    return stats_bundle(dir_, spec_name, demo_file)
 
 
 @pytest.mark.sim
@@ -214,7 +200,7 @@ def test_file_from_elsewhere_obs_after_no_attrs(planted, tmp_path):
     meta.bddl_file_name = "chiliocosm/bddl_files/libero_object/" + Path(meta.bddl_file_name).name
     meta.attrs = {}
     p = tmp_path / "elsewhere.hdf5"
-    write_demo_file(p, [_late(ep) for ep in src.episodes], meta)
+    write_demo_file(p, [obs_late(ep) for ep in src.episodes], meta)
     with h5py.File(p, "a") as f:
         del f["data"].attrs["obs_convention"]
         del f["data"].attrs["ablation_attrs"]
