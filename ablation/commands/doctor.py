@@ -30,7 +30,8 @@ def register(sub) -> None:
     p = sub.add_parser("doctor", help="find known LIBERO fine-tuning pitfalls in a demo file / spec / checkpoint",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="LIBERO-format HDF5 demo file (ours or from elsewhere)")
-    p.add_argument("--spec", help="spec YAML whose codec to check (default: experiments/native_delta.yaml)")
+    p.add_argument("--spec", help="spec YAML to judge on the file: scale audit, round trip, task (default: none, the file "
+                   "alone is judged; Gate A then replays its actions through experiments/native_delta.yaml)")
     p.add_argument("--checkpoint", help="checkpoint bundle directory (codec.json + spec.yaml at least)")
     p.add_argument("--suite", help="override the suite the file says (or does not say)")
     p.add_argument("--task", type=int, help="override the task index")
