@@ -432,7 +432,7 @@ def test_fixed_copy_replays_in_the_simulator(planted, tmp_path, capsys):
     from ablation.cli import main
 
     out = tmp_path / "fixed.hdf5"
-    rc = main(["doctor", "--data", str(planted["flipped_gripper"]), "--episodes", "2", "--workdir", str(tmp_path),
+    rc = main(["doctor", "--data", str(planted["flipped_gripper"]), "--episodes", "3", "--workdir", str(tmp_path),
                "--checks", "gripper,gate_a", "--fix", str(out), "--json"])
     res = json.loads(capsys.readouterr().out)
     gate = {f["id"]: f for f in res["after"]["findings"]}["gate_a"]

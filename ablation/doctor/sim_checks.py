@@ -7,6 +7,12 @@ from .findings import Finding, where_demos
 
 START_QPOS_TOL = 1e-4     # after set_init_state the sim must hold the stored state
 START_JOINT_TOL = 0.05    # rad: robot joints vs the file's first recorded obs (after the wait steps)
+# A broken file (flipped gripper, shifted obs, wrong starts) fails the replay of nearly every demo; a clean
+# file of a contact-rich task can lose one demo in a few (measured: libero_10 task 5, expert demos, 2/3:
+# the start states reproduced exactly). Gate A is serious only below this rate over at least
+# GATE_SERIOUS_MIN_EPISODES demos; between it and the gate's own 90% it is a warning.
+GATE_SERIOUS_BELOW = 0.5
+GATE_SERIOUS_MIN_EPISODES = 3
 
 
 def check_gate_a(spec, spec_label: str, data: str, suite: str, task: int, episodes: int, cache_dir,
@@ -21,8 +27,15 @@ def check_gate_a(spec, spec_label: str, data: str, suite: str, task: int, episod
         f"{names[i]} {'ok' if s else 'FAIL'}" for i, s in enumerate(r.successes))
     if r.passed:
         return [Finding("gate_a", "info", f"Gate A passes through {spec_label}'s decode path", evid, numbers=nums)]
-    return [Finding("gate_a", "serious", f"Gate A fails: replaying the file's own actions through {spec_label} "
-                    f"succeeds in {r.success_rate:.0%}", evid,
+    n = len(r.successes)
+    broken = r.success_rate < GATE_SERIOUS_BELOW and n >= GATE_SERIOUS_MIN_EPISODES
+    if not broken:
+        why = ("too few demos replayed to call it serious" if n < GATE_SERIOUS_MIN_EPISODES
+               else "a broken file fails nearly every replay")
+        evid += (f"; {why} (serious below {GATE_SERIOUS_BELOW:.0%} over >= {GATE_SERIOUS_MIN_EPISODES} demos): contact-rich "
+                 "replays are not exactly reproducible; look at the failing demos")
+    return [Finding("gate_a", "serious" if broken else "warning", f"Gate A fails: replaying the file's own actions "
+                    f"through {spec_label} succeeds in {r.success_rate:.0%}", evid,
                     fix="no policy can beat its own demos: fix the findings above (gripper, alignment, transform), "
                         "or the file/simulator mismatch (start states, versions)",
                     next=f"run_ablation.py replay {data} --json", numbers=nums,
