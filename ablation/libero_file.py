@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -333,9 +333,13 @@ class GripperEvidence:
     n_events: int         # command flips followed by a visible width change
     agree: float | None   # share of those where close (+) narrows / open (-) widens the fingers
     sign: str | None      # "ok" | "flipped" | None (cannot be told)
+    # each judged flip: (demo name, step of the flip, whether the fingers moved the LIBERO way)
+    events: list[tuple[str, int, bool]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("events")
+        return d
 
 
 def gripper_evidence(eps: list[dict]) -> GripperEvidence:
@@ -347,7 +351,7 @@ def gripper_evidence(eps: list[dict]) -> GripperEvidence:
     vals = sorted({round(float(v), 4) for v in np.unique(g)})[:6]
     rng = "[-1, 1]" if lo < -0.5 and hi <= 1.0 + 1e-6 else ("[0, 1]" if lo >= -1e-6 and hi <= 1.0 + 1e-6 else "other")
     mid = (lo + hi) / 2
-    cs, ws, agree, n = [], [], 0, 0
+    cs, ws, agree, n, events = [], [], 0, 0, []
     for ep in eps:
         if ep["gripper"] is None:
             continue
@@ -363,11 +367,13 @@ def gripper_evidence(eps: list[dict]) -> GripperEvidence:
             if abs(dw) < GRIP_MIN_CHANGE_M:
                 continue
             n += 1
-            agree += int((dw < 0) == bool(high[k]))
+            ok = (dw < 0) == bool(high[k])
+            agree += int(ok)
+            events.append((str(ep.get("name", "")), int(k), bool(ok)))
     corr = _corr(np.concatenate(cs), np.concatenate(ws)) if cs else float("nan")
     share = agree / n if n else None
     sign = None if share is None else ("ok" if share >= 0.75 else "flipped" if share <= 0.25 else None)
-    return GripperEvidence(lo, hi, rng, vals, corr, n, share, sign)
+    return GripperEvidence(lo, hi, rng, vals, corr, n, share, sign, events)
 
 
 # ----------------------------------------------------------------------------- delta kind

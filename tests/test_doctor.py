@@ -15,109 +15,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablation.data import Episode, read_demo_file, write_demo_file
+from ablation.data import read_demo_file, write_demo_file
+from ablation.doctor.plant import PITFALLS, blank_frames, clone, obs_late, plant
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- planting
 
-def _clone(ep: Episode) -> Episode:
-    return Episode(actions=ep.actions.copy(), obs={k: v.copy() for k, v in ep.obs.items()}, states=ep.states.copy(),
-                   rewards=ep.rewards.copy(), dones=ep.dones.copy(), robot_states=ep.robot_states.copy(),
-                   init_state=np.array(ep.init_state, copy=True), model_file=ep.model_file,
-                   extras={k: v.copy() for k, v in ep.extras.items()})
-
-
-def _actions(ep: Episode, f) -> Episode:
-    """Apply f to the recorded and the executed actions alike."""
-    e = _clone(ep)
-    e.actions = f(e.actions)
-    if "executed_actions" in e.extras:
-        e.extras["executed_actions"] = f(e.extras["executed_actions"])
-    return e
-
-
-def _flip(a):
-    a = a.copy()
-    a[:, 6] *= -1
-    return a
-
-
-def _zero_one(a):  # LeRobot-style [0, 1] with 1 = open
-    a = a.copy()
-    a[:, 6] = (1 - a[:, 6]) / 2
-    return a
-
-
-def _double_delta(a):
-    a = a.copy()
-    a[:, :6] = np.diff(a[:, :6], axis=0, prepend=np.zeros((1, 6)))
-    return a
-
-
-def _late(ep: Episode) -> Episode:
-    """Obs recorded after each step (LIBERO's original script) in a file that says 'before'."""
-    e = _clone(ep)
-    T = len(e.actions)
-    e.actions = e.actions[:T - 1]
-    e.extras = {k: v[:T - 1] for k, v in e.extras.items()}
-    e.obs = {k: v[1:] for k, v in e.obs.items()}
-    e.states, e.robot_states = e.states[1:], e.robot_states[1:]
-    e.rewards, e.dones = e.rewards[1:], e.dones[1:]
-    return e
-
-
-def _noops(ep: Episode, rng, share=0.10) -> Episode:
-    """Insert no-op actions (arm still, gripper unchanged) so that `share` of the steps are no-ops;
-    the obs at an inserted step repeat the obs the robot stands at."""
-    e = _clone(ep)
-    T = len(ep.actions)
-    k = int(round(share * T / (1 - share)))
-    pos = np.sort(rng.choice(np.arange(1, T), size=k, replace=False))
-    aidx = np.insert(np.arange(T), pos, pos - 1)
-    noop = np.zeros(len(aidx), bool)
-    noop[pos + np.arange(len(pos))] = True
-
-    def fix(a):
-        a = a[aidx].copy()
-        a[noop, :6] = 0.0
-        return a
-
-    oidx = np.insert(np.arange(T), pos, pos)
-    e.actions = fix(ep.actions)
-    e.extras = {n: fix(v) for n, v in ep.extras.items()}
-    e.obs = {n: v[oidx] for n, v in ep.obs.items()}
-    e.states, e.robot_states = ep.states[oidx], ep.robot_states[oidx]
-    e.rewards, e.dones = ep.rewards[oidx], ep.dones[oidx]
-    return e
-
-
-def _blank(ep: Episode) -> Episode:
-    e = _clone(ep)
-    for k in ("agentview_rgb", "eye_in_hand_rgb"):
-        if k in e.obs:
-            e.obs[k][5:15] = 0
-    return e
+# The plantings live in ablation/doctor/plant.py (shared with benchmarks/doctor_corpus.py).
 
 
 @pytest.fixture(scope="session")
 def planted(expert_demo_file, tmp_path_factory) -> dict[str, Path]:
     ds = read_demo_file(expert_demo_file)
     out = tmp_path_factory.mktemp("planted")
-    rng = np.random.default_rng(0)
-    kinds = {
-        "clean": _clone,
-        "flipped_gripper": lambda e: _actions(e, _flip),
-        "zero_one_gripper": lambda e: _actions(e, _zero_one),
-        "double_delta": lambda e: _actions(e, _double_delta),
-        "obs_late": _late,
-        "noops": lambda e: _noops(e, rng),
-    }
-    paths = {}
-    for name, f in kinds.items():
-        paths[name] = out / f"{name}.hdf5"
-        write_demo_file(paths[name], [f(ep) for ep in ds.episodes], ds.meta)
+    paths = {"clean": out / "clean.hdf5"}
+    write_demo_file(paths["clean"], [clone(ep) for ep in ds.episodes], ds.meta)
+    for name in PITFALLS:
+        if name != "blank_frames":  # needs images: test_blank_frames
+            paths[name] = plant(ds, name, out / f"{name}.hdf5")
     return paths
 
 
@@ -192,7 +109,7 @@ def test_double_delta(planted):
 def test_blank_frames(image_demo_file, tmp_path):
     ds = read_demo_file(image_demo_file, load_images=True)
     bad = tmp_path / "blank.hdf5"
-    write_demo_file(bad, [_blank(ep) for ep in ds.episodes], ds.meta)
+    write_demo_file(bad, [blank_frames(ep) for ep in ds.episodes], ds.meta)
     r = _doctor(bad)
     top = _top(r)
     assert (top.id, top.severity) == ("images.blank", "serious"), r.text()
@@ -219,22 +136,9 @@ def test_image_orientation_against_the_simulator(image_demo_file):
 
 def _bundle(dir_: Path, spec_name: str, demo_file: Path) -> Path:
     """codec.json + spec.yaml only, the codec fitted on `demo_file` (as training fits it)."""
-    from ablation.codec import ActionCodec
-    from ablation.data import episode_view
-    from ablation.representations import representation
-    from ablation.spec import EXPERIMENTS_DIR, resolve_spec
+    from ablation.doctor.corpus import stats_bundle
 
-    spec = resolve_spec(EXPERIMENTS_DIR / f"{spec_name}.yaml")
-    ds = read_demo_file(demo_file)
-    rep = representation(spec.codec.representation, spec.codec.rotation)
-    views = [episode_view(ep, ds.meta.obs_convention) for ep in ds.episodes]
-    phys = np.concatenate([rep.from_demo(v.actions, v.ee_pos, v.ee_rot, v.next_ee_pos, v.next_ee_rot) for v in views])
-    codec = ActionCodec.fit(spec.codec, phys, np.concatenate([v.state for v in views]),
-                            np.concatenate([v.actions for v in views]))
-    dir_.mkdir(parents=True, exist_ok=True)
-    codec.save(dir_ / "codec.json")
-    (dir_ / "spec.yaml").write_text(spec.to_yaml())
-    return dir_
+    return stats_bundle(dir_, spec_name, demo_file)
 
 
 @pytest.mark.sim
@@ -296,7 +200,7 @@ def test_file_from_elsewhere_obs_after_no_attrs(planted, tmp_path):
     meta.bddl_file_name = "chiliocosm/bddl_files/libero_object/" + Path(meta.bddl_file_name).name
     meta.attrs = {}
     p = tmp_path / "elsewhere.hdf5"
-    write_demo_file(p, [_late(ep) for ep in src.episodes], meta)
+    write_demo_file(p, [obs_late(ep) for ep in src.episodes], meta)
     with h5py.File(p, "a") as f:
         del f["data"].attrs["obs_convention"]
         del f["data"].attrs["ablation_attrs"]
@@ -378,3 +282,195 @@ def test_openloop_of_an_untrained_checkpoint_is_flagged(synthetic_demo_file, tmp
     assert any(f.id == "openloop.std_ratio" and f.severity == "warning" for f in ol), r.text()
     st = next(f for f in r.findings if f.id == "stats.mismatch")
     assert st.severity == "info" and st.numbers["same_file"]  # the same file and split: identical statistics
+
+
+# ----------------------------------------------------------------------------- codes, where, --checks, gating
+
+@pytest.mark.sim
+def test_codes_are_stable_and_every_finding_has_one(planted):
+    from ablation.doctor.findings import CODES
+
+    # a code never changes meaning: the published ones, pinned
+    assert {k: CODES[k] for k in ("gripper.range", "gripper.sign", "alignment.convention", "alignment.noop",
+                                  "actions.kind", "images.blank", "scale.share", "stats.mismatch", "gate_a")} == {
+        "gripper.range": "D101", "gripper.sign": "D102", "alignment.convention": "D201", "alignment.noop": "D202",
+        "actions.kind": "D301", "images.blank": "D401", "scale.share": "S201", "stats.mismatch": "C101",
+        "gate_a": "R101"}
+    assert len(set(CODES.values())) == len(CODES)
+    for name, path in planted.items():
+        r = _doctor(path, spec=ROOT / "experiments" / "native_delta.yaml")
+        for f in r.findings:
+            assert f.id in CODES, f"{name}: finding id {f.id} has no code"
+            assert f.to_dict()["code"] == CODES[f.id]
+
+
+@pytest.mark.sim
+def test_findings_name_the_demos_and_steps(planted):
+    from ablation.libero_file import noop_mask
+
+    ds = read_demo_file(planted["noops"])
+    top = _top(_doctor(planted["noops"]))
+    assert top.id == "alignment.noop" and top.where
+    assert {w["demo"] for w in top.where} <= set(ds.names)
+    for w in top.where:
+        ep = ds.episodes[ds.names.index(w["demo"])]
+        assert noop_mask(ep.actions)[w["steps"]].all() and w["n"] == int(noop_mask(ep.actions).sum())
+    assert sum(w["n"] for w in top.where) == top.numbers["noops"]
+
+    flip = _top(_doctor(planted["flipped_gripper"]))
+    assert flip.id == "gripper.sign" and flip.where
+    grip = read_demo_file(planted["flipped_gripper"])
+    for w in flip.where:  # the gripper command flips at each named step
+        g = grip.episodes[grip.names.index(w["demo"])].actions[:, 6]
+        assert all(np.sign(g[k]) != np.sign(g[k - 1]) for k in w["steps"])
+    late = _top(_doctor(planted["obs_late"]))
+    assert late.where and all(w["steps"] is None for w in late.where)  # whole demos
+    assert "where: demo_" in _doctor(planted["flipped_gripper"]).text()
+
+
+@pytest.mark.sim
+def test_checks_choose_the_checks(planted, capsys):
+    from ablation.cli import main
+
+    r = _doctor(planted["flipped_gripper"], checks=["gripper"])
+    assert {f.id.split(".")[0] for f in r.findings} <= {"gripper", "suite_task"}, r.text()
+    assert r.top.id == "gripper.sign"
+    # by code: D202 (no-ops) alone does not see the flipped gripper
+    r2 = _doctor(planted["flipped_gripper"], checks=["D202"])
+    assert [f.id for f in r2.findings if f.id != "suite_task"] == ["alignment.noop"] and r2.exit_code == 0
+    rc = main(["doctor", "--data", str(planted["clean"]), "--checks", "gripper,nonsense", "--no-sim"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown check 'nonsense'" in err and "gripper" in err
+
+
+@pytest.mark.sim
+def test_fail_on_gates_the_exit_code(planted, capsys):
+    from ablation.cli import main
+
+    assert main(["doctor", "--data", str(planted["noops"]), "--no-sim"]) == 0
+    assert main(["doctor", "--data", str(planted["noops"]), "--no-sim", "--fail-on", "warning"]) == 1
+    assert main(["doctor", "--data", str(planted["flipped_gripper"]), "--no-sim", "--fail-on", "never"]) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.sim
+def test_data_and_spec_are_judged_apart(planted):
+    """Without a spec only the file is judged; with one the spec's scale audit and round trip run too."""
+    alone = _doctor(planted["clean"])
+    ids = {f.id for f in alone.findings}
+    assert not any(i.startswith(("scale", "roundtrip", "spec.")) for i in ids), alone.text()
+    assert "spec" in ids and alone.spec.startswith("none")
+    withspec = _doctor(planted["clean"], spec=ROOT / "experiments" / "native_delta.yaml")
+    ids2 = {f.id for f in withspec.findings}
+    assert any(i.startswith("scale") for i in ids2) and "roundtrip" in ids2
+    assert withspec.counts["serious"] == 0, withspec.text()
+
+
+@pytest.mark.sim
+def test_a_still_rotation_is_info_not_serious(planted):
+    """The expert does not turn on libero_object (rotation spread < the hypotheses' 5 deg): a loss that
+    ignores rotation loses nothing there, so the seed's own spec gets info about rot, not SERIOUS."""
+    from ablation.hypothesis import ROT_SPREAD_MIN_DEG
+
+    r = _doctor(planted["clean"], spec=ROOT / "experiments" / "native_delta.yaml")
+    scale = [f for f in r.findings if f.id.startswith("scale")]
+    assert scale and all(f.severity != "serious" for f in scale), r.text()
+    assert scale[0].numbers["rot_spread_deg"] < ROT_SPREAD_MIN_DEG
+    assert "rot" in scale[0].numbers["still"]
+
+
+# ----------------------------------------------------------------------------- --fix
+
+def _sha(p):
+    from ablation.provenance import file_sha256
+
+    return file_sha256(p)
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("kind", ["flipped_gripper", "zero_one_gripper", "obs_late", "noops"])
+def test_fix_writes_a_corrected_copy(kind, planted, tmp_path, capsys):
+    from ablation.cli import main
+
+    src = planted[kind]
+    before = _sha(src)
+    out = tmp_path / f"{kind}_fixed.hdf5"
+    rc = main(["doctor", "--data", str(src), "--no-sim", "--fix", str(out), "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert _sha(src) == before  # the input is never touched
+    assert rc == 0 and res["after"]["counts"]["serious"] == 0, json.dumps(res["after"]["findings"][:2], indent=1)
+    assert res["after"]["counts"]["warning"] == 0, json.dumps(res["after"]["findings"][:3], indent=1)
+    assert res["fix"]["applied"] and res["before"]["findings"][0]["code"] in res["fix"]["applied"][0]
+    fixed, clean = read_demo_file(out), read_demo_file(planted["clean"])
+    if kind in ("flipped_gripper", "zero_one_gripper"):  # back to the clean file's commands exactly
+        for a, b in zip(fixed.episodes, clean.episodes):
+            np.testing.assert_array_equal(a.actions, b.actions)
+    elif kind == "obs_late":
+        assert fixed.meta.obs_convention == "after"
+    else:  # the planted no-ops are dropped; the expert's own (fingers closing) stay
+        for a, b in zip(fixed.episodes, clean.episodes):
+            np.testing.assert_array_equal(a.actions, b.actions)
+            np.testing.assert_array_equal(a.obs["ee_pos"], b.obs["ee_pos"])
+
+
+@pytest.mark.sim
+def test_fix_refuses_to_write_over_its_input(planted, tmp_path, capsys):
+    import shutil
+
+    from ablation.cli import main
+
+    p = tmp_path / "f.hdf5"
+    shutil.copy(planted["flipped_gripper"], p)
+    before = _sha(p)
+    assert main(["doctor", "--data", str(p), "--no-sim", "--fix", str(p)]) == 2
+    assert "never changes its input" in capsys.readouterr().err and _sha(p) == before
+
+
+@pytest.mark.sim
+def test_fixed_copy_replays_in_the_simulator(planted, tmp_path, capsys):
+    """The flipped file fails Gate A; its fixed copy passes it (the doctor re-runs with the simulator)."""
+    from ablation.cli import main
+
+    out = tmp_path / "fixed.hdf5"
+    rc = main(["doctor", "--data", str(planted["flipped_gripper"]), "--episodes", "3", "--workdir", str(tmp_path),
+               "--checks", "gripper,gate_a", "--fix", str(out), "--json"])
+    res = json.loads(capsys.readouterr().out)
+    gate = {f["id"]: f for f in res["after"]["findings"]}["gate_a"]
+    assert rc == 0 and gate["severity"] == "info" and gate["numbers"]["passed"], json.dumps(gate, indent=1)
+    before_gate = {f["id"]: f for f in res["before"]["findings"]}["gate_a"]
+    assert before_gate["severity"] == "serious" and before_gate["where"]
+
+
+# ----------------------------------------------------------------------------- the corpus, small
+
+@pytest.fixture(scope="session")
+def object_task2_file(tmp_path_factory) -> Path:
+    """The issue's clean file: the expert on libero_object task 2 (its rotation barely varies)."""
+    from ablation.sim.demos import generate_demos
+
+    out = tmp_path_factory.mktemp("obj2") / "libero_object_task2.hdf5"
+    return generate_demos("libero_object", 2, n=3, out=out, seed=0, progress=False)
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_corpus_small_confusion_table(expert_demo_file, object_task2_file, image_demo_file, tmp_path):
+    """benchmarks/doctor_corpus.py on two tasks: 0 serious findings on every clean file (alone with the
+    simulator checks, and with the seed's spec), every planted pitfall ranked first."""
+    from ablation.doctor.corpus import CLEAN, CLEAN_SPEC, EXPECTED, check_clean, check_planted, confusion_table
+    from ablation.spec import EXPERIMENTS_DIR
+
+    files = {("libero_object", 0): expert_demo_file, ("libero_object", 2): object_task2_file}
+    rows = []
+    for i, ((suite, task), path) in enumerate(files.items()):
+        rows.append(check_clean(path, suite, task, sim=(task == 2), workdir=tmp_path, episodes=2))
+        rows.append(check_clean(path, suite, task, sim=False, workdir=tmp_path,
+                                spec=EXPERIMENTS_DIR / "native_delta.yaml"))
+        other = list(files.values())[1 - i]
+        rows += check_planted(path, suite, task, tmp_path / f"{suite}_{task}", other_clean=other)
+    rows += check_planted(image_demo_file, "libero_object", 0, tmp_path / "img", kinds=["blank_frames"])
+    table = confusion_table(rows)
+    print(table)
+    assert all(r.ok for r in rows), table
+    assert {r.kind for r in rows} == {CLEAN, CLEAN_SPEC, *EXPECTED}, table
+    assert "all met: True" in table and "MISSED" not in table

@@ -1,5 +1,8 @@
-"""`run_ablation.py doctor --data FILE [--spec SPEC] [--checkpoint DIR] [--json]`: find the known LIBERO
-fine-tuning pitfalls before a long run.
+"""`run_ablation.py doctor --data FILE [--spec SPEC] [--checkpoint DIR] [--checks LIST] [--json] [--fix OUT]`:
+find the known LIBERO fine-tuning pitfalls before a long run.
+
+Without --spec (or --checkpoint) only the file is judged: its conventions, its integrity, its replay.
+With one, also whether that spec would train well on it.
 
 Checks (domain.md section 5): gripper convention (sign, [-1, 1] vs [0, 1]); obs/action alignment (the
 lag at which an action first moves the EEF, the no-op share); the kind of the actions (delta, double
@@ -8,8 +11,11 @@ statistics against the file (codec.json + spec.yaml suffice) and its open-loop p
 weights); Gate A through the spec's own decode path, start states and image orientation in the
 simulator (skip with --no-sim); versions; blank frames.
 
-Each finding: id, severity (serious / warning / info), evidence in numbers, the fix and what to run
-next; serious first. Exit 0: nothing serious; 1: something serious; 2: inputs unreadable.
+Each finding: a stable code (D = data, S = spec, C = checkpoint, R = replay) and id, severity (serious /
+warning / info), evidence in numbers, the demos and steps where it was seen, the fix and what to run
+next; serious first. --fix OUT writes a corrected copy (gripper sign or range, obs timing label,
+no-op steps where nothing moved), never touching the input, and runs the doctor again on the copy.
+Exit 0: nothing at or above --fail-on (default serious); 1: something; 2: inputs unreadable.
 """
 from __future__ import annotations
 
@@ -24,7 +30,8 @@ def register(sub) -> None:
     p = sub.add_parser("doctor", help="find known LIBERO fine-tuning pitfalls in a demo file / spec / checkpoint",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="LIBERO-format HDF5 demo file (ours or from elsewhere)")
-    p.add_argument("--spec", help="spec YAML whose codec to check (default: experiments/native_delta.yaml)")
+    p.add_argument("--spec", help="spec YAML to judge on the file: scale audit, round trip, task (default: none, the file "
+                   "alone is judged; Gate A then replays its actions through experiments/native_delta.yaml)")
     p.add_argument("--checkpoint", help="checkpoint bundle directory (codec.json + spec.yaml at least)")
     p.add_argument("--suite", help="override the suite the file says (or does not say)")
     p.add_argument("--task", type=int, help="override the task index")
@@ -33,6 +40,13 @@ def register(sub) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="a.b.c=VALUE",
                    help="override a spec field (repeatable)")
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="where Gate A results are cached")
+    p.add_argument("--checks", action="append", metavar="A,B", help="run only these checks (names, finding ids or "
+                   "codes, comma-separated; repeatable): gripper, alignment, actions, images, versions, spec, scale, "
+                   "roundtrip, stats, openloop, gate_a, start_state")
+    p.add_argument("--fail-on", default="serious", choices=("serious", "warning", "never"),
+                   help="lowest severity that makes the exit code 1 (default serious)")
+    p.add_argument("--fix", type=Path, metavar="OUT", help="write a corrected copy of --data to OUT (gripper sign or "
+                   "range, obs timing, no-op steps), then run the doctor on the copy; the input is never changed")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
@@ -40,7 +54,22 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..doctor import run_doctor
 
-    report = run_doctor(args.data, args.spec, args.checkpoint, sim=not args.no_sim, episodes=args.episodes,
-                        suite=args.suite, task=args.task, workdir=args.workdir, sets=args.sets)
-    print(json.dumps(report.to_dict(), indent=1, default=str) if args.json else report.text())
-    return report.exit_code
+    kw = dict(sim=not args.no_sim, episodes=args.episodes, suite=args.suite, task=args.task, workdir=args.workdir,
+              sets=args.sets, checks=args.checks, fail_on=args.fail_on)
+    report = run_doctor(args.data, args.spec, args.checkpoint, **kw)
+    if args.fix is None:
+        print(json.dumps(report.to_dict(), indent=1, default=str) if args.json else report.text())
+        return report.exit_code
+    from ..doctor.fix import fix_file
+
+    # the fixes are judged on the whole file, whatever --checks chose for the report
+    full = report if args.checks is None else run_doctor(args.data, args.spec, args.checkpoint,
+                                                          **{**kw, "checks": None, "sim": False})
+    fixed = fix_file(args.data, args.fix, full.findings)
+    after = run_doctor(args.fix, args.spec, args.checkpoint, **kw)
+    if args.json:
+        print(json.dumps({"before": report.to_dict(), "fix": fixed.__dict__, "after": after.to_dict()},
+                         indent=1, default=str))
+    else:
+        print(report.text() + "\n\n" + fixed.text() + "\n\ndoctor on the fixed copy:\n" + after.text())
+    return after.exit_code

@@ -40,16 +40,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gate-episodes", type=int, help="Gate A replay episodes per codec (default: the spec's "
                                                       "rollout.gate_episodes; 0 skips the gate)")
     add_executor_args(p)
+    p.add_argument("--no-wait", action="store_true", help="when another plan holds this workdir, refuse (exit 2) "
+                   "instead of waiting for it")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON at the end")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from ..locks import plan_lock
     from ..plan import outcome_json, run_plan
 
-    out = run_plan(args.plan, profile_name=args.profile, seeds=args.seeds, only=args.only, dry_run=args.dry_run,
-                   workdir=args.workdir, tracking_uri=args.tracking_uri, extra_sets=args.sets, jobs=args.jobs,
-                   gate_episodes=args.gate_episodes, executor=args.executor, ray_address=args.ray_address)
+    # one plan at a time per workdir: a second waits (naming the first) or, with --no-wait, refuses
+    lock = nullcontext() if args.dry_run else plan_lock(args.workdir, f"plan {args.plan or '(default)'}",
+                                                        wait=not args.no_wait)
+    with lock:
+        out = run_plan(args.plan, profile_name=args.profile, seeds=args.seeds, only=args.only, dry_run=args.dry_run,
+                       workdir=args.workdir, tracking_uri=args.tracking_uri, extra_sets=args.sets, jobs=args.jobs,
+                       gate_episodes=args.gate_episodes, executor=args.executor, ray_address=args.ray_address)
     if args.json:
         print(json.dumps(outcome_json(out), indent=1))
     if args.dry_run:

@@ -4,6 +4,10 @@ checkpoint) before a long run. domain.md section 5 lists the pitfalls and the th
     report = run_doctor("demos.hdf5", spec="experiments/fix_minmax.yaml", checkpoint=None)
     print(report.text()); report.exit_code   # 0 nothing serious, 1 something serious
 
+The data and the spec are judged apart: without a spec (or a checkpoint, which carries one) only the
+file is judged (its conventions, its integrity, its replay in the simulator); with one, also whether
+that spec would train well on it (scale audit, round trip, task).
+
 Checks: gripper convention (sign, range), obs/action alignment (lag, no-ops), kind of the actions
 (delta / double delta / absolute), scale audit, transform round trip, checkpoint statistics and
 open-loop predictions (with a checkpoint), Gate A through the spec's own decode path, start states,
@@ -16,9 +20,48 @@ from pathlib import Path
 
 from .. import libero_file as L
 from ..errors import UserError
-from .findings import ALL_PLAN, SMOKE_PLAN, DoctorReport, Finding
+from .findings import ALL_PLAN, CODES, SMOKE_PLAN, DoctorReport, Finding
 
-DEFAULT_SPEC = "native_delta"
+DEFAULT_SPEC = "native_delta"  # the codec Gate A replays the file through when no spec is given
+# The checks `--checks` chooses from, by what they judge. "images" covers blank frames and orientation.
+DATA_CHECKS = ("gripper", "alignment", "actions", "images", "versions")
+SPEC_CHECKS = ("spec", "scale", "roundtrip")
+CHECKPOINT_CHECKS = ("stats", "openloop")
+SIM_CHECKS = ("gate_a", "start_state")
+CHECKS = DATA_CHECKS + SPEC_CHECKS + CHECKPOINT_CHECKS + SIM_CHECKS
+FAIL_ON = ("serious", "warning", "never")
+
+
+def resolve_checks(tokens: list[str] | None) -> list[str] | None:
+    """`--checks` tokens (check names, finding ids or codes, comma lists allowed) -> finding-id prefixes;
+    None runs every check. Unknown tokens raise UserError listing the valid ones."""
+    if not tokens:
+        return None
+    by_code = {c: i for i, c in CODES.items()}
+    out = []
+    for t in (x.strip() for tok in tokens for x in tok.split(",")):
+        if not t:
+            continue
+        t = by_code.get(t.upper(), t)
+        if t not in CHECKS and t not in CODES:
+            raise UserError(f"--checks: unknown check '{t}'; choose from {', '.join(CHECKS)}, a finding id "
+                            f"(e.g. gripper.sign) or a code (e.g. D102)")
+        out.append(t)
+    return out or None
+
+
+def _selected(check_id: str, wanted: list[str] | None) -> bool:
+    """Run the check `check_id` when a token names it, a finding it emits, or a group it belongs to."""
+    if wanted is None:
+        return True
+    return any(check_id == t or check_id.startswith(t + ".") or t.startswith(check_id + ".") for t in wanted)
+
+
+def _keep(f: Finding, wanted: list[str] | None) -> bool:
+    if wanted is None or f.id in ("suite_task", "sim", "spec"):
+        return True
+    # a crashed check reports under its check id (e.g. "gripper" for a wanted "gripper.sign")
+    return any(f.id == t or f.id.startswith(t + ".") or t.startswith(f.id + ".") for t in wanted)
 
 
 def _guard(findings: list[Finding], check_id: str, fn, *args, **kwargs) -> None:
@@ -47,13 +90,19 @@ def _read_demo_set(data: Path):
 
 def run_doctor(data: str | Path, spec: str | Path | None = None, checkpoint: str | Path | None = None, *,
                sim: bool = True, episodes: int = 10, suite: str | None = None, task: int | None = None,
-               workdir: str | Path | None = None, sets: list[str] | None = None) -> DoctorReport:
+               workdir: str | Path | None = None, sets: list[str] | None = None, checks: list[str] | None = None,
+               fail_on: str = "serious") -> DoctorReport:
     from ..provenance import file_sha256
     from ..spec import EXPERIMENTS_DIR, resolve_spec, with_overrides
     from . import ckpt_checks, file_checks, sim_checks, spec_checks
 
+    if fail_on not in FAIL_ON:
+        raise UserError(f"--fail-on: '{fail_on}' is not one of {', '.join(FAIL_ON)}")
+    wanted = resolve_checks(checks)
+    run = lambda cid: _selected(cid, wanted)  # noqa: E731
     data = Path(data)
     eps = L.load_episodes(data)  # unreadable file -> UserError (exit 2)
+    names = [ep["name"] for ep in eps]
     attrs = L.file_attrs(data)
     demo_set, conv_err = _read_demo_set(data)
     n_steps = int(sum(ep["n"] for ep in eps))
@@ -69,8 +118,9 @@ def run_doctor(data: str | Path, spec: str | Path | None = None, checkpoint: str
     elif bundle is not None:
         spec_obj, spec_label, explicit = bundle[0], f"{Path(checkpoint) / 'spec.yaml'}", True
     else:
+        # no spec: the file alone is judged; Gate A replays its own actions through LIBERO's native codec
         spec_obj = resolve_spec(EXPERIMENTS_DIR / f"{DEFAULT_SPEC}.yaml", sets or [])
-        spec_label, explicit = f"experiments/{DEFAULT_SPEC}.yaml (default; pass --spec for yours)", False
+        spec_label, explicit = "none (the file alone; pass --spec to judge a spec on it)", False
     conv = demo_set.meta.obs_convention
     spec_conv = spec_obj.data.obs_convention if explicit else None
     spec_for_file = with_overrides(spec_obj, [f"data.obs_convention={conv}"])
@@ -88,38 +138,55 @@ def run_doctor(data: str | Path, spec: str | Path | None = None, checkpoint: str
                                     fix="pass --suite and --task", next=f"run_ablation.py doctor --data {data} "
                                     "--suite SUITE --task N"))
             suite = task = None
-    if conv_err:
+    if conv_err and run("alignment"):
         findings.append(Finding("alignment.convention", "warning", "obs timing unknown; read as 'after'", conv_err,
-                                fix="set data.obs_convention in the spec"))
+                                fix="set data.obs_convention in the spec", where=[]))
 
     # -- the file alone
-    _guard(findings, "gripper", file_checks.check_gripper, eps, str(data))
-    _guard(findings, "alignment", file_checks.check_alignment, eps, str(data),
-           L.declared_obs_convention(data), spec_conv)
-    _guard(findings, "actions.kind", file_checks.check_action_kind, eps, str(data))
+    if run("gripper"):
+        _guard(findings, "gripper", file_checks.check_gripper, eps, str(data))
+    if run("alignment"):
+        _guard(findings, "alignment", file_checks.check_alignment, eps, str(data),
+               L.declared_obs_convention(data), spec_conv)
+    if run("actions"):
+        _guard(findings, "actions.kind", file_checks.check_action_kind, eps, str(data))
     frames = {}
-    try:
-        frames = file_checks.image_frames(str(data))
-    except Exception as e:
-        findings.append(Finding("images", "warning", "images could not be read", f"{type(e).__name__}: {e}"))
+    if run("images"):
+        try:
+            frames = file_checks.image_frames(str(data))
+        except Exception as e:
+            findings.append(Finding("images", "warning", "images could not be read", f"{type(e).__name__}: {e}"))
     uses_images = spec_obj.data.images if explicit else None
-    _guard(findings, "images.blank", file_checks.check_images, frames, str(data), uses_images)
-    _guard(findings, "versions", file_checks.check_versions, (attrs.get("ablation_attrs") or {}).get("versions", {}),
-           suite, task, bool(frames))
+    if run("images.blank"):
+        _guard(findings, "images.blank", file_checks.check_images, frames, str(data), uses_images, names)
+    if run("versions"):
+        _guard(findings, "versions", file_checks.check_versions,
+               (attrs.get("ablation_attrs") or {}).get("versions", {}), suite, task, bool(frames))
 
-    # -- the spec on the file
+    # -- the spec on the file (only a spec the user named, or the checkpoint's)
     if explicit:
-        _guard(findings, "spec.task", spec_checks.check_spec_task, spec_obj, suite, task, str(data))
-    _guard(findings, "scale", spec_checks.check_audit, spec_for_file, str(data), spec_label)
-    _guard(findings, "roundtrip", spec_checks.check_roundtrip, spec_obj, demo_set, str(data))
+        if run("spec.task"):
+            _guard(findings, "spec.task", spec_checks.check_spec_task, spec_obj, suite, task, str(data))
+        if run("scale"):
+            _guard(findings, "scale", spec_checks.check_audit, spec_for_file, str(data), spec_label)
+        if run("roundtrip"):
+            _guard(findings, "roundtrip", spec_checks.check_roundtrip, spec_obj, demo_set, str(data))
+    elif any(run(c) for c in SPEC_CHECKS):
+        findings.append(Finding("spec", "info", "spec checks not run: no spec given",
+                                "the file alone was judged; the scale audit, the transform round trip and the "
+                                "task check judge a spec on the file",
+                                next=f"run_ablation.py doctor --data {data} --spec experiments/YOUR_SPEC.yaml"))
 
     # -- the checkpoint
     if bundle is not None:
         b_spec, b_codec, b_meta, has_weights = bundle
         sha = file_sha256(data)
-        _guard(findings, "stats.mismatch", ckpt_checks.check_stats, checkpoint, b_spec, b_codec, b_meta, demo_set,
-               str(data), sha)
-        if has_weights and (Path(checkpoint) / "meta.json").is_file():
+        if run("stats"):
+            _guard(findings, "stats.mismatch", ckpt_checks.check_stats, checkpoint, b_spec, b_codec, b_meta,
+                   demo_set, str(data), sha)
+        if not run("openloop"):
+            pass
+        elif has_weights and (Path(checkpoint) / "meta.json").is_file():
             _guard(findings, "openloop", ckpt_checks.check_openloop, checkpoint, b_spec, demo_set, sha, b_meta)
         else:
             findings.append(Finding("openloop", "info", "open-loop check skipped: the bundle has no model weights",
@@ -127,20 +194,28 @@ def run_doctor(data: str | Path, spec: str | Path | None = None, checkpoint: str
                                     "needs no more, the open-loop check needs model.safetensors and meta.json"))
 
     # -- the simulator
-    if not sim:
+    sim_wanted = [c for c in ("gate_a", "start_state", "images.orientation") if run(c)]
+    if not sim_wanted:
+        pass
+    elif not sim:
         findings.append(Finding("sim", "info", "simulator checks skipped (--no-sim)",
                                 "Gate A, start states and image orientation were not run"))
     elif suite is not None:
         n = max(1, min(int(episodes), len(demo_set.episodes)))
         cache = Path(workdir) / "cache" / "gate_a" if workdir is not None else None
-        _guard(findings, "gate_a", sim_checks.check_gate_a, spec_for_file, Path(spec_label).stem if explicit else
-               DEFAULT_SPEC, str(data), suite, int(task), n, cache)
-        _guard(findings, "start_state", sim_checks.check_start_states, demo_set, suite, int(task))
-        if frames:
+        if "gate_a" in sim_wanted:
+            _guard(findings, "gate_a", sim_checks.check_gate_a, spec_for_file, Path(spec_label).stem if explicit
+                   else f"the file's own actions ({DEFAULT_SPEC})", str(data), suite, int(task), n, cache,
+                   names=names)
+        if "start_state" in sim_wanted:
+            _guard(findings, "start_state", sim_checks.check_start_states, demo_set, suite, int(task))
+        if frames and "images.orientation" in sim_wanted:
             _guard(findings, "images.orientation", sim_checks.check_orientation, demo_set, frames, suite, int(task),
                    uses_images)
+    findings = [f for f in findings if _keep(f, wanted)]
     return DoctorReport(str(data), suite, task, spec_label, str(checkpoint) if checkpoint else None,
-                        len(eps), n_steps, findings)
+                        len(eps), n_steps, findings, fail_on=fail_on)
 
 
-__all__ = ["run_doctor", "DoctorReport", "Finding", "DEFAULT_SPEC", "SMOKE_PLAN", "ALL_PLAN"]
+__all__ = ["run_doctor", "resolve_checks", "DoctorReport", "Finding", "DEFAULT_SPEC", "CHECKS", "FAIL_ON",
+           "SMOKE_PLAN", "ALL_PLAN"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import libero_file as L
-from .findings import Finding
+from .findings import Finding, where_demos, where_steps
 
 BLANK_STD = 1.0  # uint8 grey levels: a frame whose std is under this is blank (headless rendering failed)
 
@@ -17,7 +17,19 @@ def _doctor_cmd(data: str) -> str:
 def check_gripper(eps: list[dict], data: str) -> list[Finding]:
     ev = L.gripper_evidence(eps)
     nums = ev.to_dict()
+    names = [ep["name"] for ep in eps]
     out = []
+
+    def flips(agreeing: bool) -> list[dict]:
+        masks = []
+        for ep in eps:
+            m = np.zeros(ep["n"], bool)
+            m[[k for d, k, ok in ev.events if d == ep["name"] and ok == agreeing]] = True
+            masks.append(m)
+        return where_steps(names, masks)
+
+    # [0, 1] files: the steps commanding 0, which robosuite reads as 'hold'
+    zero_steps = where_steps(names, [np.abs(ep["actions"][:, 6]) < 1e-6 for ep in eps])
     evid = (f"gripper command values {ev.values} (min {ev.min:g}, max {ev.max:g}); over {ev.n_events} command "
             f"flip(s) followed by a finger-width change > 1 mm, "
             + (f"{ev.agree:.0%} moved the fingers the LIBERO way (+ closes, - opens)" if ev.agree is not None
@@ -31,20 +43,23 @@ def check_gripper(eps: list[dict], data: str) -> list[Finding]:
             "gripper.range", "serious", "gripper command is in [0, 1], LIBERO wants -1 open / +1 close",
             evid + "; robosuite reads only the sign, so 0 means 'hold' and the gripper never opens (or closes)",
             fix=f"map the gripper dimension {mapping} when converting the file; LIBERO wants -1 open, +1 close",
-            next=f"fix the file, then {_doctor_cmd(data)}", numbers=nums))
+            next=f"run_ablation.py doctor --data {data} --fix FIXED.hdf5 (or fix the converter)", numbers=nums,
+            where=zero_steps))
     elif ev.range == "other":
+        out_of = where_steps(names, [(ep["actions"][:, 6] < -1 - 1e-6) | (ep["actions"][:, 6] > 1 + 1e-6) for ep in eps])
         out.append(Finding("gripper.range", "warning", f"gripper command range [{ev.min:g}, {ev.max:g}] is unusual",
                            evid, fix="LIBERO gripper commands are -1 (open) and +1 (close)",
-                           next=_doctor_cmd(data), numbers=nums))
+                           next=_doctor_cmd(data), numbers=nums, where=out_of))
     if ev.sign == "flipped" and ev.range != "[0, 1]":
         out.append(Finding(
             "gripper.sign", "serious", "gripper command is sign-flipped (+ opens, - closes)", evid,
             fix="negate the gripper dimension (a[:, 6] *= -1) when converting the file; LIBERO: -1 open, +1 close",
-            next=f"fix the file, then {_doctor_cmd(data)}", numbers=nums))
+            next=f"run_ablation.py doctor --data {data} --fix FIXED.hdf5 (or fix the converter)", numbers=nums,
+            where=flips(False)))
     elif ev.sign is None and ev.n_events:
         out.append(Finding("gripper.sign", "warning", "gripper sign unclear", evid,
                            fix="check the gripper convention of the converter (LIBERO: -1 open, +1 close)",
-                           next=_doctor_cmd(data), numbers=nums))
+                           next=_doctor_cmd(data), numbers=nums, where=flips(False)))
     elif ev.sign == "ok" and ev.range == "[-1, 1]":
         out.append(Finding("gripper.sign", "info", "gripper convention is LIBERO's (-1 open, +1 close)", evid, numbers=nums))
     elif not ev.n_events:
@@ -57,6 +72,7 @@ def check_alignment(eps: list[dict], data: str, declared: str | None, spec_says:
     """declared: the file's obs_convention attribute; spec_says: the spec's data.obs_convention."""
     ev = L.alignment_evidence(eps)
     nums = ev.to_dict()
+    names = [ep["name"] for ep in eps]
     said = spec_says if spec_says in ("before", "after") else declared
     who = ("the spec (data.obs_convention)" if spec_says in ("before", "after")
            else "the file (attribute data.obs_convention)")
@@ -69,8 +85,8 @@ def check_alignment(eps: list[dict], data: str, declared: str | None, spec_says:
             fix=(f"set data.obs_convention: {ev.convention} in the spec" if spec_says in ("before", "after") else
                  f"fix the file's attribute data.obs_convention to '{ev.convention}' (or re-export it), or set "
                  f"data.obs_convention: {ev.convention} in the spec"),
-            next=f"{_doctor_cmd(data)} --spec YOUR_SPEC, then run_ablation.py --plan smoke --set data.demo_file={data}",
-            numbers=nums))
+            next=f"run_ablation.py doctor --data {data} --fix FIXED.hdf5 (relabels the file), or set it in the spec",
+            numbers=nums, where=where_demos(_demos_read_as(eps, ev.convention))))
     elif ev.convention is not None:
         sev, what = "info", f"obs are recorded {ev.convention} each step"
         how = (f"; matches what {who} says" if said else
@@ -81,8 +97,9 @@ def check_alignment(eps: list[dict], data: str, declared: str | None, spec_says:
         out.append(Finding("alignment.convention", sev, "obs/action timing cannot be told from the data",
                            ev.reason + (f"; {who} says {said}" if said else "; the file does not say either"),
                            fix="" if said else "set data.obs_convention: before or after in the spec",
-                           next=_doctor_cmd(data), numbers=nums))
+                           next=_doctor_cmd(data), numbers=nums, where=where_demos(names)))
     share, k, n = L.noop_share(eps)
+    noops = where_steps(names, [L.noop_mask(ep["actions"]) for ep in eps])
     nums = {"share": share, "noops": k, "steps": n, "threshold": L.NOOP_WARN_SHARE}
     evid = (f"{k} of {n} actions ({share:.1%}) are no-ops (||a[:6]|| < 1e-4 and the gripper command unchanged; "
             f"warn above {L.NOOP_WARN_SHARE:.0%})")
@@ -90,32 +107,47 @@ def check_alignment(eps: list[dict], data: str, declared: str | None, spec_says:
         out.append(Finding("alignment.noop", "warning", f"{share:.0%} of the actions are no-ops", evid
                            + "; a policy learns to stand still from them",
                            fix="drop no-op steps when converting (as OpenVLA's no_noops data does)",
-                           next=f"after dropping them: {_doctor_cmd(data)}", numbers=nums))
+                           next=f"run_ablation.py doctor --data {data} --fix FIXED.hdf5 (drops the steps where "
+                                "nothing moves)", numbers=nums, where=noops))
     else:
-        out.append(Finding("alignment.noop", "info", f"no-op share {share:.1%}", evid, numbers=nums))
+        out.append(Finding("alignment.noop", "info", f"no-op share {share:.1%}", evid, numbers=nums, where=noops))
     return out
+
+
+def _demos_read_as(eps: list[dict], convention: str) -> list[str]:
+    """The demos whose own data shows `convention` (each judged alone; all of them when none can be)."""
+    own = [ep["name"] for ep in eps if L.alignment_evidence([ep]).convention == convention]
+    return own or [ep["name"] for ep in eps]
+
+
+def _demos_of_kind(eps: list[dict], kind: str) -> list[str]:
+    own = [ep["name"] for ep in eps if L.delta_kind_evidence([ep]).kind == kind]
+    return own or [ep["name"] for ep in eps]
 
 
 def check_action_kind(eps: list[dict], data: str) -> list[Finding]:
     ev = L.delta_kind_evidence(eps)
     nums = ev.to_dict()
+    names = [ep["name"] for ep in eps]
     corr = ", ".join(f"{k} {v:.2f}" for k, v in ev.corr.items())
     if ev.kind == "double_delta":
         return [Finding("actions.kind", "serious", "actions look delta-transformed twice (deltas of deltas)",
                         f"{ev.reason} (correlation with the EEF position change when read as: {corr})",
                         fix="LIBERO actions are already deltas: remove the extra delta transform from the converter "
                             "(openpi #804, RDT #102)",
-                        next=f"fix the file, then {_doctor_cmd(data)}", numbers=nums)]
+                        next=f"fix the file, then {_doctor_cmd(data)}", numbers=nums,
+                        where=where_demos(_demos_of_kind(eps, "double_delta")))]
     if ev.kind == "absolute":
         return [Finding("actions.kind", "serious", "actions look like absolute positions, not LIBERO deltas",
                         f"{ev.reason} (correlation when read as: {corr})",
                         fix="convert absolute targets to OSC deltas ((target - current) / 0.05 m) before training",
-                        next=f"fix the file, then {_doctor_cmd(data)}", numbers=nums)]
+                        next=f"fix the file, then {_doctor_cmd(data)}", numbers=nums,
+                        where=where_demos(_demos_of_kind(eps, "absolute")))]
     if ev.kind == "delta":
         return [Finding("actions.kind", "info", "actions are deltas (LIBERO's)", f"{ev.reason} ({corr})", numbers=nums)]
     return [Finding("actions.kind", "warning", "the kind of the actions cannot be told", f"{ev.reason} ({corr})",
                     fix="check the converter: LIBERO actions are OSC deltas in [-1, 1]", next=_doctor_cmd(data),
-                    numbers=nums)]
+                    numbers=nums, where=where_demos(names))]
 
 
 def image_frames(path: str, max_demos: int | None = None) -> dict[str, list[np.ndarray]]:
@@ -132,27 +164,30 @@ def image_frames(path: str, max_demos: int | None = None) -> dict[str, list[np.n
     return out
 
 
-def check_images(frames: dict[str, list[np.ndarray]], data: str, spec_uses_images: bool | None) -> list[Finding]:
+def check_images(frames: dict[str, list[np.ndarray]], data: str, spec_uses_images: bool | None,
+                 names: list[str] | None = None) -> list[Finding]:
     if not frames:
         return []
     out = []
     for cam, eps in frames.items():
-        stds = np.concatenate([e.reshape(len(e), -1).astype(np.float32).std(1) for e in eps])
+        per_demo = [e.reshape(len(e), -1).astype(np.float32).std(1) for e in eps]
+        stds = np.concatenate(per_demo)
         blank = stds < BLANK_STD
+        cam_names = names if names is not None and len(names) == len(eps) else [f"demo_{i}" for i in range(len(eps))]
         nums = {"camera": cam, "frames": int(stds.size), "blank": int(blank.sum()), "min_std": float(stds.min()),
                 "median_std": float(np.median(stds)), "threshold": BLANK_STD}
         evid = (f"{cam}: {int(blank.sum())} of {stds.size} frames have pixel std < {BLANK_STD:g} "
                 f"(min {stds.min():.2f}, median {np.median(stds):.1f})")
         if blank.any():
-            first = [(i, int(np.argmax(s < BLANK_STD))) for i, s in
-                     enumerate([e.reshape(len(e), -1).astype(np.float32).std(1) for e in eps]) if (s < BLANK_STD).any()][:3]
-            evid += "; first blank frames at " + ", ".join(f"demo_{i} step {k}" for i, k in first)
+            first = [(i, int(np.argmax(s < BLANK_STD))) for i, s in enumerate(per_demo) if (s < BLANK_STD).any()][:3]
+            evid += "; first blank frames at " + ", ".join(f"{cam_names[i]} step {k}" for i, k in first)
             out.append(Finding("images.blank", "serious" if spec_uses_images is not False else "warning",
                                f"blank frames in {cam}", evid,
                                fix="re-render with a working headless backend (MUJOCO_GL=egl, or osmesa with "
                                    "PYOPENGL_PLATFORM=osmesa; `python -m ablation.sim.libero_setup` checks it), "
                                    "or drop the blank frames' demos",
-                               next=f"run_ablation.py demos --images ... then {_doctor_cmd(data)}", numbers=nums))
+                               next=f"run_ablation.py demos --images ... then {_doctor_cmd(data)}", numbers=nums,
+                               where=where_steps(cam_names, [s < BLANK_STD for s in per_demo])))
         else:
             out.append(Finding("images.blank", "info", f"{cam}: no blank frames", evid, numbers=nums))
     return out

@@ -3,27 +3,43 @@ from __future__ import annotations
 
 import numpy as np
 
-from .findings import Finding
+from .findings import Finding, where_demos
 
 START_QPOS_TOL = 1e-4     # after set_init_state the sim must hold the stored state
 START_JOINT_TOL = 0.05    # rad: robot joints vs the file's first recorded obs (after the wait steps)
+# A broken file (flipped gripper, shifted obs, wrong starts) fails the replay of nearly every demo; a clean
+# file of a contact-rich task can lose one demo in a few (measured: libero_10 task 5, expert demos, 2/3:
+# the start states reproduced exactly). Gate A is serious only below this rate over at least
+# GATE_SERIOUS_MIN_EPISODES demos; between it and the gate's own 90% it is a warning.
+GATE_SERIOUS_BELOW = 0.5
+GATE_SERIOUS_MIN_EPISODES = 3
 
 
 def check_gate_a(spec, spec_label: str, data: str, suite: str, task: int, episodes: int, cache_dir,
-                 workers: int = 1) -> list[Finding]:
+                 workers: int = 1, names: list[str] | None = None) -> list[Finding]:
     from ..gates import replay_gate
 
     r = replay_gate(spec, data, episodes=episodes, workers=workers, cache_dir=cache_dir, suite=suite, task=task)
     nums = r.to_dict()
+    names = names if names is not None and len(names) >= len(r.successes) else [f"demo_{i}" for i in
+                                                                                   range(len(r.successes))]
     evid = r.reason + (" (cached)" if r.cached else "") + "; per demo: " + ", ".join(
-        f"demo_{i} {'ok' if s else 'FAIL'}" for i, s in enumerate(r.successes))
+        f"{names[i]} {'ok' if s else 'FAIL'}" for i, s in enumerate(r.successes))
     if r.passed:
         return [Finding("gate_a", "info", f"Gate A passes through {spec_label}'s decode path", evid, numbers=nums)]
-    return [Finding("gate_a", "serious", f"Gate A fails: replaying the file's own actions through {spec_label} "
-                    f"succeeds in {r.success_rate:.0%}", evid,
+    n = len(r.successes)
+    broken = r.success_rate < GATE_SERIOUS_BELOW and n >= GATE_SERIOUS_MIN_EPISODES
+    if not broken:
+        why = ("too few demos replayed to call it serious" if n < GATE_SERIOUS_MIN_EPISODES
+               else "a broken file fails nearly every replay")
+        evid += (f"; {why} (serious below {GATE_SERIOUS_BELOW:.0%} over >= {GATE_SERIOUS_MIN_EPISODES} demos): contact-rich "
+                 "replays are not exactly reproducible; look at the failing demos")
+    return [Finding("gate_a", "serious" if broken else "warning", f"Gate A fails: replaying the file's own actions "
+                    f"through {spec_label} succeeds in {r.success_rate:.0%}", evid,
                     fix="no policy can beat its own demos: fix the findings above (gripper, alignment, transform), "
                         "or the file/simulator mismatch (start states, versions)",
-                    next=f"run_ablation.py replay {data} --json", numbers=nums)]
+                    next=f"run_ablation.py replay {data} --json", numbers=nums,
+                    where=where_demos([names[i] for i, ok in enumerate(r.successes) if not ok]))]
 
 
 def check_start_states(demo_set, suite: str, task: int, n: int = 3) -> list[Finding]:
@@ -61,12 +77,14 @@ def check_start_states(demo_set, suite: str, task: int, n: int = 3) -> list[Find
             "joint_gap_rad": joint_gap}
     bench_txt = ("; starts match benchmark init states " + ", ".join(f"demo_{i}->#{k} ({e:.1g})" for i, k, e in matches)
                  if matches else "")
+    names = list(demo_set.names)
     if size_bad:
         i, a, b = size_bad[0]
         return [Finding("start_state", "serious", "stored start states do not fit this task's simulator",
-                        f"demo_{i}: init_state has {a} numbers, the {suite} task {task} sim state has {b}",
+                        f"{names[i]}: init_state has {a} numbers, the {suite} task {task} sim state has {b}",
                         fix="the file is from another task or robosuite/LIBERO version; pass the right --suite/--task",
-                        next="run_ablation.py doctor --data FILE --suite SUITE --task N", numbers=nums)]
+                        next="run_ablation.py doctor --data FILE --suite SUITE --task N", numbers=nums,
+                        where=where_demos([names[j] for j, _a, _b in size_bad]))]
     evid = (f"after reset + set_init_state the sim qpos differs from the stored start by at most "
             f"{max(rows):.2g} (tolerance {START_QPOS_TOL:g}) over {len(rows)} demo(s)"
             + (f"; robot joints after the {wait} wait steps vs the first recorded obs: max {max(joint_gap):.3g} rad"
@@ -75,7 +93,8 @@ def check_start_states(demo_set, suite: str, task: int, n: int = 3) -> list[Find
         return [Finding("start_state", "serious" if bad else "warning", "the simulator does not reproduce the stored starts",
                         evid, fix="set_init_state must follow reset; a MuJoCo/robosuite version drift can also "
                                   "move start scenes (domain pitfalls 6, 7)",
-                        next="run_ablation.py replay FILE", numbers=nums)]
+                        next="run_ablation.py replay FILE", numbers=nums,
+                        where=where_demos([names[i] for i, _d in bad] or names[:len(eps)]))]
     return [Finding("start_state", "info", "start states are reproduced", evid, numbers=nums)]
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .findings import Finding
+from ..hypothesis import ROT_SPREAD_MIN_DEG
+from .findings import Finding, where_steps
 
 ROUNDTRIP_TOL = 1e-6  # native units; the codec is float64 and exactly invertible
 LOSS_SHARE_SERIOUS = 0.01  # a moving group with under 1% of the mean-predictor loss is ignored by training
@@ -36,23 +37,42 @@ def check_audit(spec, data: str, spec_path: str) -> list[Finding]:
             "dilution_factor": res.dilution_factor,
             "loss_share": {g: a.mean_loss_share for g, a in res.groups.items()},
             "rms": {g: a.rms for g, a in res.groups.items()}}
+    # Groups that do not vary enough to be learned or ranked on: constant or nearly constant ones, and
+    # rotation when the demos turn less than the hypotheses' own threshold (ROT_SPREAD_MIN_DEG). A loss
+    # that ignores such a group loses nothing, so a finding about it is info, never serious.
+    still = {g: ("constant" if a.constant else "nearly constant") for g, a in res.groups.items()
+             if a.constant or a.near_constant}
+    if "rot" in res.groups and "rot" not in still and res.rot_spread_deg < ROT_SPREAD_MIN_DEG:
+        still["rot"] = (f"turns by {res.rot_spread_deg:.1f} deg, under the {ROT_SPREAD_MIN_DEG:g} deg the "
+                        "hypotheses need (rotation_varies)")
+    nums["still"] = dict(still)
+    nums["rot_spread_deg"] = res.rot_spread_deg
     out = []
-    moving = [g for g, a in res.groups.items() if not a.constant and not a.near_constant]
-    starved = [g for g in moving if res.groups[g].mean_loss_share < LOSS_SHARE_SERIOUS]
+    starved_all = [g for g, a in res.groups.items() if not a.constant and a.mean_loss_share < LOSS_SHARE_SERIOUS]
+    starved = [g for g in starved_all if g not in still]
     shares = ", ".join(f"{g} {100 * a.mean_loss_share:.3g}%" for g, a in res.groups.items())
     rms = ", ".join(f"{g} {a.rms:.3g}" for g, a in res.groups.items())
+    evid = (f"share of the mean-predictor loss per group: {shares}; model-space RMS: {rms}; largest scale ratio "
+            f"{res.scale_ratio:.0f}x ({res.scale_ratio_groups[0]} / {res.scale_ratio_groups[1]}); rotation spread "
+            f"of the demos {res.rot_spread_deg:.1f} deg")
     if starved:
         out.append(Finding(
-            "scale.share", "serious", f"the loss ignores {', '.join(starved)} (spec {spec.name})",
-            f"share of the mean-predictor loss per group: {shares}; model-space RMS: {rms}; largest scale ratio "
-            f"{res.scale_ratio:.0f}x ({res.scale_ratio_groups[0]} / {res.scale_ratio_groups[1]})",
+            "scale.share", "serious", f"the loss ignores {', '.join(starved)} (spec {spec.name})", evid,
             fix="bring the groups to one scale: codec.normalizer: minmax (or unit_scales / loss.weights)",
             next="experiments/fix_minmax.yaml (run_ablation.py train --spec experiments/fix_minmax.yaml "
                  f"--demos {data}), or --plan all to compare every fix", numbers=nums))
-    elif res.scale_ratio > 10:
-        out.append(Finding("scale.mismatch", "warning", f"group scales differ {res.scale_ratio:.0f}x (spec {spec.name})",
-                           f"model-space RMS: {rms}; loss shares: {shares}",
-                           fix="codec.normalizer: minmax", next="experiments/fix_minmax.yaml", numbers=nums))
+    for g in [g for g in starved_all if g in still]:
+        out.append(Finding(
+            "scale.share", "info", f"the loss ignores '{g}', which barely varies in these demos (spec {spec.name})",
+            evid + f"; '{g}' {still[g]}: a policy that ignores it loses nothing on this file",
+            fix="", next="nothing to run; use demos that exercise it to study it", numbers=nums))
+    if not starved and res.scale_ratio > 10:
+        small = res.scale_ratio_groups[1]
+        out.append(Finding("scale.mismatch", "info" if small in still else "warning",
+                           f"group scales differ {res.scale_ratio:.0f}x (spec {spec.name})", evid
+                           + (f"; the small group '{small}' {still[small]}" if small in still else ""),
+                           fix="" if small in still else "codec.normalizer: minmax",
+                           next="" if small in still else "experiments/fix_minmax.yaml", numbers=nums))
     if res.dilution_factor < 0.5:
         out.append(Finding(
             "scale.dilution", "info" if starved else "warning",
@@ -60,14 +80,14 @@ def check_audit(spec, data: str, spec_path: str) -> list[Finding]:
             f"the {res.reduction} loss is {1 / res.dilution_factor:.1f}x smaller than the error on the filled slots; "
             f"a tiny loss proves little", fix="judge training by the per-group nMSE, not the total loss",
             next="experiments/fix_masked_loss.yaml", numbers=nums))
-    for g, a in res.groups.items():
-        if a.constant or a.near_constant:
-            out.append(Finding(
-                "scale.constant", "warning", f"'{g}' is {'constant' if a.constant else 'nearly constant'} in these demos",
-                f"'{g}' model-space std {a.std:.3g}, RMS {a.rms:.3g}; rotation spread of the demos "
-                f"{getattr(res, 'rot_spread_deg', float('nan')):.1f} deg",
-                fix=f"do not rank fixes on '{g}' errors; use demos that exercise it",
-                next="the report flags it; nothing to run", numbers=nums))
+    for g, why in still.items():
+        a = res.groups[g]
+        out.append(Finding(
+            "scale.constant", "info", f"'{g}' does not vary enough in these demos to rank fixes on it",
+            f"'{g}' {why}; model-space std {a.std:.3g}, RMS {a.rms:.3g}; rotation spread of the demos "
+            f"{res.rot_spread_deg:.1f} deg",
+            fix=f"do not rank fixes on '{g}' errors; use demos that exercise it",
+            next="the report flags it; nothing to run", numbers=nums))
     if not out:
         out.append(Finding("scale", "info", f"scale audit of {spec.name}: no warnings",
                            f"model-space RMS: {rms}; loss shares: {shares}", numbers=nums))
@@ -100,8 +120,12 @@ def roundtrip_errors(codec, demo_set) -> dict:
     err = {g: float(np.abs(env[:, s] - native[:, s]).max()) for g, s in native_groups.items()}
     p95 = {g: float(np.quantile(np.abs(env[:, s] - native[:, s]), 0.95)) for g, s in native_groups.items()}
     phys_err = float(np.abs(back - phys).max() / max(1.0, float(np.abs(phys).max())))
+    exact = [s for g, s in native_groups.items() if g not in absolute]
+    step_err = (np.max([np.abs(env[:, s] - native[:, s]).max(1) for s in exact], axis=0) if exact
+                else np.zeros(len(native)))
     return {"model_roundtrip_rel_err": phys_err, "native_max_err": err, "native_p95_err": p95,
-            "absolute_groups": list(absolute), "n": int(len(native))}
+            "absolute_groups": list(absolute), "n": int(len(native)),
+            "_step_err": step_err, "_lengths": [len(ep.actions) for ep in demo_set.episodes]}
 
 
 def check_roundtrip(spec, demo_set, data: str, codec=None) -> list[Finding]:
@@ -117,6 +141,9 @@ def check_roundtrip(spec, demo_set, data: str, codec=None) -> list[Finding]:
         codec = ActionCodec.fit(spec.codec, phys, np.concatenate([v.state for v in views]),
                                 np.concatenate([v.actions for v in views]))
     r = roundtrip_errors(codec, demo_set)
+    step_err, lengths = r.pop("_step_err"), r.pop("_lengths")
+    bounds = np.cumsum([0] + lengths)
+    where = where_steps(list(demo_set.names), [step_err[a:b] > ROUNDTRIP_TOL for a, b in zip(bounds[:-1], bounds[1:])])
     exact = [g for g in ("pos", "rot", "grip") if g not in r["absolute_groups"]]
     bad = {g: r["native_max_err"][g] for g in exact if r["native_max_err"][g] > ROUNDTRIP_TOL}
     if r["model_roundtrip_rel_err"] > ROUNDTRIP_TOL:
@@ -134,5 +161,6 @@ def check_roundtrip(spec, demo_set, data: str, codec=None) -> list[Finding]:
                         evid + "; off: " + ", ".join(f"{g} {v:.3g}" for g, v in bad.items()),
                         fix="the inverse output transform must undo the training transform (a double delta "
                             "transform or a rotation-representation mistake; openpi #804)",
-                        next="fix the codec, then run_ablation.py doctor --data FILE --spec SPEC", numbers=r)]
+                        next="fix the codec, then run_ablation.py doctor --data FILE --spec SPEC", numbers=r,
+                        where=where)]
     return [Finding("roundtrip", "info", f"transform round trip of {name} gives back the raw actions", evid, numbers=r)]
