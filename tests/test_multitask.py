@@ -50,7 +50,7 @@ def test_two_tasks_with_the_same_effect_pool_to_it_and_agree():
     assert [(t["task"], round(t["estimate"], 6)) for t in c.per_task] == [(T0, 0.4), (T3, 0.4)]
     assert c.tasks_disagree is False and c.heterogeneity.startswith("no evidence that tasks disagree")
     assert c.lo < 0.4 < c.hi and c.lo > 0 and c.word == "better"
-    assert "tasks resampled with replacement (a random factor)" in c.method
+    assert "tasks a random factor (between-task variance" in c.method
 
 
 def test_opposite_effects_pool_to_zero_and_tasks_disagree():
