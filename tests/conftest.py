@@ -6,7 +6,6 @@ up in numpy at the seed's magnitudes (no simulator): for data, codec and audit t
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,12 @@ def _torch_process_options():
     from ablation.train import configure_torch
 
     configure_torch()
-SHARED = Path(os.environ.get("ABLATION_SHARED_DIR", REPO.parent / "shared"))
+
+
+# The RDT golden fixture (a tiny official-layout checkpoint, fixed inputs and the original code's outputs;
+# see its README.md) ships with the repository, so a fresh clone tests RDT with nothing beside it.
+RDT_FIXTURE = REPO / "tests" / "fixtures" / "rdt_tiny"
+RDT_CKPT = RDT_FIXTURE / "checkpoint"
 
 
 def synthetic_episode(rng: np.random.Generator, T: int = 40, rotate: bool = True, rot_scale: float = 0.02) -> Episode:

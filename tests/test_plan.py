@@ -21,6 +21,7 @@ import yaml
 from ablation.plan import run_plan
 from ablation.spec import EXPERIMENTS_DIR
 from ablation.tracking import TAG_KIND, TAG_SPEC, TAG_SPEC_HASH, Tracker, default_tracking_uri
+from tests.conftest import RDT_CKPT
 
 pytestmark = pytest.mark.sim
 REPO = Path(__file__).resolve().parents[1]
@@ -263,13 +264,9 @@ def test_mlflow_ui_shows_the_runs(first_run, workdir):
 
 
 def test_tiny_pretrained_rdt_fine_tunes_through_the_plan(workdir, tmp_path):
-    from tests.test_rdt_policy import CKPT
-
-    if not CKPT.is_dir():
-        pytest.skip(f"RDT fixture not found at {CKPT}")
     plan = write_plan(tmp_path, "rdt", [str(EXPERIMENTS_DIR / "fix_velocity_slots.yaml")],
                       TINY + ["model.kind=rdt", "model.size=rdt-tiny-fixture", "data.action_chunk=64",
-                              f"model.pretrained={CKPT}", "train.steps=10", "train.eval_every=5"])
+                              f"model.pretrained={RDT_CKPT}", "train.steps=10", "train.eval_every=5"])
     out = run_plan(str(plan), profile_name="cpu", workdir=workdir)
     assert [r.status for r in out.results] == ["FINISHED"], [r.reason for r in out.results]
     run = client_for(workdir).client.get_run(out.results[0].run_id)
