@@ -29,11 +29,11 @@ pytestmark = pytest.mark.slow
 
 SPEC = "experiments/tune_loss_weights.yaml"
 EXPERIMENT = "libero-action-ablation"  # TrackingSpec.experiment default
-# A tiny budget: each trial trains 20 steps and rolls out one short episode.
+# A tiny budget: each trial trains 20 steps and rolls out two short episodes.
 TINY = ["model.size=tiny", "train.steps=20", "train.eval_every=10", "train.log_every=10",
         "train.checkpoint_every=20", "train.warmup_steps=5", "train.device=cpu", "train.num_threads=1",
         f"data.n_demos={EXPERT_DEMOS}", "data.images=false", "rollout.episodes=1", "rollout.max_steps=40",
-        "rollout.workers=1", "rollout.gate_episodes=1"]
+        "rollout.workers=1", "rollout.gate_episodes=1", "tune.episodes=2"]  # (the default is 20 per trial)
 WORKER_TIMEOUT_S = 240
 
 
