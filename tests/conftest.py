@@ -6,7 +6,7 @@ up in numpy at the seed's magnitudes (no simulator): for data, codec and audit t
 """
 from __future__ import annotations
 
-import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,12 @@ def _torch_process_options():
     from ablation.train import configure_torch
 
     configure_torch()
-SHARED = Path(os.environ.get("ABLATION_SHARED_DIR", REPO.parent / "shared"))
+
+
+# The RDT golden fixture (a tiny official-layout checkpoint, fixed inputs and the original code's outputs;
+# see its README.md) ships with the repository, so a fresh clone tests RDT with nothing beside it.
+RDT_FIXTURE = REPO / "tests" / "fixtures" / "rdt_tiny"
+RDT_CKPT = RDT_FIXTURE / "checkpoint"
 
 
 def synthetic_episode(rng: np.random.Generator, T: int = 40, rotate: bool = True, rot_scale: float = 0.02) -> Episode:
@@ -74,10 +79,28 @@ def synthetic_demo_file(tmp_path_factory) -> Path:
     return path
 
 
+EXPERT_DEMOS = 4  # demos in `expert_demo_file`: plan and tune tests set data.n_demos to it to reuse the file
+
+
 @pytest.fixture(scope="session")
 def expert_demo_file(tmp_path_factory) -> Path:
     """Four DART demos of libero_object task 0 from the scripted expert in the real simulator."""
     from ablation.sim.demos import generate_demos
 
     out = tmp_path_factory.mktemp("expert_demos") / "libero_object_task0.hdf5"
-    return generate_demos("libero_object", 0, n=4, out=out, seed=0)
+    return generate_demos("libero_object", 0, n=EXPERT_DEMOS, out=out, seed=0)
+
+
+def seed_workdir_demos(workdir: Path, expert_demo_file: Path) -> Path:
+    """Put the session's expert demos where a plan or tuner in `workdir` looks for libero_object task 0's
+    demos with data.n_demos=EXPERT_DEMOS (seed 0, no images, the default DART noise): a file named by its
+    cache key under <workdir>/demos. Its stored key matches, so the run reuses it instead of running the
+    scripted expert again (tens of seconds per workdir on 2 busy cores). The tests then assert that no
+    other demo file was made, so a drift in the key fails instead of silently regenerating."""
+    from ablation.sim.demos import cache_key, cached_key_of, default_demo_path
+
+    dst = default_demo_path(Path(workdir) / "demos", "libero_object", 0, EXPERT_DEMOS)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(expert_demo_file, dst)
+    assert cached_key_of(dst) == cache_key("libero_object", 0, EXPERT_DEMOS, False, 0.3, 0, 1.0)[0]
+    return dst

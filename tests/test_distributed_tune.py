@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import EXPERT_DEMOS, seed_workdir_demos
 from tests.pg_server import (REPO, SKIP_ENV, PgUnavailable, stop_process_group,
                              tracking_services)
 
@@ -28,10 +29,11 @@ pytestmark = pytest.mark.slow
 
 SPEC = "experiments/tune_loss_weights.yaml"
 EXPERIMENT = "libero-action-ablation"  # TrackingSpec.experiment default
-# A tiny budget: each trial trains 20 steps and rolls out one short episode.
+# A tiny budget: each trial trains 20 steps and rolls out two short episodes.
 TINY = ["model.size=tiny", "train.steps=20", "train.eval_every=10", "train.log_every=10",
         "train.checkpoint_every=20", "train.warmup_steps=5", "train.device=cpu", "train.num_threads=1",
-        "data.n_demos=2", "data.images=false", "rollout.episodes=1", "rollout.max_steps=40", "rollout.workers=1"]
+        f"data.n_demos={EXPERT_DEMOS}", "data.images=false", "rollout.episodes=1", "rollout.max_steps=40",
+        "rollout.workers=1", "rollout.gate_episodes=1", "tune.episodes=2"]  # (the default is 20 per trial)
 WORKER_TIMEOUT_S = 240
 
 
@@ -49,16 +51,12 @@ def services(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """One workdir shared by all workers; the demos are made once up front (the workers would make them
-    under ablation.workdir.ensure_demos' file lock otherwise), so the timings below are the trials'."""
+def workdir(tmp_path_factory, expert_demo_file):
+    """One workdir shared by all workers; the demos are there up front (the session's expert demos, which
+    the workers would make under ablation.workdir.ensure_demos' file lock otherwise), so the timings below
+    are the trials'."""
     wd = tmp_path_factory.mktemp("workdir")
-    code = ("import sys; from pathlib import Path; from ablation.spec import resolve_spec; "
-            "from ablation.workdir import ensure_demos; "
-            "print(ensure_demos(resolve_spec(sys.argv[1], sys.argv[3:]), Path(sys.argv[2]), 0))")
-    out = subprocess.run([sys.executable, "-c", code, SPEC, str(wd), *TINY], cwd=REPO, capture_output=True,
-                         text=True, timeout=WORKER_TIMEOUT_S, env=_env())
-    assert out.returncode == 0, f"demo generation failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    seed_workdir_demos(wd, expert_demo_file)
     return wd
 
 
@@ -132,6 +130,7 @@ def test_two_workers_share_one_study(services, workdir, tmp_path):
         for w in workers:
             stop_process_group(w)
     elapsed = time.time() - t0
+    assert len(list((workdir / "demos").glob("*.hdf5"))) == 1  # the seeded demos were reused, none made
 
     study = optuna.load_study(study_name=study_name, storage=services["optuna_url"])
     trials = study.get_trials(deepcopy=False)

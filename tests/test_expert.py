@@ -17,11 +17,13 @@ from ablation.sim.bddl_goal import Articulate, PickPlace, Unsupported, parse_bdd
 
 def _bddl_root() -> Path:
     spec = importlib.util.find_spec("libero")
+    # A fail, not a skip: scripts/setup.sh installs hf-libero, so a missing package is a broken set-up
+    # that would otherwise hide these tests on a fresh clone.
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the libero package (hf-libero) is not installed")
+        pytest.fail("the libero package (hf-libero) is not installed: run bash scripts/setup.sh", pytrace=False)
     root = Path(list(spec.submodule_search_locations)[0]) / "libero" / "bddl_files"
     if not root.is_dir():
-        pytest.skip(f"no BDDL files under {root}")
+        pytest.fail(f"no BDDL files under {root}: reinstall hf-libero (bash scripts/setup.sh)", pytrace=False)
     return root
 
 

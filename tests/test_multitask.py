@@ -21,6 +21,7 @@ from ablation.report import build_report
 from ablation.spec import SpecError, load_plan
 from ablation.stages import log_episodes
 from ablation.tracking import TAG_KIND, TAG_SEED, TAG_SPEC, Tracker, default_tracking_uri
+from tests.conftest import EXPERT_DEMOS, seed_workdir_demos
 
 STATES = 20
 T0, T3 = "libero_object/0", "libero_object/3"
@@ -201,16 +202,17 @@ def test_tasks_all_means_the_tasks_the_expert_covers(tmp_path):
 
 @pytest.mark.sim
 @pytest.mark.slow
-def test_tiny_two_task_plan_end_to_end(tmp_path, capsys):
+def test_tiny_two_task_plan_end_to_end(tmp_path, capsys, expert_demo_file):
     """Two arms x one seed x tasks 0 and 1 through the whole pipeline on tiny budgets (success rates
     mean nothing): runs named per task, demos made once per task, the report pooled over tasks."""
     plan = tmp_path / "plan_two_tasks.yaml"
     plan.write_text(yaml.safe_dump({
         "seeds": [0], "hypotheses": ["H1_practical"], "skip_arms": {"fix_loss_weight": "tiny test"},
         "tasks": [0, 1], "episodes": {"looks": [2, 3]},
-        "set": ["data.n_demos=4", "model.size=tiny", "train.steps=60", "train.eval_every=30", "train.log_every=10",
+        "set": [f"data.n_demos={EXPERT_DEMOS}", "model.size=tiny", "train.steps=60", "train.eval_every=30", "train.log_every=10",
                 "train.batch_size=16", "data.action_chunk=8", "rollout.max_steps=60", "rollout.gate_episodes=1"]}))
     wd = tmp_path / "wd"
+    seed_workdir_demos(wd, expert_demo_file)  # task 0's demos are the session's; task 1's are made here
     out = run_plan(str(plan), profile_name="cpu", workdir=wd)
     assert sorted(r.status for r in out.results) == ["FINISHED"] * 4, [r.reason for r in out.results]
     assert out.report_ok

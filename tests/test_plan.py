@@ -1,7 +1,7 @@
 """The orchestrator end to end on a tiny plan: real simulator, real training, real sqlite MLflow store.
 
-Budgets are tiny (2 demos, a few dozen training steps, 1 short episode), so success rates mean
-nothing here; the tests check the plumbing: runs, nesting, metrics, artifacts, skipping, resuming,
+Budgets are tiny (the session's 4 expert demos, a few dozen training steps, 1 short episode), so success
+rates mean nothing here; the tests check the plumbing: runs, nesting, metrics, artifacts, skipping, resuming,
 failure recording, the report and the MLflow UI.
 """
 from __future__ import annotations
@@ -21,12 +21,13 @@ import yaml
 from ablation.plan import run_plan
 from ablation.spec import EXPERIMENTS_DIR
 from ablation.tracking import TAG_KIND, TAG_SPEC, TAG_SPEC_HASH, Tracker, default_tracking_uri
+from tests.conftest import EXPERT_DEMOS, RDT_CKPT, seed_workdir_demos
 
 pytestmark = pytest.mark.sim
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["data.n_demos=2", "model.size=tiny", "train.steps=40", "train.eval_every=20", "train.log_every=10",
-        "train.batch_size=16", "rollout.episodes=1", "rollout.max_steps=40", "data.action_chunk=8",
-        "rollout.gate_episodes=1"]
+TINY = [f"data.n_demos={EXPERT_DEMOS}", "model.size=tiny", "train.steps=40", "train.eval_every=20",
+        "train.log_every=10", "train.batch_size=16", "rollout.episodes=1", "rollout.max_steps=40",
+        "data.action_chunk=8", "rollout.gate_episodes=1"]
 
 
 def write_plan(tmp: Path, name: str, entries: list, sets: list[str] = TINY, **extra) -> Path:
@@ -36,8 +37,10 @@ def write_plan(tmp: Path, name: str, entries: list, sets: list[str] = TINY, **ex
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("plan_wd")
+def workdir(tmp_path_factory, expert_demo_file) -> Path:
+    wd = tmp_path_factory.mktemp("plan_wd")
+    seed_workdir_demos(wd, expert_demo_file)  # the plans reuse the session's demos
+    return wd
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +69,7 @@ def test_tiny_plan_end_to_end(first_run, workdir):
     _, out = first_run
     assert sorted(r.status for r in out.results) == ["FINISHED"] * 4, [r.reason for r in out.results]
     assert out.report_ok
+    assert len(list((workdir / "demos").glob("*.hdf5"))) == 1  # the session's demos, reused, none made
     tr = client_for(workdir)
     c = tr.client
     parent = c.get_run(out.parent_run_id)
@@ -263,13 +267,9 @@ def test_mlflow_ui_shows_the_runs(first_run, workdir):
 
 
 def test_tiny_pretrained_rdt_fine_tunes_through_the_plan(workdir, tmp_path):
-    from tests.test_rdt_policy import CKPT
-
-    if not CKPT.is_dir():
-        pytest.skip(f"RDT fixture not found at {CKPT}")
     plan = write_plan(tmp_path, "rdt", [str(EXPERIMENTS_DIR / "fix_velocity_slots.yaml")],
                       TINY + ["model.kind=rdt", "model.size=rdt-tiny-fixture", "data.action_chunk=64",
-                              f"model.pretrained={CKPT}", "train.steps=10", "train.eval_every=5"])
+                              f"model.pretrained={RDT_CKPT}", "train.steps=10", "train.eval_every=5"])
     out = run_plan(str(plan), profile_name="cpu", workdir=workdir)
     assert [r.status for r in out.results] == ["FINISHED"], [r.reason for r in out.results]
     run = client_for(workdir).client.get_run(out.results[0].run_id)

@@ -29,11 +29,13 @@ import yaml
 from ablation.errors import UserError
 from ablation.executors import TAG_WORKER_PID, make_executor
 from ablation.spec import EXPERIMENTS_DIR
+from tests.conftest import EXPERT_DEMOS, seed_workdir_demos
 from tests.pg_server import REPO, SKIP_ENV, PgUnavailable, stop_process_group, tracking_services
 
 EXPERIMENT = "libero-action-ablation"
-TINY = ["data.n_demos=2", "model.size=tiny", "train.steps=40", "train.eval_every=20", "train.log_every=10",
-        "train.batch_size=16", "rollout.episodes=1", "rollout.max_steps=40", "data.action_chunk=8"]
+TINY = [f"data.n_demos={EXPERT_DEMOS}", "model.size=tiny", "train.steps=40", "train.eval_every=20",
+        "train.log_every=10", "train.batch_size=16", "rollout.episodes=1", "rollout.max_steps=40",
+        "data.action_chunk=8"]
 DRIVER_TIMEOUT_S = 600
 
 
@@ -104,7 +106,7 @@ def test_racing_drivers_create_one_parent_and_each_run_once(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory):
+def services(tmp_path_factory, expert_demo_file):
     if os.environ.get("ABLATION_SKIP_RAY") == "1":
         pytest.skip("ABLATION_SKIP_RAY=1: Ray cluster tests skipped")
     try:
@@ -115,6 +117,7 @@ def services(tmp_path_factory):
     if os.environ.get(SKIP_ENV) == "1":
         pytest.skip(f"{SKIP_ENV}=1: PostgreSQL tests skipped")
     d = tmp_path_factory.mktemp("ray_services")
+    seed_workdir_demos(d / "workdir", expert_demo_file)  # the session's demos: no scripted-expert run here
     from tests.ray_cluster import ray_cluster
 
     try:
@@ -177,6 +180,7 @@ def test_two_drivers_each_run_lands_once_under_one_plan_run(services, tmp_path):
         for d in drivers:
             stop_process_group(d)
     assert rcs == [0, 0], "\n\n".join(tail(d) for d in drivers)
+    assert len(list((services["workdir"] / "demos").glob("*.hdf5"))) == 1  # the seeded demos, reused
     tr = tracker(services)
     parents = tr.find_runs("tags.`ablation.plan` = 'plan_ray_two' and tags.`ablation.kind` = 'plan'")
     assert len(parents) == 1, [p.info.run_id for p in parents]

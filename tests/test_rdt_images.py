@@ -8,7 +8,6 @@ frames; the rollouts run the real LIBERO simulator with cameras on.
 """
 from __future__ import annotations
 
-import os
 import shutil
 from functools import partial
 from pathlib import Path
@@ -22,17 +21,14 @@ from ablation.errors import UserError
 from ablation.spec import EXPERIMENTS_DIR, SpecError, resolve_spec
 from ablation.spec_data import prepare_spec_data
 
-from .conftest import synthetic_episode, synthetic_meta
+from .conftest import RDT_CKPT, synthetic_episode, synthetic_meta
 
-SHARED = Path(os.environ.get("ABLATION_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
-CKPT = SHARED / "fixtures" / "rdt_tiny" / "checkpoint"
+CKPT = RDT_CKPT
 INSTRUCTION = "pick up the thing"  # synthetic_meta()'s language_instruction
 # Live and cached features go through the same fp32 SigLIP and the same float16 rounding; only the
 # batch composition differs (another matmul blocking), which may move a value by one float16 step
 # (2e-3 at |x| < 4). Measured on this CPU: bitwise equal over 60 windows.
 FEATURE_ATOL, FEATURE_RTOL = 2e-3, 2e-3
-
-pytestmark = pytest.mark.skipif(not CKPT.is_dir(), reason=f"RDT fixture not found at {CKPT}")
 
 
 def _tiny_siglip(path: Path, seed: int) -> Path:

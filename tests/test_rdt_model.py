@@ -1,4 +1,4 @@
-"""RDT re-implementation against the golden fixture made by the original code (shared/fixtures/rdt_tiny).
+"""RDT re-implementation against the golden fixture made by the original code (tests/fixtures/rdt_tiny).
 
 The fixture is data only: a tiny official-layout checkpoint, fixed inputs and the official outputs.
 Everything here runs on CPU in float32 unless a test says otherwise.
@@ -6,7 +6,6 @@ Everything here runs on CPU in float32 unless a test says otherwise.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -17,19 +16,10 @@ from ablation.rdt import (
     RDTCheckpointError, RDTConfig, RDTRunner, from_official_config_json, load_rdt_checkpoint, save_rdt_checkpoint,
 )
 from ablation.rdt.lang import LangEmbeddingError, LangEmbeddingStore, load_lang_embedding, pad_lang_embeddings
+from tests.conftest import RDT_FIXTURE
 
 
-def _fixture_dir() -> Path:
-    shared = os.environ.get("ABLATION_SHARED_DIR")
-    base = Path(shared) if shared else Path(__file__).resolve().parents[2] / "shared"
-    return base / "fixtures" / "rdt_tiny"
-
-
-FIXTURE = _fixture_dir()
-pytestmark = pytest.mark.skipif(
-    not (FIXTURE / "checkpoint" / "config.json").is_file(),
-    reason=f"RDT golden fixture not found at {FIXTURE} (CI has it beside the repo as ../shared; "
-           "or set ABLATION_SHARED_DIR)")
+FIXTURE = RDT_FIXTURE
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,4 @@
 """model.kind: rdt through the normal trainer and bundle: the official-layout RDT behind our policy."""
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,9 +6,9 @@ import torch
 from ablation.bundle import load_policy
 from ablation.spec import EXPERIMENTS_DIR, SpecError, resolve_spec
 from ablation.train import train
+from tests.conftest import RDT_CKPT, RDT_FIXTURE
 
-SHARED = Path(os.environ.get("ABLATION_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
-CKPT = SHARED / "fixtures" / "rdt_tiny" / "checkpoint"
+CKPT = RDT_CKPT
 
 RDT_SETS = ["model.kind=rdt", "model.size=rdt-tiny-fixture", "data.action_chunk=64", "train.steps=6",
             "train.batch_size=4", "train.eval_every=3", "train.log_every=3", "train.checkpoint_every=100"]
@@ -27,7 +25,6 @@ def test_rdt_spec_rejections():
         resolve_spec(EXPERIMENTS_DIR / "baseline_rdt.yaml", ["model.size=rdt-tiny-fixture"])
 
 
-@pytest.mark.skipif(not CKPT.is_dir(), reason=f"RDT fixture not found at {CKPT} (set ABLATION_SHARED_DIR)")
 @pytest.mark.parametrize("fix", ["baseline_rdt", "fix_minmax", "fix_velocity_slots"])
 def test_pretrained_tiny_rdt_fine_tunes_and_reloads(fix, synthetic_demo_file, tmp_path):
     spec = resolve_spec(EXPERIMENTS_DIR / f"{fix}.yaml", RDT_SETS + [f"model.pretrained={CKPT}"])
@@ -37,7 +34,7 @@ def test_pretrained_tiny_rdt_fine_tunes_and_reloads(fix, synthetic_demo_file, tm
     assert type(policy.net).__name__ == "RDTNet"
     # the official keys are all there, under runner.
     keys = {k.split("runner.", 1)[1] for k in policy.net.state_dict() if k.startswith("runner.")}
-    official = {line.split()[0] for line in (SHARED / "fixtures" / "rdt_tiny" / "keys.txt").read_text().splitlines()}
+    official = {line.split()[0] for line in (RDT_FIXTURE / "keys.txt").read_text().splitlines()}
     assert keys == official
     # identical samples from fixed noise after a save/load round trip
     from ablation.data import prepare_data
@@ -49,7 +46,6 @@ def test_pretrained_tiny_rdt_fine_tunes_and_reloads(fix, synthetic_demo_file, tm
     torch.testing.assert_close(policy.sample(batch, noise=noise), again.sample(batch, noise=noise), rtol=0, atol=0)
 
 
-@pytest.mark.skipif(not CKPT.is_dir(), reason=f"RDT fixture not found at {CKPT}")
 def test_pretrained_weights_are_loaded_not_random(synthetic_demo_file, tmp_path):
     from ablation.rdt import load_rdt_checkpoint
     from ablation.data import prepare_data
@@ -66,7 +62,6 @@ def test_pretrained_weights_are_loaded_not_random(synthetic_demo_file, tmp_path)
     assert all(p.requires_grad for n, p in pol.net.runner.named_parameters() if n.startswith("lang_adaptor."))
 
 
-@pytest.mark.skipif(not CKPT.is_dir(), reason=f"RDT fixture not found at {CKPT}")
 def test_state_mask_marks_the_state_slots_not_the_action_slots(synthetic_demo_file, monkeypatch):
     """Velocity layout: actions fill 39-44 (+ gripper 10) but the state (EEF pose) sits in 30-38. The
     network's state row must carry the state's mask, not the action mask (the official code shares one

@@ -1,7 +1,7 @@
 """Simulator layer: setup errors, demo generation, replay, the rollout runner (serial/parallel).
 
 Every test that touches MuJoCo/LIBERO is marked `sim`; budgets are small (the set runs in a few
-minutes on 2 CPU cores). One session-scoped file of 3 DART demos is shared.
+minutes on 2 CPU cores). The session's file of 4 DART demos (conftest `expert_demo_file`) is shared.
 """
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import EXPERT_DEMOS
+
 ROOT = Path(__file__).resolve().parents[1]
+N = EXPERT_DEMOS  # demos in the shared file
 
 
 # ----------------------------------------------------------------------------- helpers (picklable)
@@ -44,11 +47,9 @@ class CrashPolicy:
 
 
 @pytest.fixture(scope="session")
-def demo_file(tmp_path_factory):
-    from ablation.sim.demos import generate_demos
-
-    out = tmp_path_factory.mktemp("demos") / "obj0.hdf5"
-    return generate_demos("libero_object", 0, 3, out, dart_sigma=0.3, seed=0, progress=False)
+def demo_file(expert_demo_file):
+    """libero_object task 0, 4 demos, DART sigma 0.3, seed 0, default workers: made once per session."""
+    return expert_demo_file
 
 
 # ----------------------------------------------------------------------------- no simulator needed
@@ -142,18 +143,18 @@ def test_demo_file_contents(demo_file):
     from ablation.sim.env import load_init_states
 
     ds = read_demo_file(demo_file)
-    assert ds.meta.obs_convention == "before" and len(ds.episodes) == 3
+    assert ds.meta.obs_convention == "before" and len(ds.episodes) == N
     a = ds.meta.attrs
     assert a["suite"] == "libero_object" and a["task_id"] == 0 and a["dart_sigma"] == 0.3
     assert a["wait_steps"] == 10
     # training starts: fresh randomised resets, recorded, none equal to a benchmark (evaluation) init state
     assert a["starts"] == "random_resets" and a["start_seed"] == 0 and a["init_indices"] is None
-    assert len(a["start_attempts"]) == 3 and a["starts_equal_to_benchmark"] == 0
+    assert len(a["start_attempts"]) == N and a["starts_equal_to_benchmark"] == 0
     bench = load_init_states("libero_object", 0)
     d = start_distances(np.stack([ep.init_state for ep in ds.episodes]), bench)
     np.testing.assert_allclose(d, a["starts_min_dist_to_benchmark"], atol=1e-5)
     assert d.min() > 1e-3 and a["min_distance_to_benchmark_init"] == pytest.approx(d.min(), abs=1e-5)
-    assert len({ep.init_state.tobytes() for ep in ds.episodes}) == 3
+    assert len({ep.init_state.tobytes() for ep in ds.episodes}) == N
     assert "alphabet soup" in ds.meta.problem_info["language_instruction"]
     for ep in ds.episodes:
         T = len(ep)
@@ -179,13 +180,13 @@ def test_demo_file_contents(demo_file):
         assert np.corrcoef(dpos[:, 2], ep.actions[:-1, 2])[0, 1] > 0.5
     # cache: same inputs -> the same file, untouched (the worker count is not an input)
     mtime = demo_file.stat().st_mtime_ns
-    assert generate_demos("libero_object", 0, 3, demo_file, dart_sigma=0.3, seed=0, progress=False,
+    assert generate_demos("libero_object", 0, N, demo_file, dart_sigma=0.3, seed=0, progress=False,
                           workers=1) == demo_file
     assert demo_file.stat().st_mtime_ns == mtime
-    k = cache_key("libero_object", 0, 3, False, 0.3, 0, 1.0)[0]
+    k = cache_key("libero_object", 0, N, False, 0.3, 0, 1.0)[0]
     assert k == a["cache_key"]
-    assert k != cache_key("libero_object", 0, 3, False, 0.3, 1, 1.0)[0]
-    assert k != cache_key("libero_object", 0, 3, False, 0.3, 0, 1.0, starts="benchmark")[0]
+    assert k != cache_key("libero_object", 0, N, False, 0.3, 1, 1.0)[0]
+    assert k != cache_key("libero_object", 0, N, False, 0.3, 0, 1.0, starts="benchmark")[0]
 
 
 @pytest.mark.sim
@@ -249,7 +250,7 @@ def test_replay_cli_gate_a(demo_file, capsys):
     rc = main(["replay", str(demo_file)])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "3/3 = 100%" in out
+    assert f"{N}/{N} = 100%" in out
 
 
 @pytest.mark.sim

@@ -12,13 +12,14 @@ import pytest
 import ablation.tune as tune_mod
 from ablation.spec import EXPERIMENTS_DIR
 from ablation.tracking import TAG_KIND, Tracker, default_tracking_uri
+from tests.conftest import EXPERT_DEMOS, seed_workdir_demos
 
 pytestmark = pytest.mark.sim
 REPO = Path(__file__).resolve().parents[1]
 SPEC = EXPERIMENTS_DIR / "tune_loss_weights.yaml"
-TINY = ["data.n_demos=2", "model.size=tiny", "train.steps=20", "train.eval_every=10", "train.log_every=10",
-        "train.batch_size=16", "rollout.episodes=1", "rollout.max_steps=30", "data.action_chunk=8",
-        "tune.reeval_seeds=[0]", "tune.episodes=1", "rollout.gate_episodes=1"]
+TINY = [f"data.n_demos={EXPERT_DEMOS}", "model.size=tiny", "train.steps=20", "train.eval_every=10",
+        "train.log_every=10", "train.batch_size=16", "rollout.episodes=1", "rollout.max_steps=30",
+        "data.action_chunk=8", "tune.reeval_seeds=[0]", "tune.episodes=1", "rollout.gate_episodes=1"]
 
 
 class PruneFromSecondTrial(optuna.pruners.BasePruner):
@@ -29,7 +30,8 @@ class PruneFromSecondTrial(optuna.pruners.BasePruner):
         return trial.number >= 1 and bool(trial.intermediate_values)
 
 
-def test_three_trial_study_with_pruning(tmp_path, monkeypatch):
+def test_three_trial_study_with_pruning(tmp_path, monkeypatch, expert_demo_file):
+    seed_workdir_demos(tmp_path, expert_demo_file)  # the session's demos, not another scripted-expert run
     monkeypatch.setattr(tune_mod, "make_pruner", lambda kind, spec=None: PruneFromSecondTrial())
     out = tune_mod.tune(str(SPEC), trials=3, workdir=tmp_path, sets=TINY, study_name="s3", progress=False)
     study = optuna.load_study(study_name="s3", storage=tune_mod.default_storage(tmp_path))
@@ -68,9 +70,11 @@ def test_three_trial_study_with_pruning(tmp_path, monkeypatch):
     # a second call resumes the same study (load_if_exists)
     tune_mod.tune(str(SPEC), trials=1, workdir=tmp_path, sets=TINY, study_name="s3", progress=False, reeval=False)
     assert len(optuna.load_study(study_name="s3", storage=tune_mod.default_storage(tmp_path)).trials) == 4
+    assert len(list((tmp_path / "demos").glob("*.hdf5"))) == 1  # the seeded demos were reused
 
 
-def test_two_concurrent_tune_processes_share_one_study(tmp_path):
+def test_two_concurrent_tune_processes_share_one_study(tmp_path, expert_demo_file):
+    seed_workdir_demos(tmp_path, expert_demo_file)
     cmd = [sys.executable, str(REPO / "run_ablation.py"), "tune", "--spec", str(SPEC), "--trials", "2",
            "--study", "shared", "--workdir", str(tmp_path), "--no-reeval"]
     for s in TINY:

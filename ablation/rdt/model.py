@@ -2,7 +2,7 @@
 
 Everything that decides numbers follows thu-ml/RoboticsDiffusionTransformer (commit deb71d82) as
 described in shared/docs/rdt_checkpoint.md, and is checked against the golden fixture
-shared/fixtures/rdt_tiny. The state_dict (keys, shapes, order) equals the official one:
+tests/fixtures/rdt_tiny. The state_dict (keys, shapes, order) equals the official one:
 
     RDTRunner
       model           RDT: pos-embeds, t/freq embedders, `depth` blocks, final layer
@@ -199,7 +199,7 @@ class RDTConfig:
 
 
 RDT_PRESETS: dict[str, RDTConfig] = {
-    # shared/fixtures/rdt_tiny/checkpoint/config.json
+    # tests/fixtures/rdt_tiny/checkpoint/config.json
     "rdt-tiny-fixture": RDTConfig(
         hidden_size=64, depth=2, num_heads=4, lang_token_dim=32, img_token_dim=24,
         max_lang_cond_len=8, img_cond_len=24,
