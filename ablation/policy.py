@@ -148,13 +148,13 @@ class DiffusionPolicy(nn.Module):
 
     def outputs_at(self, batch: dict, noise: torch.Tensor, t: torch.Tensor,
                    net: nn.Module | None = None) -> dict[str, torch.Tensor]:
-        """`training_outputs` for given unit noise (B,H,W) and timesteps t (B,); also returns `noisy`."""
+        """`training_outputs` for given unit noise (B,H,W) and timesteps t (B,); also returns `noisy` and `t`."""
         x0 = batch["actions"]
         noisy = self.train_scheduler.add_noise(x0, noise * self.noise_scale, t)
         pred = self.denoise(noisy, t, batch, net)
         target = x0 if self.spec.model.prediction_type == "sample" else noise
         x0_pred = self.x0_from_output(pred.float(), noisy, t)
-        return {"pred": pred, "target": target, "x0_pred": x0_pred, "x0": x0, "noisy": noisy}
+        return {"pred": pred, "target": target, "x0_pred": x0_pred, "x0": x0, "noisy": noisy, "t": t}
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
