@@ -142,3 +142,23 @@ def test_x0_error_by_t_measures_the_noise_each_bin_leaves(synthetic_demo_file):
     ab = _policy(spec, data).alphas_cumprod[:200].double()
     expect = float(((1 - ab) / ab).mean()) / loss_fn.var["pos"]
     assert bins[0] == pytest.approx(expect, rel=0.15)
+
+
+def test_report_plots_x0_by_t_per_arm(tmp_path):
+    """The report reads val/x0_by_t/* from each run (a real sqlite MLflow store) and plots them per arm."""
+    from ablation.report import build_report
+    from ablation.tracking import TAG_SPEC, Tracker, default_tracking_uri
+
+    from .test_report import record_plan
+
+    tracker = Tracker.open(default_tracking_uri(tmp_path), "libero-action-ablation", tmp_path / "art")
+    parent = record_plan(tracker, ["H1_scale_absolute"], {
+        "baseline_rdt": {"rates": [0, 0, 0]}, "fix_pos_cm": {"rates": [1, 1, 1]}})
+    for run in tracker.find_runs(f"tags.`{TAG_SPEC}` = 'fix_pos_cm'") + tracker.find_runs(f"tags.`{TAG_SPEC}` = 'baseline_rdt'"):
+        cm = run.data.tags[TAG_SPEC] == "fix_pos_cm"
+        tracker.log_metrics(run.info.run_id, [(f"val/x0_by_t/{g}/bin{k}", (0.01 if cm else 1.0) * (k + 1), 10)
+                                              for g in ("pos", "rot", "grip") for k in range(5)])
+    out = tmp_path / "r"
+    build_report(tracker, parent_run_id=parent, out_dir=out)
+    assert (out / "x0_by_t.png").stat().st_size > 1000
+    assert "x0_by_t.png" in (out / "report.md").read_text()
