@@ -105,6 +105,11 @@ class DiffusionPolicy(nn.Module):
         self.register_buffer("action_mask", torch.as_tensor(codec.action_mask, dtype=torch.float32), persistent=False)
         self.register_buffer("state_mask", torch.as_tensor(codec.state_mask, dtype=torch.float32), persistent=False)
         self.register_buffer("alphas_cumprod", self.train_scheduler.alphas_cumprod.clone().float(), persistent=False)
+        # (W,) std of the diffusion noise per slot (model.noise_scale per group; padding 1). Scaling the noise
+        # by s is diffusion on x/s: training noises with s*eps, the epsilon target stays the unit eps, and
+        # sampling starts from s*eps. DPM-Solver++ (x0 form) steps are linear in x and x0, so they need no
+        # other change. All ones (the default) multiplies by 1.0: bit-identical to unscaled noise.
+        self.register_buffer("noise_scale", slot_noise_scale(spec, codec), persistent=False)
         # Noise of `act` calls made without a generator. The rollout runner passes each episode its own
         # generator (seeded from run seed and init state) instead, so outcomes do not depend on call order.
         self._act_gen = torch.Generator().manual_seed(seed)
@@ -128,7 +133,7 @@ class DiffusionPolicy(nn.Module):
         if self.spec.model.prediction_type == "sample":
             return out
         ab = self.alphas_cumprod.to(noisy.device)[t].view(-1, 1, 1)
-        return (noisy - (1 - ab).sqrt() * out) / ab.sqrt()
+        return (noisy - (1 - ab).sqrt() * self.noise_scale.to(noisy.device) * out) / ab.sqrt()
 
     def training_outputs(self, batch: dict, generator: torch.Generator | None = None,
                          net: nn.Module | None = None) -> dict[str, torch.Tensor]:
@@ -139,19 +144,25 @@ class DiffusionPolicy(nn.Module):
         gen_dev = generator.device if generator is not None else torch.device("cpu")
         noise = torch.randn(x0.shape, generator=generator, device=gen_dev).to(x0.device)
         t = torch.randint(0, self.spec.model.num_train_timesteps, (B,), generator=generator, device=gen_dev).to(x0.device)
-        noisy = self.train_scheduler.add_noise(x0, noise, t)
+        return self.outputs_at(batch, noise, t, net)
+
+    def outputs_at(self, batch: dict, noise: torch.Tensor, t: torch.Tensor,
+                   net: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """`training_outputs` for given unit noise (B,H,W) and timesteps t (B,); also returns `noisy` and `t`."""
+        x0 = batch["actions"]
+        noisy = self.train_scheduler.add_noise(x0, noise * self.noise_scale, t)
         pred = self.denoise(noisy, t, batch, net)
         target = x0 if self.spec.model.prediction_type == "sample" else noise
         x0_pred = self.x0_from_output(pred.float(), noisy, t)
-        return {"pred": pred, "target": target, "x0_pred": x0_pred, "x0": x0}
+        return {"pred": pred, "target": target, "x0_pred": x0_pred, "x0": x0, "noisy": noisy, "t": t}
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(self, batch: dict, generator: torch.Generator | list[torch.Generator] | None = None,
                noise: torch.Tensor | None = None) -> torch.Tensor:
-        """DPM-Solver++ sampling -> (B,H,W) model space, from fixed `noise` (B,H,W), or noise drawn from
+        """DPM-Solver++ sampling -> (B,H,W) model space, from fixed unit `noise` (B,H,W), or noise drawn from
         `generator`: one for the whole batch, or a list of B, one per row (row i's noise then does not
-        depend on the other rows)."""
+        depend on the other rows). Either is scaled per slot by model.noise_scale before the first step."""
         B = batch["state"].shape[0]
         shape = (B, self.horizon, self.codec.width)
         if noise is None and isinstance(generator, (list, tuple)):
@@ -162,7 +173,7 @@ class DiffusionPolicy(nn.Module):
         elif noise is None:
             noise = torch.randn(shape, generator=generator,
                                 device=generator.device if generator is not None else torch.device("cpu"))
-        x = noise.to(self.device, torch.float32)
+        x = noise.to(self.device, torch.float32) * self.noise_scale
         if self._sampler is None:
             with warnings.catch_warnings():  # diffusers' own numpy-2 DeprecationWarning, not ours
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -224,6 +235,14 @@ class DiffusionPolicy(nn.Module):
         finally:
             self.train(was_training)
         return list(chunks.cpu().numpy().astype(np.float64))
+
+
+def slot_noise_scale(spec: Spec, codec: ActionCodec) -> torch.Tensor:
+    """(W,) diffusion noise std per slot: model.noise_scale of the slot's group, 1 on padding slots."""
+    s = torch.ones(codec.width, dtype=torch.float32)
+    for g, v in spec.model.noise_scale.as_dict().items():
+        s[torch.as_tensor(codec.group_slots[g])] = v
+    return s
 
 
 def build_policy(spec: Spec, codec: ActionCodec, obs_norm: ObsNormalizer, obs_dim: int, n_cams: int = 0,

@@ -27,6 +27,7 @@ from .spec import GROUPS
 from .tracking import TAG_KIND, Tracker
 
 OPEN_LOOP_KEYS = {g: f"val/openloop/nmse/{g}" for g in GROUPS}
+X0_BY_T_PREFIX = "val/x0_by_t/"
 
 
 class ReportError(Exception):
@@ -179,6 +180,11 @@ def collect(tracker: Tracker, record: dict) -> tuple[list[ArmRow], list[dict], d
             # one point per trained network (arm x seed, or arm x seed x task)
             curves[arm]["_scatter"] = [(s, _last(r, "train/loss/total"), rate_of.get((s, t)))
                                        for (s, t), r in finished.items()]
+            # one-step x0 nMSE per diffusion-time bin at the end of training (ablation.train.x0_error_by_t)
+            bins = sorted({int(k.rsplit("bin", 1)[1]) for r in fr for k in r.data.metrics
+                           if k.startswith(X0_BY_T_PREFIX)})
+            curves[arm]["_x0_by_t"] = {g: [_mean(_last(r, f"{X0_BY_T_PREFIX}{g}/bin{k}") for r in fr) for k in bins]
+                                       for g in GROUPS} if bins else {}
     return rows, records, curves
 
 
@@ -382,6 +388,23 @@ def _plots(rep: Report, curves: dict, out_dir: Path) -> dict[str, Path]:
         fig.tight_layout()
         paths["openloop"] = out_dir / "openloop_nmse.png"
         fig.savefig(paths["openloop"], dpi=90)
+        plt.close(fig)
+    if any(c.get("_x0_by_t") for c in curves.values()):
+        fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+        for ax, g in zip(axes, GROUPS):
+            for arm, c in curves.items():
+                ys = (c.get("_x0_by_t") or {}).get(g) or []
+                if any(y is not None for y in ys):
+                    ax.plot(range(len(ys)), [max(y, 1e-6) if y is not None else float("nan") for y in ys],
+                            marker=".", label=arm)
+            ax.set_yscale("log")
+            ax.axhline(1.0, color="k", lw=0.6, ls="--")
+            ax.set_title(f"one-step x0 nMSE by diffusion time, {g}")
+            ax.set_xlabel("diffusion-time bin (0: least noise)")
+        axes[0].legend(fontsize=6)
+        fig.tight_layout()
+        paths["x0_by_t"] = out_dir / "x0_by_t.png"
+        fig.savefig(paths["x0_by_t"], dpi=90)
         plt.close(fig)
     return paths
 

@@ -108,6 +108,17 @@ class ModelSpec(_Frozen):
     image_features: Optional[str] = None
     gradient_checkpointing: bool = False
     freeze: tuple[str, ...] = ()
+    # Std of the diffusion noise per action group, in model units (1: the standard N(0, 1) everywhere).
+    # {pos: 0.01} gives metres centimetres' signal-to-noise ratio while keeping the loss share and the
+    # output scale of metres (issue 24, H1's mechanism). Padding slots keep std 1.
+    noise_scale: GroupValues = GroupValues()
+
+    @model_validator(mode="after")
+    def _positive_noise(self) -> "ModelSpec":
+        bad = {g: v for g, v in self.noise_scale.as_dict().items() if not v > 0}
+        if bad:
+            raise ValueError(f"model.noise_scale: {bad} must be > 0 (a noise std); use 1.0 for the standard noise")
+        return self
 
 
 class TrainSpec(_Frozen):
@@ -241,9 +252,14 @@ class Spec(_Frozen):
 
     def hash(self) -> str:
         """Stable short hash of the resolved spec: key order, comments and `extends` do not matter.
-        `sim` is left out: it picks how the same physics is computed, not what is computed."""
-        payload = json.dumps(self.model_dump(mode="json", exclude={"description", "sim"}), sort_keys=True,
-                             separators=(",", ":"))
+        `sim` is left out: it picks how the same physics is computed, not what is computed. Fields in
+        HASH_NEUTRAL_DEFAULTS are left out while at their default, so adding them kept every existing
+        spec's hash (its cached runs and resumable bundles)."""
+        dump = self.model_dump(mode="json", exclude={"description", "sim"})
+        for section, key in HASH_NEUTRAL_DEFAULTS:
+            if getattr(getattr(self, section), key) == type(getattr(self, section)).model_fields[key].default:
+                dump[section].pop(key)
+        payload = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def flat(self) -> dict[str, Any]:
@@ -262,6 +278,10 @@ class Spec(_Frozen):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# (section, field) pairs added after specs were hashed and cached; see Spec.hash.
+HASH_NEUTRAL_DEFAULTS: tuple[tuple[str, str], ...] = (("model", "noise_scale"),)
 
 
 def codec_guarantees_unit_range(codec: CodecSpec) -> bool:

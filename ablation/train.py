@@ -32,6 +32,8 @@ Metrics passed to on_metrics every train.log_every steps (losses averaged over t
     train/lr, train/grad_norm, train/samples_per_s
     every train.eval_every steps also val/loss/*, val/nmse/*, val/phys/* (held-out demos, one-step
     x0: see `validate`) and val/openloop/* (fully sampled chunks; see ablation.openloop)
+    at the last step also val/x0_by_t/{pos,rot,grip}/bin{k}: that one-step x0 nMSE per diffusion-time
+    bin (bin 0: least noise; see `x0_error_by_t`)
 
 Out dir layout: out_dir/checkpoints/step_0001000/, the newest bundle (see ablation.bundle).
 """
@@ -63,6 +65,8 @@ from .spec_data import prepare_spec_data
 MetricsCallback = Callable[[int, dict[str, float]], None]
 VAL_BATCHES = 4        # batches of held-out windows per validation
 VAL_OPEN_LOOP_N = 64   # sampled windows for the open-loop figures logged during training
+X0_BY_T_BINS = 5       # diffusion-time bins of the final x0-error diagnostic (val/x0_by_t/*)
+X0_BY_T_WINDOWS = 256  # held-out windows per bin (the same windows and unit noise in every bin)
 KERNEL_CHOICES = ("fast", "reference")
 
 
@@ -286,6 +290,34 @@ def phys_metrics(policy: DiffusionPolicy, x0_pred: torch.Tensor, w: Windows, idx
     return {f"{prefix}/phys/{k}": v for k, v in errs.items()}
 
 
+@torch.no_grad()
+def x0_error_by_t(policy: DiffusionPolicy, windows: WindowTensors, loss_fn: DiffusionLoss, *,
+                  n_bins: int = X0_BY_T_BINS, n: int = X0_BY_T_WINDOWS, batch_size: int = 64,
+                  seed: int = 0) -> dict[str, float]:
+    """One-step x0 nMSE per group, binned by diffusion time: bin k draws t uniformly from
+    [k T/n_bins, (k+1) T/n_bins) (T = model.num_train_timesteps), on the same n windows with the same
+    unit noise in every bin, so bins differ only in t. Signal-to-noise arguments predict where arms
+    differ: at small t the chunk is barely noised, at large t the net predicts from the observation.
+    -> {val/x0_by_t/{g}/bin{k}: nMSE} (1: no better than the group's mean)."""
+    T = policy.spec.model.num_train_timesteps
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(windows), generator=gen)[:n]
+    batches = [windows.batch(idx[i:i + batch_size]) for i in range(0, len(idx), batch_size)]
+    noises = [torch.randn(b["actions"].shape, generator=gen).to(b["actions"].device) for b in batches]
+    out: dict[str, float] = {}
+    for k in range(n_bins):
+        lo, hi = k * T // n_bins, max((k + 1) * T // n_bins, k * T // n_bins + 1)
+        mse = torch.zeros(len(GROUPS))
+        for b, noise in zip(batches, noises):
+            B = b["actions"].shape[0]
+            t = torch.randint(lo, hi, (B,), generator=gen).to(noise.device)
+            o = policy.outputs_at(b, noise, t)
+            mse += loss_fn(o["pred"], o["target"], o["x0_pred"], o["x0"]).mse_vec.float().cpu() * B
+        nmse = loss_fn.nmse({g: v / len(idx) for g, v in zip(GROUPS, mse.tolist())})
+        out.update({f"val/x0_by_t/{g}/bin{k}": nmse[g] for g in GROUPS})
+    return out
+
+
 # ----------------------------------------------------------------------------- one step, validation
 
 class Trainer:
@@ -432,6 +464,21 @@ class Trainer:
             self.use_kernels(self.train_kernels)
         return m
 
+    @torch.no_grad()
+    def x0_by_t(self) -> dict[str, float]:
+        """`x0_error_by_t` on the held-out windows with the eval (EMA) weights; {} without held-out demos."""
+        if self.val_t is None:
+            return {}
+        self.use_kernels(self.eval_kernels)
+        self.policy.eval()
+        try:
+            with self.state.eval_weights(), self.autocast:
+                return x0_error_by_t(self.policy, self.val_t, self.loss_fn, batch_size=self.spec.train.batch_size,
+                                     seed=self.spec.train.seed + 2)
+        finally:
+            self.policy.train()
+            self.use_kernels(self.train_kernels)
+
     def checkpoint(self) -> Path:
         st, spec, data = self.state, self.spec, self.data
         meta = {"spec_hash": spec.hash(), "spec_name": spec.name, "step": st.step, "resumed_from": st.resumed_from,
@@ -498,6 +545,8 @@ def train(spec: Spec, demo_path: str | Path, out_dir: str | Path, *, on_metrics:
             if st.step % tcfg.eval_every == 0 or at_end:
                 tv = time.perf_counter()
                 m.update(tr.validate())
+                if at_end:
+                    m.update(tr.x0_by_t())
                 eval_time += time.perf_counter() - tv
             meter = LossMeter(tr.device)
             st.history.append((st.step, m))
