@@ -37,6 +37,7 @@ PROFILES_DIR = EXPERIMENTS_DIR / "profiles"
 TAG_ARM = "ablation.arm"
 TAG_TASK = "ablation.task"          # suite/task of a spec run
 TAG_PLAN_KEY = "ablation.plan_key"
+TAG_LEGACY_HASH = "ablation.spec_hash_legacy"  # a migrated run's hash before resources left the identity
 PLAN_RECORD = "plan.json"  # artifact on the parent run: hypotheses, arms, runs, looks
 # The full study each profile runs when no plan is named: one task on 2 CPU cores; a whole suite on a GPU.
 DEFAULT_PLAN = {"cpu": "all", "gpu": "suite_sweep"}
@@ -135,8 +136,22 @@ class RunUnit:
         return str(self.seed) + ("" if self.task is None else f"/task{self.task}")
 
     def ckpt_dir(self, workdir: Path) -> Path:
+        return self._ckpt_dir(workdir, self.spec.hash())
+
+    def _ckpt_dir(self, workdir: Path, spec_hash: str) -> Path:
         task = "" if self.task is None else f"-task{self.task}"
-        return workdir / "checkpoints" / f"{self.arm.name}-seed{self.seed}{task}-{self.spec.hash()}"
+        return workdir / "checkpoints" / f"{self.arm.name}-seed{self.seed}{task}-{spec_hash}"
+
+    def adopt_legacy_ckpt_dir(self, workdir: Path) -> bool:
+        """An older workdir names this run's checkpoint directory by Spec.legacy_hash: link the current
+        name to it (the run's state records absolute paths under the old name), so the run resumes there.
+        Returns whether it linked."""
+        new, old = self.ckpt_dir(workdir), self._ckpt_dir(workdir, self.spec.legacy_hash())
+        if new.exists() or new.is_symlink() or not old.is_dir():
+            return False
+        new.parent.mkdir(parents=True, exist_ok=True)
+        new.symlink_to(old.name, target_is_directory=True)
+        return True
 
 
 def task_label(spec: Spec) -> str:
@@ -226,8 +241,11 @@ def resolve_plan(plan: Plan, profile: Profile, seeds: list[int] | None = None, o
         if plan.pretrain is not None and set(tasks or ()) & set(plan.pretrain.tasks):
             raise SpecError(f"{plan.path or plan.name}: tasks {list(tasks)} overlap pretrain.tasks "
                             f"{list(plan.pretrain.tasks)}; fine-tune on tasks the pretraining did not see")
-    blob = json.dumps({"plan": plan.name, "profile": profile.name, "sets": sorted(extra_sets or [])},
-                      sort_keys=True)
+    # Sets of resource or presentation fields (rollout.workers=2) leave the plan, as its runs, the same.
+    from .spec import affects_identity, parse_set
+
+    key_sets = [s for s in extra_sets or [] if affects_identity(".".join(parse_set(s)[0]))]
+    blob = json.dumps({"plan": plan.name, "profile": profile.name, "sets": sorted(key_sets)}, sort_keys=True)
     key = f"{plan.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
     return ResolvedPlan(plan, hyps, arms, key, skipped)
 
@@ -357,7 +375,7 @@ def _ensure_run(tracker: Tracker, unit: RunUnit, parent: str | None, rp: Resolve
     """(run id, state) for one arm x seed (x task): the existing run of this exact spec and seed (any
     plan), or a new one nested under the parent."""
     arm, seed, spec = unit.arm, unit.seed, unit.spec
-    prev = tracker.find_spec_run(spec.hash(), seed)
+    prev = tracker.find_spec_run(spec.hash(), seed, spec.legacy_hash())
     tags = {TAG_KIND: "spec_run", TAG_SPEC: spec.name, TAG_SPEC_HASH: spec.hash(), TAG_SEED: seed, TAG_ARM: arm.name,
             TAG_TASK: task_label(spec), "ablation.git_commit": git_commit(), "ablation.device": detect_device(),
             "ablation.profile": profile.name, "ablation.plan": rp.plan.name, **_owner_tags()}
@@ -365,6 +383,11 @@ def _ensure_run(tracker: Tracker, unit: RunUnit, parent: str | None, rp: Resolve
         tags.update({"ablation.demo_sha256": file_sha256(demo)[:16], "ablation.demo_file": str(demo)})
     if prev is not None:
         state = prev.info.status.lower()
+        if parent is not None and prev.data.tags.get(TAG_SPEC_HASH) != spec.hash():
+            # A run of an older workdir, found by its legacy hash: it carries the current identity from now
+            # on (and its old one beside it), so later re-runs with other resource settings find it too.
+            tracker.set_tags(prev.info.run_id, {TAG_SPEC_HASH: spec.hash(),
+                                                TAG_LEGACY_HASH: prev.data.tags.get(TAG_SPEC_HASH, "")})
         if prev.info.status != "FINISHED":
             tracker.set_tags(prev.info.run_id, {**tags, **({"mlflow.parentRunId": parent} if parent else {})})
         return prev.info.run_id, state
@@ -464,6 +487,7 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
             demo = demo_for[(u.arm.name, u.task)]
             with workdir_lock(workdir, "runs"):  # ... and create each of its runs once
                 rid, state = _ensure_run(tracker, u, parent, rp, profile, demo if isinstance(demo, Path) else None)
+                u.adopt_legacy_ckpt_dir(workdir)
             run_ids[u.key], unit_of[rid] = rid, u
             runs.setdefault(u.arm.name, {})[u.record_key] = rid
             print(f"  - {u.arm.name:<26} seed {u.seed}{_task_text(u)}  run {rid[:8]}  {state}")

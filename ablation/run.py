@@ -228,7 +228,13 @@ def execute(job: RunJob, *, on_train_metrics: Callable[[int, dict], None] | None
         have = {int(r["init_state"]) for r in state["episodes"]}
         todo = [s for s in job.init_states if s not in have]
         if todo:
-            res = run_closed_loop(bundle, spec, job.seed, todo, workers=job.rollout_workers, batch=job.rollout_batch)
+            # rollout.videos: an mp4 of each of the first N init states (cameras on for those episodes only).
+            videos = tuple(s for s in todo if s < spec.rollout.videos)
+            video_dir = ckpt / "videos"
+            res = run_closed_loop(bundle, spec, job.seed, todo, workers=job.rollout_workers, batch=job.rollout_batch,
+                                  videos=videos, video_dir=video_dir if videos else None)
+            if videos:
+                tracker.log_artifact(job.run_id, video_dir, "videos")
             state["episodes"].extend(episode_dict(r) for r in res.episodes)
             save_state(ckpt, state)
             print(f"[{spec.name} seed {job.seed}] +{len(todo)} episodes: {res.line()}", flush=True)

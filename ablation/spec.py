@@ -153,7 +153,7 @@ class RolloutSpec(_Frozen):
     episodes: int = Field(10, ge=1, le=50)
     replan_every: int = Field(8, ge=1)
     workers: int = Field(1, ge=1)
-    videos: int = Field(0, ge=0)
+    videos: int = Field(0, ge=0)  # an mp4 of each of the first N init states, logged to the run (videos/)
     max_steps: Optional[int] = Field(None, ge=1)  # null: the suite's standard budget
     wait_steps: int = Field(10, ge=0)
     # Gate A before training: demos replayed through this spec's own codec path (0: skip, for tests).
@@ -232,10 +232,14 @@ class Spec(_Frozen):
         return self
 
     def hash(self) -> str:
-        """Stable short hash of the resolved spec: key order, comments and `extends` do not matter."""
-        payload = json.dumps(self.model_dump(mode="json", exclude={"description"}), sort_keys=True,
-                             separators=(",", ":"))
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        """A run's identity: a stable short hash of the resolved spec without the fields that do not change
+        its results (NOT_IDENTITY). Key order, comments and `extends` do not matter."""
+        return _short_hash(self.model_dump(mode="json", exclude=NOT_IDENTITY))
+
+    def legacy_hash(self) -> str:
+        """The hash before NOT_IDENTITY existed (every field but the description), which runs, checkpoint
+        directories and bundles of older workdirs carry; lookups accept it so those still resume."""
+        return _short_hash(self.model_dump(mode="json", include=set(LEGACY_SECTIONS)))
 
     def flat(self) -> dict[str, Any]:
         """Flattened dotted-key view, e.g. {'codec.normalizer': 'minmax', ...} (for MLflow params)."""
@@ -253,6 +257,40 @@ class Spec(_Frozen):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# Resource and presentation settings: how a run executes or reports, not what it computes. They are left
+# out of Spec.hash(), so re-running a plan with more workers or threads reuses its finished runs.
+# num_threads and compile change the training's float rounding only (as the profile's rollout_batch does
+# the rollouts'); log_every and checkpoint_every draw no random numbers.
+NOT_IDENTITY: dict[str, Any] = {
+    "description": True,
+    "train": {"num_threads", "compile", "log_every", "checkpoint_every"},
+    "rollout": {"workers", "videos"},
+    "tracking": True,
+}
+# The sections the pre-NOT_IDENTITY hash covered (every field but the description); a section added
+# since then is left out of Spec.legacy_hash(), as it was absent from those specs.
+LEGACY_SECTIONS = ("name", "data", "codec", "model", "train", "loss", "rollout", "tune", "tracking")
+
+
+def _short_hash(payload: dict) -> str:
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def affects_identity(dotted: str) -> bool:
+    """Whether a `--set` of this dotted key can change Spec.hash() (False for NOT_IDENTITY's fields)."""
+    node: Any = NOT_IDENTITY
+    for part in dotted.split("."):
+        if node is True:
+            return False
+        if isinstance(node, set):
+            return part not in node
+        if not isinstance(node, dict) or part not in node:
+            return True
+        node = node[part]
+    return node is not True
 
 
 def codec_guarantees_unit_range(codec: CodecSpec) -> bool:
