@@ -6,6 +6,7 @@ Every error names the file, the dotted path and what is allowed.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -420,25 +421,44 @@ def _unwrap(ann: Any, want_literal: bool = False) -> Any:
     return None
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, sets: list[str] | None = None) -> str:
+    """One line per error: where (the `--set` item that caused it when one did, else `source`), the dotted
+    path, and what is allowed (with a "did you mean" for a misspelt key)."""
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
         dotted = ".".join(str(p) for p in loc) or "(top level)"
+        item = _set_item_for(loc, sets or [])
         if e["type"] == "literal_error":
             allowed = _allowed_values(loc) or []
             msg = f"{e['input']!r} is not one of {', '.join(allowed)}"
         elif e["type"] == "extra_forbidden":
             parent = _allowed_keys(loc[:-1])
-            msg = "unknown key" + (f"; allowed keys here: {', '.join(parent)}" if parent else "")
+            close = difflib.get_close_matches(str(loc[-1]), parent, n=1)
+            prefix = ".".join(str(p) for p in loc[:-1])
+            msg = "unknown key" + (f"; did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close else "") + \
+                (f" (allowed keys here: {', '.join(parent)})" if parent else "")
         elif e["type"] == "missing":
             msg = "required field is missing"
         else:
             msg = e["msg"].removeprefix("Value error, ")
             if "input" in e and e["type"] not in ("value_error", "assertion_error"):
                 msg += f" (got {e['input']!r})"
-        lines.append(f"{source}: {dotted}: {msg}" if loc else f"{source}: {msg}")
+        if item is not None:
+            lines.append(f"--set {item}: {dotted}: {msg} (spec {source.split(' (with --set')[0]})")
+        else:
+            lines.append(f"{source}: {dotted}: {msg}" if loc else f"{source}: {msg}")
     return "\n".join(lines)
+
+
+def _set_item_for(loc: tuple, sets: list[str]) -> str | None:
+    """The last `--set` item whose key is the error's location (or under it), if any."""
+    dotted = [str(p) for p in loc if not isinstance(p, int)]
+    for item in reversed(sets):
+        key = item.split("=", 1)[0].strip().split(".")
+        if dotted and key[:len(dotted)] == dotted:
+            return item
+    return None
 
 
 def _allowed_keys(loc: tuple) -> list[str]:
@@ -472,7 +492,7 @@ def resolve_spec(path: str | Path, sets: list[str] | None = None,
     try:
         return Spec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(format_validation_error(e, source)) from None
+        raise SpecError(format_validation_error(e, source, sets)) from None
 
 
 def spec_from_dict(raw: dict, source: str = "<dict>") -> Spec:

@@ -1,7 +1,7 @@
-"""`run_ablation.py doctor --data FILE [--spec SPEC] [--checkpoint DIR] [--json]`: find the known LIBERO
+"""`run_ablation.py doctor --demos FILE [--spec SPEC] [--checkpoint DIR] [--json]`: find the known LIBERO
 fine-tuning pitfalls before a long run.
 
-Checks (domain.md section 5): gripper convention (sign, [-1, 1] vs [0, 1]); obs/action alignment (the
+Checks: gripper convention (sign, [-1, 1] vs [0, 1]); obs/action alignment (the
 lag at which an action first moves the EEF, the no-op share); the kind of the actions (delta, double
 delta, absolute); the spec's scale audit and transform round trip; with --checkpoint, its codec
 statistics against the file (codec.json + spec.yaml suffice) and its open-loop predictions (needs the
@@ -14,33 +14,33 @@ next; serious first. Exit 0: nothing serious; 1: something serious; 2: inputs un
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from ..workdir import DEFAULT_WORKDIR
+from .common import add_demos, add_json, add_sets, add_spec, add_workdir, emit_json
 
 
 def register(sub) -> None:
     p = sub.add_parser("doctor", help="find known LIBERO fine-tuning pitfalls in a demo file / spec / checkpoint",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="LIBERO-format HDF5 demo file (ours or from elsewhere)")
-    p.add_argument("--spec", help="spec YAML whose codec to check (default: experiments/native_delta.yaml)")
+    add_demos(p, required=True, old=("--data",))
+    add_spec(p, what="whose codec to check (default: native_delta)")
     p.add_argument("--checkpoint", help="checkpoint bundle directory (codec.json + spec.yaml at least)")
     p.add_argument("--suite", help="override the suite the file says (or does not say)")
     p.add_argument("--task", type=int, help="override the task index")
     p.add_argument("--episodes", type=int, default=10, help="demos to replay for Gate A (default 10)")
     p.add_argument("--no-sim", action="store_true", help="skip the simulator checks (Gate A, start states, orientation)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="a.b.c=VALUE",
-                   help="override a spec field (repeatable)")
-    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="where Gate A results are cached")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_sets(p)
+    add_workdir(p, "Gate A results are cached there")
+    add_json(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..doctor import run_doctor
 
-    report = run_doctor(args.data, args.spec, args.checkpoint, sim=not args.no_sim, episodes=args.episodes,
+    report = run_doctor(str(args.demos), args.spec, args.checkpoint, sim=not args.no_sim, episodes=args.episodes,
                         suite=args.suite, task=args.task, workdir=args.workdir, sets=args.sets)
-    print(json.dumps(report.to_dict(), indent=1, default=str) if args.json else report.text())
+    if args.json:
+        emit_json(report.to_dict())
+    else:
+        print(report.text())
     return report.exit_code
