@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             emit_json(out)
         return 0
-    from ..run import run_closed_loop
+    from ..run import EpisodeProgress, run_closed_loop
 
     # The same spec -> rollout mapping as plan and tune runs (ablation/run.py), seeded by the run's seed,
     # so `eval` of a plan's checkpoint reproduces the plan's per-episode outcomes (bit for bit with the
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers or (profile.rollout_workers if profile else None) or spec.rollout.workers
     batch = args.batch or (profile.rollout_batch if profile else 1)
     res = run_closed_loop(args.checkpoint, spec, seed, list(range(args.first_init_state, args.first_init_state + n)),
-                          workers=workers, batch=batch)
+                          workers=workers, batch=batch, progress=EpisodeProgress(f"eval {spec.name} seed {seed}", n))
     if args.json_out:
         args.json_out.write_text(json.dumps(res.to_dict(), indent=1, default=float))
     if args.json:

@@ -81,12 +81,13 @@ def run(args) -> int:
 
 def _replay_native(args, ds, suite, task, n, use_exec):
     from ..rollout import ReplayPolicy, run_rollouts
+    from ..run import EpisodeProgress
 
     has_exec = all("executed_actions" in ep.extras for ep in ds.episodes[:n])
     factory = functools.partial(ReplayPolicy, str(args.file), use_exec)
     longest = max(len(ep) for ep in ds.episodes[:n])
     res = run_rollouts(factory, suite, int(task), list(range(n)), replan_every=8, workers=args.workers,
-                       max_steps=longest + 5)
+                       max_steps=longest + 5, progress=EpisodeProgress(f"replay {Path(args.file).name}", n))
     which = "executed_actions" if (use_exec and has_exec) else "actions"
     lines = []
     for e in res.episodes:
