@@ -81,7 +81,6 @@ def setup_logging(verbosity: int) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
     log.setLevel(level)
-    log.propagate = False
 
 
 @contextlib.contextmanager
