@@ -81,6 +81,8 @@ def setup_logging(verbosity: int) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
     log.setLevel(level)
+    # Worker processes (spawned, without this handler) print their per-episode lines unless told not to.
+    os.environ["ABLATION_QUIET"] = "1" if verbosity < 0 else ""
 
 
 @contextlib.contextmanager

@@ -137,6 +137,8 @@ class EpisodeProgress:
 
     def __call__(self, rec) -> None:
         self.done += 1
+        if os.environ.get("ABLATION_QUIET"):  # run_ablation.py -q (inherited by worker processes)
+            return
         per_s = (time.time() - self.t0) / self.done
         outcome = "success" if rec.success else ("error" if getattr(rec, "error", None) else "failure")
         print(f"[{self.label}] episode {self.done}/{self.total} (init state {rec.episode}): {outcome} in "
