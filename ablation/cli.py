@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     common.check_required(args)
     setup_logging(getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
     try:
+        common.resolve_refs(args)
         if getattr(args, "json", False):
             with results_only_on_stdout():
                 return int(args.func(args) or 0)

@@ -37,7 +37,7 @@ FLAGS = ("--json", "--workdir", "--spec", "--demos", "--profile")
 MEANING = {
     "--json": dict(help=common.JSON_HELP, nargs=0, type=None),
     "--workdir": dict(help=common.WORKDIR_HELP, type=Path),
-    "--spec": dict(help=common.SPEC_HELP, type=common.spec_ref),
+    "--spec": dict(help=common.SPEC_HELP, type=None, metavar="SPEC"),  # a name or a path: common.resolve_refs
     "--demos": dict(help=common.DEMOS_HELP, type=Path),
     "--profile": dict(help=common.PROFILE_HELP, choices=common.PROFILES),
 }
@@ -80,7 +80,7 @@ def test_shared_flags_exist_and_mean_the_same_everywhere(name):
         a, m = opts[flag], MEANING[flag]
         assert a.help.startswith(m["help"]), (name, flag, a.help)
         assert a.dest == flag[2:], (name, flag, a.dest)
-        for key in ("type", "choices", "nargs"):
+        for key in ("type", "choices", "nargs", "metavar"):
             if key in m:
                 assert getattr(a, key) == m[key], (name, flag, key, getattr(a, key))
 
@@ -93,17 +93,23 @@ def test_old_demo_spellings_still_work_hidden():
     assert args.demos == Path("x.hdf5")
 
 
+def _parsed(argv: list[str]) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    common.resolve_refs(args)
+    return args
+
+
 def test_spec_takes_a_name_or_a_path_everywhere():
     from ablation.spec import EXPERIMENTS_DIR
 
     for name in ("audit", "train", "tune", "doctor", "replay"):
         argv = [name, "--spec", "fix_minmax"] + (["--demos", "x.hdf5"] if name in ("audit", "doctor") else [])
-        by_name = build_parser().parse_args(argv).spec
+        by_name = _parsed(argv).spec
         assert Path(by_name).resolve() == (EXPERIMENTS_DIR / "fix_minmax.yaml").resolve(), name
-        by_path = build_parser().parse_args([*argv[:2], str(EXPERIMENTS_DIR / "fix_minmax.yaml"), *argv[3:]]).spec
+        by_path = _parsed([*argv[:2], str(EXPERIMENTS_DIR / "fix_minmax.yaml"), *argv[3:]]).spec
         assert Path(by_path).resolve() == Path(by_name).resolve()
     # tune's default spec does not depend on the current directory
-    assert Path(build_parser().parse_args(["tune"]).spec).is_file()
+    assert Path(_parsed(["tune"]).spec).is_file()
 
 
 def test_the_plan_shortcut_works_anywhere():
@@ -140,7 +146,7 @@ def test_common_slips_get_one_clear_line(tmp_path):
     line = next(ln for ln in typo.stderr.splitlines() if ln.startswith("error:"))
     assert line.startswith("error: --set train.stpes=5: train.stpes: unknown key; did you mean train.steps?"), line
     spec = cli("audit", "--spec", "no_such_spec", "--demos", "x.hdf5")
-    assert spec.returncode == 2 and "spec 'no_such_spec' not found; known specs:" in spec.stderr
+    assert spec.returncode == 2 and spec.stderr.startswith("error: spec 'no_such_spec' not found; known specs:")
     replay = cli("replay")
     assert replay.returncode == 2 and "--demos FILE" in replay.stderr
     doctor = cli("doctor")

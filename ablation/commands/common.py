@@ -23,13 +23,18 @@ PROFILES = ("auto", "cpu", "gpu")
 
 
 def spec_ref(value: str) -> str:
-    """argparse type of --spec: a name or a path -> the spec file's path (a clear error when neither)."""
-    from ..spec import SpecError, spec_path
+    """--spec as given (a name under experiments/ or a path) -> the spec file's path; SpecError (one line,
+    the known names) when it is neither. The CLI applies it after parsing (resolve_refs), so the error
+    reads as every other input error, not as an argparse usage dump."""
+    from ..spec import spec_path
 
-    try:
-        return str(spec_path(value))
-    except SpecError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    return str(spec_path(value))
+
+
+def resolve_refs(args: argparse.Namespace) -> None:
+    """What the shared flags need after parsing: --spec's name -> its path; a required --demos."""
+    if isinstance(getattr(args, "spec", None), str):
+        args.spec = spec_ref(args.spec)
 
 
 def seed_list(value: str) -> list[int]:
@@ -53,7 +58,7 @@ def add_workdir(p: argparse.ArgumentParser, what: str = "") -> None:
 
 def add_spec(p: argparse.ArgumentParser, *, required: bool = False, default: str | None = None,
              what: str = "") -> None:
-    p.add_argument("--spec", type=spec_ref, required=required, default=default,
+    p.add_argument("--spec", required=required, default=default, metavar="SPEC",
                    help=SPEC_HELP + (f"; {what}" if what else ""))
 
 
