@@ -32,7 +32,7 @@ def spec_ref(value: str) -> str:
 
 
 def resolve_refs(args: argparse.Namespace) -> None:
-    """What the shared flags need after parsing: --spec's name -> its path; a required --demos."""
+    """--spec as a name -> its path (after parsing)."""
     if isinstance(getattr(args, "spec", None), str):
         args.spec = spec_ref(args.spec)
 
