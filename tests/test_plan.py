@@ -151,9 +151,10 @@ def test_rerun_with_other_resource_settings_reuses_every_run(first_run, workdir)
 
 def test_runs_of_an_older_workdir_are_found_by_their_legacy_hash(first_run, workdir, tmp_path):
     """A workdir from before resources left the identity: its runs carry Spec.legacy_hash in MLflow and in
-    their checkpoint directories' names. The plan finds them, re-tags them with the current hash, links the
-    current directory name to the old one and goes on there (one more look, nothing retrained). The look
-    also records rollout.videos: an mp4 of the first init states, logged to the run."""
+    their checkpoint directories' names. The plan (re-run with the same settings: the legacy hash covers
+    them all) finds them, re-tags them with the current hash, links the current directory name to the old
+    one and goes on there (one more look, nothing retrained). A later look with rollout.videos (not part of
+    the identity) records an mp4 of the chosen init states, logged to the run."""
     import json
 
     from ablation.plan import TAG_LEGACY_HASH, load_profile, resolve_plan
@@ -175,8 +176,7 @@ def test_runs_of_an_older_workdir_are_found_by_their_legacy_hash(first_run, work
     more["episodes"] = {"looks": [3]}
     bigger = tmp_path / "plan_tiny.yaml"
     bigger.write_text(yaml.safe_dump(more))
-    out = run_plan(str(bigger), profile_name="cpu", workdir=workdir, only=["fix_minmax"],
-                   extra_sets=["rollout.videos=3"])
+    out = run_plan(str(bigger), profile_name="cpu", workdir=workdir, only=["fix_minmax"])
     mine = next(r for r in out.results if r.run_id == run.info.run_id)
     assert mine.status == "FINISHED" and "train" not in mine.stage_seconds, mine.reason
     assert len(tr.find_runs(f"tags.`{TAG_KIND}` = 'spec_run'")) == 4  # nothing new
@@ -185,9 +185,14 @@ def test_runs_of_an_older_workdir_are_found_by_their_legacy_hash(first_run, work
     assert new_dir.is_symlink() and new_dir.resolve() == old_dir.resolve()
     assert sorted(e["init_state"] for e in episodes_of(tr, run.info.run_id)) == [0, 1, 2]
     assert json.loads((old_dir / "run_state.json").read_text())["bundle"].startswith(str(old_dir))
-    # rollout.videos=3 on the look that ran init state 2 only: its episode, on video
+    # rollout.videos=4 on a look that runs init state 3 only: its episode, on video; the same run goes on
+    more["episodes"] = {"looks": [4]}
+    bigger.write_text(yaml.safe_dump(more))
+    out = run_plan(str(bigger), profile_name="cpu", workdir=workdir, only=["fix_minmax"],
+                   extra_sets=["rollout.videos=4"], seeds=[0])
+    assert [r.run_id for r in out.results] == [run.info.run_id] and "train" not in out.results[0].stage_seconds
     videos = {a.path for a in tr.client.list_artifacts(run.info.run_id, "videos")}
-    assert videos == {"videos/episode_002.mp4"}, videos
+    assert videos == {"videos/episode_003.mp4"}, videos
 
 
 def test_more_episodes_append_to_the_same_run_without_retraining(first_run, workdir, tmp_path):
