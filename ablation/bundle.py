@@ -99,8 +99,11 @@ def check_resumable(bundle: Path, spec: Spec, demo_sha: str, codec: ActionCodec)
     """The bundle's meta, after checking it continues this spec on this demo file with this codec."""
     meta = read_meta(bundle)
     out_dir = bundle.parent.parent
-    if meta.get("spec_hash") != spec.hash():
-        raise UserError(f"{out_dir}: holds a run of another spec (hash {meta.get('spec_hash')}, this spec "
+    # The saved spec's identity, not meta's hash: a run resumes under other resource settings (NOT_IDENTITY),
+    # and a bundle of an older workdir carries the legacy hash in its meta.
+    saved_spec = spec_from_dict(yaml.safe_load((bundle / SPEC).read_text()), str(bundle / SPEC))
+    if saved_spec.hash() != spec.hash():
+        raise UserError(f"{out_dir}: holds a run of another spec (hash {saved_spec.hash()}, this spec "
                         f"{spec.hash()}); use another --out, or resume=False to start over there")
     if meta.get("demo_sha256") != demo_sha:
         raise UserError(f"{out_dir}: was trained on another demo file ({meta.get('demo_file')}); use another --out")
@@ -120,7 +123,7 @@ def load_policy(bundle_dir: str | Path, device: str | torch.device = "cpu") -> D
             raise PolicyError(f"{bundle / name}: missing; not a complete checkpoint bundle")
     spec = spec_from_dict(yaml.safe_load((bundle / SPEC).read_text()), str(bundle / SPEC))
     meta = read_meta(bundle)
-    if meta.get("spec_hash") != spec.hash():
+    if meta.get("spec_hash") not in (spec.hash(), spec.legacy_hash()):  # legacy: a bundle of an older workdir
         raise PolicyError(f"{bundle}: spec.yaml hashes to {spec.hash()} but meta.json says {meta.get('spec_hash')}; "
                           "the bundle was edited or mixed from two runs")
     codec = ActionCodec.load(bundle / CODEC, expected=spec.codec)

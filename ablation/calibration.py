@@ -25,9 +25,9 @@ from scipy.special import expit
 
 from .analysis import ArmFacts, ComparisonResult, judge, mark_left_out
 from .hypothesis import Hypothesis, load_hypothesis
-from .rules import DEFAULT_RULES, DecisionRules
+from .rules import DecisionRules
 from .spec import EXPERIMENTS_DIR
-from .stats import EpisodeArrays, seed_effect
+from .stats import EpisodeArrays
 
 TABLE_PATH = Path(__file__).resolve().with_name("calibration_table.json")
 _GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(40)   # E over N(0, 1) by Gauss-Hermite

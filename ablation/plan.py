@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -35,10 +36,12 @@ from .tracking import (TAG_FAILURE, TAG_KIND, TAG_SEED, TAG_SPEC, TAG_SPEC_HASH,
                        runs_view_url, ui_command)
 from .workdir import ensure_demos, workdir_lock
 
+log = logging.getLogger(__name__)
 PROFILES_DIR = EXPERIMENTS_DIR / "profiles"
 TAG_ARM = "ablation.arm"
 TAG_TASK = "ablation.task"          # suite/task of a spec run
 TAG_PLAN_KEY = "ablation.plan_key"
+TAG_LEGACY_HASH = "ablation.spec_hash_legacy"  # a migrated run's hash before resources left the identity
 # The full study each profile runs when no plan is named: one task on 2 CPU cores; a whole suite on a GPU.
 DEFAULT_PLAN = {"cpu": "all", "gpu": "suite_sweep"}
 
@@ -70,7 +73,7 @@ def load_profile(name: str) -> Profile:
     """`auto` picks gpu when CUDA is present, else cpu, and says so."""
     if name == "auto":
         name = "gpu" if detect_device() == "cuda" else "cpu"
-        print(f"[plan] profile auto -> {name} (device: {detect_device()})")
+        log.info(f"[plan] profile auto -> {name} (device: {detect_device()})")
     path = PROFILES_DIR / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
@@ -136,8 +139,22 @@ class RunUnit:
         return str(self.seed) + ("" if self.task is None else f"/task{self.task}")
 
     def ckpt_dir(self, workdir: Path) -> Path:
+        return self._ckpt_dir(workdir, self.spec.hash())
+
+    def _ckpt_dir(self, workdir: Path, spec_hash: str) -> Path:
         task = "" if self.task is None else f"-task{self.task}"
-        return workdir / "checkpoints" / f"{self.arm.name}-seed{self.seed}{task}-{self.spec.hash()}"
+        return workdir / "checkpoints" / f"{self.arm.name}-seed{self.seed}{task}-{spec_hash}"
+
+    def adopt_legacy_ckpt_dir(self, workdir: Path) -> bool:
+        """An older workdir names this run's checkpoint directory by Spec.legacy_hash: link the current
+        name to it (the run's state records absolute paths under the old name), so the run resumes there.
+        Returns whether it linked."""
+        new, old = self.ckpt_dir(workdir), self._ckpt_dir(workdir, self.spec.legacy_hash())
+        if new.exists() or new.is_symlink() or not old.is_dir():
+            return False
+        new.parent.mkdir(parents=True, exist_ok=True)
+        new.symlink_to(old.name, target_is_directory=True)
+        return True
 
 
 @dataclass
@@ -222,8 +239,11 @@ def resolve_plan(plan: Plan, profile: Profile, seeds: list[int] | None = None, o
         if plan.pretrain is not None and set(tasks or ()) & set(plan.pretrain.tasks):
             raise SpecError(f"{plan.path or plan.name}: tasks {list(tasks)} overlap pretrain.tasks "
                             f"{list(plan.pretrain.tasks)}; fine-tune on tasks the pretraining did not see")
-    blob = json.dumps({"plan": plan.name, "profile": profile.name, "sets": sorted(extra_sets or [])},
-                      sort_keys=True)
+    # Sets of resource or presentation fields (rollout.workers=2) leave the plan, as its runs, the same.
+    from .spec import affects_identity, parse_set
+
+    key_sets = [s for s in extra_sets or [] if affects_identity(".".join(parse_set(s)[0]))]
+    blob = json.dumps({"plan": plan.name, "profile": profile.name, "sets": sorted(key_sets)}, sort_keys=True)
     key = f"{plan.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
     return ResolvedPlan(plan, hyps, arms, key, skipped)
 
@@ -342,6 +362,7 @@ class PlanOutcome:
     report_dir: Path | None
     report_ok: bool = True
     timing: dict = field(default_factory=dict)
+    planned: list[dict] = field(default_factory=list)  # --dry-run: every run of the plan and its state
 
     @property
     def failed(self) -> list[RunResult]:
@@ -353,7 +374,7 @@ def _ensure_run(tracker: Tracker, unit: RunUnit, parent: str | None, rp: Resolve
     """(run id, state) for one arm x seed (x task): the existing run of this exact spec and seed (any
     plan), or a new one nested under the parent."""
     arm, seed, spec = unit.arm, unit.seed, unit.spec
-    prev = tracker.find_spec_run(spec.hash(), seed)
+    prev = tracker.find_spec_run(spec.hash(), seed, spec.legacy_hash())
     tags = {TAG_KIND: "spec_run", TAG_SPEC: spec.name, TAG_SPEC_HASH: spec.hash(), TAG_SEED: seed, TAG_ARM: arm.name,
             TAG_TASK: task_label(spec), "ablation.git_commit": git_commit(), "ablation.device": detect_device(),
             "ablation.profile": profile.name, "ablation.plan": rp.plan.name, **_owner_tags()}
@@ -361,6 +382,11 @@ def _ensure_run(tracker: Tracker, unit: RunUnit, parent: str | None, rp: Resolve
         tags.update({"ablation.demo_sha256": file_sha256(demo)[:16], "ablation.demo_file": str(demo)})
     if prev is not None:
         state = prev.info.status.lower()
+        if parent is not None and prev.data.tags.get(TAG_SPEC_HASH) != spec.hash():
+            # A run of an older workdir, found by its legacy hash: it carries the current identity from now
+            # on (and its old one beside it), so later re-runs with other resource settings find it too.
+            tracker.set_tags(prev.info.run_id, {TAG_SPEC_HASH: spec.hash(),
+                                                TAG_LEGACY_HASH: prev.data.tags.get(TAG_SPEC_HASH, "")})
         if prev.info.status != "FINISHED":
             tracker.set_tags(prev.info.run_id, {**tags, **({"mlflow.parentRunId": parent} if parent else {})})
         return prev.info.run_id, state
@@ -385,21 +411,17 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
     first = next(iter(rp.arms.values())).spec
     uri = tracking_uri or first.tracking.tracking_uri or default_tracking_uri(workdir)
     n_runs = len(rp.units())
-    print(f"[plan] {plan.name}: {len(rp.arms)} arm(s) x seeds{' x tasks' if rp.multitask else ''} = {n_runs} run(s), "
-          f"profile {profile.name}")
-    print(f"[plan] workdir {workdir}")
-    print(f"[plan] MLflow store {uri}, experiment '{first.tracking.experiment}'")
-    print(f"[plan] open the UI with:  {ui_command(uri)}")
+    log.info(f"[plan] {plan.name}: {len(rp.arms)} arm(s) x seeds{' x tasks' if rp.multitask else ''} = {n_runs} run(s), "
+             f"profile {profile.name}")
+    log.info(f"[plan] workdir {workdir}")
+    log.info(f"[plan] MLflow store {uri}, experiment '{first.tracking.experiment}'")
+    log.info(f"[plan] open the UI with:  {ui_command(uri)}")
     describe_plan(rp)
+    if dry_run:
+        return dry_run_outcome(rp, profile, uri, first.tracking.experiment, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tracker = Tracker.open(uri, first.tracking.experiment, workdir / "mlartifacts")
-    print(f"[plan] runs view: {runs_view_url(tracker)}")
-    if dry_run:
-        for u in rp.units():
-            rid, state = _ensure_run(tracker, u, None, rp, profile, None)
-            print(f"  - {u.arm.name:<26} seed {u.seed}{_task_text(u)}  hash {u.spec.hash()}  "
-                  f"{state}{f' (run {rid[:8]})' if rid else ''}")
-        return PlanOutcome(None, [], None)
+    log.info(f"[plan] runs view: {runs_view_url(tracker)}")
     from .executors import make_executor
 
     n_jobs = max(1, min(jobs or profile.jobs, n_runs))
@@ -407,7 +429,7 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
     dispatcher = make_executor(executor, n_jobs, ray_address, tracker.tracking_uri)
     stale = mark_stale_runs(tracker)
     if stale:
-        print(f"[plan] marked {stale} run(s) left RUNNING by dead processes as KILLED")
+        log.info(f"[plan] marked {stale} run(s) left RUNNING by dead processes as KILLED")
     with workdir_lock(workdir, "runs"):  # two drivers of one plan share one parent run
         parent = open_parent(tracker, rp, profile)
     if nest_under:  # e.g. a tuning study's re-evaluation, shown under the study's run
@@ -439,7 +461,7 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
             except Exception as e:  # the arms that need it fail with the reason; the others go on
                 from .pretrain import PRETRAIN_MARKER
 
-                print(f"[plan] pretraining failed: {type(e).__name__}: {e}")
+                log.warning(f"[plan] pretraining failed: {type(e).__name__}: {e}")
                 for a in rp.arms.values():
                     if a.spec.train.init_from == PRETRAIN_MARKER:
                         for task in a.tasks or (None,):
@@ -451,7 +473,7 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
         # expert never turns) are not trained; their comparisons are reported as untestable.
         files = {a: [p for (n, _t), p in demo_for.items() if n == a and isinstance(p, Path)] for a in rp.arms}
         for a, why in untestable_arms(rp.hypotheses, list(rp.arms), plan_time_facts(rp.arms, files)).items():
-            print(f"[plan] {a}: not run, {why}")
+            log.info(f"[plan] {a}: not run, {why}")
             rp.skipped[a] = why
             del rp.arms[a]
         run_ids: dict[tuple, str] = {}       # RunUnit.key -> run id
@@ -460,9 +482,10 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
             demo = demo_for[(u.arm.name, u.task)]
             with workdir_lock(workdir, "runs"):  # ... and create each of its runs once
                 rid, state = _ensure_run(tracker, u, parent, rp, profile, demo if isinstance(demo, Path) else None)
+                u.adopt_legacy_ckpt_dir(workdir)
             run_ids[u.key], unit_of[rid] = rid, u
             runs.setdefault(u.arm.name, {})[u.record_key] = rid
-            print(f"  - {u.arm.name:<26} seed {u.seed}{_task_text(u)}  run {rid[:8]}  {state}")
+            log.info(f"  - {u.arm.name:<26} seed {u.seed}{_task_text(u)}  run {rid[:8]}  {state}")
             if not isinstance(demo, Path):
                 tracker.end_run(rid, "FAILED", demo)
                 not_run.append(RunResult(u.arm.name, u.seed, rid, "FAILED", demo))
@@ -489,7 +512,7 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
                     gate_episodes=spec.rollout.gate_episodes if gate_episodes is None else gate_episodes,
                     gate_cache_dir=str(workdir / "gates")))
             label = f"look {k + 1}/{len(looks)}" + (f" ({look} episodes)" if look else "")
-            print(f"[plan] {label}: {len(job_list)} run(s), {dispatcher.parallelism}")
+            log.info(f"[plan] {label}: {len(job_list)} run(s), {dispatcher.parallelism}")
             for r in dispatcher.run(job_list, label):
                 latest[unit_of[r.run_id].key] = r
                 for st, v in r.stage_seconds.items():  # summed over every look, for the time breakdown
@@ -497,7 +520,7 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
             decision = analyse_look(rp, latest, k, looks, previous)
             previous = decision.by_key()
             looks_log.append(decision.to_record(look))
-            print(decision.summary_line())
+            log.info(decision.summary_line())
             tracker.log_metrics(parent, [("plan/undecided_comparisons", len(decision.undecided), k),
                                          ("plan/look_episodes", look or 0, k)])
             write_plan_record(tracker, parent, rp, runs, looks_log, demos=demos)
@@ -529,12 +552,12 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
         timing["report_s"] = time.time() - tr
         tracker.log_artifact(parent, report_dir, "report")
         print(rep.answer)
-        print(f"[plan] report: {report_dir / 'report.html'} (and report.md)")
+        log.info(f"[plan] report: {report_dir / 'report.html'} (and report.md)")
         report_ok = True
     except Exception as e:  # the runs are safe in MLflow; say why the report is missing
         import traceback
 
-        print(f"[plan] report not written: {type(e).__name__}: {e}")
+        log.warning(f"[plan] report not written: {type(e).__name__}: {e}")
         traceback.print_exc()
     timing["wall_s"] = time.time() - t0
     write_plan_record(tracker, parent, rp, runs, looks_log, timing, demos)
@@ -547,6 +570,23 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
                     None if ok else (f"{len(failed)} run(s) failed" if failed else "report not written"))
     print_results(results, {rid: u.name for rid, u in unit_of.items()} if rp.multitask else None)
     return PlanOutcome(parent, results, report_dir, report_ok, timing)
+
+
+def dry_run_outcome(rp: ResolvedPlan, profile: Profile, uri: str, experiment: str, workdir: Path) -> PlanOutcome:
+    """What --dry-run prints and returns: every run of the plan and its state in the store. It creates
+    nothing: without an MLflow store yet, every run is "to run" (and MLflow is not even imported)."""
+    store = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    tracker = None if store is not None and not store.is_file() else \
+        Tracker.open(uri, experiment, workdir / "mlartifacts")
+    planned = []
+    for u in rp.units():
+        rid, state = _ensure_run(tracker, u, None, rp, profile, None) if tracker else ("", "to run")
+        print(f"  - {u.arm.name:<26} seed {u.seed}{_task_text(u)}  hash {u.spec.hash()}  "
+              f"{state}{f' (run {rid[:8]})' if rid else ''}")
+        planned.append({"arm": u.arm.name, "seed": u.seed, "task": u.spec.data.task, "suite": u.spec.data.suite,
+                        "spec_hash": u.spec.hash(), "state": state, "run_id": rid or None,
+                        "train_steps": u.spec.train.total_steps})
+    return PlanOutcome(None, [], None, planned=planned)
 
 
 def run_pretrain_stage(tracker: Tracker, parent: str, rp: ResolvedPlan, profile: Profile, workdir: Path,
@@ -566,8 +606,8 @@ def run_pretrain_stage(tracker: Tracker, parent: str, rp: ResolvedPlan, profile:
     rid = found[0].info.run_id if found else tracker.start_run(
         f"pretrain:{spec.name}", {TAG_KIND: "pretrain", TAG_SPEC: spec.name, TAG_SPEC_HASH: spec.hash(),
                                   "ablation.pretrain_tasks": ",".join(map(str, st.tasks)), **_owner_tags()}, parent)
-    print(f"[plan] pretraining {spec.name} on {spec.data.suite} tasks {list(st.tasks)} ({st.n_demos} demos each), "
-          "cached and shared by every arm and seed")
+    log.info(f"[plan] pretraining {spec.name} on {spec.data.suite} tasks {list(st.tasks)} ({st.n_demos} demos each), "
+             "cached and shared by every arm and seed")
     from .train import configure_torch
 
     configure_torch(spec.train.num_threads)
@@ -576,7 +616,7 @@ def run_pretrain_stage(tracker: Tracker, parent: str, rp: ResolvedPlan, profile:
     buf.flush()
     tracker.set_tags(rid, {"ablation.pretrain_bundle": str(res.bundle), "ablation.demo_file": str(res.demo_file)})
     tracker.end_run(rid, "FINISHED")
-    print(f"[plan] pretrained network: {res.bundle} ({'reused' if res.reused else f'{res.seconds:.0f} s'})")
+    log.info(f"[plan] pretrained network: {res.bundle} ({'reused' if res.reused else f'{res.seconds:.0f} s'})")
     arms = {}
     for name, arm in rp.arms.items():
         if arm.spec.train.init_from == PRETRAIN_MARKER:
@@ -588,23 +628,23 @@ def run_pretrain_stage(tracker: Tracker, parent: str, rp: ResolvedPlan, profile:
 def describe_plan(rp: ResolvedPlan) -> None:
     """Hypotheses, their arms and controls, and the seeds (what --dry-run shows first)."""
     for h in rp.hypotheses:
-        print(f"[plan] hypothesis {h.name}: {h.title}")
+        log.info(f"[plan] hypothesis {h.name}: {h.title}")
         for c in h.comparisons:
             state = "" if c.arm in rp.arms and c.control in rp.arms else \
                 f"  (left out: {rp.skipped.get(c.arm) or rp.skipped.get(c.control) or 'not selected'})"
-            print(f"         {c.arm} vs {c.control} (expect {c.expect}){state}")
+            log.info(f"         {c.arm} vs {c.control} (expect {c.expect}){state}")
         if h.correlation is not None:
-            print(f"         rank correlation of {h.correlation.x} with {h.correlation.y} over every arm x seed")
+            log.info(f"         rank correlation of {h.correlation.x} with {h.correlation.y} over every arm x seed")
     seeds = sorted({s for a in rp.arms.values() for s in a.seeds})
-    print(f"[plan] arms: {', '.join(rp.arms)}; seeds {seeds}")
+    log.info(f"[plan] arms: {', '.join(rp.arms)}; seeds {seeds}")
     tasks = sorted({f"{a.spec.data.suite} {list(a.tasks)}" for a in rp.arms.values() if a.tasks is not None})
     if tasks:
-        print(f"[plan] tasks: {'; '.join(tasks)} (each arm x seed x task is its own run; every comparison is "
-              "pooled over the tasks, tasks a random factor)")
+        log.info(f"[plan] tasks: {'; '.join(tasks)} (each arm x seed x task is its own run; every comparison is "
+                 "pooled over the tasks, tasks a random factor)")
     if rp.plan.episodes:
         e = rp.plan.episodes
-        print(f"[plan] episodes per arm x seed: looks at {list(e.looks)}, alpha {e.alpha} (Holm across "
-              f"comparisons, {e.spending} spending across looks)")
+        log.info(f"[plan] episodes per arm x seed: looks at {list(e.looks)}, alpha {e.alpha} (Holm across "
+                 f"comparisons, {e.spending} spending across looks)")
 
 
 def print_timing(t: dict) -> None:
@@ -613,8 +653,8 @@ def print_timing(t: dict) -> None:
              f"training {t.get('training_worker_s', 0):.0f} worker-s",
              f"rollouts {t.get('rollouts_worker_s', 0):.0f} worker-s",
              f"report {t.get('report_s', 0):.0f} s"]
-    print(f"[plan] time: {', '.join(parts)}; runs {t.get('runs_wall_s', 0):.0f} s wall; "
-          f"plan {t.get('wall_s', 0):.0f} s wall")
+    log.info(f"[plan] time: {', '.join(parts)}; runs {t.get('runs_wall_s', 0):.0f} s wall; "
+             f"plan {t.get('wall_s', 0):.0f} s wall")
 
 
 def _task_text(u: RunUnit) -> str:
@@ -637,4 +677,5 @@ def print_results(results: list[RunResult], names: dict[str, str] | None = None)
 
 def outcome_json(o: PlanOutcome) -> dict:
     return {"parent_run_id": o.parent_run_id, "report_ok": o.report_ok, "timing": o.timing,
-            "results": [{k: v for k, v in asdict(r).items() if k != "episodes"} for r in o.results]}
+            "results": [{k: v for k, v in asdict(r).items() if k != "episodes"} for r in o.results],
+            "planned": o.planned}

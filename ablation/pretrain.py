@@ -69,8 +69,9 @@ def pretrain(spec, tasks: tuple[int, ...], n_demos: int, workdir: Path, *, progr
         raise UserError(f"pretrain.tasks {list(tasks)} include the target task {spec.data.task}: pretraining must "
                         "use other tasks of the suite, or fine-tuning would not test what pretraining taught")
     demo = _merged_demos(spec, tasks, n_demos, workdir)
-    blob = json.dumps({"spec": spec.hash(), "demo": demo.name}, sort_keys=True)
-    key = hashlib.sha256(blob.encode()).hexdigest()[:12]
+    keys = [hashlib.sha256(json.dumps({"spec": h, "demo": demo.name}, sort_keys=True).encode()).hexdigest()[:12]
+            for h in (spec.hash(), spec.legacy_hash())]  # legacy: the cache of an older workdir
+    key = next((k for k in keys if (workdir / "pretrain" / f"{spec.name}-{k}" / "DONE").is_file()), keys[0])
     out = workdir / "pretrain" / f"{spec.name}-{key}"
     done = out / "DONE"
     if done.is_file():

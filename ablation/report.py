@@ -21,7 +21,7 @@ from .hypothesis import Hypothesis
 from .calibration import calibration_for
 from .plan_record import PLAN_RECORD
 from .rules import DEFAULT_RULES, DecisionRules
-from .verdicts import (HypothesisVerdict, baseline_check, comparison_line, correlation_of, hypothesis_verdict,
+from .verdicts import (HypothesisVerdict, baseline_check, correlation_of, hypothesis_verdict,
                        pts as _pts, recommendation, rho_text as _rho)
 from .spec import GROUPS
 from .tracking import TAG_KIND, Tracker

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -122,6 +123,24 @@ def run_closed_loop(bundle: Path, spec: Spec, seed: int, init_states: list[int],
                         batch=batch, pool=shared_pool(workers) if n > 1 else None, **rollout_kwargs(spec, seed))
 
 
+class EpisodeProgress:
+    """run_rollouts' progress callback: one line per finished episode on stderr (this may be a worker
+    process, where the CLI's logging is not set up), with this run's rollout ETA from the pace so far."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self.done, self.t0 = label, total, 0, time.time()
+
+    def __call__(self, rec) -> None:
+        self.done += 1
+        if os.environ.get("ABLATION_QUIET"):  # run_ablation.py -q (inherited by worker processes)
+            return
+        per_s = (time.time() - self.t0) / self.done
+        outcome = "success" if rec.success else ("error" if getattr(rec, "error", None) else "failure")
+        print(f"[{self.label}] episode {self.done}/{self.total} (init state {rec.episode}): {outcome} in "
+              f"{rec.steps} steps; rollouts ~{per_s * (self.total - self.done):.0f} s to go",
+              file=sys.stderr, flush=True)
+
+
 def summarise_episodes(records: list[dict]) -> dict[str, float]:
     """eval/* metrics over every episode of a run so far."""
     from .rollout import wilson_interval
@@ -221,7 +240,14 @@ def execute(job: RunJob, *, on_train_metrics: Callable[[int, dict], None] | None
         have = {int(r["init_state"]) for r in state["episodes"]}
         todo = [s for s in job.init_states if s not in have]
         if todo:
-            res = run_closed_loop(bundle, spec, job.seed, todo, workers=job.rollout_workers, batch=job.rollout_batch)
+            # rollout.videos: an mp4 of each of the first N init states (cameras on for those episodes only).
+            videos = tuple(s for s in todo if s < spec.rollout.videos)
+            video_dir = ckpt / "videos"
+            res = run_closed_loop(bundle, spec, job.seed, todo, workers=job.rollout_workers, batch=job.rollout_batch,
+                                  videos=videos, video_dir=video_dir if videos else None,
+                                  progress=EpisodeProgress(f"{spec.name} seed {job.seed}", len(todo)))
+            if videos:
+                tracker.log_artifact(job.run_id, video_dir, "videos")
             state["episodes"].extend(episode_dict(r) for r in res.episodes)
             save_state(ckpt, state)
             print(f"[{spec.name} seed {job.seed}] +{len(todo)} episodes: {res.line()}", flush=True)

@@ -6,6 +6,7 @@ Every error names the file, the dotted path and what is allowed.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -165,7 +166,7 @@ class RolloutSpec(_Frozen):
     episodes: int = Field(10, ge=1, le=50)
     replan_every: int = Field(8, ge=1)
     workers: int = Field(1, ge=1)
-    videos: int = Field(0, ge=0)
+    videos: int = Field(0, ge=0)  # an mp4 of each of the first N init states, logged to the run (videos/)
     max_steps: Optional[int] = Field(None, ge=1)  # null: the suite's standard budget
     wait_steps: int = Field(10, ge=0)
     # Gate A before training: demos replayed through this spec's own codec path (0: skip, for tests).
@@ -251,16 +252,24 @@ class Spec(_Frozen):
         return self
 
     def hash(self) -> str:
-        """Stable short hash of the resolved spec: key order, comments and `extends` do not matter.
-        `sim` is left out: it picks how the same physics is computed, not what is computed. Fields in
-        HASH_NEUTRAL_DEFAULTS are left out while at their default, so adding them kept every existing
-        spec's hash (its cached runs and resumable bundles)."""
-        dump = self.model_dump(mode="json", exclude={"description", "sim"})
+        """A run's identity: a stable short hash of the resolved spec without the fields that do not change
+        its results (NOT_IDENTITY: resources, presentation, and `sim`, which picks how the same physics is
+        computed). Fields in HASH_NEUTRAL_DEFAULTS are left out while at their default, so adding them kept
+        every existing spec's hash. Key order, comments and `extends` do not matter."""
+        return _short_hash(self._identity_dump(exclude=NOT_IDENTITY))
+
+    def legacy_hash(self) -> str:
+        """The hash before NOT_IDENTITY existed (every field but the description), which runs, checkpoint
+        directories and bundles of older workdirs carry; lookups accept it so those still resume."""
+        return _short_hash(self._identity_dump(include=set(LEGACY_SECTIONS)))
+
+    def _identity_dump(self, **kw: Any) -> dict:
+        dump = self.model_dump(mode="json", **kw)
         for section, key in HASH_NEUTRAL_DEFAULTS:
-            if getattr(getattr(self, section), key) == type(getattr(self, section)).model_fields[key].default:
-                dump[section].pop(key)
-        payload = json.dumps(dump, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+            node = getattr(self, section)
+            if section in dump and getattr(node, key) == type(node).model_fields[key].default:
+                dump[section].pop(key, None)
+        return dump
 
     def flat(self) -> dict[str, Any]:
         """Flattened dotted-key view, e.g. {'codec.normalizer': 'minmax', ...} (for MLflow params)."""
@@ -282,6 +291,40 @@ class Spec(_Frozen):
 
 # (section, field) pairs added after specs were hashed and cached; see Spec.hash.
 HASH_NEUTRAL_DEFAULTS: tuple[tuple[str, str], ...] = (("model", "noise_scale"),)
+# Resource and presentation settings: how a run executes or reports, not what it computes. They are left
+# out of Spec.hash(), so re-running a plan with more workers or threads reuses its finished runs.
+# num_threads and compile change the training's float rounding only (as the profile's rollout_batch does
+# the rollouts'); log_every and checkpoint_every draw no random numbers. `sim` (the fast env step) is the
+# same physics bit for bit.
+NOT_IDENTITY: dict[str, Any] = {
+    "description": True,
+    "train": {"num_threads", "compile", "log_every", "checkpoint_every"},
+    "rollout": {"workers", "videos"},
+    "tracking": True,
+    "sim": True,
+}
+# The sections the pre-NOT_IDENTITY hash covered (every field but the description); a section added
+# since then is left out of Spec.legacy_hash(), as it was absent from those specs.
+LEGACY_SECTIONS = ("name", "data", "codec", "model", "train", "loss", "rollout", "tune", "tracking")
+
+
+def _short_hash(payload: dict) -> str:
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def affects_identity(dotted: str) -> bool:
+    """Whether a `--set` of this dotted key can change Spec.hash() (False for NOT_IDENTITY's fields)."""
+    node: Any = NOT_IDENTITY
+    for part in dotted.split("."):
+        if node is True:
+            return False
+        if isinstance(node, set):
+            return part not in node
+        if not isinstance(node, dict) or part not in node:
+            return True
+        node = node[part]
+    return node is not True
 
 
 def codec_guarantees_unit_range(codec: CodecSpec) -> bool:
@@ -411,25 +454,44 @@ def _unwrap(ann: Any, want_literal: bool = False) -> Any:
     return None
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, sets: list[str] | None = None) -> str:
+    """One line per error: where (the `--set` item that caused it when one did, else `source`), the dotted
+    path, and what is allowed (with a "did you mean" for a misspelt key)."""
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
         dotted = ".".join(str(p) for p in loc) or "(top level)"
+        item = _set_item_for(loc, sets or [])
         if e["type"] == "literal_error":
             allowed = _allowed_values(loc) or []
             msg = f"{e['input']!r} is not one of {', '.join(allowed)}"
         elif e["type"] == "extra_forbidden":
             parent = _allowed_keys(loc[:-1])
-            msg = "unknown key" + (f"; allowed keys here: {', '.join(parent)}" if parent else "")
+            close = difflib.get_close_matches(str(loc[-1]), parent, n=1)
+            prefix = ".".join(str(p) for p in loc[:-1])
+            msg = "unknown key" + (f"; did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close else "") + \
+                (f" (allowed keys here: {', '.join(parent)})" if parent else "")
         elif e["type"] == "missing":
             msg = "required field is missing"
         else:
             msg = e["msg"].removeprefix("Value error, ")
             if "input" in e and e["type"] not in ("value_error", "assertion_error"):
                 msg += f" (got {e['input']!r})"
-        lines.append(f"{source}: {dotted}: {msg}" if loc else f"{source}: {msg}")
+        if item is not None:
+            lines.append(f"--set {item}: {dotted}: {msg} (spec {source.split(' (with --set')[0]})")
+        else:
+            lines.append(f"{source}: {dotted}: {msg}" if loc else f"{source}: {msg}")
     return "\n".join(lines)
+
+
+def _set_item_for(loc: tuple, sets: list[str]) -> str | None:
+    """The last `--set` item whose key is the error's location (or under it), if any."""
+    dotted = [str(p) for p in loc if not isinstance(p, int)]
+    for item in reversed(sets):
+        key = item.split("=", 1)[0].strip().split(".")
+        if dotted and key[:len(dotted)] == dotted:
+            return item
+    return None
 
 
 def _allowed_keys(loc: tuple) -> list[str]:
@@ -463,7 +525,7 @@ def resolve_spec(path: str | Path, sets: list[str] | None = None,
     try:
         return Spec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(format_validation_error(e, source)) from None
+        raise SpecError(format_validation_error(e, source, sets)) from None
 
 
 def spec_from_dict(raw: dict, source: str = "<dict>") -> Spec:

@@ -156,12 +156,16 @@ class Tracker:
         return self.client.search_runs([self.experiment_id], filter_string=filter_string,
                                        max_results=max_results, order_by=["attributes.start_time DESC"])
 
-    def find_spec_run(self, spec_hash: str, seed: int) -> Any | None:
-        """The newest run of this exact resolved spec and seed, whatever its status."""
-        runs = self.find_runs(f"tags.`{TAG_SPEC_HASH}` = '{spec_hash}' and tags.`{TAG_SEED}` = '{seed}' "
-                              f"and tags.`{TAG_KIND}` = 'spec_run'")
-        finished = [r for r in runs if r.info.status == "FINISHED"]
-        return (finished or runs or [None])[0]
+    def find_spec_run(self, spec_hash: str, seed: int, legacy_hash: str | None = None) -> Any | None:
+        """The newest run of this exact resolved spec and seed, whatever its status; runs of an older
+        workdir are found by `legacy_hash` (Spec.legacy_hash) when none carries `spec_hash`."""
+        for h in (spec_hash, legacy_hash) if legacy_hash and legacy_hash != spec_hash else (spec_hash,):
+            runs = self.find_runs(f"tags.`{TAG_SPEC_HASH}` = '{h}' and tags.`{TAG_SEED}` = '{seed}' "
+                                  f"and tags.`{TAG_KIND}` = 'spec_run'")
+            finished = [r for r in runs if r.info.status == "FINISHED"]
+            if runs:
+                return (finished or runs)[0]
+        return None
 
 
 class MetricBuffer:

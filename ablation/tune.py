@@ -183,6 +183,10 @@ def tune(spec_file: str, *, trials: int | None = None, storage: str | None = Non
     storage = storage or default_storage(workdir)
     uri = tracking_uri or base.tracking.tracking_uri or default_tracking_uri(workdir)
     name = study_name or base.tune.study or f"{base.name}-{base.hash()[:8]}"
+    legacy = f"{base.name}-{base.legacy_hash()[:8]}"  # the default name before resources left the spec hash
+    if not (study_name or base.tune.study) and legacy != name and \
+            legacy in optuna.get_all_study_names(make_storage(storage, heartbeat_s)):
+        name = legacy  # a study of an older workdir: go on with it
     n_trials = trials or base.tune.trials
     print(f"[tune] study '{name}' on {storage}" + (f", profile {profile.name}" if profile else ""))
     print(f"[tune] {n_trials} trial(s) x {base.train.total_steps} steps, {base.tune.episodes} episodes each "

@@ -14,8 +14,10 @@ import pytest
 from ablation.sim import fast_step
 from ablation.spec import resolve_spec, spec_path
 
-# The hash baseline_rdt had before the `sim` section existed (commit d941e0b): sim.fast must not move it.
-BASELINE_RDT_HASH = "468c747d3018d7a4"
+# baseline_rdt's hash (resources out of the identity) and the one it had before the `sim` section
+# existed (commit d941e0b, Spec.legacy_hash): sim.fast must move neither.
+BASELINE_RDT_HASH = "ba0f1edbdc1a8445"
+LEGACY_BASELINE_RDT_HASH = "468c747d3018d7a4"
 SUITES = [("libero_object", 0), ("libero_spatial", 0), ("libero_goal", 0)]
 
 
@@ -28,6 +30,7 @@ def test_sim_fast_is_outside_the_spec_hash():
     stock = resolve_spec(spec_path("baseline_rdt"), ["sim.fast=false"])
     assert spec.sim.fast is True and stock.sim.fast is False
     assert spec.hash() == stock.hash() == BASELINE_RDT_HASH
+    assert spec.legacy_hash() == stock.legacy_hash() == LEGACY_BASELINE_RDT_HASH
     assert rollout_kwargs(spec, 0)["fast"] is True and rollout_kwargs(stock, 0)["fast"] is False
     # any other field still moves it
     assert resolve_spec(spec_path("baseline_rdt"), ["rollout.episodes=11"]).hash() != BASELINE_RDT_HASH

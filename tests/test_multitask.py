@@ -177,12 +177,14 @@ def test_tasks_from_set_and_bad_tasks(tmp_path):
         load_plan(str(write_plan(tmp_path, tasks=[3, 3])))
 
 
-def test_dry_run_lists_every_task(tmp_path, capsys):
-    out = run_plan(str(write_plan(tmp_path, tasks=[0, 3])), profile_name="cpu", dry_run=True, workdir=tmp_path / "wd")
+def test_dry_run_lists_every_task(tmp_path, capsys, caplog):
+    with caplog.at_level("INFO", logger="ablation"):
+        out = run_plan(str(write_plan(tmp_path, tasks=[0, 3])), profile_name="cpu", dry_run=True,
+                       workdir=tmp_path / "wd")
     assert out.parent_run_id is None
-    text = capsys.readouterr().out
-    assert "2 arm(s) x seeds x tasks = 8 run(s)" in text
-    assert "[plan] tasks: libero_object [0, 3]" in text
+    assert "2 arm(s) x seeds x tasks = 8 run(s)" in caplog.text  # log lines (stderr under the CLI)
+    assert "[plan] tasks: libero_object [0, 3]" in caplog.text
+    text = capsys.readouterr().out  # the listing is the dry run's result: stdout
     listed = [line for line in text.splitlines() if line.startswith("  - ")]
     assert len(listed) == 8 and sum("task 3  hash" in line for line in listed) == 4
 

@@ -139,6 +139,66 @@ def test_rerun_retrains_nothing_and_nests_under_the_same_parent(first_run, workd
     assert len(tr.find_runs(f"tags.`{TAG_KIND}` = 'plan'")) == 1
 
 
+def test_rerun_with_other_resource_settings_reuses_every_run(first_run, workdir):
+    """Workers, threads, compile and logging are how a run executes, not what it computes (spec.NOT_IDENTITY):
+    a re-run with them changed retrains nothing, opens no run and keeps the plan's parent."""
+    plan, first = first_run
+    out = run_plan(str(plan), profile_name="cpu", workdir=workdir,
+                   extra_sets=["rollout.workers=2", "train.num_threads=2", "train.compile=false", "train.log_every=5"])
+    assert out.parent_run_id == first.parent_run_id
+    assert {r.run_id for r in out.results} == {r.run_id for r in first.results}
+    assert all(r.status == "FINISHED" and "train" not in r.stage_seconds for r in out.results)
+    tr = client_for(workdir)
+    assert len(tr.find_runs(f"tags.`{TAG_KIND}` = 'spec_run'")) == 4
+    assert len(tr.find_runs(f"tags.`{TAG_KIND}` = 'plan'")) == 1
+
+
+def test_runs_of_an_older_workdir_are_found_by_their_legacy_hash(first_run, workdir, tmp_path):
+    """A workdir from before resources left the identity: its runs carry Spec.legacy_hash in MLflow and in
+    their checkpoint directories' names. The plan (re-run with the same settings: the legacy hash covers
+    them all) finds them, re-tags them with the current hash, links the current directory name to the old
+    one and goes on there (one more look, nothing retrained). A later look with rollout.videos (not part of
+    the identity) records an mp4 of the chosen init states, logged to the run."""
+    import json
+
+    from ablation.plan import TAG_LEGACY_HASH, load_profile, resolve_plan
+    from ablation.spec import load_plan
+
+    plan, first = first_run
+    rp = resolve_plan(load_plan(str(plan)), load_profile("cpu"))
+    unit = next(u for u in rp.units() if u.arm.name == "fix_minmax" and u.seed == 0)
+    tr = client_for(workdir)
+    run = tr.find_spec_run(unit.spec.hash(), 0)
+    new_dir, legacy = unit.ckpt_dir(workdir), unit.spec.legacy_hash()
+    old_dir = new_dir.with_name(new_dir.name.replace(unit.spec.hash(), legacy))
+    new_dir.rename(old_dir)  # as an older harness named it, its state pointing there
+    state = old_dir / "run_state.json"
+    state.write_text(state.read_text().replace(str(new_dir), str(old_dir)))
+    tr.set_tags(run.info.run_id, {TAG_SPEC_HASH: legacy})
+
+    more = yaml.safe_load(Path(plan).read_text())
+    more["episodes"] = {"looks": [3]}
+    bigger = tmp_path / "plan_tiny.yaml"
+    bigger.write_text(yaml.safe_dump(more))
+    out = run_plan(str(bigger), profile_name="cpu", workdir=workdir, only=["fix_minmax"])
+    mine = next(r for r in out.results if r.run_id == run.info.run_id)
+    assert mine.status == "FINISHED" and "train" not in mine.stage_seconds, mine.reason
+    assert len(tr.find_runs(f"tags.`{TAG_KIND}` = 'spec_run'")) == 4  # nothing new
+    tags = tr.client.get_run(run.info.run_id).data.tags
+    assert tags[TAG_SPEC_HASH] == unit.spec.hash() and tags[TAG_LEGACY_HASH] == legacy
+    assert new_dir.is_symlink() and new_dir.resolve() == old_dir.resolve()
+    assert sorted(e["init_state"] for e in episodes_of(tr, run.info.run_id)) == [0, 1, 2]
+    assert json.loads((old_dir / "run_state.json").read_text())["bundle"].startswith(str(old_dir))
+    # rollout.videos=4 on a look that runs init state 3 only: its episode, on video; the same run goes on
+    more["episodes"] = {"looks": [4]}
+    bigger.write_text(yaml.safe_dump(more))
+    out = run_plan(str(bigger), profile_name="cpu", workdir=workdir, only=["fix_minmax"],
+                   extra_sets=["rollout.videos=4"], seeds=[0])
+    assert [r.run_id for r in out.results] == [run.info.run_id] and "train" not in out.results[0].stage_seconds
+    videos = {a.path for a in tr.client.list_artifacts(run.info.run_id, "videos")}
+    assert videos == {"videos/episode_003.mp4"}, videos
+
+
 def test_more_episodes_append_to_the_same_run_without_retraining(first_run, workdir, tmp_path):
     """A later look (here: a plan asking for 3 episodes) adds init states to the finished runs; no init
     state is repeated and nothing is retrained."""

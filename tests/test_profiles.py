@@ -19,10 +19,11 @@ def entries(profile: str):
     return [(arm.spec_for(seed), seed) for arm, seed in rp.entries()]
 
 
-def test_auto_picks_cpu_without_cuda(capsys):
+def test_auto_picks_cpu_without_cuda(caplog):
     assert not torch.cuda.is_available()
-    assert load_profile("auto").name == "cpu"
-    assert "profile auto -> cpu" in capsys.readouterr().out
+    with caplog.at_level("INFO", logger="ablation"):
+        assert load_profile("auto").name == "cpu"
+    assert "profile auto -> cpu" in caplog.text
 
 
 def test_cpu_profile():

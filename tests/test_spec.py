@@ -113,10 +113,53 @@ def test_hash_is_independent_of_key_order_and_comments(tmp_path):
 
 def test_hash_is_stable_across_processes():
     # A fixed value: a change here means every cached run would be redone; update it on purpose only.
-    assert resolve_spec(EXPERIMENTS_DIR / "baseline_rdt.yaml").hash() == BASELINE_HASH
+    spec = resolve_spec(EXPERIMENTS_DIR / "baseline_rdt.yaml")
+    assert spec.hash() == BASELINE_HASH
+    # The hash every run carried before resources left the identity: older workdirs are found by it.
+    assert spec.legacy_hash() == LEGACY_BASELINE_HASH
 
 
-BASELINE_HASH = "468c747d3018d7a4"
+BASELINE_HASH = "ba0f1edbdc1a8445"
+LEGACY_BASELINE_HASH = "468c747d3018d7a4"
+
+
+RESOURCE_SETS = ["rollout.workers=4", "rollout.videos=2", "train.num_threads=2", "train.compile=true",
+                 "train.log_every=7", "train.checkpoint_every=9", "tracking.experiment=elsewhere",
+                 "tracking.tracking_uri=sqlite:///x.db", "description=another note"]
+
+
+@pytest.mark.parametrize("item", RESOURCE_SETS)
+def test_resource_and_presentation_settings_leave_the_identity_alone(item):
+    from ablation.spec import affects_identity
+
+    base = resolve_spec(EXPERIMENTS_DIR / "baseline_rdt.yaml")
+    changed = resolve_spec(EXPERIMENTS_DIR / "baseline_rdt.yaml", [item])
+    assert changed != base and changed.hash() == base.hash()
+    assert changed.legacy_hash() != base.legacy_hash() or item.startswith("description")
+    assert not affects_identity(item.split("=")[0])
+
+
+@pytest.mark.parametrize("item", ["train.steps=11", "train.seed=3", "train.kernels=reference", "train.device=cuda",
+                                  "rollout.episodes=3", "rollout.replan_every=4", "data.task=2",
+                                  "codec.normalizer=minmax", "train.eval_every=30"])
+def test_what_changes_results_changes_the_identity(item):
+    from ablation.spec import affects_identity
+
+    base = resolve_spec(EXPERIMENTS_DIR / "baseline_rdt.yaml")
+    assert resolve_spec(EXPERIMENTS_DIR / "baseline_rdt.yaml", [item]).hash() != base.hash()
+    assert affects_identity(item.split("=")[0])
+
+
+def test_every_field_left_out_of_the_identity_is_a_spec_field():
+    from pydantic import BaseModel
+
+    from ablation.spec import NOT_IDENTITY, Spec
+
+    for section, fields in NOT_IDENTITY.items():
+        assert section in Spec.model_fields, section
+        if fields is not True:
+            model = Spec.model_fields[section].annotation
+            assert issubclass(model, BaseModel) and set(fields) <= set(model.model_fields), (section, fields)
 
 
 def test_set_overrides_are_type_checked():

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from ..workdir import DEFAULT_WORKDIR
+from ..errors import UserError
+from .common import add_json, add_profile, add_sets, add_workdir, emit_json, seed_list
 
 
 def add_executor_args(p: argparse.ArgumentParser) -> None:
@@ -23,26 +22,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "(also: run_ablation.py --plan NAME)",
                        description="Run every spec x seed of a plan; finished runs are skipped, interrupted "
                                    "ones resume, failing ones are recorded as FAILED and the plan goes on.")
+    p.add_argument("name", nargs="?", metavar="PLAN", help="the plan, as with --plan (`plan smoke`)")
     p.add_argument("--plan", help="plan name in experiments/plans/ or a YAML file (default: the profile's full "
                                   "study: all on cpu, suite_sweep on gpu)")
-    p.add_argument("--profile", default="auto", choices=["auto", "cpu", "gpu"],
-                   help="resource profile; auto = gpu when CUDA is present, else cpu")
-    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated seeds "
-                   "(default: the plan's)")
+    add_profile(p)
+    p.add_argument("--seeds", type=seed_list, help="comma-separated seeds, e.g. 0,1,2 (default: the plan's)")
     p.add_argument("--only", action="append", metavar="ARM", help="run only this arm (repeatable)")
-    p.add_argument("--dry-run", action="store_true", help="list what would run and what is already done")
-    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
-                   help="holds demos, checkpoints, mlruns.db, optuna.db and the report (default: ./workdir)")
+    p.add_argument("--dry-run", action="store_true", help="list what would run and what is already done "
+                   "(creates nothing: no workdir, no MLflow store)")
+    add_workdir(p)
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the workdir)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="a.b.c=VALUE",
-                   help="override a field of every spec (repeatable)")
+    add_sets(p, "a field of every spec")
     p.add_argument("--jobs", type=int, help="runs in parallel (default: the profile's)")
     p.add_argument("--gate-episodes", type=int, help="Gate A replay episodes per codec (default: the spec's "
                                                       "rollout.gate_episodes; 0 skips the gate)")
     add_executor_args(p)
     p.add_argument("--no-wait", action="store_true", help="when another plan holds this workdir, refuse (exit 2) "
                    "instead of waiting for it")
-    p.add_argument("--json", action="store_true", help="print the outcome as JSON at the end")
+    add_json(p)
     p.set_defaults(func=run)
 
 
@@ -52,15 +49,18 @@ def run(args: argparse.Namespace) -> int:
     from ..locks import plan_lock
     from ..plan import outcome_json, run_plan
 
+    if args.name and args.plan and args.name != args.plan:
+        raise UserError(f"plan: named twice ({args.name} and --plan {args.plan}); give one")
+    name = args.name or args.plan
     # one plan at a time per workdir: a second waits (naming the first) or, with --no-wait, refuses
-    lock = nullcontext() if args.dry_run else plan_lock(args.workdir, f"plan {args.plan or '(default)'}",
+    lock = nullcontext() if args.dry_run else plan_lock(args.workdir, f"plan {name or '(default)'}",
                                                         wait=not args.no_wait)
     with lock:
-        out = run_plan(args.plan, profile_name=args.profile, seeds=args.seeds, only=args.only, dry_run=args.dry_run,
+        out = run_plan(name, profile_name=args.profile, seeds=args.seeds, only=args.only, dry_run=args.dry_run,
                        workdir=args.workdir, tracking_uri=args.tracking_uri, extra_sets=args.sets, jobs=args.jobs,
                        gate_episodes=args.gate_episodes, executor=args.executor, ray_address=args.ray_address)
     if args.json:
-        print(json.dumps(outcome_json(out), indent=1))
+        emit_json(outcome_json(out))
     if args.dry_run:
         return 0
     # The report is the plan's main output: a plan whose report could not be written has failed.

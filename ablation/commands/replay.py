@@ -1,4 +1,4 @@
-"""`run_ablation.py replay FILE`: open-loop replay of recorded demos (pre-flight Gate A).
+"""`run_ablation.py replay --demos FILE`: open-loop replay of recorded demos (pre-flight Gate A).
 
 Each demo i is reset to its own stored init state, given the file's wait steps (10 for our demos, 0
 for files from elsewhere), and its actions are replayed open-loop through the rollout runner: through
@@ -21,21 +21,25 @@ import functools
 import json
 from pathlib import Path
 
+from ..errors import UserError
+from .common import add_demos, add_json, add_spec, emit_json
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "replay", help="replay a demo file open-loop and report success (Gate A)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", help="LIBERO-layout demo .hdf5 (ours or from elsewhere)")
+    add_demos(p)
+    p.add_argument("file", nargs="?", type=Path, help=argparse.SUPPRESS)  # the older spelling: replay FILE
     p.add_argument("--n", type=int, default=None, help="replay only the first N demos")
     p.add_argument("--actions", choices=("executed", "recorded"), default="executed",
                    help="executed: executed_actions when present (default); recorded: the actions dataset")
-    p.add_argument("--spec", default=None, help="replay through this spec's own codec (default: native actions)")
+    add_spec(p, what="replay through this spec's own codec (default: native actions)")
     p.add_argument("--suite", default=None, help="override the suite the file says")
     p.add_argument("--task", type=int, default=None, help="override the task id the file says")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="rollout worker processes")
     p.add_argument("--min-success", type=float, default=0.9, help="exit 1 below this success rate")
-    p.add_argument("--json", action="store_true", help="print the result as JSON instead of text")
+    add_json(p)
     p.add_argument("--out", type=Path, default=None, help="also write the JSON result to this file")
     p.set_defaults(func=run)
 
@@ -53,6 +57,9 @@ def suite_task_for(path, suite: str | None, task: int | None) -> tuple[str, int]
 def run(args) -> int:
     from ..data import read_demo_file
 
+    if (args.demos is None) == (args.file is None):
+        raise UserError("replay: give the demo file once, as --demos FILE")
+    args.file = args.demos or args.file
     ds = read_demo_file(args.file)
     suite, task = suite_task_for(args.file, args.suite, args.task)
     n = len(ds.episodes) if args.n is None else max(1, min(args.n, len(ds.episodes)))
@@ -63,7 +70,7 @@ def run(args) -> int:
         out = _replay_native(args, ds, suite, task, n, use_exec)
     lines, payload, rate = out
     if args.json:
-        print(json.dumps(payload, indent=1, default=str))
+        emit_json(payload)
     else:
         print("\n".join(lines))
     if args.out:
@@ -75,12 +82,13 @@ def run(args) -> int:
 def _replay_native(args, ds, suite, task, n, use_exec):
     from ..rollout import ReplayPolicy
     from ..rollout_pool import run_rollouts
+    from ..run import EpisodeProgress
 
     has_exec = all("executed_actions" in ep.extras for ep in ds.episodes[:n])
     factory = functools.partial(ReplayPolicy, str(args.file), use_exec)
     longest = max(len(ep) for ep in ds.episodes[:n])
     res = run_rollouts(factory, suite, int(task), list(range(n)), replan_every=8, workers=args.workers,
-                       max_steps=longest + 5)
+                       max_steps=longest + 5, progress=EpisodeProgress(f"replay {Path(args.file).name}", n))
     which = "executed_actions" if (use_exec and has_exec) else "actions"
     lines = []
     for e in res.episodes:

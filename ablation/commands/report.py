@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from ..workdir import DEFAULT_WORKDIR
+from .common import add_json, add_workdir, emit_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,11 +13,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "--run-id) and reads its runs through what the plan recorded.")
     p.add_argument("--plan", help="plan name (default: the newest plan run in the store)")
     p.add_argument("--run-id", help="the plan's parent run id")
-    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    add_workdir(p)
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the workdir)")
-    p.add_argument("--experiment", default="libero-action-ablation")
+    p.add_argument("--experiment", default="libero-action-ablation", help="MLflow experiment name")
     p.add_argument("--out", type=Path, help="output folder (default: WORKDIR/report)")
-    p.add_argument("--json", action="store_true", help="print the report data as JSON")
+    add_json(p)
     p.set_defaults(func=run)
 
 
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     except ReportError as e:
         raise UserError(str(e)) from None
     if args.json:
-        print(json.dumps(rep.to_json(), indent=1, default=str))
+        emit_json(rep.to_json())
     else:
         print((out_dir / "report.md").read_text())
         print(f"\nwritten: {out_dir / 'report.html'} (plots embedded), {out_dir / 'report.md'}")

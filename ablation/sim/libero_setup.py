@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..noise import silence_third_party
 
 ASSETS_ENV = "ABLATION_LIBERO_ASSETS"
 CONFIG_DIR_ENV = "ABLATION_LIBERO_CONFIG_DIR"
@@ -226,6 +227,7 @@ def ensure_libero(backend: str | None = None) -> SetupInfo:
     """Idempotent: config + assets + render backend, then import libero.libero. Call before any env."""
     if "info" in _STATE:
         return _STATE["info"]
+    silence_third_party()  # before robosuite's import: this runs first in every process that makes an env
     chosen = select_render_backend(backend)
     assets = find_assets_dir()
     cfg = config_dir()
