@@ -106,7 +106,7 @@ def test_tiny_plan_end_to_end(first_run, workdir):
 
 def test_an_arm_left_out_by_the_plan_is_left_out_not_missing(first_run, workdir):
     """skip_arms is a choice, not a failure: every look's record and the report say "left out", and
-    Holm's family is the comparisons that have data, as the report's method line says."""
+    the family is the comparisons that have data, as the report's method line says."""
     import json
     import re
     import tempfile
@@ -122,7 +122,7 @@ def test_an_arm_left_out_by_the_plan_is_left_out_not_missing(first_run, workdir)
         assert words["fix_minmax"] != "left out", words
     md = (workdir / "report" / "report.md").read_text()
     assert "fix_loss_weight left out of this plan: tiny test" in md
-    m = re.search(r"Holm across the (\d+) comparisons with data \(of the plan's (\d+)\)", md)
+    m = re.search(r"Family: the (\d+) comparisons of plan '[^']+' with data \(of its (\d+)\)", md)
     assert m, md[-2000:]
     with_data = sum(c["word"] not in ("left out", "missing", "untestable") for c in record["looks"][-1]["comparisons"])
     assert int(m.group(1)) == with_data and int(m.group(2)) == len(record["looks"][-1]["comparisons"]) > with_data
