@@ -39,7 +39,7 @@ EXECUTORS = ("local", "ray")
 TAG_WORKER_HOST = "ablation.worker_host"
 TAG_WORKER_PID = "ablation.worker_pid"
 RAY_MISSING = ("--executor ray needs Ray, which is not installed: pip install -e \".[cluster]\" "
-               "(or: pip install -c constraints.txt ray)")
+               "(or: bash scripts/setup.sh, which installs it from requirements.lock)")
 
 
 def worker_tags() -> dict[str, str]:

