@@ -30,7 +30,7 @@ from .hypothesis import Hypothesis, load_hypothesis
 from .needs import plan_time_facts, untestable_arms
 from .plan_eta import PlanClock, StageCosts, estimate_plan_s, minutes
 from .plan_record import PLAN_RECORD, task_label
-from .provenance import file_sha256, git_commit, versions
+from .provenance import file_sha256, git_commit, source_tags, versions
 from .run import RunJob, RunResult
 from .spec import EXPERIMENTS_DIR, Plan, Spec, SpecError, load_plan, resolve_spec, spec_path
 from .tracking import (TAG_FAILURE, TAG_KIND, TAG_SEED, TAG_SPEC, TAG_SPEC_HASH, Tracker, default_tracking_uri,
@@ -308,7 +308,8 @@ def open_parent(tracker: Tracker, rp: ResolvedPlan, profile: Profile) -> str:
     """The plan's parent run: the one from an earlier invocation of the same plan, or a new one."""
     found = tracker.find_runs(f"tags.`{TAG_PLAN_KEY}` = '{rp.key}' and tags.`{TAG_KIND}` = 'plan'")
     tags = {TAG_KIND: "plan", "ablation.plan": rp.plan.name, TAG_PLAN_KEY: rp.key, "ablation.profile": profile.name,
-            "ablation.git_commit": git_commit(), "ablation.device": detect_device(), **_owner_tags()}
+            "ablation.git_commit": git_commit(), "ablation.device": detect_device(), **_owner_tags(),
+            **source_tags(rp.plan.description or f"plan {rp.plan.name}")}
     if found:
         rid = found[0].info.run_id
         tracker.client.update_run(rid, status="RUNNING")
@@ -384,9 +385,12 @@ def _ensure_run(tracker: Tracker, unit: RunUnit, parent: str | None, rp: Resolve
     prev = tracker.find_spec_run(spec.hash(), seed, spec.legacy_hash())
     tags = {TAG_KIND: "spec_run", TAG_SPEC: spec.name, TAG_SPEC_HASH: spec.hash(), TAG_SEED: seed, TAG_ARM: arm.name,
             TAG_TASK: task_label(spec), "ablation.git_commit": git_commit(), "ablation.device": detect_device(),
-            "ablation.profile": profile.name, "ablation.plan": rp.plan.name, **_owner_tags()}
+            "ablation.profile": profile.name, "ablation.plan": rp.plan.name, **_owner_tags(),
+            **source_tags(spec.description)}
+    digest = None
     if demo is not None:
-        tags.update({"ablation.demo_sha256": file_sha256(demo)[:16], "ablation.demo_file": str(demo)})
+        digest = file_sha256(demo)
+        tags.update({"ablation.demo_sha256": digest[:16], "ablation.demo_file": str(demo)})
     if prev is not None:
         state = prev.info.status.lower()
         if parent is not None and prev.data.tags.get(TAG_SPEC_HASH) != spec.hash():
@@ -401,6 +405,8 @@ def _ensure_run(tracker: Tracker, unit: RunUnit, parent: str | None, rp: Resolve
         return "", "to run"
     rid = tracker.start_run(unit.name, tags, parent)
     tracker.log_params(rid, spec.flat())
+    if demo is not None:
+        tracker.log_dataset(rid, demo, digest, context="training")
     return rid, "new"
 
 

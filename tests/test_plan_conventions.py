@@ -1,5 +1,6 @@
-"""The plan's time estimates: --dry-run's range from the profile's measured costs, and the whole-plan
-ETA logged after every finished run."""
+"""What a researcher meets around a plan: the time estimates (--dry-run's range from the profile's
+measured costs, the whole-plan ETA after every finished run), Optuna's seeded sampler, and MLflow's
+conventions (source tags, the demo file as a dataset input)."""
 from __future__ import annotations
 
 import logging
@@ -47,3 +48,37 @@ def test_dry_run_prints_the_estimated_wall_time():
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "estimated wall time on this profile:" in out.stderr
+
+
+def test_tune_sampler_is_seeded_by_the_study_and_lies_for_running_trials():
+    import optuna
+
+    from ablation.tune import make_sampler
+
+    def first_points(name):
+        study = optuna.create_study(sampler=make_sampler(name), direction="maximize")
+        return [study.ask().suggest_float("x", 0, 1) for _ in range(3)]
+
+    assert first_points("study-a") == first_points("study-a")
+    assert first_points("study-a") != first_points("study-b")
+    assert make_sampler("s")._constant_liar is True
+
+
+def test_runs_carry_mlflow_source_tags_and_the_demo_file_as_a_dataset(tmp_path):
+    """A real sqlite MLflow store: the standard source tags and the dataset input with its digest."""
+    from ablation.provenance import file_sha256, source_tags
+    from ablation.tracking import Tracker, default_tracking_uri
+
+    demo = tmp_path / "demos.hdf5"
+    demo.write_bytes(b"not really hdf5, only hashed")
+    tr = Tracker.open(default_tracking_uri(tmp_path), "t", tmp_path / "art")
+    rid = tr.start_run("r", {"ablation.kind": "spec_run", **source_tags("the baseline")})
+    tr.log_dataset(rid, demo, file_sha256(demo))
+    run = tr.client.get_run(rid)
+    tags = run.data.tags
+    assert tags["mlflow.note.content"] == "the baseline" and tags["mlflow.user"]
+    assert len(tags["mlflow.source.git.commit"]) in (40, 7) or tags["mlflow.source.git.commit"] == "unknown"
+    assert tags["ablation.git_dirty"] in ("true", "false", "unknown")
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "demos.hdf5" and inp.dataset.digest == file_sha256(demo)[:16]
+    assert [t.value for t in inp.tags if t.key == "mlflow.data.context"] == ["training"]
