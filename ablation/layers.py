@@ -32,7 +32,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # Policies (or replayed demos) in the simulator: episodes, the worker pool, Gate A.
     "evaluation": ("rollout", "rollout_pool", "gates"),
     # A study: runs and their stages, plans in looks, tuning, analysis, report, MLflow, the workdir.
-    "study": ("run", "stages", "executors", "plan", "plan_record", "tune", "pretrain", "analysis", "needs",
+    "study": ("run", "stages", "executors", "plan", "plan_record", "plan_eta", "tune", "pretrain", "analysis", "needs",
               "hypothesis", "verdicts", "calibration", "report", "tracking", "workdir"),
     # What a user types: the CLI, its commands and the doctor.
     "commands": ("cli", "commands", "doctor"),

@@ -28,8 +28,9 @@ from .analysis import analyse_look
 from .errors import UserError
 from .hypothesis import Hypothesis, load_hypothesis
 from .needs import plan_time_facts, untestable_arms
+from .plan_eta import PlanClock, StageCosts, estimate_plan_s, minutes
 from .plan_record import PLAN_RECORD, task_label
-from .provenance import file_sha256, git_commit, versions
+from .provenance import file_sha256, git_commit, source_tags, versions
 from .run import RunJob, RunResult
 from .spec import EXPERIMENTS_DIR, Plan, Spec, SpecError, load_plan, resolve_spec, spec_path
 from .tracking import (TAG_FAILURE, TAG_KIND, TAG_SEED, TAG_SPEC, TAG_SPEC_HASH, Tracker, default_tracking_uri,
@@ -58,6 +59,8 @@ class Profile:
     # detail like the worker count (each episode keeps its own noise; the actions agree with one at a
     # time to float rounding), so the profile's, not the spec's.
     rollout_batch: int = 1
+    # Measured worker-seconds per demo, Gate A codec, training run and episode: --dry-run's estimate.
+    costs: StageCosts | None = None
 
 
 def detect_device() -> str:
@@ -86,7 +89,11 @@ def load_profile(name: str) -> Profile:
     if not isinstance(batch, int) or batch < 1:
         raise SpecError(f"{path}: rollout_batch: {batch!r} is not a whole number >= 1; "
                         "write e.g. `rollout_batch: 4` (1: one episode at a time)")
-    return Profile(name, tuple(raw.get("set", [])), int(raw.get("jobs", 1)), workers, batch)
+    try:
+        costs = StageCosts.from_mapping(raw.get("costs"))
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"{path}: {e} (worker-seconds, e.g. `costs: {{train_s: 60, episode_s: 2.5}}`)") from None
+    return Profile(name, tuple(raw.get("set", [])), int(raw.get("jobs", 1)), workers, batch, costs)
 
 
 # ----------------------------------------------------------------------------- arms
@@ -301,7 +308,8 @@ def open_parent(tracker: Tracker, rp: ResolvedPlan, profile: Profile) -> str:
     """The plan's parent run: the one from an earlier invocation of the same plan, or a new one."""
     found = tracker.find_runs(f"tags.`{TAG_PLAN_KEY}` = '{rp.key}' and tags.`{TAG_KIND}` = 'plan'")
     tags = {TAG_KIND: "plan", "ablation.plan": rp.plan.name, TAG_PLAN_KEY: rp.key, "ablation.profile": profile.name,
-            "ablation.git_commit": git_commit(), "ablation.device": detect_device(), **_owner_tags()}
+            "ablation.git_commit": git_commit(), "ablation.device": detect_device(), **_owner_tags(),
+            **source_tags(rp.plan.description or f"plan {rp.plan.name}")}
     if found:
         rid = found[0].info.run_id
         tracker.client.update_run(rid, status="RUNNING")
@@ -377,9 +385,12 @@ def _ensure_run(tracker: Tracker, unit: RunUnit, parent: str | None, rp: Resolve
     prev = tracker.find_spec_run(spec.hash(), seed, spec.legacy_hash())
     tags = {TAG_KIND: "spec_run", TAG_SPEC: spec.name, TAG_SPEC_HASH: spec.hash(), TAG_SEED: seed, TAG_ARM: arm.name,
             TAG_TASK: task_label(spec), "ablation.git_commit": git_commit(), "ablation.device": detect_device(),
-            "ablation.profile": profile.name, "ablation.plan": rp.plan.name, **_owner_tags()}
+            "ablation.profile": profile.name, "ablation.plan": rp.plan.name, **_owner_tags(),
+            **source_tags(spec.description)}
+    digest = None
     if demo is not None:
-        tags.update({"ablation.demo_sha256": file_sha256(demo)[:16], "ablation.demo_file": str(demo)})
+        digest = file_sha256(demo)
+        tags.update({"ablation.demo_sha256": digest[:16], "ablation.demo_file": str(demo)})
     if prev is not None:
         state = prev.info.status.lower()
         if parent is not None and prev.data.tags.get(TAG_SPEC_HASH) != spec.hash():
@@ -394,6 +405,8 @@ def _ensure_run(tracker: Tracker, unit: RunUnit, parent: str | None, rp: Resolve
         return "", "to run"
     rid = tracker.start_run(unit.name, tags, parent)
     tracker.log_params(rid, spec.flat())
+    if demo is not None:
+        tracker.log_dataset(rid, demo, digest, context="training")
     return rid, "new"
 
 
@@ -491,6 +504,7 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
                 not_run.append(RunResult(u.arm.name, u.seed, rid, "FAILED", demo))
         write_plan_record(tracker, parent, rp, runs, looks_log, demos=demos)
         looks = list(plan.episodes.looks) if plan.episodes else [None]
+        clock = PlanClock(looks, n_jobs)
         active = {u.key for u in rp.units()}
         latest: dict[tuple, RunResult] = {}  # RunUnit.key -> the run's latest result
         previous: dict = {}
@@ -513,8 +527,11 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
                     gate_cache_dir=str(workdir / "gates")))
             label = f"look {k + 1}/{len(looks)}" + (f" ({look} episodes)" if look else "")
             log.info(f"[plan] {label}: {len(job_list)} run(s), {dispatcher.parallelism}")
+            clock.start_look(k, len(job_list))
+            new_eps = (look or 0) - ((looks[k - 1] or 0) if k > 0 else 0)
             for r in dispatcher.run(job_list, label):
                 latest[unit_of[r.run_id].key] = r
+                clock.finished(r.stage_seconds, new_eps, len(job_list))
                 for st, v in r.stage_seconds.items():  # summed over every look, for the time breakdown
                     worker_s[st] = worker_s.get(st, 0.0) + v
             decision = analyse_look(rp, latest, k, looks, previous)
@@ -586,7 +603,29 @@ def dry_run_outcome(rp: ResolvedPlan, profile: Profile, uri: str, experiment: st
         planned.append({"arm": u.arm.name, "seed": u.seed, "task": u.spec.data.task, "suite": u.spec.data.suite,
                         "spec_hash": u.spec.hash(), "state": state, "run_id": rid or None,
                         "train_steps": u.spec.train.total_steps})
-    return PlanOutcome(None, [], None, planned=planned)
+    est = _estimate(rp, profile, sum(p["state"] != "finished" for p in planned))
+    if est is not None:
+        lo, hi = est
+        log.info(f"[plan] estimated wall time on this profile: {minutes(lo)} to {minutes(hi)} (every comparison "
+                 f"decided at the first look .. every arm to the last), from the profile's measured costs "
+                 f"{profile.costs}; finished runs are not counted, and arms the demos make untestable still are")
+    out = PlanOutcome(None, [], None, planned=planned)
+    out.timing = {"estimated_wall_s": list(est)} if est is not None else {}
+    return out
+
+
+def _estimate(rp: ResolvedPlan, profile: Profile, todo: int) -> tuple[float, float] | None:
+    """--dry-run's wall-time range for the `todo` runs still to do, from the profile's measured costs (an
+    upper range: arms that the demos make untestable are dropped only once the demos exist)."""
+    if profile.costs is None:
+        return None
+    units = list(rp.units())
+    codecs = {(u.spec.codec.model_dump_json(), u.spec.data.task) for u in units}
+    demos = {(u.spec.data.suite, u.spec.data.task): u.spec.data.n_demos for u in units}
+    n_demos = sum(demos.values())
+    looks = list(rp.plan.episodes.looks) if rp.plan.episodes else [units[0].spec.rollout.episodes if units else 0]
+    return estimate_plan_s(profile.costs, n_runs=todo, n_codecs=len(codecs), n_demos=n_demos, looks=looks,
+                           parallel=profile.jobs)
 
 
 def run_pretrain_stage(tracker: Tracker, parent: str, rp: ResolvedPlan, profile: Profile, workdir: Path,

@@ -5,6 +5,7 @@ import hashlib
 import importlib.metadata
 import os
 import platform
+import getpass
 import subprocess
 from pathlib import Path
 
@@ -23,6 +24,33 @@ def git_commit() -> str:
         return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def git_dirty() -> bool | None:
+    """Whether tracked files differ from the commit (None where there is no git, e.g. the docker image)."""
+    if os.environ.get("ABLATION_GIT_COMMIT"):
+        return None
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                             cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
+def source_tags(note: str = "") -> dict[str, str]:
+    """MLflow's standard source tags (what its UI shows: the commit, the user, the run's description)
+    and whether the tree was dirty, so a result can be traced to exact code."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    dirty = git_dirty()
+    tags = {"mlflow.source.git.commit": git_commit(), "mlflow.user": user, "mlflow.source.name": "run_ablation.py",
+            "mlflow.source.type": "LOCAL", "ablation.git_dirty": "unknown" if dirty is None else str(dirty).lower()}
+    if note:
+        tags["mlflow.note.content"] = note
+    return tags
 
 
 def file_sha256(path: str | Path) -> str:

@@ -6,6 +6,7 @@ and sent with `log_batch` (one call costs about what 3.5 ms per single `log_metr
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from contextlib import contextmanager
@@ -150,6 +151,15 @@ class Tracker:
             self.client.log_artifacts(run_id, str(path), artifact_path)
         elif path.is_file():
             self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_dataset(self, run_id: str, path: Path, digest: str, context: str = "training") -> None:
+        """The demo file as an MLflow dataset input of the run (its name, sha256 digest and path), so the
+        UI's dataset column says which demos trained it."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(name=Path(path).name, digest=digest[:16], source_type="local",
+                     source=json.dumps({"uri": str(Path(path).resolve())}), schema=None, profile=None)
+        self.client.log_inputs(run_id, datasets=[DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
 
     # -- queries
     def find_runs(self, filter_string: str, max_results: int = 1000) -> list:

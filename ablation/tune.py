@@ -15,6 +15,8 @@
 """
 from __future__ import annotations
 
+import hashlib
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -52,6 +54,34 @@ def make_storage(url: str, heartbeat_s: int):
     except Exception as e:
         raise UserError(f"Optuna storage '{url}' cannot be opened: {type(e).__name__}: {e}. For PostgreSQL use "
                         "postgresql+psycopg2://user:pass@host/db") from None
+
+
+def make_sampler(study_name: str):
+    """TPE seeded from the study's name (the same study proposes the same first trials on every machine),
+    with the constant liar: trials running at the same time on several workers are assumed to score
+    their running mean, so concurrent workers do not all propose the same point."""
+    import optuna
+
+    seed = int(hashlib.sha256(study_name.encode()).hexdigest()[:8], 16)
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+class TrialProgress:
+    """One line per finished trial on the local executor: its state and value, the best so far, the ETA."""
+
+    def __init__(self, n_trials: int, t0: float):
+        self.n, self.t0, self.done = n_trials, t0, 0
+
+    def __call__(self, study, trial) -> None:
+        self.done += 1
+        per = (time.time() - self.t0) / self.done
+        value = "-" if trial.value is None else f"{trial.value:.2f}"
+        try:
+            best = f"{study.best_value:.2f} (trial {study.best_trial.number})"
+        except ValueError:
+            best = "-"
+        print(f"[tune] trial {trial.number} {trial.state.name.lower()}: success {value}; best {best}; "
+              f"{self.done}/{self.n} done, ~{per * (self.n - self.done):.0f} s to go", file=sys.stderr, flush=True)
 
 
 def make_pruner(kind: str, spec: Spec | None = None):
@@ -203,7 +233,7 @@ def tune(spec_file: str, *, trials: int | None = None, storage: str | None = Non
         cluster = make_executor(executor, 1, ray_address, uri)
     study = optuna.create_study(study_name=name, storage=make_storage(storage, heartbeat_s), direction="maximize",
                                 pruner=make_pruner(base.tune.pruner, base), load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=None))
+                                sampler=make_sampler(name))
     study_run = _study_run(tracker, study, base)
     tracker.client.update_run(study_run, status="RUNNING")
     tracker.set_tags(study_run, {"optuna.storage": storage.split("@")[-1]})
@@ -218,7 +248,8 @@ def tune(spec_file: str, *, trials: int | None = None, storage: str | None = Non
 
         try:  # trials with several rollout workers share one warm pool (ablation.rollout_pool.shared_pool)
             study.optimize(lambda t: run_trial(t, base, demo, workdir, tracker, study_run, progress, workers, batch),
-                           n_trials=n_trials, catch=(UserError,), gc_after_trial=True)
+                           n_trials=n_trials, catch=(UserError,), gc_after_trial=True,
+                           callbacks=[TrialProgress(n_trials, t0)])
         finally:
             close_shared_pools()
     else:
@@ -279,7 +310,7 @@ def run_trial_task(task: TrialTask) -> tuple[int, str]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = Spec.model_validate(yaml.safe_load(task.spec_yaml))
     study = optuna.load_study(study_name=task.study_name, storage=make_storage(task.storage, task.heartbeat_s),
-                              pruner=make_pruner(base.tune.pruner, base), sampler=optuna.samplers.TPESampler(seed=None))
+                              pruner=make_pruner(base.tune.pruner, base), sampler=make_sampler(task.study_name))
     tracker = Tracker(task.tracking_uri, task.experiment_id)
     ran: list = []
     study.optimize(lambda t: run_trial(t, base, Path(task.demo_path), Path(task.workdir), tracker, task.study_run,

@@ -1,0 +1,91 @@
+"""How long a plan will take: an estimate before it runs (--dry-run) and a whole-plan ETA while it runs.
+
+Costs are worker-seconds per unit of work (one demo, one Gate A codec, one training run, one
+closed-loop episode). Before a plan runs they come from the profile's `costs:` (measured figures,
+with the command that measured them beside them); while it runs, from the runs finished so far. A plan
+with looks stops extending the arms whose comparisons are decided, so the remaining time has a range:
+the low end if every comparison is decided now, the high end if every arm goes to the last look.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+log = logging.getLogger("ablation")
+
+
+@dataclass(frozen=True)
+class StageCosts:
+    """Worker-seconds per unit: demo_s per demo made, gate_s per Gate A codec x task, train_s per run
+    (training and the open-loop evaluation), episode_s per closed-loop episode."""
+
+    demo_s: float = 0.0
+    gate_s: float = 0.0
+    train_s: float = 0.0
+    episode_s: float = 0.0
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping | None) -> "StageCosts | None":
+        if not raw:
+            return None
+        known = set(cls.__dataclass_fields__)
+        bad = sorted(set(raw) - known)
+        if bad:
+            raise ValueError(f"costs: {', '.join(bad)} not known; known: {', '.join(sorted(known))}")
+        return cls(**{k: float(v) for k, v in raw.items()})
+
+
+def estimate_plan_s(costs: StageCosts, *, n_runs: int, n_codecs: int, n_demos: int, looks: Sequence[int | None],
+                    parallel: int) -> tuple[float, float]:
+    """(low, high) wall seconds for a plan: demos and Gate A, every run trained and given the first
+    look's episodes; low stops there (every comparison decided at look 1), high takes every run to the
+    last look. Work is spread over `parallel` processes."""
+    p = max(1, parallel)
+    real = [x for x in looks if x is not None] or [0]
+    base = (n_demos * costs.demo_s + n_codecs * costs.gate_s) / p
+    first = n_runs * (costs.train_s + real[0] * costs.episode_s) / p
+    rest = n_runs * (real[-1] - real[0]) * costs.episode_s / p
+    return base + first, base + first + rest
+
+
+def minutes(s: float) -> str:
+    return f"{s / 60:.0f} min" if s >= 90 else f"{s:.0f} s"
+
+
+class PlanClock:
+    """The whole plan's ETA while it runs: after each finished run, the time left in this look (from
+    this look's pace) and in the plan (this look's remainder plus the later looks' extra episodes for
+    the arms still undecided, at the measured cost per episode)."""
+
+    def __init__(self, looks: Sequence[int | None], parallel: int):
+        self.looks = list(looks)
+        self.parallel = max(1, parallel)
+        self.t0 = time.time()
+        self.episode_s: list[float] = []   # worker-seconds per episode, from finished runs
+        self.look = 0
+        self.look_t0 = self.t0
+        self.look_total = 0
+        self.look_done = 0
+
+    def start_look(self, k: int, n_runs: int) -> None:
+        self.look, self.look_total, self.look_done, self.look_t0 = k, n_runs, 0, time.time()
+
+    def finished(self, stage_seconds: Mapping[str, float], episodes: int, active_runs: int) -> str:
+        """Record one finished run; return the ETA line (also logged)."""
+        self.look_done += 1
+        if episodes > 0 and stage_seconds.get("closed_loop"):
+            self.episode_s.append(float(stage_seconds["closed_loop"]) / episodes)
+        left_look = (time.time() - self.look_t0) / self.look_done * (self.look_total - self.look_done)
+        per_ep = sum(self.episode_s) / len(self.episode_s) if self.episode_s else 0.0
+        real = [x for x in self.looks if x is not None]
+        later = 0.0
+        if real and self.look + 1 < len(real):
+            later = active_runs * (real[-1] - real[self.look]) * per_ep / self.parallel
+        line = (f"[plan] look {self.look + 1}/{len(self.looks)}: {self.look_done}/{self.look_total} runs done, "
+                f"~{minutes(left_look)} left in this look; the plan ~{minutes(left_look)}"
+                + (f" to ~{minutes(left_look + later)} (if every undecided arm goes to {real[-1]} episodes)"
+                   if later > 0 else "") + f" left; {minutes(time.time() - self.t0)} so far")
+        log.info(line)
+        return line

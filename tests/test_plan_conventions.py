@@ -1,0 +1,84 @@
+"""What a researcher meets around a plan: the time estimates (--dry-run's range from the profile's
+measured costs, the whole-plan ETA after every finished run), Optuna's seeded sampler, and MLflow's
+conventions (source tags, the demo file as a dataset input)."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ablation.plan_eta import PlanClock, StageCosts, estimate_plan_s
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_estimate_counts_each_stage_once_and_spreads_it_over_the_workers():
+    c = StageCosts(demo_s=4, gate_s=40, train_s=60, episode_s=2)
+    lo, hi = estimate_plan_s(c, n_runs=12, n_codecs=4, n_demos=50, looks=[20, 35, 50], parallel=2)
+    base = (50 * 4 + 4 * 40) / 2
+    assert lo == pytest.approx(base + 12 * (60 + 20 * 2) / 2)
+    assert hi == pytest.approx(lo + 12 * 30 * 2 / 2)
+    # no looks: one range point
+    lo, hi = estimate_plan_s(c, n_runs=2, n_codecs=1, n_demos=0, looks=[None], parallel=1)
+    assert lo == hi == pytest.approx(40 + 2 * 60)
+    with pytest.raises(ValueError, match="episode_sec not known"):
+        StageCosts.from_mapping({"episode_sec": 2})
+
+
+def test_clock_gives_this_look_and_the_whole_plan(caplog, monkeypatch):
+    t = [1000.0]
+    monkeypatch.setattr("ablation.plan_eta.time.time", lambda: t[0])
+    clock = PlanClock([20, 35, 50], parallel=2)
+    clock.start_look(0, 4)
+    t[0] += 100.0
+    with caplog.at_level(logging.INFO, logger="ablation"):
+        line = clock.finished({"closed_loop": 40.0, "train": 50.0}, 20, active_runs=4)
+    # 100 s for the first of 4 runs -> 300 s left in this look; later looks: 4 runs x 30 eps x 2 s / 2
+    assert "1/4 runs done, ~5 min left in this look" in line
+    assert "the plan ~5 min to ~7 min (if every undecided arm goes to 50 episodes) left" in line
+    assert line in caplog.text
+
+
+def test_dry_run_prints_the_estimated_wall_time():
+    out = subprocess.run([sys.executable, str(REPO / "run_ablation.py"), "--plan", "all", "--dry-run",
+                          "--workdir", "/nonexistent-dir-for-dry-run"], capture_output=True, text=True, cwd=REPO,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "estimated wall time on this profile:" in out.stderr
+
+
+def test_tune_sampler_is_seeded_by_the_study_and_lies_for_running_trials():
+    import optuna
+
+    from ablation.tune import make_sampler
+
+    def first_points(name):
+        study = optuna.create_study(sampler=make_sampler(name), direction="maximize")
+        return [study.ask().suggest_float("x", 0, 1) for _ in range(3)]
+
+    assert first_points("study-a") == first_points("study-a")
+    assert first_points("study-a") != first_points("study-b")
+    assert make_sampler("s")._constant_liar is True
+
+
+def test_runs_carry_mlflow_source_tags_and_the_demo_file_as_a_dataset(tmp_path):
+    """A real sqlite MLflow store: the standard source tags and the dataset input with its digest."""
+    from ablation.provenance import file_sha256, source_tags
+    from ablation.tracking import Tracker, default_tracking_uri
+
+    demo = tmp_path / "demos.hdf5"
+    demo.write_bytes(b"not really hdf5, only hashed")
+    tr = Tracker.open(default_tracking_uri(tmp_path), "t", tmp_path / "art")
+    rid = tr.start_run("r", {"ablation.kind": "spec_run", **source_tags("the baseline")})
+    tr.log_dataset(rid, demo, file_sha256(demo))
+    run = tr.client.get_run(rid)
+    tags = run.data.tags
+    assert tags["mlflow.note.content"] == "the baseline" and tags["mlflow.user"]
+    assert len(tags["mlflow.source.git.commit"]) in (40, 7) or tags["mlflow.source.git.commit"] == "unknown"
+    assert tags["ablation.git_dirty"] in ("true", "false", "unknown")
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "demos.hdf5" and inp.dataset.digest == file_sha256(demo)[:16]
+    assert [t.value for t in inp.tags if t.key == "mlflow.data.context"] == ["training"]
