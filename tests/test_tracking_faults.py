@@ -64,7 +64,17 @@ class MlflowServer:
 
 @pytest.fixture
 def server(tmp_path) -> Iterator[MlflowServer]:
+    """A server of the test's own, which it may kill (a start takes ~10-20 s on a loaded machine)."""
     s = MlflowServer(tmp_path)
+    s.start()
+    yield s
+    s.kill()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory) -> Iterator[MlflowServer]:
+    """One server for the tests that leave it running."""
+    s = MlflowServer(tmp_path_factory.mktemp("mlflow"))
     s.start()
     yield s
     s.kill()
@@ -158,15 +168,15 @@ class _LoseFirstCreateAnswer(BaseHTTPRequestHandler):
 
 
 @pytest.mark.parametrize("mlflow_retries", ["0", "2"], ids=["our-retry", "mlflow-retry-too"])
-def test_a_lost_create_run_answer_leaves_one_run(server, monkeypatch, mlflow_retries):
+def test_a_lost_create_run_answer_leaves_one_run(shared_server, monkeypatch, mlflow_retries):
     # "2": MLflow's own retries re-send the create unseen; the token look-up after it removes the second run
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", mlflow_retries)
     monkeypatch.setenv(RETRY_ENV, "30")
-    handler = type("Lose", (_LoseFirstCreateAnswer,), {"upstream_port": server.port, "dropped": []})
+    handler = type("Lose", (_LoseFirstCreateAnswer,), {"upstream_port": shared_server.port, "dropped": []})
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
-        tracker = Tracker.open(f"http://127.0.0.1:{proxy.server_address[1]}", "lost-answer")
+        tracker = Tracker.open(f"http://127.0.0.1:{proxy.server_address[1]}", f"lost-answer-{mlflow_retries}")
         rid = tracker.start_run("only-once", {"ablation.kind": "spec_run"})
         assert handler.dropped, "the proxy never dropped an answer"
         runs = tracker.find_runs("attributes.run_name = 'only-once'")
@@ -175,9 +185,9 @@ def test_a_lost_create_run_answer_leaves_one_run(server, monkeypatch, mlflow_ret
         proxy.shutdown()
 
 
-def test_a_bad_request_fails_at_once_and_a_dead_server_after_the_budget(server, monkeypatch, caplog):
+def test_a_bad_request_fails_at_once_and_a_dead_server_after_the_budget(shared_server, monkeypatch, caplog):
     caplog.set_level(logging.WARNING, logger="ablation.tracking")
-    tracker = Tracker.open(server.uri, "bad-requests")
+    tracker = Tracker.open(shared_server.uri, "bad-requests")
     rid = tracker.start_run("r", {})
     tracker.log_params(rid, {"lr": 1})
     with pytest.raises(MlflowException, match="lr"):  # a param changed: 400, not retried
@@ -187,6 +197,7 @@ def test_a_bad_request_fails_at_once_and_a_dead_server_after_the_budget(server, 
     assert not [r for r in caplog.records if "retrying" in r.getMessage()]
 
     monkeypatch.setenv(RETRY_ENV, "1")
-    server.kill()
-    with pytest.raises(TrackingUnavailable, match=f"{server.uri}.*log_batch.*{RETRY_ENV}"):
-        tracker.log_metrics(rid, [("loss", 1.0, 0)])
+    dead = Tracker(f"http://127.0.0.1:{free_port()}", tracker.experiment_id)  # nothing listens there
+    with pytest.raises(TrackingUnavailable, match=f"{dead.tracking_uri}.*log_batch.*{RETRY_ENV}"):
+        dead.log_metrics(rid, [("loss", 1.0, 0)])
+    assert [r for r in caplog.records if "retrying" in r.getMessage()]
