@@ -2,6 +2,9 @@
 kill -9"): the error names the path and the space needed, nothing half-written is left, and the last
 whole bundle still loads.
 
+A plan record is an MLflow artifact, uploaded whole or cut short by the store's disk: the report refuses
+a cut-short one by name.
+
 The full disk is real: a small tmpfs mounted for the test (this needs root, or CAP_SYS_ADMIN). Where no
 tmpfs can be mounted those tests skip, saying so, and `test_an_injected_enospc_mid_bundle_...` covers the
 same path with an ENOSPC injected into the bundle writer.
@@ -9,6 +12,7 @@ same path with an ENOSPC injected into the bundle writer.
 from __future__ import annotations
 
 import errno
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -20,8 +24,11 @@ from ablation import bundle as B
 from ablation.data import read_demo_file, write_demo_file
 from ablation.diskfull import DiskFullError
 from ablation.locks import write_atomic
+from ablation.plan_record import PLAN_RECORD
+from ablation.report import ReportError, build_report
 from ablation.run import save_state
 from ablation.spec import resolve_spec, spec_path
+from ablation.tracking import Tracker, default_tracking_uri
 from ablation.train import train
 from tests.conftest import synthetic_episode, synthetic_meta
 from tests.test_bundle import FAST
@@ -119,3 +126,16 @@ def test_a_full_disk_mid_record_keeps_the_old_record(small_disk):
     with pytest.raises(DiskFullError, match="owner.json"):
         write_atomic(disk / "owner.json", "x" * 200_000)
     assert sorted(p.name for p in disk.iterdir()) == ["run_state.json"]
+
+
+def test_a_cut_short_plan_record_is_refused_by_the_report(tmp_path):
+    """A plan record whose upload a full disk cut short is an error naming it, never read as a whole one."""
+    tracker = Tracker.open(default_tracking_uri(tmp_path), "plans", artifact_root=tmp_path / "artifacts")
+    parent = tracker.start_run("plan:x", {"ablation.kind": "plan"})
+    whole = json.dumps({"plan": "x", "hypotheses": [], "arms": {}, "runs": {}})
+    cut = tmp_path / "upload" / PLAN_RECORD
+    cut.parent.mkdir()
+    cut.write_text(whole[: len(whole) // 2])
+    tracker.log_artifact(parent, cut)
+    with pytest.raises(ReportError, match=f"{PLAN_RECORD} of run {parent} is not whole JSON"):
+        build_report(tracker, parent_run_id=parent, out_dir=tmp_path / "report")
