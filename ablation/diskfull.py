@@ -19,23 +19,30 @@ _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _FULL_MESSAGES = ("No space left on device", "Disk quota exceeded", "os error 28", "os error 122")
 
 
-class DiskFullError(UserError):
-    """The disk (or the user's quota) filled up while a file was written."""
+class DiskFullError(UserError, OSError):
+    """The disk (or the user's quota) filled up while a file was written. Also an OSError with the original
+    errno, so callers that handle a full disk as an OSError still do."""
+
+    def __init__(self, message: str, err: int = errno.ENOSPC):
+        super().__init__(message)
+        self.errno = err
+
+
+def _chain(e: BaseException) -> Iterator[BaseException]:
+    """`e` and the exceptions it was raised from or during."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
 
 
 def is_disk_full(e: BaseException) -> bool:
     """`e` or an exception it was raised from is a full disk. torch.save wraps the OSError of its file in a
     RuntimeError (kept as __context__); safetensors only puts the OS error in its message."""
-    seen: set[int] = set()
-    cur: BaseException | None = e
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, OSError) and cur.errno in _FULL_ERRNOS:
-            return True
-        if any(m in str(cur) for m in _FULL_MESSAGES):
-            return True
-        cur = cur.__cause__ or cur.__context__
-    return False
+    return any((isinstance(x, OSError) and x.errno in _FULL_ERRNOS) or any(m in str(x) for m in _FULL_MESSAGES)
+               for x in _chain(e))
 
 
 def free_bytes(path: str | Path) -> int | None:
@@ -49,8 +56,12 @@ def free_bytes(path: str | Path) -> int | None:
         return None
 
 
-def _mb(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
+
+
+def _errno(e: BaseException) -> int:
+    return next((x.errno for x in _chain(e) if isinstance(x, OSError) and x.errno in _FULL_ERRNOS), errno.ENOSPC)
 
 
 @contextmanager
@@ -66,11 +77,11 @@ def disk_full_as_error(path: str | Path, needed_bytes: int | None = None,
         if not isinstance(e, Exception) or not is_disk_full(e):
             raise
         free = free_bytes(path)
-        need = f"about {_mb(needed_bytes)}" if needed_bytes is not None else "an unknown amount"
-        left = _mb(free) if free is not None else "unknown"
+        need = f"about {_size(needed_bytes)}" if needed_bytes is not None else "an unknown amount"
+        left = _size(free) if free is not None else "unknown"
         raise DiskFullError(f"{path}: the disk filled up while writing it (needed {need}, {left} free now on "
                             f"{_mount_of(path)}); nothing half-written was kept. Free space there, or move the workdir "
-                            "to a larger disk, and re-run") from e
+                            "to a larger disk, and re-run", _errno(e)) from e
 
 
 def _mount_of(path: str | Path) -> str:
