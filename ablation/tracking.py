@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import time
 import uuid
 from contextlib import contextmanager
@@ -93,17 +94,27 @@ def retry_budget_s() -> float:
     return budget
 
 
+_LOST_CONNECTION = re.compile(r"Max retries exceeded|Connection refused|Connection reset|RemoteDisconnected"
+                              r"|failed with error code (5\d\d|429)")
+
+
 def is_transient(e: BaseException) -> bool:
     """A failure that a restarting tracking server explains: no connection, a timeout, an HTTP 5xx or 429.
-    Anything else (a 4xx: bad request, missing run, a param changed) is the caller's and is not retried."""
+    Anything else (a 4xx: bad request, missing run or artifact, a param changed) is the caller's and is not
+    retried."""
     import requests
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException, RestException
 
-    if isinstance(e, MlflowException):  # connection failures arrive wrapped, as INTERNAL_ERROR (500)
-        code = e.get_http_status_code()
-        return code >= 500 or code == 429
     if isinstance(e, requests.HTTPError):  # artifact uploads and downloads
         return e.response is not None and (e.response.status_code >= 500 or e.response.status_code == 429)
+    if isinstance(e, RestException) or (isinstance(e, MlflowException) and e.error_code != "INTERNAL_ERROR"):
+        code = e.get_http_status_code()  # the server's own answer (or TEMPORARILY_UNAVAILABLE, ...)
+        return code >= 500 or code == 429
+    if isinstance(e, MlflowException):
+        # INTERNAL_ERROR is also MLflow's default code for anything; only a lost connection (wrapped by the
+        # REST client, or quoted in an artifact download's summary) or a non-JSON 5xx answer counts
+        return bool(_LOST_CONNECTION.search(str(e))) or any(
+            isinstance(x, (requests.ConnectionError, requests.Timeout)) for x in (e.__cause__, e.__context__))
     return isinstance(e, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError))
 
 

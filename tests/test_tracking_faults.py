@@ -185,7 +185,8 @@ def test_a_lost_create_run_answer_leaves_one_run(shared_server, monkeypatch, mlf
         proxy.shutdown()
 
 
-def test_a_bad_request_fails_at_once_and_a_dead_server_after_the_budget(shared_server, monkeypatch, caplog):
+def test_a_bad_request_fails_at_once_and_a_dead_server_after_the_budget(shared_server, monkeypatch, caplog,
+                                                                       tmp_path):
     caplog.set_level(logging.WARNING, logger="ablation.tracking")
     tracker = Tracker.open(shared_server.uri, "bad-requests")
     rid = tracker.start_run("r", {})
@@ -194,6 +195,8 @@ def test_a_bad_request_fails_at_once_and_a_dead_server_after_the_budget(shared_s
         tracker.client.log_batch(rid, params=[Param("lr", "2")])
     with pytest.raises(MlflowException, match="0123456789abcdef"):  # a missing run: 404, not retried
         tracker.client.get_run("0123456789abcdef0123456789abcdef")
+    with pytest.raises(MlflowException, match="nope.json"):  # a missing artifact: 404, not retried
+        tracker.client.download_artifacts(rid, "nope.json", str(tmp_path))
     assert not [r for r in caplog.records if "retrying" in r.getMessage()]
 
     monkeypatch.setenv(RETRY_ENV, "1")
