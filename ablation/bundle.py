@@ -26,6 +26,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from .codec import ActionCodec, CodecError
+from .diskfull import disk_full_as_error
 from .errors import UserError
 from .model import DiTConfig
 from .policy import DiffusionPolicy, ObsNormalizer, PolicyError
@@ -63,9 +64,13 @@ def write_bundle(out_dir: str | Path, policy: DiffusionPolicy, meta: dict, train
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_weights(policy, tmp, weights)
-    (tmp / META).write_text(json.dumps(meta, indent=1, default=str))
-    torch.save(train_state, tmp / TRAIN_STATE)
+    sd = weights if weights is not None else policy.net.state_dict()
+    needed = 4 * sum(v.numel() for v in sd.values()) + _tensor_bytes(train_state)  # weights are stored fp32
+    with disk_full_as_error(final, needed, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
+        save_weights(policy, tmp, weights)
+        (tmp / META).write_text(json.dumps(meta, indent=1, default=str))
+        with open(tmp / TRAIN_STATE, "wb") as f:  # a Python file: a full disk surfaces as its OSError
+            torch.save(train_state, f)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -73,6 +78,17 @@ def write_bundle(out_dir: str | Path, policy: DiffusionPolicy, meta: dict, train
         if old.is_dir() and old.name.startswith("step_") and old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _tensor_bytes(obj) -> int:
+    """The bytes of the tensors in a nested dict/list (optimizer state, EMA): most of a train_state file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 # ----------------------------------------------------------------------------- reading

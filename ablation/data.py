@@ -31,6 +31,7 @@ import numpy as np
 
 from . import rotation as R
 from .codec import ActionCodec, phys_state
+from .diskfull import disk_full_as_error
 from .representations import CONTROLLER_POS_SCALE_M, CONTROLLER_ROT_SCALE_RAD, Representation, representation
 from .errors import UserError
 from .spec import DataSpec
@@ -160,37 +161,41 @@ def write_demo_file(path: str | Path, episodes: list[Episode], meta: DemoMeta) -
         raise DemoFileError(f"{path}: refusing to write a demo file with no episodes")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    with h5py.File(tmp, "w") as f:
-        g = f.create_group("data")
-        g.attrs["env_name"] = meta.env_name
-        g.attrs["problem_info"] = json.dumps(meta.problem_info)
-        g.attrs["bddl_file_name"] = meta.bddl_file_name
-        g.attrs["bddl_file_content"] = meta.bddl_file_content
-        g.attrs["env_args"] = json.dumps(meta.env_args)
-        g.attrs["macros_image_convention"] = "opengl"
-        g.attrs["obs_convention"] = meta.obs_convention
-        g.attrs["ablation_attrs"] = json.dumps(meta.attrs, sort_keys=True, default=str)
-        g.attrs["num_demos"] = len(episodes)
-        g.attrs["total"] = int(sum(len(e) for e in episodes))
-        for i, ep in enumerate(episodes):
-            d = g.create_group(f"demo_{i}")
-            d.create_dataset("actions", data=np.asarray(ep.actions, dtype=np.float64))
-            d.create_dataset("states", data=np.asarray(ep.states, dtype=np.float64))
-            d.create_dataset("robot_states", data=np.asarray(ep.robot_states, dtype=np.float64))
-            d.create_dataset("rewards", data=np.asarray(ep.rewards, dtype=np.uint8))
-            d.create_dataset("dones", data=np.asarray(ep.dones, dtype=np.uint8))
-            for k, v in ep.extras.items():
-                d.create_dataset(k, data=np.asarray(v))
-            o = d.create_group("obs")
-            for k, v in ep.obs.items():
-                if k in IMAGE_KEYS:
-                    o.create_dataset(k, data=np.asarray(v, dtype=np.uint8), compression="gzip",
-                                     compression_opts=4, chunks=(1,) + tuple(np.shape(v)[1:]))
-                else:
-                    o.create_dataset(k, data=np.asarray(v, dtype=np.float64))
-            d.attrs["num_samples"] = len(ep)
-            d.attrs["init_state"] = np.asarray(ep.init_state, dtype=np.float64)
-            d.attrs["model_file"] = ep.model_file
+    # about the raw array bytes (floats are stored as float64; images gzipped, so smaller)
+    needed = sum(np.asarray(a).nbytes for ep in episodes
+                 for a in (ep.actions, ep.states, ep.robot_states, *ep.obs.values(), *ep.extras.values()))
+    with disk_full_as_error(path, needed, cleanup=lambda: tmp.unlink(missing_ok=True)):
+        with h5py.File(tmp, "w") as f:
+            g = f.create_group("data")
+            g.attrs["env_name"] = meta.env_name
+            g.attrs["problem_info"] = json.dumps(meta.problem_info)
+            g.attrs["bddl_file_name"] = meta.bddl_file_name
+            g.attrs["bddl_file_content"] = meta.bddl_file_content
+            g.attrs["env_args"] = json.dumps(meta.env_args)
+            g.attrs["macros_image_convention"] = "opengl"
+            g.attrs["obs_convention"] = meta.obs_convention
+            g.attrs["ablation_attrs"] = json.dumps(meta.attrs, sort_keys=True, default=str)
+            g.attrs["num_demos"] = len(episodes)
+            g.attrs["total"] = int(sum(len(e) for e in episodes))
+            for i, ep in enumerate(episodes):
+                d = g.create_group(f"demo_{i}")
+                d.create_dataset("actions", data=np.asarray(ep.actions, dtype=np.float64))
+                d.create_dataset("states", data=np.asarray(ep.states, dtype=np.float64))
+                d.create_dataset("robot_states", data=np.asarray(ep.robot_states, dtype=np.float64))
+                d.create_dataset("rewards", data=np.asarray(ep.rewards, dtype=np.uint8))
+                d.create_dataset("dones", data=np.asarray(ep.dones, dtype=np.uint8))
+                for k, v in ep.extras.items():
+                    d.create_dataset(k, data=np.asarray(v))
+                o = d.create_group("obs")
+                for k, v in ep.obs.items():
+                    if k in IMAGE_KEYS:
+                        o.create_dataset(k, data=np.asarray(v, dtype=np.uint8), compression="gzip",
+                                         compression_opts=4, chunks=(1,) + tuple(np.shape(v)[1:]))
+                    else:
+                        o.create_dataset(k, data=np.asarray(v, dtype=np.float64))
+                d.attrs["num_samples"] = len(ep)
+                d.attrs["init_state"] = np.asarray(ep.init_state, dtype=np.float64)
+                d.attrs["model_file"] = ep.model_file
     tmp.replace(path)
 
 

@@ -21,7 +21,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # sim.libero_setup is LIBERO's install, config and task list (it imports only errors); the demo
     # file reader asks it for the suites' task names, so it sits here, not with the simulator.
     "core": ("ablation", "errors", "spec", "representations", "rotation", "codec", "data", "libero_file",
-             "audit", "provenance", "locks", "layers", "sim.libero_setup", "rules", "noise"),
+             "audit", "provenance", "locks", "layers", "sim.libero_setup", "rules", "noise", "diskfull"),
     # Paired statistics on plain arrays: knows nothing of specs, runs or the simulator.
     "stats": ("stats",),
     # Networks, their loss and training, checkpoint bundles, the policy and RDT. openloop is here:

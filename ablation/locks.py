@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .diskfull import disk_full_as_error
 from .errors import UserError
 
 HEARTBEAT_S = 10.0     # the holder touches its record this often
@@ -92,15 +93,12 @@ def write_atomic(path: Path, text: str) -> None:
     """Write `text` to a temporary file, fsync it, rename it over `path`: readers see the old or the new
     file, never half of one (a full disk fails before the rename and leaves `path` as it was)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with disk_full_as_error(path, len(text.encode()), cleanup=lambda: tmp.unlink(missing_ok=True)):
         with open(tmp, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def stale_reason(owner: LockOwner, record: Path) -> str | None:

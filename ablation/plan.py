@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from .analysis import analyse_look
+from .diskfull import disk_full_as_error
 from .errors import UserError
 from .hypothesis import Hypothesis, load_hypothesis
 from .needs import plan_time_facts, untestable_arms
@@ -355,9 +356,11 @@ def write_plan_record(tracker: Tracker, parent: str, rp: ResolvedPlan, runs: dic
         "looks": looks,
         "timing": timing or {},
     }
+    text = json.dumps(rec, indent=1, default=str)
     with tempfile.TemporaryDirectory() as d:
-        (Path(d) / PLAN_RECORD).write_text(json.dumps(rec, indent=1, default=str))
-        tracker.log_artifact(parent, Path(d) / PLAN_RECORD)
+        with disk_full_as_error(Path(d) / PLAN_RECORD, len(text)):
+            (Path(d) / PLAN_RECORD).write_text(text)
+        tracker.log_artifact(parent, Path(d) / PLAN_RECORD)  # a cut-short upload is refused by the report
     return rec
 
 

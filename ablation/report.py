@@ -103,7 +103,11 @@ def _download_json(tracker: Tracker, run_id: str, path: str):
             local = tracker.client.download_artifacts(run_id, path, d)
         except Exception:
             return None
-        return json.loads(Path(local).read_text())
+        try:
+            return json.loads(Path(local).read_text())
+        except ValueError as e:  # never take a cut-short record for a whole one
+            raise ReportError(f"artifact {path} of run {run_id} is not whole JSON ({e}): it was cut short, e.g. "
+                              "by a full disk; free space and re-run the plan to write it again") from None
 
 
 def _last(run, key: str) -> float | None:

@@ -22,6 +22,7 @@ from typing import Callable
 
 import yaml
 
+from .diskfull import disk_full_as_error
 from .errors import UserError
 from .gates import GATE_MIN_SUCCESS
 from .spec import Spec
@@ -82,7 +83,9 @@ def save_state(ckpt_dir: Path, state: dict) -> None:
     p = _state_path(ckpt_dir)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1, default=float))
+    text = json.dumps(state, indent=1, default=float)
+    with disk_full_as_error(p, len(text), cleanup=lambda: tmp.unlink(missing_ok=True)):
+        tmp.write_text(text)
     os.replace(tmp, p)  # a killed process never leaves half a record
 
 

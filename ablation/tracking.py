@@ -3,16 +3,27 @@
 Everything goes through `MlflowClient` with explicit run ids, so worker processes can log to a run
 created by the parent without relying on MLflow's global "active run" state. Metrics are buffered
 and sent with `log_batch` (one call costs about what 3.5 ms per single `log_metric` would).
+
+With a tracking server (an http(s) URI), every call is retried with exponential backoff while the server
+is unreachable or answers 5xx/429, for up to ABLATION_MLFLOW_RETRY_S seconds (default 120), so a restart
+of the server loses no metric and does not stop a plan. A 4xx (bad request, missing run) fails at once.
+Retried calls are idempotent on the server (metrics are de-duplicated, tags and params re-set to the same
+value), except creating a run: `start_run` tags each new run with a client-side token, looks it up before
+creating again, and deletes any second run a lost answer left behind.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import random
+import re
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .errors import UserError
 from .locks import file_lock
@@ -28,6 +39,13 @@ TAG_SEED = "ablation.seed"
 TAG_KIND = "ablation.kind"  # plan | spec_run | study | trial
 TAG_FAILURE = "ablation.failure_reason"
 TAG_STAGE = "ablation.stage"
+TAG_CREATE_TOKEN = "ablation.create_token"  # makes a retried create_run idempotent
+
+RETRY_ENV = "ABLATION_MLFLOW_RETRY_S"
+DEFAULT_RETRY_S = 120.0  # longer than a tracking server takes to restart (about 5-15 s here)
+_FIRST_DELAY_S, _MAX_DELAY_S = 0.5, 10.0
+
+log = logging.getLogger(__name__)
 
 
 def default_tracking_uri(workdir: Path) -> str:
@@ -58,11 +76,119 @@ def sqlite_lock(uri: str):
         yield
 
 
-def _client(tracking_uri: str):
+def _is_server(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("http://", "https://"))
+
+
+class TrackingUnavailable(UserError):
+    """The tracking server stayed unreachable (or kept failing with 5xx) for the whole retry budget."""
+
+
+def retry_budget_s() -> float:
+    raw = os.environ.get(RETRY_ENV, "").strip()
+    try:
+        budget = float(raw) if raw else DEFAULT_RETRY_S
+    except ValueError:
+        budget = -1.0
+    if budget < 0:
+        raise UserError(f"{RETRY_ENV}={raw!r}: not a number of seconds >= 0; e.g. {RETRY_ENV}={DEFAULT_RETRY_S:g}")
+    return budget
+
+
+_LOST_CONNECTION = re.compile(r"Max retries exceeded|Connection refused|Connection reset|RemoteDisconnected"
+                              r"|failed with error code (5\d\d|429)")
+
+
+def is_transient(e: BaseException) -> bool:
+    """A failure that a restarting tracking server explains: no connection, a timeout, an HTTP 5xx or 429.
+    Anything else (a 4xx: bad request, missing run or artifact, a param changed) is the caller's and is not
+    retried."""
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+
+    if isinstance(e, requests.HTTPError):  # artifact uploads and downloads
+        return e.response is not None and (e.response.status_code >= 500 or e.response.status_code == 429)
+    if isinstance(e, RestException) or (isinstance(e, MlflowException) and e.error_code != "INTERNAL_ERROR"):
+        code = e.get_http_status_code()  # the server's own answer (or TEMPORARILY_UNAVAILABLE, ...)
+        return code >= 500 or code == 429
+    if isinstance(e, MlflowException):
+        # INTERNAL_ERROR is also MLflow's default code for anything; only a lost connection (wrapped by the
+        # REST client, or quoted in an artifact download's summary) or a non-JSON 5xx answer counts
+        return bool(_LOST_CONNECTION.search(str(e))) or any(
+            isinstance(x, (requests.ConnectionError, requests.Timeout)) for x in (e.__cause__, e.__context__))
+    return isinstance(e, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError))
+
+
+class _Backoff:
+    """Exponential backoff with jitter within one deadline, for one call to the tracking server."""
+
+    def __init__(self, tracking_uri: str, what: str):
+        self.uri, self.what, self.budget_s = tracking_uri, what, retry_budget_s()
+        self.deadline = time.monotonic() + self.budget_s
+        self.delay_s, self.tries = _FIRST_DELAY_S, 0
+
+    def wait(self, e: Exception) -> None:
+        """Sleep before the next try; raise instead when `e` is not transient or the budget is spent."""
+        if not is_transient(e):
+            raise e
+        left_s = self.deadline - time.monotonic()
+        if left_s <= 0:
+            raise TrackingUnavailable(
+                f"MLflow tracking server {self.uri}: {self.what} still failing after {self.budget_s:g} s of retries "
+                f"({type(e).__name__}: {str(e)[:500]}); check that the server is up, or set {RETRY_ENV} to wait "
+                "longer") from e
+        if self.tries == 0:
+            log.warning("MLflow tracking server %s: %s failed (%s); retrying for up to %g s",
+                        self.uri, self.what, str(e)[:200], self.budget_s)
+        self.tries += 1
+        time.sleep(min(left_s, self.delay_s * random.uniform(0.8, 1.2)))
+        self.delay_s = min(2 * self.delay_s, _MAX_DELAY_S)
+
+    def done(self) -> None:
+        if self.tries:
+            log.warning("MLflow tracking server %s: %s went through after %d retries", self.uri, self.what, self.tries)
+
+
+def with_retries(tracking_uri: str, what: str, fn: Callable, *args, **kwargs):
+    """fn(*args, **kwargs), retried on transient failures (`is_transient`) within the retry budget."""
+    backoff = _Backoff(tracking_uri, what)
+    while True:
+        try:
+            out = fn(*args, **kwargs)
+        except Exception as e:
+            backoff.wait(e)
+            continue
+        backoff.done()
+        return out
+
+
+class _RetryingClient:
+    """An MlflowClient whose methods are retried by `with_retries` (all but create_run, which is not
+    idempotent: `Tracker.start_run` retries it)."""
+
+    def __init__(self, client, tracking_uri: str):
+        self.raw, self._uri = client, tracking_uri
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.raw, name)
+        if not callable(attr) or name == "create_run":
+            return attr
+
+        def call(*args, **kwargs):
+            return with_retries(self._uri, name, attr, *args, **kwargs)
+
+        return call
+
+
+def _client(tracking_uri: str, retry: bool = True):
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    # The backoff here owns the retries: MLflow's own (urllib3) would re-send a create_run whose answer was
+    # lost, unseen (a second run), and wait up to ~4 min per call.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    return _RetryingClient(client, tracking_uri) if retry and _is_server(tracking_uri) else client
 
 
 @dataclass
@@ -115,7 +241,33 @@ class Tracker:
         t = {k: str(v) for k, v in tags.items()}
         if parent_run_id:
             t["mlflow.parentRunId"] = parent_run_id
-        return self.client.create_run(self.experiment_id, tags=t, run_name=name).info.run_id
+        if not _is_server(self.tracking_uri):
+            return self.client.create_run(self.experiment_id, tags=t, run_name=name).info.run_id
+        # A server may create the run and die before it answers: look the token up before creating again.
+        token = t[TAG_CREATE_TOKEN] = uuid.uuid4().hex
+        raw, backoff = _client(self.tracking_uri, retry=False), _Backoff(self.tracking_uri, "create_run")
+        created = None
+        while created is None:
+            try:
+                created = raw.create_run(self.experiment_id, tags=t, run_name=name).info.run_id
+            except Exception as e:
+                backoff.wait(e)
+                found = self._runs_with_token(token)
+                created = found[0].info.run_id if found else None
+        backoff.done()
+        # The oldest run with the token is the one; any other (an answer lost in a way the look-up missed,
+        # or MLflow's own retries switched back on) is deleted.
+        runs = self._runs_with_token(token)
+        keep = runs[0].info.run_id if runs else created
+        for r in runs[1:]:
+            log.warning("MLflow: deleting run %s, a duplicate of %s left by a retried create_run",
+                        r.info.run_id, keep)
+            self.client.delete_run(r.info.run_id)
+        return keep
+
+    def _runs_with_token(self, token: str) -> list:
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{TAG_CREATE_TOKEN}` = '{token}'")
+        return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
     def end_run(self, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
         if reason:
