@@ -88,7 +88,7 @@ def test_gate_a_fails_a_flipped_gripper_file(expert_demo_file, tmp_path):
 
 
 def test_gate_a_cache_hit_does_not_run_the_simulator(expert_demo_file, tmp_path, monkeypatch):
-    import ablation.rollout as rollout
+    import ablation.rollout_pool as rollout_pool
     from ablation.gates import replay_gate
 
     first = replay_gate(_spec("fix_minmax"), expert_demo_file, episodes=1, cache_dir=tmp_path)
@@ -97,7 +97,7 @@ def test_gate_a_cache_hit_does_not_run_the_simulator(expert_demo_file, tmp_path,
     def boom(*a, **k):
         raise AssertionError("the simulator ran on a cache hit")
 
-    monkeypatch.setattr(rollout, "run_rollouts", boom)
+    monkeypatch.setattr(rollout_pool, "run_rollouts", boom)
     again = replay_gate(_spec("fix_minmax"), expert_demo_file, episodes=1, cache_dir=tmp_path)
     assert again.cached and again.successes == first.successes and again.success_rate == first.success_rate
     # another codec is another key: it must replay (and here hits the patched runner)
