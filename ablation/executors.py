@@ -1,7 +1,7 @@
 """Where a plan's runs execute: a local process pool (the default), or tasks on a Ray cluster.
 
     executor = make_executor("ray", n_jobs, ray_address="HEAD:6379")
-    results = executor.run(jobs, "look 1/2")        # RunResults, in the order the runs end
+    for result in executor.run(jobs, "look 1/2"):    # RunResults, as each run ends
     executor.close()
 
 Both run the one run pipeline (`run.execute`) through `run_job`, which tags the run with the process
@@ -91,27 +91,30 @@ class LocalExecutor:
     def parallelism(self) -> str:
         return f"{self.n_jobs} at a time"
 
-    def run(self, jobs: list[RunJob], label: str) -> list[RunResult]:
-        out: list[RunResult] = []
+    def run(self, jobs: list[RunJob], label: str) -> Iterator[RunResult]:
+        """Each run's result as soon as it ends (the plan logs its ETA after each)."""
         bar = _progress(len(jobs), label)
-        if self.pool is None:
-            for j in jobs:
-                bar.set_postfix_str(f"{j.spec_name} seed {j.seed}")
-                out.append(run_job(j))
-                bar.update()
-        else:
-            futs = {self.pool.submit(run_job, j): j for j in jobs}
-            for fut in as_completed(futs):
-                j = futs[fut]
-                try:
-                    out.append(fut.result())
-                except Exception as e:  # the worker process died (killed, out of memory): record it
-                    out.append(worker_died(j, e))
-                    self._restart()
-                bar.set_postfix_str(f"{j.spec_name} seed {j.seed}: {out[-1].status}")
-                bar.update()
-        bar.close()
-        return out
+        try:
+            if self.pool is None:
+                for j in jobs:
+                    bar.set_postfix_str(f"{j.spec_name} seed {j.seed}")
+                    res = run_job(j)
+                    bar.update()
+                    yield res
+            else:
+                futs = {self.pool.submit(run_job, j): j for j in jobs}
+                for fut in as_completed(futs):
+                    j = futs[fut]
+                    try:
+                        res = fut.result()
+                    except Exception as e:  # the worker process died (killed, out of memory): record it
+                        res = worker_died(j, e)
+                        self._restart()
+                    bar.set_postfix_str(f"{j.spec_name} seed {j.seed}: {res.status}")
+                    bar.update()
+                    yield res
+        finally:
+            bar.close()
 
     def _restart(self) -> None:
         # A broken pool refuses new work; later looks get a fresh one.
@@ -203,23 +206,24 @@ class RayExecutor:
     def map(self, fn: Callable, items: Iterable, cpus: int, gpus: int) -> Iterator[tuple[Any, Any]]:
         return self.gather(self.submit(fn, items, cpus, gpus))
 
-    def run(self, jobs: list[RunJob], label: str) -> list[RunResult]:
+    def run(self, jobs: list[RunJob], label: str) -> Iterator[RunResult]:
+        """Each run's result as soon as it ends."""
         pending: dict = {}
         for j in jobs:
             cpus, gpus = self.fit(*resources_for(j.spec, j.rollout_workers), j.spec_name)
             # The task's CPUs are its threads and rollout workers; no terminal progress bars inside tasks.
             job = replace(j, threads=cpus, rollout_workers=min(j.rollout_workers, cpus), progress=False)
             pending.update(self.submit(run_job, [job], cpus, gpus))
-        out: list[RunResult] = []
         bar = _progress(len(jobs), label)
-        for job, res in self.gather(pending):
-            if isinstance(res, BaseException):
-                res = worker_died(job, res)
-            out.append(res)
-            bar.set_postfix_str(f"{job.spec_name} seed {job.seed}: {res.status}")
-            bar.update()
-        bar.close()
-        return out
+        try:
+            for job, res in self.gather(pending):
+                if isinstance(res, BaseException):
+                    res = worker_died(job, res)
+                bar.set_postfix_str(f"{job.spec_name} seed {job.seed}: {res.status}")
+                bar.update()
+                yield res
+        finally:
+            bar.close()
 
     def close(self) -> None:
         if self.owns_connection and self.ray.is_initialized():
