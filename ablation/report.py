@@ -331,6 +331,26 @@ def _forest(plt, rows: list[ForestRow], path: Path, row_height_in: float, xlabel
     return path
 
 
+def _group_panels(plt, lines: dict[str, dict[str, tuple[list, list]]], title: str, xlabel: str, path: Path) -> Path:
+    """One log-scale panel per action group, one line per arm ({arm: {group: (xs, ys)}}), and a dashed
+    line at 1: the error of always predicting the mean."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for ax, g in zip(axes, GROUPS):
+        for arm, by_group in lines.items():
+            xs, ys = by_group.get(g, ([], []))
+            if xs:
+                ax.plot(xs, ys, marker=".", label=arm)
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="k", lw=0.6, ls="--")
+        ax.set_title(f"{title}, {g}")
+        ax.set_xlabel(xlabel)
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def _plots(rep: Report, curves: dict, out_dir: Path) -> dict[str, Path]:
     import matplotlib
 
@@ -378,38 +398,19 @@ def _plots(rep: Report, curves: dict, out_dir: Path) -> dict[str, Path]:
         fig.savefig(paths["scatter"], dpi=90)
         plt.close(fig)
     if any(c.get(g) for c in curves.values() for g in GROUPS):
-        fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-        for ax, g in zip(axes, GROUPS):
-            for arm, c in curves.items():
-                p = c.get(g) or []
-                if p:
-                    ax.plot([s for s, _ in p], [max(v, 1e-6) for _, v in p], marker=".", label=arm)
-            ax.set_yscale("log")
-            ax.axhline(1.0, color="k", lw=0.6, ls="--")
-            ax.set_title(f"open-loop nMSE, {g} (sampled actions)")
-            ax.set_xlabel("training step")
-        axes[0].legend(fontsize=6)
-        fig.tight_layout()
-        paths["openloop"] = out_dir / "openloop_nmse.png"
-        fig.savefig(paths["openloop"], dpi=90)
-        plt.close(fig)
+        lines = {arm: {g: ([st for st, _ in c[g]], [max(v, 1e-6) for _, v in c[g]]) for g in GROUPS if c.get(g)}
+                 for arm, c in curves.items()}
+        paths["openloop"] = _group_panels(plt, lines, "open-loop nMSE (sampled actions)", "training step",
+                                          out_dir / "openloop_nmse.png")
     if any(c.get("_x0_by_t") for c in curves.values()):
-        fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-        for ax, g in zip(axes, GROUPS):
-            for arm, c in curves.items():
-                ys = (c.get("_x0_by_t") or {}).get(g) or []
+        lines = {}
+        for arm, c in curves.items():
+            for g, ys in (c.get("_x0_by_t") or {}).items():
                 if any(y is not None for y in ys):
-                    ax.plot(range(len(ys)), [max(y, 1e-6) if y is not None else float("nan") for y in ys],
-                            marker=".", label=arm)
-            ax.set_yscale("log")
-            ax.axhline(1.0, color="k", lw=0.6, ls="--")
-            ax.set_title(f"one-step x0 nMSE by diffusion time, {g}")
-            ax.set_xlabel("diffusion-time bin (0: least noise)")
-        axes[0].legend(fontsize=6)
-        fig.tight_layout()
-        paths["x0_by_t"] = out_dir / "x0_by_t.png"
-        fig.savefig(paths["x0_by_t"], dpi=90)
-        plt.close(fig)
+                    lines.setdefault(arm, {})[g] = (list(range(len(ys))), [max(y, 1e-6) if y is not None
+                                                                           else float("nan") for y in ys])
+        paths["x0_by_t"] = _group_panels(plt, lines, "one-step x0 nMSE by diffusion time",
+                                         "diffusion-time bin (0: least noise)", out_dir / "x0_by_t.png")
     return paths
 
 
