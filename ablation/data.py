@@ -31,7 +31,7 @@ import numpy as np
 
 from . import rotation as R
 from .codec import ActionCodec, phys_state
-from .diskfull import disk_full_as_error
+from .diskfull import disk_full_as_error, ensure_space
 from .representations import CONTROLLER_POS_SCALE_M, CONTROLLER_ROT_SCALE_RAD, Representation, representation
 from .errors import UserError
 from .spec import DataSpec
@@ -164,6 +164,10 @@ def write_demo_file(path: str | Path, episodes: list[Episode], meta: DemoMeta) -
     # about the raw array bytes (floats are stored as float64; images gzipped, so smaller)
     needed = sum(np.asarray(a).nbytes for ep in episodes
                  for a in (ep.actions, ep.states, ep.robot_states, *ep.obs.values(), *ep.extras.values()))
+    # images are stored gzipped, so only the other arrays are a floor on the space the file needs
+    ensure_space(path, sum(np.asarray(a).nbytes for ep in episodes
+                           for a in (ep.actions, ep.states, ep.robot_states, *ep.obs.values(), *ep.extras.values())
+                           if np.asarray(a).ndim <= 2))
     with disk_full_as_error(path, needed, cleanup=lambda: tmp.unlink(missing_ok=True)):
         with h5py.File(tmp, "w") as f:
             g = f.create_group("data")

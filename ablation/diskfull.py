@@ -64,6 +64,16 @@ def _errno(e: BaseException) -> int:
     return next((x.errno for x in _chain(e) if isinstance(x, OSError) and x.errno in _FULL_ERRNOS), errno.ENOSPC)
 
 
+def ensure_space(path: str | Path, needed_bytes: int) -> None:
+    """Refuse to start a write that cannot fit: some writers (HDF5) do not recover from a full disk
+    mid-write and can crash the process, so they are checked before the first byte."""
+    free = free_bytes(path)
+    if free is not None and needed_bytes > free:
+        raise DiskFullError(f"{path}: needs at least {_size(needed_bytes)} and only {_size(free)} is free on "
+                            f"{_mount_of(path)}; nothing was written. Free space there, or move the workdir to a "
+                            "larger disk, and re-run")
+
+
 @contextmanager
 def disk_full_as_error(path: str | Path, needed_bytes: int | None = None,
                        cleanup: Callable[[], None] | None = None) -> Iterator[None]:
