@@ -25,6 +25,7 @@ from scipy.special import expit
 
 from .analysis import ArmFacts, ComparisonResult, judge, mark_left_out
 from .hypothesis import Hypothesis, load_hypothesis
+from .needs import untestable_arms
 from .rules import DecisionRules
 from .spec import EXPERIMENTS_DIR
 from .stats import EpisodeArrays
@@ -126,23 +127,13 @@ def run_procedure(hyps: list[Hypothesis], skipped: dict[str, str], outcomes: dic
     return comps
 
 
-def trained_arms(hyps: list[Hypothesis], skipped: dict[str, str], facts_deg: float, rules: DecisionRules
-                 ) -> list[str]:
-    """The arms a plan trains on a task whose demos turn `facts_deg` degrees: every arm of a
-    hypothesis, minus the left-out ones and those whose every comparison needs rotation there."""
-    arms: list[str] = []
-    for h in hyps:
-        for c in h.comparisons:
-            needs_rot = "rotation_varies" in (*h.needs, *c.needs) and facts_deg < rules.rot_spread_min_deg
-            for a in (c.control, c.arm):
-                if a in skipped or a in arms:
-                    continue
-                if needs_rot and not any(
-                        a in (c2.arm, c2.control) and "rotation_varies" not in (*h2.needs, *c2.needs)
-                        for h2 in hyps for c2 in h2.comparisons):
-                    continue
-                arms.append(a)
-    return arms
+def trained_arms(hyps: list[Hypothesis], skipped: dict[str, str], facts_deg: float) -> list[str]:
+    """The arms a plan trains on a task whose demos turn `facts_deg` degrees: every arm of its
+    hypotheses, minus the left-out ones and those the plan drops as untestable there (the plan's own
+    rule, `needs.untestable_arms`)."""
+    planned = list(dict.fromkeys(a for h in hyps for a in h.arms() if a not in skipped))
+    dropped = untestable_arms(hyps, planned, {a: ArmFacts(rot_spread_deg=facts_deg) for a in planned})
+    return [a for a in planned if a not in dropped]
 
 
 def calibration_for(seeds: int, looks: Sequence[int], path: Path = TABLE_PATH) -> str:

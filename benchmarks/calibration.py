@@ -151,7 +151,7 @@ def main() -> int:
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     hyps, skipped = plan_hypotheses("all")
-    arms = trained_arms(hyps, skipped, ROT_DEG, DEFAULT_RULES)
+    arms = trained_arms(hyps, skipped, ROT_DEG)
     t0 = time.time()
     print(f"plan all: arms trained on a task whose demos do not turn: {', '.join(arms)}; looks {list(LOOKS)}; "
           f"alpha {DEFAULT_RULES.alpha}, margin {DEFAULT_RULES.margin}; sd_state {SD_STATE}, sd_inter {SD_INTER} (logit)")

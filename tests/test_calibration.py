@@ -91,7 +91,7 @@ def test_plan_procedure_keeps_the_family_wise_error_under_the_global_null():
     """--plan all's own procedure (hypothesis files, looks, spending, one family) on studies where every
     arm is the same, at the seed spread that made the old procedure err 11.5% of the time."""
     hyps, skipped = plan_hypotheses("all")
-    arms = trained_arms(hyps, skipped, 2.0, DEFAULT_RULES)
+    arms = trained_arms(hyps, skipped, 2.0)
     assert arms == ["baseline_rdt", "fix_pos_cm", "fix_loss_weight_1e4", "fix_minmax"]
     facts = with_demo_spread({a: ArmFacts(rot_spread_deg=2.0) for a in arms}, {a for h in hyps for a in h.arms()})
     rng = np.random.default_rng(3)
