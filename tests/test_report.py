@@ -224,7 +224,8 @@ def test_report_command_finds_the_plan_through_its_parent_run(tracker, tmp_path)
 
 
 def test_answer_rests_a_correlation_verdict_on_its_interval():
-    from ablation.report import HypothesisVerdict, _carried
+    from ablation.report.prose import carried as _carried
+    from ablation.verdicts import HypothesisVerdict
 
     v = HypothesisVerdict("H2_loss_proxy", "Loss dilution", "claim", "SUPPORTED",
                           "Do not read the loss value. (Warning: the baseline did not reproduce the seed's failure.)",
