@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ablation.report import build_report
-from ablation.report.builder import HYPOTHESIS_EXTRAS, hypothesis_extra
+from ablation.report.extras import HYPOTHESIS_EXTRAS, hypothesis_extra
 from ablation.report.document import BulletList, Document, Figure, Paragraph, Section, Table
 from ablation.report.render import to_html, to_markdown
 from ablation.tracking import Tracker, default_tracking_uri

@@ -2,23 +2,20 @@
 document both formats render, in the report's order: the answer first, then the baseline and each
 hypothesis's verdict, the effects with their intervals, the arms, and the caveats last.
 
-A hypothesis's section may carry more than its verdict: functions registered with
-`@hypothesis_extra` add blocks to it (e.g. a figure or paragraph only some hypotheses' data call for).
-Each extra is asked for every hypothesis and returns nothing where it does not apply, so no hypothesis
-name is written here.
+A hypothesis's section may carry more than its verdict: the extras registered in `extras` add blocks
+after its verdict lines.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ..analysis import ComparisonResult
 from ..findings import Findings
-from ..hypothesis import Hypothesis
 from ..recorded_plan import ArmRow, RecordedPlan
 from ..verdicts import HypothesisVerdict
 from .document import Block, BulletList, Document, Figure, Paragraph, Section
+from .extras import HYPOTHESIS_EXTRAS, HypothesisContext
 from .prose import caveats_of, method_text, seeds_per_arm, write_answer
 from .tables import NMSE_NOTE, PER_TASK_NOTE, arm_table, effects_table, per_task_table
 
@@ -54,35 +51,6 @@ def report_of(plan: RecordedPlan, f: Findings) -> Report:
     caveats = caveats_of(rows, comps, record, f.baseline_reproduced, f.baseline_note, record.get("demos", {}), f.rules)
     return Report(record["plan"], answer, f.baseline, f.baseline_reproduced, f.baseline_note, rows, comps, f.verdicts,
                   caveats, method.strip(), record.get("versions", {}), record.get("timing", {}))
-
-
-# ----------------------------------------------------------------------------- per-hypothesis extras
-
-@dataclass(frozen=True)
-class HypothesisContext:
-    """What an extra may draw on: the hypothesis, its verdict and comparisons, the whole recorded plan
-    (rows, per-episode records, curves) and the report's folder (to write a figure into)."""
-
-    hypothesis: Hypothesis
-    verdict: HypothesisVerdict
-    comparisons: tuple[ComparisonResult, ...]
-    plan: RecordedPlan
-    out_dir: Path
-
-
-HypothesisExtra = Callable[[HypothesisContext], "list[Block]"]
-HYPOTHESIS_EXTRAS: dict[str, HypothesisExtra] = {}
-
-
-def hypothesis_extra(name: str) -> Callable[[HypothesisExtra], HypothesisExtra]:
-    """Register `fn(ctx) -> blocks` under `name`: its blocks follow the verdict lines of every
-    hypothesis it returns any for, in the order registered."""
-    def add(fn: HypothesisExtra) -> HypothesisExtra:
-        if name in HYPOTHESIS_EXTRAS:
-            raise ValueError(f"hypothesis extra {name!r} is registered twice")
-        HYPOTHESIS_EXTRAS[name] = fn
-        return fn
-    return add
 
 
 def verdict_section(ctx: HypothesisContext) -> Section:
