@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .rollout_policy import ActionChunk, RolloutPolicy
 
 GATE_VERSION = 2  # 2: replays get the suite's step budget (results of 1 are not reused)
 GATE_MIN_SUCCESS = 0.9
@@ -73,9 +74,9 @@ class GateResult:
         return self.reason
 
 
-class SpecReplayPolicy:
+class SpecReplayPolicy(RolloutPolicy):
     """Open-loop replay of demo i (episode i) through a codec of `codec_spec` fitted on the file, as
-    training would fit it. `act` returns model-space rows; the runner decodes each at the current pose.
+    training would fit it. `act` returns the demo's encoded rows; each decodes at the pose it runs at.
 
     `codec_override(fitted_codec) -> codec-like` swaps in another codec (tests plant broken ones)."""
 
@@ -122,14 +123,14 @@ class SpecReplayPolicy:
     def reset(self, episode: int) -> None:
         self._ep = episode
 
-    def act(self, obs_history):
-        t = int(obs_history[-1]["t"][0])
+    def act(self, window, generator=None) -> ActionChunk:
+        t = int(window[-1]["t"][0])
         m = self.model[self._ep]
         rows = m[t:t + self.chunk]
         if len(rows) < self.chunk:
             pad = np.repeat(self.hold[self._ep][None], self.chunk - len(rows), axis=0)
             rows = np.concatenate([rows, pad]) if len(rows) else pad
-        return rows
+        return ActionChunk(rows, self.codec)
 
 
 def _sha256(path: str | Path) -> str:
@@ -214,7 +215,7 @@ def replay_gate(spec, demo_file: str | Path, *, episodes: int = 10, workers: int
               + (f"; {crashed} episode(s) crashed: {next(e for e in errs if e)}" if crashed else ""))
     out = GateResult("A", name, spec_json, codec_class, str(demo_file), sha, suite, int(task), obs_convention,
                      source, n, succ, errs, [e.steps for e in res.episodes], rate, passed, reason, round(wall, 2),
-                     False, res.mean_clip_rate)
+                     False, res.stats.clip_rate)
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_path.with_suffix(".tmp")

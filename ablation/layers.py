@@ -29,8 +29,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "learning": ("model", "loss", "openloop", "train", "bundle", "policy", "spec_data", "rdt"),
     # The LIBERO simulator: env factory, scripted expert, demo generation.
     "simulation": ("sim",),
-    # Policies (or replayed demos) in the simulator: episodes, the worker pool, Gate A.
-    "evaluation": ("rollout", "rollout_pool", "gates"),
+    # Policies (or replayed demos) in the simulator: the rollout-policy contract and its policies
+    # (built-in, a trained bundle's), episodes and their records, the env cache, the worker pool, Gate A.
+    "evaluation": ("rollout_policy", "builtin_policies", "bundle_policy", "rollout_records", "rollout_episode",
+                   "rollout_envs", "rollout", "rollout_pool", "gates"),
     # A study: runs and their stages, plans in looks, tuning, analysis, report, MLflow, the workdir.
     # recorded_plan reads a finished plan back from MLflow, findings judges it, the report package presents it.
     "study": ("run", "stages", "executors", "plan", "plan_record", "plan_eta", "tune", "pretrain", "analysis", "needs",

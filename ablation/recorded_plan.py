@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .hypothesis import Hypothesis
 from .plan_record import PLAN_RECORD
+from .rollout_records import episode_succeeded
 from .spec import GROUPS
 from .tracking import TAG_KIND, Tracker
 
@@ -121,10 +122,9 @@ def _run_key(key: str, info: dict) -> tuple[int, str]:
 
 
 def episode_outcomes(eps: list[dict]) -> list[tuple[int, bool, bool]]:
-    """(init state, success, crashed) per recorded episode. A crashed episode counts as a failure (it
-    is one, for the user); the report shows crashes apart."""
-    return [(int(e.get("init_state", e.get("episode"))), bool(e.get("success")) and not e.get("error"),
-             bool(e.get("error"))) for e in eps]
+    """(init state, success, crashed) per recorded episode. The one success rule
+    (rollout_records.episode_succeeded): a crashed episode counts as a failure; the report shows crashes apart."""
+    return [(int(e.get("init_state", e.get("episode"))), episode_succeeded(e), bool(e.get("error"))) for e in eps]
 
 
 @dataclass

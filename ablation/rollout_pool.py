@@ -9,7 +9,7 @@ episodes, one message each, so a fast worker takes more episodes than a slow one
         pool.warm("libero_object", 0)        # optional: pay imports and env creation now
         r = pool.run(factory, "libero_object", 0, range(10), replan_every=8, seed=0)   # RolloutResult
 
-A worker steps up to `batch` episodes in lockstep when the policy has `act_batch`. Its episodes are
+A worker steps up to `batch` episodes in lockstep when the policy is `batched`. Its episodes are
 simulated one after another, so a worker that holds more episodes than another costs wall time the
 batched policy call does not win back: a busy worker takes new episodes only up to its quota
 (ceil(episodes / workers)); one with nothing in flight always gets the next (episodes that end early
@@ -36,8 +36,11 @@ from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .rollout import (DEFAULT_WAIT_STEPS, EpisodeRecord, EpisodeRunner, Policy, RolloutResult, RunConfig,
-                      close_cached_envs, run_here, warm_envs)
+from .rollout import EpisodeRunner, run_here
+from .rollout_envs import close_cached_envs, warm_envs
+from .rollout_episode import DEFAULT_WAIT_STEPS, RunConfig
+from .rollout_policy import RolloutPolicy
+from .rollout_records import EpisodeRecord, RolloutResult
 
 # A pool that loses this many workers in a row without any episode ending gives up on the run
 # (e.g. a policy factory that kills its process): the remaining episodes fail instead of looping.
@@ -67,7 +70,7 @@ def _worker_main(conn) -> None:
                 elif msg[0] == "warm":
                     warm_envs(*msg[1], n=msg[2])
                     if msg[3]:  # the policy stack's imports (torch, diffusers: seconds), paid now, not by a run
-                        import ablation.policy  # noqa: F401
+                        import ablation.bundle_policy  # noqa: F401
                     conn.send(("warmed",))
                 elif msg[0] == "episode":
                     queue.append(msg[1])
@@ -174,92 +177,100 @@ class RolloutPool:
     def run_config(self, policy_factory: Callable, cfg: RunConfig, eps: list[int],
                    progress: Callable[[EpisodeRecord], None] | None = None) -> dict[int, EpisodeRecord]:
         """Run the episodes across the workers; records by episode index."""
-        pending, suspects = deque(eps), set()
-        records: dict[int, EpisodeRecord] = {}
-        quota = -(-len(eps) // max(1, self.workers))  # episodes per worker while it is busy
-        deaths_in_a_row = 0
         self._runs += 1
-        run_id = self._runs
-
-        def finish(rec: EpisodeRecord) -> None:
-            nonlocal deaths_in_a_row
-            records[rec.episode] = rec
-            deaths_in_a_row = 0
-            if progress:
-                progress(rec)
-
-        def begin(w: _Worker) -> None:
-            w.capacity, w.inflight, w.alone, w.assigned = None, set(), False, 0
-            try:
-                w.conn.send(("run", run_id, policy_factory, cfg))
-            except OSError:
-                pass  # it died while idle: the loop below sees its sentinel and replaces it
-
-        def feed(w: _Worker) -> None:
-            while (pending and w.capacity and len(w.inflight) < w.capacity and not w.alone
-                   and (w.assigned < quota or not w.inflight)):
-                e = pending[0]
-                if e in suspects and w.inflight:
-                    return
-                w.conn.send(("episode", e))
-                pending.popleft()
-                w.inflight.add(e)
-                w.assigned += 1
-                w.alone = e in suspects
-
-        def died(w: _Worker) -> None:
-            nonlocal deaths_in_a_row
-            code = w.proc.exitcode
-            self._drop(w)
-            deaths_in_a_row += 1
-            lost = sorted(w.inflight)
-            if len(lost) == 1:
-                finish(EpisodeRecord(episode=lost[0], init_state=None,
-                                     error=f"worker process died (exit code {code}) during this episode"))
-            else:  # one of them killed it: run each alone to find which
-                suspects.update(lost)
-                pending.extendleft(reversed(lost))
-            if deaths_in_a_row > MAX_DEATHS_WITHOUT_PROGRESS:
-                while pending:
-                    e = pending.popleft()
-                    finish(EpisodeRecord(episode=e, error=f"worker processes keep dying (last exit code {code}) "
-                                                          "before finishing an episode"))
-                return
-            if pending:
-                self._fill()
-                begin(self._procs[-1])
-
+        run = _PoolRun(self, self._runs, policy_factory, cfg, eps, progress)
         self._fill()
         try:
             for w in self._procs:
-                begin(w)
-            while len(records) < len(eps):
+                run.begin(w)
+            while len(run.records) < len(eps):
                 ready = set(mp_wait([w.conn for w in self._procs] + [w.proc.sentinel for w in self._procs]))
                 for w in list(self._procs):
-                    if w.conn not in ready and w.proc.sentinel not in ready:
-                        continue
-                    try:
-                        while w.conn.poll():
-                            msg = w.conn.recv()
-                            if msg[0] == "ready" and msg[1] == run_id:
-                                w.capacity = msg[2]
-                            elif msg[0] == "record":
-                                w.inflight.discard(msg[1].episode)
-                                w.alone = w.alone and bool(w.inflight)
-                                finish(msg[1])
-                        feed(w)
-                    except (EOFError, OSError):
-                        died(w)
-                        continue
-                    if w.proc.sentinel in ready and not w.proc.is_alive():
-                        died(w)
+                    if w.conn in ready or w.proc.sentinel in ready:
+                        run.serve(w, w.proc.sentinel in ready)
         except BaseException:
             # An interrupted run leaves workers busy with its episodes: replace them.
             for w in list(self._procs):
                 if w.inflight:
                     self._drop(w)
             raise
-        return records
+        return run.records
+
+
+class _PoolRun:
+    """One run_config call's bookkeeping: which episodes wait, which worker holds which, the records."""
+
+    def __init__(self, pool: RolloutPool, run_id: int, policy_factory: Callable, cfg: RunConfig, eps: list[int],
+                 progress: Callable[[EpisodeRecord], None] | None):
+        self.pool, self.run_id, self.policy_factory, self.cfg, self.progress = pool, run_id, policy_factory, cfg, progress
+        self.pending: deque[int] = deque(eps)
+        self.suspects: set[int] = set()  # episodes that were in flight on a worker that died
+        self.records: dict[int, EpisodeRecord] = {}
+        self.quota = -(-len(eps) // max(1, pool.workers))  # episodes per worker while it is busy
+        self.deaths_in_a_row = 0
+
+    def finish(self, rec: EpisodeRecord) -> None:
+        self.records[rec.episode] = rec
+        self.deaths_in_a_row = 0
+        if self.progress:
+            self.progress(rec)
+
+    def begin(self, w: _Worker) -> None:
+        w.capacity, w.inflight, w.alone, w.assigned = None, set(), False, 0
+        try:
+            w.conn.send(("run", self.run_id, self.policy_factory, self.cfg))
+        except OSError:
+            pass  # it died while idle: the loop sees its sentinel and replaces it
+
+    def feed(self, w: _Worker) -> None:
+        while (self.pending and w.capacity and len(w.inflight) < w.capacity and not w.alone
+               and (w.assigned < self.quota or not w.inflight)):
+            e = self.pending[0]
+            if e in self.suspects and w.inflight:
+                return
+            w.conn.send(("episode", e))
+            self.pending.popleft()
+            w.inflight.add(e)
+            w.assigned += 1
+            w.alone = e in self.suspects
+
+    def serve(self, w: _Worker, sentinel_ready: bool) -> None:
+        """Read what worker `w` sent, give it more episodes; replace it if it died."""
+        try:
+            while w.conn.poll():
+                msg = w.conn.recv()
+                if msg[0] == "ready" and msg[1] == self.run_id:
+                    w.capacity = msg[2]
+                elif msg[0] == "record":
+                    w.inflight.discard(msg[1].episode)
+                    w.alone = w.alone and bool(w.inflight)
+                    self.finish(msg[1])
+            self.feed(w)
+        except (EOFError, OSError):
+            self.died(w)
+            return
+        if sentinel_ready and not w.proc.is_alive():
+            self.died(w)
+
+    def died(self, w: _Worker) -> None:
+        code = w.proc.exitcode
+        self.pool._drop(w)
+        self.deaths_in_a_row += 1
+        lost = sorted(w.inflight)
+        if len(lost) == 1:
+            self.finish(EpisodeRecord(episode=lost[0], init_state=None,
+                                      error=f"worker process died (exit code {code}) during this episode"))
+        else:  # one of them killed it: run each alone to find which
+            self.suspects.update(lost)
+            self.pending.extendleft(reversed(lost))
+        if self.deaths_in_a_row > MAX_DEATHS_WITHOUT_PROGRESS:
+            while self.pending:
+                self.finish(EpisodeRecord(episode=self.pending.popleft(), error=f"worker processes keep dying (last "
+                                          f"exit code {code}) before finishing an episode"))
+            return
+        if self.pending:
+            self.pool._fill()
+            self.begin(self.pool._procs[-1])
 
 
 # ----------------------------------------------------------------------------- this process's pool
@@ -267,7 +278,7 @@ class RolloutPool:
 _SHARED: dict[int, RolloutPool] = {}
 
 
-def run_rollouts(policy_factory: Callable[[], Policy], suite: str, task: int,
+def run_rollouts(policy_factory: Callable[[], RolloutPolicy], suite: str, task: int,
                  episodes: int | Iterable[int], replan_every: int, workers: int = 1,
                  videos: Iterable[int] = (), video_dir: str | Path | None = None,
                  max_steps: int | None = None, images: bool = False, *, image_size: int = 128,
@@ -278,12 +289,13 @@ def run_rollouts(policy_factory: Callable[[], Policy], suite: str, task: int,
 
     episodes: an int n means init states 0..n-1; else the init-state indices to run (episode index ==
     init-state index), each at most once.
-    policy_factory: picklable zero-arg callable, called once per run in each process that runs episodes.
+    policy_factory: picklable zero-arg callable returning a RolloutPolicy (ablation/rollout_policy.py),
+    called once per run in each process that runs episodes.
     workers: 1 runs here (envs are cached in this process, so the next call pays no env creation);
     N > 1 starts a RolloutPool of N processes for this call only. `pool`: run in that warm pool instead
     (`workers` is then ignored).
     batch: episodes one process steps in lockstep, with one policy call per step for all of them
-    (policies with `act_batch` only; 1 = one episode at a time).
+    (`batched` policies only; 1 = one episode at a time).
     fast: cameras-off envs take the fast env step (spec `sim.fast`; the same physics bit for bit);
     False: robosuite's own step.
     videos: episode indices to record as mp4 (agentview, upright) into video_dir; those episodes

@@ -115,13 +115,13 @@ def run_closed_loop(bundle: Path, spec: Spec, seed: int, init_states: list[int],
     float rounding in the batched matmuls, ~1e-6)."""
     from functools import partial
 
-    from .bundle import load_policy
+    from .bundle_policy import load_rollout_policy
     from .rollout_pool import run_rollouts, shared_pool
 
     # On a GPU profile every rollout worker runs its policy on the GPU, the simulator on its CPU core.
     device = "cuda" if spec.train.device == "cuda" else "cpu"
     n = min(int(workers), len(init_states))
-    return run_rollouts(partial(load_policy, str(bundle), device=device), spec.data.suite, spec.data.task,
+    return run_rollouts(partial(load_rollout_policy, str(bundle), device=device), spec.data.suite, spec.data.task,
                         episodes=list(init_states), videos=videos, video_dir=video_dir, progress=progress,
                         batch=batch, pool=shared_pool(workers) if n > 1 else None, **rollout_kwargs(spec, seed))
 
@@ -145,24 +145,10 @@ class EpisodeProgress:
 
 
 def summarise_episodes(records: list[dict]) -> dict[str, float]:
-    """eval/* metrics over every episode of a run so far."""
-    from .rollout import wilson_interval
+    """eval/* metrics over every episode of a run so far (ablation.rollout_records.EpisodeSummary)."""
+    from .rollout_records import EpisodeSummary
 
-    import numpy as np
-
-    n = len(records)
-    ok = [r for r in records if not r.get("error")]
-    k = sum(bool(r.get("success")) for r in records)
-    lo, hi = wilson_interval(k, n)
-    ratios = [r["pos_step_ratio"] for r in ok if r.get("pos_step_ratio") is not None]
-    m = {"eval/episodes": n, "eval/successes": k, "eval/success_rate": k / n if n else 0.0,
-         "eval/success_ci95_low": lo, "eval/success_ci95_high": hi,
-         "eval/crashed_episodes": n - len(ok),
-         "eval/clip_rate": float(np.mean([r.get("clip_fraction", 0.0) for r in ok])) if ok else 0.0,
-         "eval/episode_len": float(np.mean([r.get("steps", 0) for r in ok])) if ok else 0.0}
-    if ratios:
-        m["eval/pos_out_of_range"] = float(max(ratios))
-    return m
+    return EpisodeSummary.of(records).metrics()
 
 
 # ----------------------------------------------------------------------------- the pipeline

@@ -30,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablation.rollout import ExpertPolicy, RolloutResult  # noqa: E402
+from ablation.builtin_policies import ExpertPolicy  # noqa: E402
+from ablation.rollout_records import RolloutResult  # noqa: E402
 from ablation.rollout_pool import RolloutPool  # noqa: E402
 
 SUITE, TASK = "libero_object", 0
@@ -119,9 +120,9 @@ def main() -> int:
         compare(f"scripted expert, {a.episodes} episodes:", pools, lambda pool: pool.run(expert, SUITE, TASK, eps, **kw),
                 a.repeats)
 
-        from ablation.bundle import load_policy
+        from ablation.bundle_policy import load_rollout_policy
 
-        policy = functools.partial(load_policy, ckpt)
+        policy = functools.partial(load_rollout_policy, ckpt)
         plain = compare(f"diffusion policy {ckpt}, {a.episodes} episodes, unbatched:", pools,
                         lambda pool: pool.run(policy, SUITE, TASK, eps, **kw), a.repeats)
         batched = compare(f"same, batched ({a.batch} episodes per worker in lockstep):", pools,

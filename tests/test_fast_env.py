@@ -181,7 +181,7 @@ def test_demo_generation_and_gate_a_replay_are_unchanged(tmp_path):
 def test_rollout_outcomes_match_on_fixed_init_states():
     """Through the rollout runner (whose cached env switches path per run): the expert from benchmark
     init states 0 and 1, within a budget short enough that not every episode need succeed."""
-    from ablation.rollout import ExpertPolicy
+    from ablation.builtin_policies import ExpertPolicy
     from ablation.rollout_pool import run_rollouts
 
     runs = {fast: run_rollouts(ExpertPolicy, "libero_object", 0, [0, 1], replan_every=1, max_steps=100,

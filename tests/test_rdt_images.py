@@ -261,6 +261,7 @@ def test_image_path_end_to_end(siglip_dir, image_demo_file, lang_file, tmp_path,
     """Cache -> a few training steps -> bundle -> reload -> 2 closed-loop episodes in the simulator
     with cameras on, batched in one process (one SigLIP and one RDT call per step for both)."""
     from ablation.bundle import load_policy
+    from ablation.bundle_policy import load_rollout_policy
     from ablation.rollout_pool import run_rollouts
     from ablation.train import WindowTensors, train
 
@@ -285,7 +286,7 @@ def test_image_path_end_to_end(siglip_dir, image_demo_file, lang_file, tmp_path,
     blank = dict(batch, images=torch.zeros_like(batch["images"]))
     assert not torch.allclose(out, policy.sample(blank, noise=noise))
 
-    result = run_rollouts(partial(load_policy, str(res.checkpoint_dir)), spec.data.suite, spec.data.task,
+    result = run_rollouts(partial(load_rollout_policy, str(res.checkpoint_dir)), spec.data.suite, spec.data.task,
                           episodes=2, replan_every=spec.rollout.replan_every, max_steps=6, images=True,
                           image_size=64, wait_steps=2, batch=2)
     assert [e.error for e in result.episodes] == [None, None]

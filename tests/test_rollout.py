@@ -12,7 +12,9 @@ import os
 import numpy as np
 import pytest
 
-from ablation.rollout import ZeroPolicy, _with_history, episode_generator, episode_seed, native_codec
+from ablation.builtin_policies import ZeroPolicy, native_codec
+from ablation.rollout_episode import _with_history, episode_generator, episode_seed
+from ablation.rollout_policy import ActionChunk, RolloutPolicy
 from ablation.rollout_pool import run_rollouts
 
 pytestmark = pytest.mark.sim
@@ -26,7 +28,7 @@ SHORT = dict(replan_every=4, max_steps=40, seed=0)  # 10 policy calls per episod
 
 # ----------------------------------------------------------------------------- helpers (picklable)
 
-class BatchPolicy:
+class BatchPolicy(RolloutPolicy):
     """Zero actions through `act_batch`; kills its process (os._exit) or raises when the batch holds
     episode `crash_on` / `raise_on` (recognised by its generator's seed, the only per-episode input)."""
 
@@ -37,6 +39,11 @@ class BatchPolicy:
         self.raise_seed = episode_seed(seed, raise_on) if raise_on >= 0 else None
         self.batch_sizes: list[int] = []
 
+    batched = True
+
+    def act(self, window, generator=None):
+        return self.act_batch([window], [generator])[0]
+
     def act_batch(self, windows, generators):
         seeds = {g.initial_seed() for g in generators}
         if self.crash_seed in seeds:
@@ -44,7 +51,7 @@ class BatchPolicy:
         if self.raise_seed in seeds:
             raise RuntimeError("policy exploded")
         self.batch_sizes.append(len(windows))
-        return [np.zeros((4, 7)) for _ in windows]
+        return [ActionChunk(np.zeros((4, 7)), self.codec) for _ in windows]
 
 
 def _same_episode(a, b) -> None:
@@ -65,9 +72,9 @@ def checkpoint(expert_demo_file, tmp_path_factory) -> str:
 def _factory(checkpoint: str):
     import functools
 
-    from ablation.bundle import load_policy
+    from ablation.bundle_policy import load_rollout_policy
 
-    return functools.partial(load_policy, checkpoint)
+    return functools.partial(load_rollout_policy, checkpoint)
 
 
 # ----------------------------------------------------------------------------- reproducibility
@@ -180,7 +187,7 @@ def test_a_second_run_in_a_process_creates_no_env(monkeypatch):
     made = []
     real = sim_env.make_env
     monkeypatch.setattr(sim_env, "make_env", lambda *a, **k: made.append(a) or real(*a, **k))
-    from ablation.rollout import close_cached_envs
+    from ablation.rollout_envs import close_cached_envs
 
     close_cached_envs()
     run_rollouts(ZeroPolicy, SUITE, TASK, [0], replan_every=4, max_steps=2, wait_steps=0)

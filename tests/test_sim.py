@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ablation.builtin_policies import native_codec
+from ablation.rollout_policy import ActionChunk, RolloutPolicy
 from tests.conftest import EXPERT_DEMOS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,12 +24,10 @@ N = EXPERT_DEMOS  # demos in the shared file
 
 # ----------------------------------------------------------------------------- helpers (picklable)
 
-class CrashPolicy:
+class CrashPolicy(RolloutPolicy):
     """Zero actions; hard-kills its worker process on episode `crash_on`, raises on `raise_on`."""
 
     def __init__(self, crash_on: int = -1, raise_on: int = -1):
-        from ablation.rollout import native_codec
-
         self.codec = native_codec()
         self.obs_history = 2
         self.crash_on, self.raise_on = crash_on, raise_on
@@ -36,14 +36,14 @@ class CrashPolicy:
     def reset(self, episode):
         self.ep = episode
 
-    def act(self, obs_history):
-        assert len(obs_history) == self.obs_history
-        assert "gripper_history" in obs_history[-1] and obs_history[-1]["gripper_history"].shape == (2,)
+    def act(self, window, generator=None):
+        assert len(window) == self.obs_history
+        assert "gripper_history" in window[-1] and window[-1]["gripper_history"].shape == (2,)
         if self.ep == self.crash_on:
             os._exit(3)
         if self.ep == self.raise_on:
             raise RuntimeError("policy exploded")
-        return np.zeros((4, 7))
+        return ActionChunk(np.zeros((4, 7)), self.codec)
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +55,7 @@ def demo_file(expert_demo_file):
 # ----------------------------------------------------------------------------- no simulator needed
 
 def test_wilson_interval():
-    from ablation.rollout import wilson_interval
+    from ablation.rollout_records import wilson_interval
 
     lo, hi = wilson_interval(5, 10)
     assert 0.23 < lo < 0.24 and 0.76 < hi < 0.77
@@ -255,7 +255,7 @@ def test_replay_cli_gate_a(demo_file, capsys):
 
 @pytest.mark.sim
 def test_runner_expert_and_zero():
-    from ablation.rollout import ExpertPolicy, ZeroPolicy
+    from ablation.builtin_policies import ExpertPolicy, ZeroPolicy
     from ablation.rollout_pool import run_rollouts
 
     r = run_rollouts(functools.partial(ExpertPolicy, "libero_object", 0), "libero_object", 0, [3],
@@ -271,7 +271,7 @@ def test_runner_expert_and_zero():
 
 @pytest.mark.sim
 def test_runner_replay_parallel_matches_serial(demo_file):
-    from ablation.rollout import ReplayPolicy
+    from ablation.builtin_policies import ReplayPolicy
     from ablation.rollout_pool import run_rollouts
 
     fac = functools.partial(ReplayPolicy, str(demo_file), True)
@@ -307,7 +307,7 @@ def test_runner_records_crashes_and_goes_on():
 def test_runner_video(tmp_path):
     import imageio.v2 as imageio
 
-    from ablation.rollout import ExpertPolicy
+    from ablation.builtin_policies import ExpertPolicy
     from ablation.rollout_pool import run_rollouts
 
     r = run_rollouts(functools.partial(ExpertPolicy, "libero_object", 0), "libero_object", 0, [0],

@@ -80,7 +80,7 @@ def run(args) -> int:
 
 
 def _replay_native(args, ds, suite, task, n, use_exec):
-    from ..rollout import ReplayPolicy
+    from ..builtin_policies import ReplayPolicy
     from ..rollout_pool import run_rollouts
     from ..run import EpisodeProgress
 

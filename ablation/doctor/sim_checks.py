@@ -43,7 +43,7 @@ def check_gate_a(spec, spec_label: str, data: str, suite: str, task: int, episod
 
 
 def check_start_states(demo_set, suite: str, task: int, n: int = 3) -> list[Finding]:
-    from ..rollout import WAIT_ACTION
+    from ..rollout_episode import WAIT_ACTION
     from ..sim.env import make_env
 
     eps = demo_set.episodes[:n]
@@ -107,7 +107,7 @@ def _resize_nn(img: np.ndarray, h: int, w: int) -> np.ndarray:
 def check_orientation(demo_set, frames: dict, suite: str, task: int, spec_uses_images: bool | None) -> list[Finding]:
     """Compare the file's first agentview frame with the simulator's render of the same start (as
     rendered, i.e. LIBERO's stored convention), flipped vertically, horizontally and rotated 180 deg."""
-    from ..rollout import WAIT_ACTION
+    from ..rollout_episode import WAIT_ACTION
     from ..sim.env import make_env
 
     if "agentview_rgb" not in frames:
