@@ -85,7 +85,8 @@ def check_clip_sample(spec: Spec, codec: ActionCodec) -> None:
 
 
 class DiffusionPolicy(nn.Module):
-    """Rollout protocol: `codec`, `obs_history` (frames the runner must keep), `act(history) -> (H, W)`."""
+    """Network + codec + observation normaliser + sampler; `act(history) -> (H, W)` in MODEL space.
+    Rollouts run it behind the RolloutPolicy contract: ablation/bundle_policy.py (BundlePolicy)."""
 
     def __init__(self, spec: Spec, codec: ActionCodec, obs_norm: ObsNormalizer, cfg, seed: int = 0,
                  net: nn.Module | None = None):
