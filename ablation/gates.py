@@ -152,12 +152,12 @@ def replay_gate(spec, demo_file: str | Path, *, episodes: int = 10, workers: int
     """Gate A through `spec`'s own codec: replay the first `episodes` demos of `demo_file` in LIBERO.
 
     spec: a Spec (its codec and data.obs_convention are used), or a CodecSpec.
-    suite/task: default to the file's own (ablation.libero_file.infer_suite_task).
+    suite/task: default to the file's own (ablation.demo_io.infer_suite_task).
     obs_convention: default: the spec's data.obs_convention when a Spec is given ("auto": the file's
     attribute, else detected from the data).
     passed = success rate >= min_success (0.9)."""
     from .data import read_demo_file
-    from .libero_file import infer_suite_task
+    from .demo_io import infer_suite_task
     from .spec import CodecSpec
 
     demo_file = Path(demo_file)

@@ -45,10 +45,10 @@ def register(subparsers) -> None:
 
 
 def suite_task_for(path, suite: str | None, task: int | None) -> tuple[str, int]:
-    """--suite/--task when given, else what the file says (ablation.libero_file.infer_suite_task)."""
+    """--suite/--task when given, else what the file says (ablation.demo_io.infer_suite_task)."""
     if suite is not None and task is not None:
         return suite, int(task)
-    from ..libero_file import infer_suite_task
+    from ..demo_io import infer_suite_task
 
     s, t = infer_suite_task(path)
     return suite or s, int(t if task is None else task)
