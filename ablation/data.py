@@ -123,7 +123,9 @@ def build_windows(views: list[EpisodeView], ids: list[int], codec: ActionCodec, 
         missing = [k for k in keys if k not in v.obs and not (k in DERIVED_OBS and "ee_ori" in v.obs)]
         if missing:
             raise DemoFileError(f"demo {i}: obs key(s) {', '.join(missing)} requested by data.obs_keys are not "
-                                f"in the file (have: {', '.join(sorted(v.obs))})")
+                                f"in the file (have: {', '.join(sorted(v.obs))}); drop them from data.obs_keys, or "
+                                "give demos that store them (a LeRobot dataset stores object_state as the feature "
+                                "observation.environment_state)")
         stored = [k for k in v.obs if k in keys or k == "ee_ori"]
         feats = np.stack([obs_features({k: v.obs[k][t] for k in stored}, keys) for t in range(T)])
         phys = physical_actions(v, codec.rep)

@@ -10,10 +10,12 @@ Feature mapping (the layout of LeRobot's LIBERO datasets, e.g. any4lerobot's lib
                                             frame), gripper_states [6:8] (finger joint positions, m)
     observation.states.ee_state     (6,) -> ee_states (optional)
     observation.states.joint_state  (7,) -> joint_states (optional)
+    observation.environment_state   (K,) -> object_state: robosuite's object-state vector (optional; the
+                                            default specs' data.obs_keys ask for it)
     observation.images.image             -> agentview_rgb    } rotated 180 degrees: LeRobot stores LIBERO frames
     observation.images.wrist_image       -> eye_in_hand_rgb  } upright, LIBERO's HDF5 files upside down (OpenGL)
     task                                 -> problem_info.language_instruction (and so the suite/task)
-    next.reward, next.done               -> rewards, dones (optional)
+    next.reward, next.done               -> rewards, dones (optional; not written: nothing here uses them)
     libero.sim_state                (S,) -> states; its first row is the state a replay resets to (ours)
     libero.executed_action          (7,) -> extras["executed_actions"] (ours: what DART noise executed)
 
@@ -33,6 +35,7 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from .episodes import (REQUIRED_OBS, DemoFileError, DemoMeta, DemoSet, Episode, check_actions, check_convention,
                        check_steps, resolve_convention)
@@ -44,7 +47,8 @@ SIDECAR = "meta/ablation.json"  # our DemoMeta: env, BDDL, obs convention, prove
 STATE = "observation.state"
 STATE_NAMES = ["x", "y", "z", "axis_angle_x", "axis_angle_y", "axis_angle_z", "gripper_qpos_left", "gripper_qpos_right"]
 IMAGES = {"observation.images.image": "agentview_rgb", "observation.images.wrist_image": "eye_in_hand_rgb"}
-LOWDIM = {"observation.states.ee_state": "ee_states", "observation.states.joint_state": "joint_states"}
+LOWDIM = {"observation.states.ee_state": "ee_states", "observation.states.joint_state": "joint_states",
+          "observation.environment_state": "object_state"}
 SIM_STATE, EXECUTED = "libero.sim_state", "libero.executed_action"
 EXTRA_FIX = "re-export the dataset with observation.state = eef xyz (3), eef axis-angle (3), gripper qpos (2)"
 
@@ -159,12 +163,23 @@ def _meta(root: Path, side: dict, tasks: list[str]) -> DemoMeta:
 
 
 def _columns(ds, features: dict, load_images: bool) -> dict[str, np.ndarray]:
-    keep = [k for k in features if load_images or k not in IMAGES]
-    hf = ds.hf_dataset.with_format("numpy", columns=[k for k in keep if k in ds.hf_dataset.column_names])
-    cols = {k: np.asarray(hf[k]) for k in hf.column_names}
-    for k in IMAGES:
-        if k in cols:  # upright (LeRobot) -> upside down (LIBERO HDF5, OpenGL)
-            cols[k] = np.ascontiguousarray(cols[k][:, ::-1, ::-1])
+    """Every column as a numpy array, in the dataset's own dtypes (datasets' numpy format would turn
+    float64 sim states into float32, and a replay must reset to the exact state)."""
+    hf = ds.hf_dataset
+    table = hf.with_format("arrow")[:]
+    cols = {}
+    for k in table.column_names:
+        if k in IMAGES:
+            continue
+        col = table.column(k).combine_chunks()
+        if pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type):  # one vector per frame
+            cols[k] = np.asarray(col.flatten()).reshape(len(col), -1)
+        else:
+            cols[k] = np.asarray(col.to_numpy(zero_copy_only=False))
+    images = [k for k in IMAGES if load_images and k in hf.column_names]
+    if images:  # upright (LeRobot) -> upside down (LIBERO HDF5, OpenGL)
+        frames = hf.with_format("numpy", columns=images)[:]
+        cols.update({k: np.ascontiguousarray(np.asarray(frames[k])[:, ::-1, ::-1]) for k in images})
     return cols
 
 
@@ -251,9 +266,7 @@ def infer_suite_task(path: str | Path) -> tuple[str, int]:
 def _features(ep: Episode, images: bool) -> dict:
     f = {"action": {"dtype": "float32", "shape": (7,), "names": ["x", "y", "z", "axis_angle_x", "axis_angle_y",
                                                                 "axis_angle_z", "gripper"]},
-         STATE: {"dtype": "float32", "shape": (8,), "names": STATE_NAMES},
-         "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
-         "next.done": {"dtype": "bool", "shape": (1,), "names": None}}
+         STATE: {"dtype": "float32", "shape": (8,), "names": STATE_NAMES}}
     for key, ours in LOWDIM.items():
         if ours in ep.obs:
             f[key] = {"dtype": "float32", "shape": tuple(np.shape(ep.obs[ours])[1:]), "names": None}
@@ -269,9 +282,7 @@ def _features(ep: Episode, images: bool) -> dict:
 
 def _frame(ep: Episode, t: int, features: dict, task: str) -> dict:
     state = np.concatenate([ep.obs["ee_pos"][t], ep.obs["ee_ori"][t], ep.obs["gripper_states"][t]])
-    frame = {"action": np.asarray(ep.actions[t], np.float32), STATE: state.astype(np.float32),
-             "next.reward": np.array([ep.rewards[t]], np.float32), "next.done": np.array([bool(ep.dones[t])]),
-             "task": task}
+    frame = {"action": np.asarray(ep.actions[t], np.float32), STATE: state.astype(np.float32), "task": task}
     frame.update({k: np.asarray(ep.obs[ours][t], np.float32) for k, ours in LOWDIM.items() if k in features})
     # LIBERO's frames are upside down (OpenGL); LeRobot's LIBERO datasets store them upright
     frame.update({k: np.ascontiguousarray(ep.obs[ours][t][::-1, ::-1]) for k, ours in IMAGES.items() if k in features})
