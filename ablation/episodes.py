@@ -107,3 +107,14 @@ def resolve_convention(where: str, asked: str | None, stated: str | None, detect
             f"{where}: the spec says data.obs_convention: {asked} but the file records obs {stated} each step "
             f"(attribute data.obs_convention); set data.obs_convention: auto or {stated}")
     return asked
+
+
+def check_replayable(ds: DemoSet, n: int) -> None:
+    """A replay resets each of the first n demos to its own MuJoCo state; demos without one (a LeRobot
+    dataset recorded without `libero.sim_state`) cannot be replayed: say so before the simulator starts."""
+    for ep in ds.episodes[:n]:
+        if not np.size(ep.init_state) and not np.size(ep.states):
+            raise DemoFileError(
+                f"{ds.path}: {ep.name} stores no simulator state to start a replay from (LIBERO HDF5: the "
+                "init_state attribute or 'states'; LeRobot: the feature 'libero.sim_state'); record the demos with "
+                "their MuJoCo states, or skip the replay checks (doctor --no-sim)")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .episodes import check_replayable
 from .errors import UserError
 
 GATE_VERSION = 2  # 2: replays get the suite's step budget (results of 1 are not reused)
@@ -175,6 +176,7 @@ def replay_gate(spec, demo_file: str | Path, *, episodes: int = 10, workers: int
     n = min(int(episodes), len(ds.episodes))
     if n < 1:
         raise UserError(f"replay_gate: episodes must be >= 1 (got {episodes})")
+    check_replayable(ds, n)
     has_exec = all("executed_actions" in ep.extras for ep in ds.episodes[:n])
     source = "executed_actions" if executed and has_exec else "actions"
     codec_class = "ActionCodec" if codec_override is None else getattr(codec_override, "__qualname__",

@@ -34,8 +34,6 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 
 from .episodes import (REQUIRED_OBS, DemoFileError, DemoMeta, DemoSet, Episode, check_actions, check_convention,
                        check_steps, resolve_convention)
@@ -165,6 +163,8 @@ def _meta(root: Path, side: dict, tasks: list[str]) -> DemoMeta:
 def _columns(ds, features: dict, load_images: bool) -> dict[str, np.ndarray]:
     """Every column as a numpy array, in the dataset's own dtypes (datasets' numpy format would turn
     float64 sim states into float32, and a replay must reset to the exact state)."""
+    import pyarrow as pa  # with the [lerobot] extra; the HDF5 path never pays for it
+
     hf = ds.hf_dataset
     table = hf.with_format("arrow")[:]
     cols = {}
@@ -253,6 +253,8 @@ def dataset_attrs(path: str | Path) -> dict:
 
 
 def _task_texts(root: Path) -> list[str]:
+    import pandas as pd  # pandas is 1-2 s to import: only a LeRobot dataset pays for it
+
     return [str(t) for t in pd.read_parquet(root / "meta" / "tasks.parquet").index]
 
 

@@ -198,4 +198,17 @@ def test_expert_dataset_through_doctor_train_and_replay(lerobot_expert, tmp_path
     replay = cli("replay", "--demos", str(lerobot_expert), "--n", "2", "--json")
     assert replay.returncode == 0, replay.stderr[-2000:]
     got = json.loads(replay.stdout)
-    assert got["success_rate"] == 1.0 and got["actions_source"] == "executed_actions"
+    assert got["passed"] and got["actions_source"] == "executed_actions", got
+    assert len(got["episodes"]) == 2 and all(e["success"] for e in got["episodes"])
+
+
+def test_a_dataset_without_sim_states_cannot_be_replayed(tmp_path, capsys):
+    """Many LeRobot LIBERO datasets hold no MuJoCo state: replay says so before it starts the simulator."""
+    from ablation.cli import main
+
+    f32 = lambda n: {"dtype": "float32", "shape": (n,), "names": None}  # noqa: E731
+    root = _tiny_dataset(tmp_path / "nostate", {"action": f32(7), STATE: f32(8)},
+                         {"action": np.zeros(7, np.float32), STATE: np.zeros(8, np.float32)})
+    rc = main(["replay", "--demos", str(root), "--suite", "libero_object", "--task", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "demo_0 stores no simulator state" in err and "libero.sim_state" in err, err

@@ -21,6 +21,7 @@ import functools
 import json
 from pathlib import Path
 
+from ..episodes import check_replayable
 from ..errors import UserError
 from .common import add_demos, add_json, add_spec, emit_json
 
@@ -63,6 +64,7 @@ def run(args) -> int:
     ds = read_demo_file(args.file)
     suite, task = suite_task_for(args.file, args.suite, args.task)
     n = len(ds.episodes) if args.n is None else max(1, min(args.n, len(ds.episodes)))
+    check_replayable(ds, n)
     use_exec = args.actions == "executed"
     if args.spec:
         out = _replay_spec(args, suite, task, n, use_exec)
