@@ -85,13 +85,14 @@ def check_convention(where: str, value: str | None, field_name: str) -> None:
         raise DemoFileError(f"{where}: {field_name} '{value}' is not one of auto, before, after")
 
 
-def resolve_convention(where: str, asked: str | None, stated: str | None, detect) -> str:
+def resolve_convention(where: str, asked: str | None, stated: str | None, detect,
+                       stated_by: str = "attribute data.obs_convention") -> str:
     """The obs convention: the file's own statement when it has one (a spec that contradicts it is an
     error), else `detect()` (from the data; None when it cannot tell), else the spec must say.
     `asked`: data.obs_convention of the spec (None or "auto": the file decides)."""
     check_convention(where, asked, "data.obs_convention")
     if stated is not None and stated not in OBS_CONVENTIONS:
-        raise DemoFileError(f"{where}: the file states obs_convention '{stated}', not one of before, after")
+        raise DemoFileError(f"{where}: {stated_by} '{stated}' is not one of before, after")
     if asked in (None, "auto"):
         if stated:
             return stated
@@ -105,7 +106,7 @@ def resolve_convention(where: str, asked: str | None, stated: str | None, detect
     if stated and stated != asked:
         raise DemoFileError(
             f"{where}: the spec says data.obs_convention: {asked} but the file records obs {stated} each step "
-            f"(attribute data.obs_convention); set data.obs_convention: auto or {stated}")
+            f"({stated_by}); set data.obs_convention: auto or {stated}")
     return asked
 
 

@@ -232,8 +232,9 @@ def read_lerobot_dataset(path: str | Path, obs_convention: str | None = None, lo
         raise DemoFileError(f"{root}: the dataset holds no episodes")
     meta = _meta(root, side, [str(t) for t in ds.meta.tasks.index])
     # LeRobot records observation t before action t; only our sidecar may say otherwise
+    stated_by = f"{SIDECAR} obs_convention" if "obs_convention" in side else "LeRobot's frame order"
     meta.obs_convention = resolve_convention(str(root), obs_convention, side.get("obs_convention", "before"),
-                                             lambda: None)
+                                             lambda: None, stated_by)
     return DemoSet(root, meta, episodes, [ep.name for ep in episodes])
 
 

@@ -142,7 +142,7 @@ def test_a_plans_demo_file_may_be_a_dataset(lerobot_synthetic, tmp_path):
     assert demo_path_for(spec, tmp_path) == root
 
 
-def test_audit_and_train_take_a_dataset(lerobot_synthetic, tmp_path):
+def test_audit_train_and_eval_take_a_dataset(lerobot_synthetic, tmp_path):
     _, root = lerobot_synthetic
     audit = cli("audit", "--spec", "fix_minmax", "--demos", str(root), "--json")
     assert audit.returncode == 0, audit.stderr[-2000:]
@@ -150,7 +150,11 @@ def test_audit_and_train_take_a_dataset(lerobot_synthetic, tmp_path):
     train = cli("train", "--spec", "fix_minmax", "--demos", str(root), "--out", str(tmp_path / "run"), "--json",
                 *TINY_TRAIN)
     assert train.returncode == 0, train.stderr[-2000:]
-    assert json.loads(train.stdout)["steps"] == 2
+    rec = json.loads(train.stdout)
+    assert rec["steps"] == 2
+    ev = cli("eval", "--checkpoint", rec["checkpoint"], "--demos", str(root), "--open-loop-only", "--n", "8", "--json")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert json.loads(ev.stdout)["demos"] == str(root)
 
 
 def test_replay_names_a_bad_action_shape(tmp_path, capsys):
