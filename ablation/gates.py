@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .episodes import check_replayable
 from .errors import UserError
 from .rollout_policy import ActionChunk, RolloutPolicy
 
@@ -153,12 +154,12 @@ def replay_gate(spec, demo_file: str | Path, *, episodes: int = 10, workers: int
     """Gate A through `spec`'s own codec: replay the first `episodes` demos of `demo_file` in LIBERO.
 
     spec: a Spec (its codec and data.obs_convention are used), or a CodecSpec.
-    suite/task: default to the file's own (ablation.libero_file.infer_suite_task).
+    suite/task: default to the file's own (ablation.demo_io.infer_suite_task).
     obs_convention: default: the spec's data.obs_convention when a Spec is given ("auto": the file's
     attribute, else detected from the data).
     passed = success rate >= min_success (0.9)."""
     from .data import read_demo_file
-    from .libero_file import infer_suite_task
+    from .demo_io import infer_suite_task
     from .spec import CodecSpec
 
     demo_file = Path(demo_file)
@@ -176,6 +177,7 @@ def replay_gate(spec, demo_file: str | Path, *, episodes: int = 10, workers: int
     n = min(int(episodes), len(ds.episodes))
     if n < 1:
         raise UserError(f"replay_gate: episodes must be >= 1 (got {episodes})")
+    check_replayable(ds, n)
     has_exec = all("executed_actions" in ep.extras for ep in ds.episodes[:n])
     source = "executed_actions" if executed and has_exec else "actions"
     codec_class = "ActionCodec" if codec_override is None else getattr(codec_override, "__qualname__",

@@ -17,7 +17,7 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 
 from . import rotation as R
 from .codec import ActionCodec, CodecError, phys_state
-from .data import IMAGE_KEYS, obs_features
+from .obs_features import IMAGE_KEYS, obs_features
 from .errors import UserError
 from .model import SIZES, DiffusionTransformer, DiTConfig
 from .spec import Spec, codec_guarantees_unit_range

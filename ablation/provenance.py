@@ -54,10 +54,17 @@ def source_tags(note: str = "") -> dict[str, str]:
 
 
 def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes; for a folder (a LeRobot dataset), of each file's relative path and
+    bytes, in sorted order, so a copy of the folder elsewhere has the same digest."""
+    path = Path(path)
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        if path.is_dir():
+            h.update(p.relative_to(path).as_posix().encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 

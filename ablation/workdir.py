@@ -32,9 +32,10 @@ def demo_path_for(spec: Spec, workdir: Path = DEFAULT_WORKDIR, seed: int = 0) ->
     """The demo file a spec trains on: its own `data.demo_file`, or the generated one in the workdir."""
     if spec.data.demo_file:
         p = Path(spec.data.demo_file).expanduser()
-        if not p.is_file():
-            raise UserError(f"spec {spec.name}: data.demo_file: '{p}' does not exist; fix the path, or set "
-                            "data.demo_file: null to generate demos with the scripted expert")
+        if not p.exists():
+            raise UserError(f"spec {spec.name}: data.demo_file: '{p}' does not exist (a LIBERO .hdf5 file or a "
+                            "LeRobot v3 dataset folder); fix the path, or set data.demo_file: null to generate "
+                            "demos with the scripted expert")
         check_file_task(spec, p)
         return p
     from .sim.demos import default_demo_path  # light: the simulator itself is not imported here
@@ -45,14 +46,15 @@ def demo_path_for(spec: Spec, workdir: Path = DEFAULT_WORKDIR, seed: int = 0) ->
 
 
 def check_file_task(spec: Spec, path: Path) -> None:
-    """A user's LIBERO file names its own task (BDDL file, instruction): rollouts must run that task.
-    A spec that says another one is an error that names both; a file that cannot tell is trusted to
-    be the spec's task."""
-    from .libero_file import LiberoFileError, infer_suite_task
+    """A user's LIBERO file or LeRobot dataset names its own task (BDDL file, instruction): rollouts must
+    run that task. A spec that says another one is an error that names both; demos that cannot tell are
+    trusted to be the spec's task."""
+    from .demo_io import infer_suite_task
+    from .episodes import DemoFileError
 
     try:
         suite, task = infer_suite_task(path)
-    except LiberoFileError:
+    except DemoFileError:
         return
     if (suite, task) != (spec.data.suite, spec.data.task):
         raise UserError(f"{path}: the file holds {suite} task {task} (from its BDDL/problem_info attributes) but "

@@ -6,6 +6,7 @@
 # (uv reads the old file as its preferences); `bash scripts/lock.sh --upgrade` moves everything forward.
 # torch: the CPU build, from PyTorch's CPU wheel page or, where that is unreachable, the same wheel on
 # local disk (TORCH_WHEELS, default /opt/wheels); see scripts/install_lock.sh.
+# scripts/lock_overrides.txt lifts the too-old pins of lerobot-dataset (the [lerobot] extra); see there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UV_VERSION=0.13.9
@@ -28,7 +29,7 @@ echo "torch==$TORCH" > "$tmp/constraints.txt"
 printf 'pip==26.3\nsetuptools>=68\n' > "$tmp/tools.in"
 "$tmp/venv/bin/uv" -q pip compile pyproject.toml "$tmp/tools.in" --all-extras "$@" \
   --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes \
-  --find-links "$torch_src" -c "$tmp/constraints.txt" --no-header --no-annotate -o "$tmp/lock.txt"
+  --find-links "$torch_src" -c "$tmp/constraints.txt" --override scripts/lock_overrides.txt --no-header --no-annotate -o "$tmp/lock.txt"
 {
   echo "# The whole stack, one version and the sha256 of every file: CPython 3.11, Linux x86_64."
   echo "# Made by scripts/lock.sh (uv $UV_VERSION) from pyproject.toml [all] + pip; torch $TORCH from $torch_src."

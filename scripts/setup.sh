@@ -27,13 +27,14 @@ fi
 STAMP=.venv/.ablation-installed
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ requirements.lock -nt "$STAMP" ]; then
   echo "[setup] installing the locked stack into .venv (a few minutes on first run)"
-  # requirements.lock: every package of pyproject's [all] extra (test, cluster, ui, postgres, video, rdt),
+  # requirements.lock: every package of pyproject's [all] extra (test, cluster, ui, postgres, video, rdt, lerobot),
   # one version and its sha256 each, the CPU torch included (refresh: scripts/lock.sh). The same script
   # installs it in the Docker image, so a fresh machine next year trains on the same files as today.
   bash scripts/install_lock.sh .venv/bin/python
   # the project itself, editable; its dependencies are all in the lock, and setuptools comes from it too
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
-  .venv/bin/python -m pip check
+  # pip check, allowing only lerobot-dataset's pins that scripts/lock_overrides.txt lifts ([lerobot] extra)
+  bash scripts/pip_check.sh .venv/bin/python
   touch "$STAMP"
 fi
 

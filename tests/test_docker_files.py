@@ -278,10 +278,10 @@ def test_lock_covers_pyproject(lock):
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["requires-python"] == ">=3.11", "the lock is made for CPython 3.11"
     extras = project["optional-dependencies"]
-    assert {"test", "cluster", "ui", "postgres", "video", "rdt", "all"} <= set(extras)
+    assert {"test", "cluster", "ui", "postgres", "video", "rdt", "lerobot", "all"} <= set(extras)
     for r in [Requirement(r) for r in project["dependencies"] + sum(extras.values(), [])]:
         if _norm(r.name) == "ablation":  # [all] names the other extras
-            assert r.extras == {"test", "cluster", "ui", "postgres", "video", "rdt"}
+            assert r.extras == {"test", "cluster", "ui", "postgres", "video", "rdt", "lerobot"}
             continue
         assert _norm(r.name) in lock, f"{r} is declared in pyproject.toml but missing from requirements.lock"
         version = lock[_norm(r.name)][0]

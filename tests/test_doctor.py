@@ -306,7 +306,7 @@ def test_codes_are_stable_and_every_finding_has_one(planted):
 
 @pytest.mark.sim
 def test_findings_name_the_demos_and_steps(planted):
-    from ablation.libero_file import noop_mask
+    from ablation.demo_evidence import noop_mask
 
     ds = read_demo_file(planted["noops"])
     top = _top(_doctor(planted["noops"]))

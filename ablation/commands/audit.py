@@ -24,10 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def file_task_note(spec, demo: Path) -> tuple[dict, str | None]:
-    """The suite/task the file itself says (ablation.libero_file.infer_suite_task), and a warning line
+    """The suite/task the file itself says (ablation.demo_io.infer_suite_task), and a warning line
     when they are not the spec's (the audit does not need them; the rollouts of that spec would)."""
     from ..errors import UserError
-    from ..libero_file import infer_suite_task
+    from ..demo_io import infer_suite_task
 
     try:
         suite, task = infer_suite_task(demo)

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     spec = policy.spec
     meta = json.loads((args.checkpoint / "meta.json").read_text())
     demo = args.demos or Path(meta.get("demo_file", ""))
-    if not demo.is_file():
+    if not (demo.is_file() or demo.is_dir()):  # a LIBERO file or a LeRobot dataset folder
         raise UserError(f"demo file {demo} (from {args.checkpoint / 'meta.json'}) not found; pass --demos")
     data = prepare_spec_data(spec, demo)
     windows = data.val if data.val is not None else data.train

@@ -21,6 +21,7 @@ import functools
 import json
 from pathlib import Path
 
+from ..episodes import check_replayable
 from ..errors import UserError
 from .common import add_demos, add_json, add_spec, emit_json
 
@@ -45,10 +46,10 @@ def register(subparsers) -> None:
 
 
 def suite_task_for(path, suite: str | None, task: int | None) -> tuple[str, int]:
-    """--suite/--task when given, else what the file says (ablation.libero_file.infer_suite_task)."""
+    """--suite/--task when given, else what the file says (ablation.demo_io.infer_suite_task)."""
     if suite is not None and task is not None:
         return suite, int(task)
-    from ..libero_file import infer_suite_task
+    from ..demo_io import infer_suite_task
 
     s, t = infer_suite_task(path)
     return suite or s, int(t if task is None else task)
@@ -63,6 +64,7 @@ def run(args) -> int:
     ds = read_demo_file(args.file)
     suite, task = suite_task_for(args.file, args.suite, args.task)
     n = len(ds.episodes) if args.n is None else max(1, min(args.n, len(ds.episodes)))
+    check_replayable(ds, n)
     use_exec = args.actions == "executed"
     if args.spec:
         out = _replay_spec(args, suite, task, n, use_exec)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import traceback
 from pathlib import Path
 
-from .. import libero_file as L
+from .. import demo_io
 from ..errors import UserError
 from .findings import ALL_PLAN, CODES, SMOKE_PLAN, DoctorReport, Finding
 
@@ -77,15 +77,13 @@ def _guard(findings: list[Finding], check_id: str, fn, *args, **kwargs) -> None:
 
 
 def _read_demo_set(data: Path):
-    from ..data import read_demo_file
-
     try:
-        return read_demo_file(data), None
+        return demo_io.read_demo_file(data), None
     except UserError as e:
         if "obs_convention" not in str(e):
             raise
         # neither the file nor the data tell the timing: read it LIBERO's original way, and say so
-        return read_demo_file(data, obs_convention="after"), str(e)
+        return demo_io.read_demo_file(data, obs_convention="after"), str(e)
 
 
 def run_doctor(data: str | Path, spec: str | Path | None = None, checkpoint: str | Path | None = None, *,
@@ -101,11 +99,11 @@ def run_doctor(data: str | Path, spec: str | Path | None = None, checkpoint: str
     wanted = resolve_checks(checks)
     run = lambda cid: _selected(cid, wanted)  # noqa: E731
     data = Path(data)
-    eps = L.load_episodes(data)  # unreadable file -> UserError (exit 2)
-    names = [ep["name"] for ep in eps]
-    attrs = L.file_attrs(data)
-    demo_set, conv_err = _read_demo_set(data)
-    n_steps = int(sum(ep["n"] for ep in eps))
+    demo_set, conv_err = _read_demo_set(data)  # unreadable file or unmappable dataset -> UserError (exit 2)
+    eps = demo_set.episodes  # as stored: the file checks judge the timing themselves
+    names = [ep.name for ep in eps]
+    attrs = demo_io.file_attrs(data)
+    n_steps = int(sum(len(ep) for ep in eps))
     findings: list[Finding] = []
 
     # -- inputs: spec and checkpoint (unreadable -> UserError)
@@ -128,7 +126,7 @@ def run_doctor(data: str | Path, spec: str | Path | None = None, checkpoint: str
     # -- suite and task
     if suite is None or task is None:
         try:
-            s, t = L.infer_suite_task(data)
+            s, t = demo_io.infer_suite_task(data)
             suite, task = suite or s, t if task is None else task
             findings.append(Finding("suite_task", "info", f"the file holds {suite} task {task}",
                                     "from the file's own attributes (ablation_attrs, bddl_file_name, "
@@ -147,7 +145,7 @@ def run_doctor(data: str | Path, spec: str | Path | None = None, checkpoint: str
         _guard(findings, "gripper", file_checks.check_gripper, eps, str(data))
     if run("alignment"):
         _guard(findings, "alignment", file_checks.check_alignment, eps, str(data),
-               L.declared_obs_convention(data), spec_conv)
+               demo_io.declared_obs_convention(data), spec_conv)
     if run("actions"):
         _guard(findings, "actions.kind", file_checks.check_action_kind, eps, str(data))
     frames = {}

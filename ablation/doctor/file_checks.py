@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import libero_file as L
+from .. import demo_evidence as L
+from ..demo_io import image_frames
+from ..episodes import Episode
 from .findings import Finding, where_demos, where_steps
 
 BLANK_STD = 1.0  # uint8 grey levels: a frame whose std is under this is blank (headless rendering failed)
@@ -14,22 +16,22 @@ def _doctor_cmd(data: str) -> str:
     return f"run_ablation.py doctor --data {data}"
 
 
-def check_gripper(eps: list[dict], data: str) -> list[Finding]:
+def check_gripper(eps: list[Episode], data: str) -> list[Finding]:
     ev = L.gripper_evidence(eps)
     nums = ev.to_dict()
-    names = [ep["name"] for ep in eps]
+    names = [ep.name for ep in eps]
     out = []
 
-    def flips(agreeing: bool) -> list[dict]:
+    def flips(agreeing: bool) -> list[Episode]:
         masks = []
         for ep in eps:
-            m = np.zeros(ep["n"], bool)
-            m[[k for d, k, ok in ev.events if d == ep["name"] and ok == agreeing]] = True
+            m = np.zeros(len(ep), bool)
+            m[[k for d, k, ok in ev.events if d == ep.name and ok == agreeing]] = True
             masks.append(m)
         return where_steps(names, masks)
 
     # [0, 1] files: the steps commanding 0, which robosuite reads as 'hold'
-    zero_steps = where_steps(names, [np.abs(ep["actions"][:, 6]) < 1e-6 for ep in eps])
+    zero_steps = where_steps(names, [np.abs(ep.actions[:, 6]) < 1e-6 for ep in eps])
     evid = (f"gripper command values {ev.values} (min {ev.min:g}, max {ev.max:g}); over {ev.n_events} command "
             f"flip(s) followed by a finger-width change > 1 mm, "
             + (f"{ev.agree:.0%} moved the fingers the LIBERO way (+ closes, - opens)" if ev.agree is not None
@@ -46,7 +48,7 @@ def check_gripper(eps: list[dict], data: str) -> list[Finding]:
             next=f"run_ablation.py doctor --data {data} --fix FIXED.hdf5 (or fix the converter)", numbers=nums,
             where=zero_steps))
     elif ev.range == "other":
-        out_of = where_steps(names, [(ep["actions"][:, 6] < -1 - 1e-6) | (ep["actions"][:, 6] > 1 + 1e-6) for ep in eps])
+        out_of = where_steps(names, [(ep.actions[:, 6] < -1 - 1e-6) | (ep.actions[:, 6] > 1 + 1e-6) for ep in eps])
         out.append(Finding("gripper.range", "warning", f"gripper command range [{ev.min:g}, {ev.max:g}] is unusual",
                            evid, fix="LIBERO gripper commands are -1 (open) and +1 (close)",
                            next=_doctor_cmd(data), numbers=nums, where=out_of))
@@ -68,11 +70,11 @@ def check_gripper(eps: list[dict], data: str) -> list[Finding]:
     return out
 
 
-def check_alignment(eps: list[dict], data: str, declared: str | None, spec_says: str | None) -> list[Finding]:
+def check_alignment(eps: list[Episode], data: str, declared: str | None, spec_says: str | None) -> list[Finding]:
     """declared: the file's obs_convention attribute; spec_says: the spec's data.obs_convention."""
     ev = L.alignment_evidence(eps)
     nums = ev.to_dict()
-    names = [ep["name"] for ep in eps]
+    names = [ep.name for ep in eps]
     said = spec_says if spec_says in ("before", "after") else declared
     who = ("the spec (data.obs_convention)" if spec_says in ("before", "after")
            else "the file (attribute data.obs_convention)")
@@ -99,7 +101,7 @@ def check_alignment(eps: list[dict], data: str, declared: str | None, spec_says:
                            fix="" if said else "set data.obs_convention: before or after in the spec",
                            next=_doctor_cmd(data), numbers=nums, where=where_demos(names)))
     share, k, n = L.noop_share(eps)
-    noops = where_steps(names, [L.noop_mask(ep["actions"]) for ep in eps])
+    noops = where_steps(names, [L.noop_mask(ep.actions) for ep in eps])
     nums = {"share": share, "noops": k, "steps": n, "threshold": L.NOOP_WARN_SHARE}
     evid = (f"{k} of {n} actions ({share:.1%}) are no-ops (||a[:6]|| < 1e-4 and the gripper command unchanged; "
             f"warn above {L.NOOP_WARN_SHARE:.0%})")
@@ -114,21 +116,21 @@ def check_alignment(eps: list[dict], data: str, declared: str | None, spec_says:
     return out
 
 
-def _demos_read_as(eps: list[dict], convention: str) -> list[str]:
+def _demos_read_as(eps: list[Episode], convention: str) -> list[str]:
     """The demos whose own data shows `convention` (each judged alone; all of them when none can be)."""
-    own = [ep["name"] for ep in eps if L.alignment_evidence([ep]).convention == convention]
-    return own or [ep["name"] for ep in eps]
+    own = [ep.name for ep in eps if L.alignment_evidence([ep]).convention == convention]
+    return own or [ep.name for ep in eps]
 
 
-def _demos_of_kind(eps: list[dict], kind: str) -> list[str]:
-    own = [ep["name"] for ep in eps if L.delta_kind_evidence([ep]).kind == kind]
-    return own or [ep["name"] for ep in eps]
+def _demos_of_kind(eps: list[Episode], kind: str) -> list[str]:
+    own = [ep.name for ep in eps if L.delta_kind_evidence([ep]).kind == kind]
+    return own or [ep.name for ep in eps]
 
 
-def check_action_kind(eps: list[dict], data: str) -> list[Finding]:
+def check_action_kind(eps: list[Episode], data: str) -> list[Finding]:
     ev = L.delta_kind_evidence(eps)
     nums = ev.to_dict()
-    names = [ep["name"] for ep in eps]
+    names = [ep.name for ep in eps]
     corr = ", ".join(f"{k} {v:.2f}" for k, v in ev.corr.items())
     if ev.kind == "double_delta":
         return [Finding("actions.kind", "serious", "actions look delta-transformed twice (deltas of deltas)",
@@ -148,20 +150,6 @@ def check_action_kind(eps: list[dict], data: str) -> list[Finding]:
     return [Finding("actions.kind", "warning", "the kind of the actions cannot be told", f"{ev.reason} ({corr})",
                     fix="check the converter: LIBERO actions are OSC deltas in [-1, 1]", next=_doctor_cmd(data),
                     numbers=nums, where=where_demos(names))]
-
-
-def image_frames(path: str, max_demos: int | None = None) -> dict[str, list[np.ndarray]]:
-    import h5py
-
-    out: dict[str, list[np.ndarray]] = {}
-    with h5py.File(path, "r") as f:
-        g = f["data"]
-        for name in L.demo_names(g)[:max_demos]:
-            obs = g[name]["obs"] if "obs" in g[name] else {}
-            for k in ("agentview_rgb", "eye_in_hand_rgb"):
-                if k in obs:
-                    out.setdefault(k, []).append(np.asarray(obs[k][()]))
-    return out
 
 
 def check_images(frames: dict[str, list[np.ndarray]], data: str, spec_uses_images: bool | None,

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import libero_file as L
-from ..data import DemoSet, Episode, read_demo_file, write_demo_file
+from .. import demo_evidence as L
+from ..demo_io import read_demo_file
+from ..episodes import DemoSet, Episode
+from ..libero_file import write_demo_file
 from ..errors import UserError
 from ..provenance import file_sha256
 
@@ -109,7 +111,7 @@ def fix_file(src: str | Path, out: str | Path, findings) -> FixResult:
         if f.severity in ("serious", "warning"):
             by_id.setdefault(f.id, f)
     eps, meta = list(ds.episodes), ds.meta
-    ev = L.gripper_evidence(L.load_episodes(src))
+    ev = L.gripper_evidence(ds.episodes)
     if "gripper.range" in by_id and ev.range == "[0, 1]":
         if ev.sign is None:
             res.not_fixable.append("D101 gripper.range: [0, 1] command, but which end closes cannot be told")

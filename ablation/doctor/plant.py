@@ -10,14 +10,15 @@ from typing import Callable
 
 import numpy as np
 
-from ..data import DemoSet, Episode, write_demo_file
+from ..episodes import DemoSet, Episode
+from ..libero_file import write_demo_file
 
 
 def clone(ep: Episode) -> Episode:
     return Episode(actions=ep.actions.copy(), obs={k: v.copy() for k, v in ep.obs.items()}, states=ep.states.copy(),
                    rewards=ep.rewards.copy(), dones=ep.dones.copy(), robot_states=ep.robot_states.copy(),
                    init_state=np.array(ep.init_state, copy=True), model_file=ep.model_file,
-                   extras={k: v.copy() for k, v in ep.extras.items()})
+                   extras={k: v.copy() for k, v in ep.extras.items()}, name=ep.name)
 
 
 def map_actions(ep: Episode, f) -> Episode:

@@ -34,7 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import LOWDIM_KEYS, IMAGE_KEYS, DemoFileError, Episode, write_demo_file
+from ..episodes import DemoFileError, Episode
+from ..libero_file import read_libero_file, write_demo_file
+from ..obs_features import IMAGE_KEYS, LOWDIM_KEYS
 from ..errors import UserError
 from ..provenance import versions
 from .env import WAIT_ACTION, freeze_long_lived_objects, make_env
@@ -412,9 +414,7 @@ def generate_demos(suite: str, task: int, n: int, out: str | Path, images: bool 
 
 
 def demo_summary(path: str | Path) -> str:
-    from ..data import read_demo_file
-
-    ds = read_demo_file(path)
+    ds = read_libero_file(path)
     a = ds.meta.attrs
     lens = [len(e) for e in ds.episodes]
     starts = a.get("starts", "benchmark_init_states")

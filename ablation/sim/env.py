@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import DemoMeta, env_obs_to_libero
+from ..episodes import DemoMeta
+from ..obs_features import env_obs_to_libero
 from .fast_step import FastStepper, check_versions
 from .libero_setup import SUITE_MAX_STEPS, LiberoSetupError, check_task, ensure_libero, list_tasks
 
