@@ -33,7 +33,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "evaluation": ("rollout", "rollout_pool", "gates"),
     # A study: runs and their stages, plans in looks, tuning, analysis, report, MLflow, the workdir.
     "study": ("run", "stages", "executors", "plan", "plan_record", "plan_eta", "tune", "pretrain", "analysis", "needs",
-              "hypothesis", "verdicts", "calibration", "report", "tracking", "workdir"),
+              "hypothesis", "verdicts", "calibration", "report", "tracking", "workdir",
+              "registry", "profiles", "arms", "plan_print"),
     # What a user types: the CLI, its commands and the doctor.
     "commands": ("cli", "commands", "doctor"),
 }

@@ -161,7 +161,9 @@ def test_runs_of_an_older_workdir_are_found_by_their_legacy_hash(first_run, work
     the identity) records an mp4 of the chosen init states, logged to the run."""
     import json
 
-    from ablation.plan import TAG_LEGACY_HASH, load_profile, resolve_plan
+    from ablation.arms import resolve_plan
+    from ablation.profiles import load_profile
+    from ablation.registry import TAG_LEGACY_HASH
     from ablation.spec import load_plan
 
     plan, first = first_run
