@@ -82,8 +82,10 @@ class PlanBook:
     timing: dict = field(default_factory=dict)
     unit_of: dict[str, RunUnit] = field(default_factory=dict)      # run id -> its unit (results come in any order)
 
-    def write(self, ctx: PlanContext) -> None:
-        write_plan_record(ctx.tracker, ctx.parent, self.rp, self.runs, self.looks, self.timing, self.demos)
+    def write(self, ctx: PlanContext, final: bool = False) -> None:
+        """The record so far; its timing only when `final` (mid-run it would be partial)."""
+        write_plan_record(ctx.tracker, ctx.parent, self.rp, self.runs, self.looks, self.timing if final else None,
+                          self.demos)
 
 
 def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[int] | None = None,
@@ -282,7 +284,7 @@ def finish(ctx: PlanContext, book: PlanBook, results: list[RunResult], t0: float
         log.warning(f"[plan] report not written: {type(e).__name__}: {e}")
         traceback.print_exc()
     book.timing["wall_s"] = time.time() - t0
-    book.write(ctx)
+    book.write(ctx, final=True)
     print_timing(book.timing)
     failed = [r for r in results if r.status == "FAILED"]
     ctx.tracker.log_metrics(ctx.parent, [("plan/runs_failed", len(failed), 0)] +
@@ -328,7 +330,8 @@ def dry_run_outcome(rp: ResolvedPlan, profile: Profile, uri: str, experiment: st
         Tracker.open(uri, experiment, workdir / "mlartifacts")
     planned = []
     for u in rp.units():
-        rid, state = (find_spec_run(tracker, u.spec) if tracker else None) or ("", "to run")
+        found = find_spec_run(tracker, u.spec) if tracker else None
+        rid, state = (found.info.run_id, found.info.status.lower()) if found else ("", "to run")
         print(f"  - {u.arm.name:<26} seed {u.seed}{task_text(u)}  hash {u.spec.hash()}  "
               f"{state}{f' (run {rid[:8]})' if rid else ''}")
         planned.append({"arm": u.arm.name, "seed": u.seed, "task": u.spec.data.task, "suite": u.spec.data.suite,

@@ -75,10 +75,17 @@ def open_plan_run(tracker: Tracker, *, plan: str, key: str, profile: str, descri
     return rid
 
 
-def find_spec_run(tracker: Tracker, spec: Spec) -> tuple[str, str] | None:
-    """(run id, its status in lower case) of the newest run of this exact spec and seed (any plan), or None."""
-    prev = tracker.find_spec_run(spec.hash(), spec.train.seed, spec.legacy_hash())
-    return None if prev is None else (prev.info.run_id, prev.info.status.lower())
+def find_spec_run(tracker: Tracker, spec: Spec):
+    """The MLflow run of this exact resolved spec and seed (any plan): the newest FINISHED one, else the newest
+    of any status; None if there is none. Runs of an older workdir are found by Spec.legacy_hash when none
+    carries the current hash."""
+    hashes = dict.fromkeys((spec.hash(), spec.legacy_hash()))  # (one, when they agree)
+    for h in hashes:
+        runs = tracker.find_runs(f"tags.`{TAG_SPEC_HASH}` = '{h}' and tags.`{TAG_SEED}` = '{spec.train.seed}' "
+                                 f"and tags.`{TAG_KIND}` = 'spec_run'")
+        if runs:
+            return next((r for r in runs if r.info.status == "FINISHED"), runs[0])
+    return None
 
 
 def ensure_spec_run(tracker: Tracker, spec: Spec, *, name: str, parent: str, arm: str, plan: str, profile: str,
@@ -86,7 +93,7 @@ def ensure_spec_run(tracker: Tracker, spec: Spec, *, name: str, parent: str, arm
     """(run id, state) for one spec x seed: its existing run (any plan), or a new one nested under `parent`.
     state: the found run's status in lower case, or "new". An unfinished run found is adopted by this plan
     (re-tagged, moved under `parent`); one found by its legacy hash carries the current hash from now on."""
-    prev = tracker.find_spec_run(spec.hash(), spec.train.seed, spec.legacy_hash())
+    prev = find_spec_run(tracker, spec)
     tags = {**identity_tags("spec_run", spec), TAG_ARM: arm, TAG_PROFILE: profile, TAG_PLAN: plan,
             **owner_tags(), **source_tags(spec.description)}
     digest = None
