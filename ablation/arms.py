@@ -134,6 +134,9 @@ def plan_tasks(plan: Plan, sets: list[str]) -> tuple[str | tuple[int, ...] | Non
 
 def resolve_plan(plan: Plan, profile: Profile, seeds: list[int] | None = None, only: list[str] | None = None,
                  extra_sets: list[str] | None = None) -> ResolvedPlan:
+    """The plan's arms on this profile: every arm its hypotheses and entries name, less `skip_arms`, kept to
+    `only` (arm names or file stems), each spec resolved with the profile's, the plan's, its entry's and
+    `extra_sets`; `seeds` replaces every arm's seeds. Unknown arms and bad tasks raise SpecError."""
     plan_dir = Path(plan.path).parent if plan.path else EXPERIMENTS_DIR / "plans"
     hyps = [load_hypothesis(h, plan_dir) for h in plan.hypotheses]
     names: list[str] = []
