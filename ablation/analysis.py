@@ -8,21 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .hypothesis import NEEDS, Hypothesis
+from .hypothesis import Comparison, Hypothesis
+from .needs import ArmFacts, starts_pretrained, unmet_needs  # noqa: F401  (ArmFacts: callers import it here too)
 from .plan_record import task_label
 from .rules import DEFAULT_RULES, DecisionRules
-from .stats import (EpisodeArrays, SeedEffect, SequentialDesign, contrast_effect, episodes_needed_t, heterogeneity, holm_difference_equivalence,
-                    per_task_seed_effects, seed_effect, seeds_needed, to_arrays)
+from .stats import (EpisodeArrays, SeedEffect, SequentialDesign, StepDown, contrast_effect, episodes_needed_t,
+                    heterogeneity, holm_difference_equivalence, per_task_seed_effects, seed_effect, seeds_needed,
+                    to_arrays)
 
 DECIDED_WORDS = ("better", "worse", "no meaningful difference")
-
-
-@dataclass
-class ArmFacts:
-    """What the needs of a hypothesis are checked against, per arm."""
-
-    rot_spread_deg: float | None = None   # median over demos of the largest turn (audit)
-    pretrained: bool = False              # fine-tunes a network with slot meanings
 
 
 @dataclass
@@ -85,11 +79,6 @@ class ComparisonResult:
         return self.word == want
 
 
-def starts_pretrained(spec) -> bool:
-    """Whether the spec's network starts from pretrained weights (a checkpoint or a pretraining stage)."""
-    return bool(spec.model.pretrained or getattr(spec.train, "init_from", None))
-
-
 def with_demo_spread(facts: dict[str, ArmFacts], others) -> dict[str, ArmFacts]:
     """`facts` plus entries for arms in `others` that have none (e.g. dropped before training as
     untestable, so never audited): the demos' rotation spread measured by the arms that ran stands
@@ -108,27 +97,6 @@ def mark_left_out(comps: list["ComparisonResult"], skipped: dict[str, str]) -> l
         if c.word == "missing" and why:
             c.word, c.why = "left out", f"left out of this plan: {why}"
     return comps
-
-
-def unmet_needs(needs: tuple[str, ...], arms: list[str], facts: dict[str, ArmFacts],
-                rules: DecisionRules = DEFAULT_RULES) -> list[str]:
-    """The needs (with the measured reason) that these arms do not meet."""
-    out = []
-    min_deg = rules.rot_spread_min_deg
-    for need in needs:
-        if need == "rotation_varies":
-            spreads = [facts[a].rot_spread_deg for a in arms if a in facts and facts[a].rot_spread_deg is not None]
-            if spreads and max(spreads) < min_deg:
-                out.append(f"the demos' rotation spread is {max(spreads):.1f} deg (< {min_deg:g} deg): "
-                           "the expert barely turns on this task, so scaling rotation cannot matter here")
-            elif not spreads:
-                out.append("the demos' rotation spread was not measured (no audit)")
-        elif need == "pretrained_slots":
-            cold = [a for a in arms if a in facts and not facts[a].pretrained]
-            if cold:
-                out.append(f"{', '.join(cold)} start(s) from random weights: slot positions have no meaning "
-                           "before pretraining (" + NEEDS[need].split(';')[0] + ")")
-    return out
 
 
 def bound_of(rate_arm: float, rate_control: float, expect: str, rules: DecisionRules) -> str:
@@ -171,32 +139,8 @@ def judge(hypotheses: list[Hypothesis], records: "list[dict] | EpisodeArrays", f
     effects: dict[tuple[str, str, str], SeedEffect] = {}
     for h in hypotheses:
         margin_h = h.rule_overrides(rules).margin
-        for c in h.comparisons:
-            key = (h.name, c.arm, c.control)
-            res = ComparisonResult(h.name, c.arm, c.control, c.expect, c.label, "inconclusive")
-            unmet = unmet_needs((*h.needs, *c.needs), [c.arm, c.control], facts, rules)
-            if unmet:
-                res.word, res.why = "untestable", "; ".join(unmet)
-            elif c.arm not in arms_with_data or c.control not in arms_with_data:
-                missing = [a for a in (c.arm, c.control) if a not in arms_with_data]
-                res.word, res.why = "missing", f"no finished episodes of {', '.join(missing)}"
-            else:
-                try:
-                    # Tasks are a random factor: the verdict is about tasks like these, not only these.
-                    eff = seed_effect(arrays, c.arm, c.control, tasks="random")
-                except ValueError as e:
-                    res.word, res.why = "missing", str(e)
-                else:
-                    effects[key] = eff
-                    _fill(res, eff, margin_h, rules, c.expect)
-                    if eff.n_tasks > 1:
-                        per = per_task_seed_effects(arrays, c.arm, c.control)
-                        het = heterogeneity(per, alpha=rules.alpha)
-                        res.per_task = [{"task": t, "estimate": e.estimate, "lo": e.lo, "hi": e.hi,
-                                         "rate_arm": e.rate_arm, "rate_control": e.rate_control,
-                                         "n_states": e.n_states, "p_value": e.p_value} for t, e in per.items()]
-                        res.heterogeneity, res.tasks_disagree = het.note, het.disagree
-            out.append(res)
+        out += [_judge_comparison(h, c, arrays, arms_with_data, facts, rules, margin_h, effects)
+                for c in h.comparisons]
         if h.kind == "factorial" and h.factorial is not None:
             out += _judge_factorial(h, arrays, arms_with_data, facts, rules, margin_h, effects)
     names = {k: "|".join(k) for k in effects}
@@ -211,21 +155,59 @@ def judge(hypotheses: list[Hypothesis], records: "list[dict] | EpisodeArrays", f
         prev = (previous or {}).get(key)
         if prev is not None and prev.decided:
             _carry_decision(res, prev)
-            continue
-        eff, st = effects[key], steps[names[key]]
-        res.p_holm, res.p_equiv_holm, res.alpha_look = st.p_diff_adj, st.p_equiv_adj, alpha_k
-        res.level = 1.0 - alpha_k / st.divisor
-        res.lo, res.hi = eff.interval(res.level)
-        if st.p_diff_adj <= alpha_k and eff.estimate != 0:
-            res.word, res.decided_at_look = ("better" if eff.estimate > 0 else "worse"), look_index
-        elif st.p_equiv_adj <= alpha_k:
-            res.word, res.decided_at_look = "no meaningful difference", look_index
-            res.level = 1.0 - 2.0 * alpha_k / st.equiv_divisor   # the TOST interval inside +-margin
-            res.lo, res.hi = eff.interval(res.level)
         else:
-            res.word = "inconclusive"
-            _what_it_needs(res, eff, alpha_k / st.divisor, rules)
+            _decide(res, effects[key], steps[names[key]], alpha_k, look_index, rules)
     return out
+
+
+def _judge_comparison(h: Hypothesis, c: Comparison, arrays: EpisodeArrays, arms_with_data: set, facts: dict,
+                      rules: DecisionRules, margin: float, effects: dict) -> ComparisonResult:
+    """One comparison's figures before the family's step-down: untestable (a need unmet), missing (no
+    episodes), or its seed-level effect (added to `effects`), pooled over tasks with each task's part."""
+    res = ComparisonResult(h.name, c.arm, c.control, c.expect, c.label, "inconclusive")
+    unmet = unmet_needs((*h.needs, *c.needs), [c.arm, c.control], facts, rules)
+    if unmet:
+        res.word, res.why = "untestable", "; ".join(unmet)
+        return res
+    if c.arm not in arms_with_data or c.control not in arms_with_data:
+        missing = [a for a in (c.arm, c.control) if a not in arms_with_data]
+        res.word, res.why = "missing", f"no finished episodes of {', '.join(missing)}"
+        return res
+    try:
+        # Tasks are a random factor: the verdict is about tasks like these, not only these.
+        eff = seed_effect(arrays, c.arm, c.control, tasks="random")
+    except ValueError as e:
+        res.word, res.why = "missing", str(e)
+        return res
+    effects[(h.name, c.arm, c.control)] = eff
+    _fill(res, eff, margin, rules, c.expect)
+    if eff.n_tasks > 1:
+        per = per_task_seed_effects(arrays, c.arm, c.control)
+        het = heterogeneity(per, alpha=rules.alpha)
+        res.per_task = [{"task": t, "estimate": e.estimate, "lo": e.lo, "hi": e.hi,
+                         "rate_arm": e.rate_arm, "rate_control": e.rate_control,
+                         "n_states": e.n_states, "p_value": e.p_value} for t, e in per.items()]
+        res.heterogeneity, res.tasks_disagree = het.note, het.disagree
+    return res
+
+
+def _decide(res: ComparisonResult, eff: SeedEffect, st: StepDown, alpha_k: float, look_index: int,
+            rules: DecisionRules) -> None:
+    """The word at this look from the family's step-down `st`: better / worse (difference test), no
+    meaningful difference (equivalence test, with its TOST interval), else inconclusive with what it
+    would need."""
+    res.p_holm, res.p_equiv_holm, res.alpha_look = st.p_diff_adj, st.p_equiv_adj, alpha_k
+    res.level = 1.0 - alpha_k / st.divisor
+    res.lo, res.hi = eff.interval(res.level)
+    if st.p_diff_adj <= alpha_k and eff.estimate != 0:
+        res.word, res.decided_at_look = ("better" if eff.estimate > 0 else "worse"), look_index
+    elif st.p_equiv_adj <= alpha_k:
+        res.word, res.decided_at_look = "no meaningful difference", look_index
+        res.level = 1.0 - 2.0 * alpha_k / st.equiv_divisor   # the TOST interval inside +-margin
+        res.lo, res.hi = eff.interval(res.level)
+    else:
+        res.word = "inconclusive"
+        _what_it_needs(res, eff, alpha_k / st.divisor, rules)
 
 
 def _judge_factorial(h: Hypothesis, arrays: EpisodeArrays, arms_with_data: set, facts: dict, rules: DecisionRules,

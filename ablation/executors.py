@@ -21,9 +21,11 @@ driver, while the object store would copy each HDF5 file to every node that runs
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import replace
 from multiprocessing import get_context
@@ -34,6 +36,8 @@ from .errors import UserError
 from .locks import file_lock
 from .run import RunJob, RunResult, execute
 from .tracking import Tracker
+
+log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "ray")
 TAG_WORKER_HOST = "ablation.worker_host"
@@ -66,10 +70,10 @@ def run_job(job: RunJob, on_train_metrics: Callable[[int, dict], None] | None = 
         return execute(job, on_train_metrics=on_train_metrics)
 
 
-def worker_died(job: RunJob, error: BaseException) -> RunResult:
+def worker_died(job: RunJob, error: BaseException, what: str = "worker died") -> RunResult:
     """Record on the run (from the driver) that its worker process died, and why."""
     first = (str(error).strip().splitlines() or [""])[0]
-    reason = f"worker died: {type(error).__name__}: {first}"
+    reason = f"{what}: {type(error).__name__}: {first}"
     Tracker(job.tracking_uri, job.experiment_id).end_run(job.run_id, "FAILED", reason)
     return RunResult(job.spec_name, job.seed, job.run_id, "FAILED", reason)
 
@@ -84,8 +88,14 @@ class LocalExecutor:
     """Runs RunJobs: in this process (jobs=1) or in a pool of spawned processes kept for the whole
     plan, so each worker's imports and simulator are paid once, not once per run or per look."""
 
-    def __init__(self, n_jobs: int):
+    # A worker killed mid-run (the OOM killer, a kill -9) breaks the whole process pool: every run still
+    # in it fails with BrokenProcessPool, though only one process died, and the pool cannot say which.
+    # So the runs of a broken pool go once more, together, to a fresh pool (each resumes from its
+    # checkpoint). If that pool breaks too, the runs left go one at a time: a run whose pool breaks while
+    # it runs alone is the one that kills its worker, and only it is recorded FAILED, with the reason.
+    def __init__(self, n_jobs: int, job_fn: Callable[[RunJob], RunResult] = run_job):
         self.n_jobs = n_jobs
+        self.job_fn = job_fn  # module-level and picklable: the spawned workers import it
         self.pool = ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn")) if n_jobs > 1 else None
 
     @property
@@ -99,26 +109,46 @@ class LocalExecutor:
             if self.pool is None:
                 for j in jobs:
                     bar.set_postfix_str(f"{j.spec_name} seed {j.seed}")
-                    res = run_job(j)
+                    res = self.job_fn(j)
                     bar.update()
                     yield res
             else:
-                futs = {self.pool.submit(run_job, j): j for j in jobs}
-                for fut in as_completed(futs):
-                    j = futs[fut]
-                    try:
-                        res = fut.result()
-                    except Exception as e:  # the worker process died (killed, out of memory): record it
-                        res = worker_died(j, e)
-                        self._restart()
-                    bar.set_postfix_str(f"{j.spec_name} seed {j.seed}: {res.status}")
+                for res in self._run_pooled(jobs):
+                    bar.set_postfix_str(f"{res.spec_name} seed {res.seed}: {res.status}")
                     bar.update()
                     yield res
         finally:
             bar.close()
 
+    def _run_pooled(self, jobs: list[RunJob]) -> Iterator[RunResult]:
+        todo, breaks = list(jobs), 0
+        while todo:
+            alone = breaks >= 2
+            again: list[RunJob] = []
+            for batch in ([[j] for j in todo] if alone else [todo]):
+                futs = {self.pool.submit(self.job_fn, j): j for j in batch}
+                restarted = False
+                for fut in as_completed(futs):
+                    j = futs[fut]
+                    try:
+                        yield fut.result()
+                        continue
+                    except BrokenProcessPool as e:  # a worker process died (killed, out of memory)
+                        if not restarted:   # a broken pool refuses new work: one fresh pool per break
+                            self._restart()
+                            restarted = True
+                        if alone:
+                            yield worker_died(j, e)
+                        else:
+                            log.warning("%s seed %s: a worker process died (%s); the run goes again in a "
+                                        "fresh pool", j.spec_name, j.seed, type(e).__name__)
+                            again.append(j)
+                    except Exception as e:  # the call itself failed in the worker (execute records its own errors)
+                        yield worker_died(j, e, "the run raised in its worker")
+            breaks += bool(again)
+            todo = again
+
     def _restart(self) -> None:
-        # A broken pool refuses new work; later looks get a fresh one.
         try:
             self.pool.shutdown(wait=False, cancel_futures=True)
         except Exception:

@@ -9,7 +9,7 @@ everything from these files and from MLflow, so adding a hypothesis means writin
     title: "Training length"
     claim: "The baseline fails because 1200 steps are too few."
     mechanism: "..."
-    needs: []                           # see NEEDS below
+    needs: []                           # registered names: ablation/needs.py NEEDS
     kind: comparisons                   # or: correlation
     comparisons:
       - {arm: baseline_2x, control: baseline_rdt, expect: better}
@@ -25,19 +25,12 @@ from typing import Literal, Optional
 
 from pydantic import Field, ValidationError
 
+from .needs import NEEDS  # what a hypothesis may need before it can be tested: registered Need classes
 from .rules import DEFAULT_RULES, DecisionRules
 from .spec import EXPERIMENTS_DIR, SpecError, _Frozen, _read_yaml, format_validation_error
 
 HYPOTHESES_DIR = EXPERIMENTS_DIR / "hypotheses"
 
-# What a hypothesis may need before it can be tested, and how the harness checks it.
-NEEDS = {
-    "rotation_varies": "the demos turn the gripper (rotation spread >= ROT_SPREAD_MIN_DEG degrees); "
-                       "with a constant orientation, a change to how rotation is scaled cannot matter",
-    "pretrained_slots": "the arms fine-tune a network pretrained with meanings in its action slots "
-                        "(model.pretrained or train.init_from); a randomly initialised network gives "
-                        "slot positions no meaning",
-}
 ROT_SPREAD_MIN_DEG = DEFAULT_RULES.rot_spread_min_deg
 
 Expect = Literal["better", "worse", "same"]

@@ -1,18 +1,101 @@
-"""Needs known before training: arms that only serve untestable comparisons are not run.
+"""What a hypothesis needs of the task or the arms: the registry of needs, the facts they are checked on,
+and the arms a plan need not train because every comparison they serve is untestable.
 
-A hypothesis may need something of the task (`rotation_varies`) or of the arms (`pretrained_slots`),
-see `hypothesis.NEEDS`. Both can be read before any training: the rotation spread from the demo
-files the plan has just made, pretraining from the specs. A comparison whose need is unmet would be
-judged "untestable" after training anyway, so training its arms only costs time (on libero_object
-task 0 the expert never turns, and the rotation-scaled arms are 6 of the plan's runs). An arm that
-some testable comparison still uses is kept.
+A need is a registered class with its check and its message: `rotation_varies` (the demos turn the
+gripper) and `pretrained_slots` (the arms fine-tune a network whose action slots have meanings). A
+hypothesis file names needs by their registry key (`hypothesis.load_hypothesis` refuses unknown ones);
+`unmet_needs` is what `analysis.judge` asks after training and `untestable_arms` before it. Both can be
+read before any training: the rotation spread from the demo files the plan has just made, pretraining
+from the specs. A comparison whose need is unmet would be judged "untestable" after training anyway,
+so training its arms only costs time (on libero_object task 0 the expert never turns, and the
+rotation-scaled arms are 6 of the plan's runs). An arm that some testable comparison still uses is kept.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
-from .analysis import ArmFacts, starts_pretrained, unmet_needs
-from .hypothesis import Hypothesis
+from .rules import DEFAULT_RULES, DecisionRules
+
+if TYPE_CHECKING:
+    from .hypothesis import Hypothesis
+
+
+@dataclass
+class ArmFacts:
+    """What the needs of a hypothesis are checked against, per arm."""
+
+    rot_spread_deg: float | None = None   # median over demos of the largest turn (audit)
+    pretrained: bool = False              # fine-tunes a network with slot meanings
+
+
+class Need:
+    """One need: its registry `name`, the `description` a hypothesis file's reader sees, and `unmet`,
+    the measured reason these arms do not meet it (None when they do)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def unmet(self, arms: list[str], facts: dict[str, ArmFacts], rules: DecisionRules) -> str | None:
+        raise NotImplementedError
+
+
+NEEDS: dict[str, Need] = {}
+
+
+def register_need(cls: type[Need]) -> type[Need]:
+    """Class decorator: add one instance of `cls` to NEEDS under its name (a name is registered once)."""
+    if cls.name in NEEDS:
+        raise ValueError(f"need {cls.name!r} is registered twice ({type(NEEDS[cls.name]).__name__}, {cls.__name__})")
+    NEEDS[cls.name] = cls()
+    return cls
+
+
+@register_need
+class RotationVaries(Need):
+    name = "rotation_varies"
+    description = ("the demos turn the gripper (rotation spread >= ROT_SPREAD_MIN_DEG degrees); "
+                   "with a constant orientation, a change to how rotation is scaled cannot matter")
+
+    def unmet(self, arms: list[str], facts: dict[str, ArmFacts], rules: DecisionRules) -> str | None:
+        min_deg = rules.rot_spread_min_deg
+        spreads = [facts[a].rot_spread_deg for a in arms if a in facts and facts[a].rot_spread_deg is not None]
+        if not spreads:
+            return "the demos' rotation spread was not measured (no audit)"
+        if max(spreads) < min_deg:
+            return (f"the demos' rotation spread is {max(spreads):.1f} deg (< {min_deg:g} deg): "
+                    "the expert barely turns on this task, so scaling rotation cannot matter here")
+        return None
+
+
+@register_need
+class PretrainedSlots(Need):
+    name = "pretrained_slots"
+    description = ("the arms fine-tune a network pretrained with meanings in its action slots "
+                   "(model.pretrained or train.init_from); a randomly initialised network gives "
+                   "slot positions no meaning")
+
+    def unmet(self, arms: list[str], facts: dict[str, ArmFacts], rules: DecisionRules) -> str | None:
+        cold = [a for a in arms if a in facts and not facts[a].pretrained]
+        if not cold:
+            return None
+        return (f"{', '.join(cold)} start(s) from random weights: slot positions have no meaning "
+                "before pretraining (" + self.description.split(';')[0] + ")")
+
+
+def unmet_needs(needs: tuple[str, ...], arms: list[str], facts: dict[str, ArmFacts],
+                rules: DecisionRules = DEFAULT_RULES) -> list[str]:
+    """The needs (with the measured reason) that these arms do not meet, in the order named."""
+    unknown = [n for n in needs if n not in NEEDS]
+    if unknown:
+        raise ValueError(f"needs {', '.join(unknown)} not known; known: {', '.join(NEEDS)}")
+    return [why for why in (NEEDS[n].unmet(arms, facts, rules) for n in needs) if why]
+
+
+def starts_pretrained(spec) -> bool:
+    """Whether the spec's network starts from pretrained weights (a checkpoint or a pretraining stage)."""
+    return bool(spec.model.pretrained or getattr(spec.train, "init_from", None))
 
 
 def demo_rotation_spread_deg(demo_file: Path) -> float:

@@ -23,7 +23,7 @@ from calibration import old_judge  # noqa: E402
 from ablation.analysis import ArmFacts, judge, mark_left_out, with_demo_spread  # noqa: E402
 from ablation.hypothesis import Hypothesis  # noqa: E402
 from ablation.plan_record import PLAN_RECORD  # noqa: E402
-from ablation.report import _download_json, collect, find_plan_run  # noqa: E402
+from ablation.recorded_plan import collect, download_json, find_plan_run  # noqa: E402
 from ablation.rules import DEFAULT_RULES  # noqa: E402
 from ablation.stats import to_arrays  # noqa: E402
 from ablation.tracking import Tracker, default_tracking_uri  # noqa: E402
@@ -36,7 +36,7 @@ def main() -> int:
     args = ap.parse_args()
     tracker = Tracker.open(default_tracking_uri(args.workdir), "libero-action-ablation", args.workdir / "mlartifacts")
     parent = find_plan_run(tracker, args.plan)
-    record = _download_json(tracker, parent.info.run_id, PLAN_RECORD)
+    record = download_json(tracker, parent.info.run_id, PLAN_RECORD)
     hyps = [Hypothesis.model_validate({k: v for k, v in h.items() if k != "path"}) for h in record["hypotheses"]]
     rows, records, _ = collect(tracker, record)
     facts = with_demo_spread({r.arm: ArmFacts(rot_spread_deg=r.rot_spread_deg,

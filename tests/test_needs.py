@@ -8,8 +8,11 @@ import pytest
 
 from ablation.analysis import ArmFacts
 from ablation.data import write_demo_file
-from ablation.hypothesis import load_hypothesis
-from ablation.needs import demo_rotation_spread_deg, plan_time_facts, untestable_arms
+from ablation.hypothesis import HYPOTHESES_DIR, load_hypothesis
+from ablation.needs import (NEEDS, Need, demo_rotation_spread_deg, plan_time_facts, register_need, unmet_needs,
+                            untestable_arms)
+from ablation.rules import DEFAULT_RULES
+from ablation.spec import SpecError
 from tests.conftest import synthetic_episode, synthetic_meta
 
 H1 = ["H1_scale_absolute", "H1_scale_relative", "H1_mechanism"]
@@ -69,3 +72,37 @@ def test_arms_dropped_before_training_are_judged_on_the_demos_spread():
     res = judge([load_hypothesis("H1_scale_absolute")], [], facts, look_index=0, looks=[20])
     second = next(r for r in res if r.arm == "fix_pos_cm_rot_small")
     assert second.word == "untestable" and "1.9 deg" in second.why, second.why
+
+
+def test_needs_are_registered_classes_with_a_check_and_a_message():
+    """Each need is one registered class; a hypothesis file may name only registered ones, and the
+    measured reason names the arms or the figure that fall short."""
+    assert set(NEEDS) == {"rotation_varies", "pretrained_slots"}
+    assert all(isinstance(n, Need) and n.name == key and n.description for key, n in NEEDS.items())
+    flat = {"a": ArmFacts(rot_spread_deg=1.2), "b": ArmFacts(rot_spread_deg=3.0, pretrained=True)}
+    assert unmet_needs(("rotation_varies",), ["a", "b"], flat) == [
+        "the demos' rotation spread is 3.0 deg (< 5 deg): the expert barely turns on this task, so scaling "
+        "rotation cannot matter here"]
+    assert unmet_needs(("rotation_varies",), ["a"], {"a": ArmFacts()}) == [
+        "the demos' rotation spread was not measured (no audit)"]
+    assert unmet_needs(("rotation_varies",), ["a"], {"a": ArmFacts(rot_spread_deg=30.0)}) == []
+    # a looser rule moves the threshold
+    assert unmet_needs(("rotation_varies",), ["a", "b"], flat, DEFAULT_RULES.with_overrides(
+        {"rot_spread_min_deg": 2.0})) == []
+    cold = unmet_needs(("pretrained_slots",), ["a", "b"], flat)
+    assert cold == ["a start(s) from random weights: slot positions have no meaning before pretraining (the arms "
+                    "fine-tune a network pretrained with meanings in its action slots (model.pretrained or "
+                    "train.init_from))"]
+    with pytest.raises(ValueError, match="needs no_such_need not known; known: rotation_varies, pretrained_slots"):
+        unmet_needs(("no_such_need",), ["a"], flat)
+
+
+def test_a_need_name_is_registered_once_and_a_file_naming_an_unknown_need_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="registered twice"):
+        register_need(type("Again", (Need,), {"name": "rotation_varies", "description": "x"}))
+    text = (HYPOTHESES_DIR / "H1_scale_relative.yaml").read_text()
+    assert "rotation_varies" in text
+    bad = tmp_path / "H_bad.yaml"
+    bad.write_text(text.replace("rotation_varies", "rotation_variez"))
+    with pytest.raises(SpecError, match="needs: rotation_variez not known; known: rotation_varies, pretrained_slots"):
+        load_hypothesis(str(bad))

@@ -18,8 +18,10 @@ import pytest
 from ablation.hypothesis import load_hypothesis
 from ablation.plan_record import PLAN_RECORD
 from ablation.report import build_report
+from ablation.report.prose import carried
 from ablation.stages import log_episodes
 from ablation.tracking import TAG_KIND, TAG_SEED, TAG_SPEC, Tracker, default_tracking_uri
+from ablation.verdicts import HypothesisVerdict
 
 REPO = Path(__file__).resolve().parents[1]
 STATES = 20
@@ -224,13 +226,11 @@ def test_report_command_finds_the_plan_through_its_parent_run(tracker, tmp_path)
 
 
 def test_answer_rests_a_correlation_verdict_on_its_interval():
-    from ablation.report import HypothesisVerdict, _carried
-
     v = HypothesisVerdict("H2_loss_proxy", "Loss dilution", "claim", "SUPPORTED",
                           "Do not read the loss value. (Warning: the baseline did not reproduce the seed's failure.)",
                           [], {"rho": 0.38, "lo": -0.22, "hi": 0.75, "n": 12, "word": "unclear"})
-    assert _carried(v, []) == ("H2_loss_proxy (rank correlation rho +0.38 [-0.22, +0.75] over 12 runs): Do not read "
-                               "the loss value. (Warning: the baseline did not reproduce the seed's failure.)")
+    assert carried(v, []) == ("H2_loss_proxy (rank correlation rho +0.38 [-0.22, +0.75] over 12 runs): Do not read "
+                              "the loss value. (Warning: the baseline did not reproduce the seed's failure.)")
 
 
 def test_no_difference_at_the_floor_is_untestable_not_not_supported(tracker, tmp_path):
