@@ -59,14 +59,15 @@ def checkpoint_lock(ckpt_dir: str | Path):
         yield
 
 
-def run_job(job: RunJob) -> RunResult:
-    """The one run pipeline for one RunJob, in whatever process the executor chose."""
+def run_job(job: RunJob, on_train_metrics: Callable[[int, dict], None] | None = None) -> RunResult:
+    """The one run pipeline for one RunJob, in whatever process the executor (or the tuner) chose.
+    on_train_metrics: also called with the trainer's metrics (the tuner reports and prunes there)."""
     try:
         Tracker(job.tracking_uri, job.experiment_id).set_tags(job.run_id, worker_tags())
     except Exception:  # an unreachable store: execute() records that failure on its own
         pass
     with checkpoint_lock(job.ckpt_dir):
-        return execute(job)
+        return execute(job, on_train_metrics=on_train_metrics)
 
 
 def worker_died(job: RunJob, error: BaseException, what: str = "worker died") -> RunResult:

@@ -37,7 +37,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # A study: runs and their stages, plans in looks, tuning, analysis, report, MLflow, the workdir.
     # recorded_plan reads a finished plan back from MLflow, findings judges it, the report package presents it.
     "study": ("run", "stages", "executors", "plan", "plan_record", "plan_eta", "tune", "pretrain", "analysis", "needs",
-              "hypothesis", "verdicts", "calibration", "recorded_plan", "findings", "report", "tracking", "workdir"),
+              "hypothesis", "verdicts", "calibration", "recorded_plan", "findings", "report", "tracking", "workdir",
+              "registry", "profiles", "arms", "plan_print"),
     # What a user types: the CLI, its commands and the doctor.
     "commands": ("cli", "commands", "doctor"),
 }

@@ -1,4 +1,6 @@
-"""MLflow glue: one store, a parent run per plan invocation, a nested run per spec x seed.
+"""MLflow glue: one store and experiment, calls retried while a server restarts, metrics sent in batches.
+
+Which runs exist, and their tags, is ablation/registry.py's: it creates, finds and marks them through here.
 
 Everything goes through `MlflowClient` with explicit run ids, so worker processes can log to a run
 created by the parent without relying on MLflow's global "active run" state. Metrics are buffered
@@ -317,17 +319,6 @@ class Tracker:
     def find_runs(self, filter_string: str, max_results: int = 1000) -> list:
         return self.client.search_runs([self.experiment_id], filter_string=filter_string,
                                        max_results=max_results, order_by=["attributes.start_time DESC"])
-
-    def find_spec_run(self, spec_hash: str, seed: int, legacy_hash: str | None = None) -> Any | None:
-        """The newest run of this exact resolved spec and seed, whatever its status; runs of an older
-        workdir are found by `legacy_hash` (Spec.legacy_hash) when none carries `spec_hash`."""
-        for h in (spec_hash, legacy_hash) if legacy_hash and legacy_hash != spec_hash else (spec_hash,):
-            runs = self.find_runs(f"tags.`{TAG_SPEC_HASH}` = '{h}' and tags.`{TAG_SEED}` = '{seed}' "
-                                  f"and tags.`{TAG_KIND}` = 'spec_run'")
-            finished = [r for r in runs if r.info.status == "FINISHED"]
-            if runs:
-                return (finished or runs)[0]
-        return None
 
 
 class MetricBuffer:

@@ -24,10 +24,13 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
-from .spec import Spec, resolve_spec, with_overrides
-from .provenance import git_commit
-from .tracking import (TAG_KIND, TAG_SEED, TAG_SPEC, TAG_SPEC_HASH, Tracker,
-                       default_tracking_uri, ui_command)
+from .executors import make_executor, resources_for, run_job
+from .plan import run_plan
+from .profiles import load_profile
+from .registry import (job_for, mark_dead_trials, mark_pruned, open_study_run, reopen, start_trial_run,
+                       trial_ckpt_dir)
+from .spec import Spec, parse_set, resolve_spec, with_overrides
+from .tracking import Tracker, default_tracking_uri, sqlite_lock, ui_command
 from .workdir import ensure_demos
 
 # Position nMSE of fully sampled chunks on held-out demos (the early signal for pruning); lower is better.
@@ -45,8 +48,6 @@ def dashboard_command(storage: str) -> str:
 
 def make_storage(url: str, heartbeat_s: int):
     import optuna
-
-    from .tracking import sqlite_lock
 
     try:
         with sqlite_lock(url):  # first use creates the tables; concurrent creation races
@@ -99,41 +100,20 @@ def make_pruner(kind: str, spec: Spec | None = None):
 
 
 def _study_run(tracker: Tracker, study, spec: Spec) -> str:
-    """The study's MLflow parent run: reuse it if any process already made one."""
+    """The study's MLflow parent run (ablation.registry.open_study_run), remembered in the study."""
     rid = study.user_attrs.get(STUDY_RUN_ATTR)
-    if rid:
-        return rid
-    query = f"tags.`optuna.study` = '{study.study_name}' and tags.`{TAG_KIND}` = 'study'"
-    found = tracker.find_runs(query)
-    mine = None
-    if not found:
-        mine = tracker.start_run(f"study:{study.study_name}", {TAG_KIND: "study", "optuna.study": study.study_name,
-                                                                TAG_SPEC: spec.name, "ablation.git_commit": git_commit()})
-        found = tracker.find_runs(query)
-    # Two processes may have raced; everyone settles on the oldest run, and a loser deletes its own.
-    rid = min(found, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
-    if mine is not None and mine != rid:
-        tracker.client.delete_run(mine)
-    study.set_user_attr(STUDY_RUN_ATTR, rid)
+    if not rid:
+        rid = open_study_run(tracker, study.study_name, spec)
+        study.set_user_attr(STUDY_RUN_ATTR, rid)
     return rid
 
 
 def sync_failed_trials(study, tracker: Tracker) -> int:
-    """Trials Optuna marked FAIL (e.g. by the heartbeat) whose MLflow run still says RUNNING."""
+    """Trials Optuna marked FAIL (e.g. by the heartbeat) whose MLflow run still says RUNNING -> FAILED."""
     import optuna
 
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-        rid = t.user_attrs.get(STUDY_RUN_ATTR)
-        if not rid:
-            continue
-        try:
-            if tracker.client.get_run(rid).info.status == "RUNNING":
-                tracker.end_run(rid, "FAILED", "trial failed in Optuna (worker died: heartbeat expired)")
-                n += 1
-        except Exception:
-            continue
-    return n
+    failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    return mark_dead_trials(tracker, [t.user_attrs[STUDY_RUN_ATTR] for t in failed if t.user_attrs.get(STUDY_RUN_ATTR)])
 
 
 @dataclass
@@ -156,21 +136,13 @@ def suggest_overrides(trial, spec: Spec) -> list[str]:
 def run_trial(trial, base: Spec, demo: Path, workdir: Path, tracker: Tracker, study_run: str,
               progress: bool, rollout_workers: int = 1, rollout_batch: int = 1) -> float:
     """One trial = one run of the one run pipeline (gate, audit, train, open loop, closed loop,
-    artifacts), nested under the study's run, with the open-loop error reported for pruning."""
+    artifacts) through `executors.run_job` (which holds its checkpoint lock), nested under the study's
+    run, with the open-loop error reported for pruning. Returns the closed-loop success rate."""
     import optuna
 
-    from .run import RunJob, execute
-
-    sets = suggest_overrides(trial, base)
-    spec = with_overrides(base, sets)
-    from .executors import worker_tags
-
-    run_id = tracker.start_run(f"trial {trial.number}", {
-        TAG_KIND: "trial", TAG_SPEC: spec.name, TAG_SPEC_HASH: spec.hash(), TAG_SEED: spec.train.seed,
-        "optuna.study": trial.study.study_name, "optuna.trial": trial.number, "ablation.git_commit": git_commit(),
-        **worker_tags()}, study_run)
+    spec = with_overrides(base, suggest_overrides(trial, base))
+    run_id = start_trial_run(tracker, spec, trial.study.study_name, trial.number, study_run)
     trial.set_user_attr(STUDY_RUN_ATTR, run_id)
-    tracker.log_params(run_id, {**spec.flat(), "optuna.trial": trial.number})
 
     def on_metrics(step: int, metrics: dict[str, float]) -> None:
         if INTERMEDIATE_KEY in metrics:
@@ -178,15 +150,13 @@ def run_trial(trial, base: Spec, demo: Path, workdir: Path, tracker: Tracker, st
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step}: {INTERMEDIATE_KEY}={metrics[INTERMEDIATE_KEY]:.3g}")
 
-    ckpt = workdir / "checkpoints" / f"tune-{trial.study.study_name}-t{trial.number}-{spec.hash()}"
-    job = RunJob(spec.name, spec.to_yaml(), spec.train.seed, run_id, tracker.tracking_uri, tracker.experiment_id,
-                 str(demo), str(ckpt), tuple(range(spec.tune.episodes)), rollout_workers=rollout_workers,
-                 rollout_batch=rollout_batch, progress=progress, gate_episodes=spec.rollout.gate_episodes, gate_cache_dir=str(workdir / "gates"))
+    job = job_for(tracker, run_id, spec, demo, trial_ckpt_dir(workdir, trial.study.study_name, trial.number, spec),
+                  spec.tune.episodes, workdir, rollout_workers=rollout_workers, rollout_batch=rollout_batch,
+                  progress=progress)
     try:
-        res = execute(job, on_train_metrics=on_metrics)
+        res = run_job(job, on_train_metrics=on_metrics)
     except optuna.TrialPruned as e:
-        tracker.set_tags(run_id, {"optuna.state": "PRUNED"})
-        tracker.end_run(run_id, "KILLED", str(e))
+        mark_pruned(tracker, run_id, str(e))
         raise
     if res.status != "FINISHED":
         raise UserError(f"trial {trial.number} failed: {res.reason}")
@@ -197,26 +167,21 @@ def tune(spec_file: str, *, trials: int | None = None, storage: str | None = Non
          study_name: str | None = None, workdir: Path = Path("workdir"), sets: list[str] | None = None,
          heartbeat_s: int = 20, reeval: bool = True, progress: bool = True, jobs: int | None = None,
          profile_name: str | None = None, executor: str = "local", ray_address: str | None = None) -> TuneOutcome:
+    """Run `trials` trials of the spec's study (resumed if it exists), write the best weights as a spec and
+    re-evaluate it beside the hand-made fix as a plan (unless reeval is off). Returns the study's best."""
     import optuna
-
-    from .plan import load_profile
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     profile = load_profile(profile_name) if profile_name else None
-    profile_sets = list(profile.sets) if profile else []
-    base = resolve_spec(spec_file, [*profile_sets, *(sets or [])])
+    base = resolve_spec(spec_file, [*(profile.sets if profile else ()), *(sets or [])])
     if not base.tune.search_space:
         raise UserError(f"{spec_file}: tune.search_space is empty; list the dotted fields to search, "
                         "e.g. loss.weights.pos: {low: 0.01, high: 1000, log: true}")
     storage = storage or default_storage(workdir)
     uri = tracking_uri or base.tracking.tracking_uri or default_tracking_uri(workdir)
-    name = study_name or base.tune.study or f"{base.name}-{base.hash()[:8]}"
-    legacy = f"{base.name}-{base.legacy_hash()[:8]}"  # the default name before resources left the spec hash
-    if not (study_name or base.tune.study) and legacy != name and \
-            legacy in optuna.get_all_study_names(make_storage(storage, heartbeat_s)):
-        name = legacy  # a study of an older workdir: go on with it
+    name = resolve_study_name(base, study_name, storage, heartbeat_s)
     n_trials = trials or base.tune.trials
     print(f"[tune] study '{name}' on {storage}" + (f", profile {profile.name}" if profile else ""))
     print(f"[tune] {n_trials} trial(s) x {base.train.total_steps} steps, {base.tune.episodes} episodes each "
@@ -224,65 +189,84 @@ def tune(spec_file: str, *, trials: int | None = None, storage: str | None = Non
     print(f"[tune] dashboard:  {dashboard_command(storage)}")
     print(f"[tune] MLflow {uri}; UI:  {ui_command(uri)}")
     tracker = Tracker.open(uri, base.tracking.experiment, workdir / "mlartifacts")
-    cluster = None
     if ray_address and executor == "local":
         raise UserError("--ray-address is used only with --executor ray")
-    if executor != "local":  # before the study and the demos: a missing Ray is a one-line error
-        from .executors import make_executor
-
-        cluster = make_executor(executor, 1, ray_address, uri)
+    # Before the study and the demos: a missing Ray is a one-line error.
+    cluster = make_executor(executor, 1, ray_address, uri) if executor != "local" else None
     study = optuna.create_study(study_name=name, storage=make_storage(storage, heartbeat_s), direction="maximize",
                                 pruner=make_pruner(base.tune.pruner, base), load_if_exists=True,
                                 sampler=make_sampler(name))
     study_run = _study_run(tracker, study, base)
-    tracker.client.update_run(study_run, status="RUNNING")
-    tracker.set_tags(study_run, {"optuna.storage": storage.split("@")[-1]})
+    reopen(tracker, study_run, {"optuna.storage": storage.split("@")[-1]})
     if sync_failed_trials(study, tracker):
         print("[tune] marked MLflow runs of dead trials as FAILED")
     demo = ensure_demos(base, workdir, 0)
     t0 = time.time()
-    workers = (profile.rollout_workers if profile and profile.rollout_workers else base.rollout.workers)
-    batch = profile.rollout_batch if profile else 1
-    if cluster is None:
-        from .rollout_pool import close_shared_pools
-
-        try:  # trials with several rollout workers share one warm pool (ablation.rollout_pool.shared_pool)
-            study.optimize(lambda t: run_trial(t, base, demo, workdir, tracker, study_run, progress, workers, batch),
-                           n_trials=n_trials, catch=(UserError,), gc_after_trial=True,
-                           callbacks=[TrialProgress(n_trials, t0)])
-        finally:
-            close_shared_pools()
-    else:
-        task = TrialTask(name, storage, heartbeat_s, base.to_yaml(), str(demo), str(workdir), tracker.tracking_uri,
-                         tracker.experiment_id, study_run, workers, batch)
-        try:
-            run_trials_on_cluster(cluster, task, n_trials, study)
-        finally:
-            cluster.close()
+    task = TrialTask(name, storage, heartbeat_s, base.to_yaml(), str(demo), str(workdir), tracker.tracking_uri,
+                     tracker.experiment_id, study_run,
+                     profile.rollout_workers if profile and profile.rollout_workers else base.rollout.workers,
+                     profile.rollout_batch if profile else 1)
+    run_trials(study, task, n_trials, cluster, tracker, progress)
     sync_failed_trials(study, tracker)
-    done = [t for t in study.trials if t.value is not None]
     print(f"[tune] {n_trials} trial(s) in {time.time() - t0:.0f} s; study holds {len(study.trials)} trial(s)")
-    tracker.client.set_terminated(study_run, "FINISHED")  # the last process to finish leaves it FINISHED
-    if not done:
+    tracker.end_run(study_run, "FINISHED")  # the last process to finish leaves it FINISHED
+    if not [t for t in study.trials if t.value is not None]:
         return TuneOutcome(name, storage, None, {}, None, len(study.trials))
     best = study.best_trial
-    print(f"[tune] best trial {best.number}: success {best.value:.2f} with {best.params}")
-    tuned_dir = workdir / "tuned"
-    best_path = write_best_spec(Path(spec_file), base, best.params, tuned_dir / f"{_safe(name)}_best.yaml",
-                                sets=sets or [])
-    tracker.log_metrics(study_run, [("tune/best_success_rate", best.value, best.number)])
-    tracker.log_artifact(study_run, best_path, "best_spec")
-    print(f"[tune] best weights written as a spec: {best_path}")
+    best_path = record_best(tracker, study_run, spec_file, base, best, workdir / "tuned" / f"{_safe(name)}_best.yaml",
+                            sets or [])
     if reeval and base.tune.reeval_seeds:
-        from .plan import run_plan
-
-        plan_path = write_reeval_plan(tuned_dir, name, best_path, base)
+        plan_path = write_reeval_plan(workdir / "tuned", name, best_path, base)
         print(f"[tune] re-evaluating the best spec on seeds {list(base.tune.reeval_seeds)} beside "
               f"{base.tune.compare_with}, with the plan's statistics ({plan_path})")
         run_plan(str(plan_path), profile_name=profile.name if profile else "auto", workdir=workdir,
                  tracking_uri=uri, extra_sets=list(sets or []), jobs=jobs, nest_under=study_run,
                  executor=executor, ray_address=ray_address)
     return TuneOutcome(name, storage, best.value, best.params, best_path, len(study.trials))
+
+
+def resolve_study_name(base: Spec, given: str | None, storage: str, heartbeat_s: int) -> str:
+    """The study's name: the one given (--study, or the spec's tune.study), else `<spec>-<hash8>`; a study
+    of an older workdir under the name before resources left the spec hash is gone on with."""
+    import optuna
+
+    name = given or base.tune.study or f"{base.name}-{base.hash()[:8]}"
+    legacy = f"{base.name}-{base.legacy_hash()[:8]}"
+    if not (given or base.tune.study) and legacy != name and \
+            legacy in optuna.get_all_study_names(make_storage(storage, heartbeat_s)):
+        return legacy
+    return name
+
+
+def run_trials(study, task: "TrialTask", n_trials: int, cluster, tracker: Tracker, progress: bool) -> None:
+    """n_trials trials here, one after another (cluster None), or as Ray tasks on the cluster."""
+    if cluster is not None:
+        try:
+            run_trials_on_cluster(cluster, task, n_trials, study)
+        finally:
+            cluster.close()
+        return
+    from .rollout_pool import close_shared_pools  # (imports the simulator's stack)
+
+    base, t0 = Spec.model_validate(yaml.safe_load(task.spec_yaml)), time.time()
+    try:  # trials with several rollout workers share one warm pool (ablation.rollout_pool.shared_pool)
+        study.optimize(lambda t: run_trial(t, base, Path(task.demo_path), Path(task.workdir), tracker, task.study_run,
+                                           progress, task.rollout_workers, task.rollout_batch),
+                       n_trials=n_trials, catch=(UserError,), gc_after_trial=True,
+                       callbacks=[TrialProgress(n_trials, t0)])
+    finally:
+        close_shared_pools()
+
+
+def record_best(tracker: Tracker, study_run: str, spec_file: str, base: Spec, best, out: Path,
+                sets: list[str]) -> Path:
+    """The best trial's weights as a spec file (`out`), logged on the study's run with its success rate."""
+    print(f"[tune] best trial {best.number}: success {best.value:.2f} with {best.params}")
+    best_path = write_best_spec(Path(spec_file), base, best.params, out, sets=sets)
+    tracker.log_metrics(study_run, [("tune/best_success_rate", best.value, best.number)])
+    tracker.log_artifact(study_run, best_path, "best_spec")
+    print(f"[tune] best weights written as a spec: {best_path}")
+    return best_path
 
 
 @dataclass(frozen=True)
@@ -323,8 +307,6 @@ def run_trials_on_cluster(cluster, task: TrialTask, n_trials: int, study) -> Non
     """n_trials Ray tasks, as many at once as the cluster's resources allow. A trial whose worker died
     stays RUNNING in the storage until its heartbeat is stale: then it is marked FAIL here."""
     import optuna
-
-    from .executors import resources_for
 
     base = Spec.model_validate(yaml.safe_load(task.spec_yaml))
     cpus, gpus = cluster.fit(*resources_for(base, task.rollout_workers), base.name)
@@ -383,8 +365,6 @@ def write_reeval_plan(tuned_dir: Path, study: str, best_path: Path, base: Spec) 
 def write_best_spec(base_file: Path, base: Spec, params: dict, out: Path, sets: list[str] = ()) -> Path:
     """A spec that extends the tuned spec file and fixes the `--set` overrides the study ran with,
     then the best values."""
-    from .spec import parse_set
-
     tree: dict = {}
     items = [parse_set(s) for s in sets] + [(k.split("."), float(v)) for k, v in params.items()]
     for parts, value in items:

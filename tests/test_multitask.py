@@ -16,7 +16,10 @@ import yaml
 
 from ablation.analysis import judge
 from ablation.hypothesis import Hypothesis, load_hypothesis
-from ablation.plan import PLAN_RECORD, load_profile, resolve_plan, run_plan
+from ablation.arms import resolve_plan
+from ablation.plan import run_plan
+from ablation.plan_record import PLAN_RECORD
+from ablation.profiles import load_profile
 from ablation.report import build_report
 from ablation.spec import SpecError, load_plan
 from ablation.stages import log_episodes

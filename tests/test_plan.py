@@ -161,14 +161,16 @@ def test_runs_of_an_older_workdir_are_found_by_their_legacy_hash(first_run, work
     the identity) records an mp4 of the chosen init states, logged to the run."""
     import json
 
-    from ablation.plan import TAG_LEGACY_HASH, load_profile, resolve_plan
+    from ablation.arms import resolve_plan
+    from ablation.profiles import load_profile
+    from ablation.registry import TAG_LEGACY_HASH, find_spec_run
     from ablation.spec import load_plan
 
     plan, first = first_run
     rp = resolve_plan(load_plan(str(plan)), load_profile("cpu"))
     unit = next(u for u in rp.units() if u.arm.name == "fix_minmax" and u.seed == 0)
     tr = client_for(workdir)
-    run = tr.find_spec_run(unit.spec.hash(), 0)
+    run = find_spec_run(tr, unit.spec)
     new_dir, legacy = unit.ckpt_dir(workdir), unit.spec.legacy_hash()
     old_dir = new_dir.with_name(new_dir.name.replace(unit.spec.hash(), legacy))
     new_dir.rename(old_dir)  # as an older harness named it, its state pointing there

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ablation.codec import ActionCodec
-from ablation.plan import load_profile, resolve_plan
+from ablation.arms import resolve_plan
+from ablation.profiles import load_profile
 from ablation.policy import ObsNormalizer, build_policy
 from ablation.spec import SpecError, load_plan, with_overrides
 from tests.codec_cases import fixed_views
@@ -42,10 +43,10 @@ def test_cpu_profile_trains_compiled_and_batches_rollouts():
 
 
 def test_a_bad_rollout_batch_names_the_file_and_the_fix(tmp_path, monkeypatch):
-    import ablation.plan as plan_mod
+    import ablation.profiles as profiles_mod
 
     (tmp_path / "odd.yaml").write_text("jobs: 1\nrollout_batch: four\n")
-    monkeypatch.setattr(plan_mod, "PROFILES_DIR", tmp_path)
+    monkeypatch.setattr(profiles_mod, "PROFILES_DIR", tmp_path)
     with pytest.raises(SpecError, match=r"odd\.yaml: rollout_batch: 'four' .*rollout_batch: 4"):
         load_profile("odd")
 

@@ -58,7 +58,10 @@ def _race_to_create(plan: str, workdir: str, uri: str, barrier, results, use_loc
     """One plan driver's run creation, as run_plan does it, started at the same instant as the others."""
     import contextlib
 
-    from ablation.plan import _ensure_run, load_plan, load_profile, open_parent, resolve_plan
+    from ablation.arms import resolve_plan
+    from ablation.profiles import load_profile
+    from ablation.registry import ensure_spec_run, open_plan_run
+    from ablation.spec import load_plan
     from ablation.tracking import Tracker
     from ablation.workdir import workdir_lock
 
@@ -68,11 +71,12 @@ def _race_to_create(plan: str, workdir: str, uri: str, barrier, results, use_loc
     lock = (lambda: workdir_lock(Path(workdir), "runs")) if use_lock else contextlib.nullcontext
     barrier.wait()
     with lock():
-        parent = open_parent(tracker, rp, profile)
+        parent = open_plan_run(tracker, plan=rp.plan.name, key=rp.key, profile=profile.name, description="")
     ids = []
     for u in rp.units():
         with lock():
-            ids.append(_ensure_run(tracker, u, parent, rp, profile, None)[0])
+            ids.append(ensure_spec_run(tracker, u.spec, name=u.name, parent=parent, arm=u.arm.name, plan=rp.plan.name,
+                                       profile=profile.name, demo=None)[0])
     results.put((parent, ids))
 
 

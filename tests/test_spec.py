@@ -53,7 +53,8 @@ def test_every_hypothesis_file_loads_and_names_existing_arms():
 
 
 def test_all_plan_runs_h1_and_h2_with_three_seeds_and_the_rest_has_a_plan():
-    from ablation.plan import load_profile, resolve_plan
+    from ablation.arms import resolve_plan
+    from ablation.profiles import load_profile
 
     plan = load_plan("all")
     assert len(plan.seeds) >= 3 and plan.episodes.looks[-1] <= 50

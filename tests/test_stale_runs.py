@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 
-from ablation.plan import mark_stale_runs
+from ablation.registry import mark_stale_runs
 from ablation.tracking import TAG_FAILURE, TAG_KIND, Tracker, default_tracking_uri, runs_view_url
 
 

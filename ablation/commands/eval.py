@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     profile = None
     if args.profile:
-        from ..plan import load_profile
+        from ..profiles import load_profile
 
         profile = load_profile(args.profile)
     configure_torch()

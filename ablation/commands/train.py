@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     profile_sets: list[str] = []
     if args.profile:
-        from ..plan import load_profile
+        from ..profiles import load_profile
 
         profile_sets = list(load_profile(args.profile).sets)
     sets = [*profile_sets, *args.sets] + ([f"train.steps={args.steps}"] if args.steps else [])
