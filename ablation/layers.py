@@ -21,7 +21,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # sim.libero_setup is LIBERO's install, config and task list (it imports only errors); the demo
     # file reader asks it for the suites' task names, so it sits here, not with the simulator.
     "core": ("ablation", "errors", "spec", "representations", "rotation", "codec", "data", "libero_file",
-             "audit", "provenance", "locks", "layers", "sim.libero_setup", "rules", "noise", "diskfull"),
+             "audit", "provenance", "locks", "layers", "sim.libero_setup", "rules", "noise", "diskfull", "frozen_norm", "pose_fit"),
     # Paired statistics on plain arrays: knows nothing of specs, runs or the simulator.
     "stats": ("stats",),
     # Networks, their loss and training, checkpoint bundles, the policy and RDT. openloop is here:
@@ -33,7 +33,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "evaluation": ("rollout", "rollout_pool", "gates"),
     # A study: runs and their stages, plans in looks, tuning, analysis, report, MLflow, the workdir.
     "study": ("run", "stages", "executors", "plan", "plan_record", "plan_eta", "tune", "pretrain", "analysis", "needs",
-              "hypothesis", "verdicts", "calibration", "report", "tracking", "workdir"),
+              "hypothesis", "verdicts", "calibration", "report", "tracking", "workdir", "slot_signature"),
     # What a user types: the CLI, its commands and the doctor.
     "commands": ("cli", "commands", "doctor"),
 }

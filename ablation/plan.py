@@ -107,6 +107,9 @@ class Arm:
     # The plan's tasks of the spec's suite; None: the spec's own data.task (a single-task plan, whose
     # run names, checkpoint dirs and spec hashes carry no task, as before multi-task plans existed).
     tasks: tuple[int, ...] | None = None
+    # Overrides for one seed's runs only, (seed, sets): e.g. the pretraining run (train.init_from) that
+    # fine-tuning seed s starts from when a plan pretrains several times (pretrain.seeds).
+    seed_sets: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
     def spec_at(self, task: int | None) -> Spec:
         """The arm's spec on `task` (its own task when None), without the seed."""
@@ -117,7 +120,8 @@ class Arm:
     def spec_for(self, seed: int, task: int | None = None) -> Spec:
         from .spec import with_overrides
 
-        return with_overrides(self.spec, [f"train.seed={seed}"] + ([] if task is None else [f"data.task={task}"]))
+        extra = [x for s, sets in self.seed_sets if s == seed for x in sets]
+        return with_overrides(self.spec, [f"train.seed={seed}"] + ([] if task is None else [f"data.task={task}"]) + extra)
 
 
 @dataclass(frozen=True)
@@ -479,7 +483,8 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
 
                 log.warning(f"[plan] pretraining failed: {type(e).__name__}: {e}")
                 for a in rp.arms.values():
-                    if a.spec.train.init_from == PRETRAIN_MARKER:
+                    if any(str(v or "").startswith(PRETRAIN_MARKER)
+                           for v in (a.spec.train.init_from, a.spec.data.norm_stats_from)):
                         for task in a.tasks or (None,):
                             demo_for[(a.name, task)] = f"pretrain: {type(e).__name__}: {e}"
             timing["pretrain_s"] = time.time() - tp
@@ -633,25 +638,61 @@ def _estimate(rp: ResolvedPlan, profile: Profile, todo: int) -> tuple[float, flo
 
 def run_pretrain_stage(tracker: Tracker, parent: str, rp: ResolvedPlan, profile: Profile, workdir: Path,
                        extra_sets: list[str]) -> ResolvedPlan:
-    """Train (or reuse) the plan's cached pretraining network, log it as a run under the parent, and
-    point every arm that says `train.init_from: "@pretrain"` at it."""
-    from .pretrain import PRETRAIN_MARKER, pretrain
+    """Train (or reuse) the plan's cached pretraining networks (each spec x pretraining seed), log each as
+    a run under the parent, and point the arms at them: `train.init_from: "@pretrain"` (or
+    "@pretrain:NAME") at the bundle of the run their seed maps to, `data.norm_stats_from: "@pretrain"` at
+    the pretraining demos."""
+    from .pretrain import PRETRAIN_MARKER, marker_spec, pretrain, pretrain_run_seed
     from .spec import with_overrides
-    from .tracking import MetricBuffer
 
     st = rp.plan.pretrain
     plan_dir = Path(rp.plan.path).parent if rp.plan.path else EXPERIMENTS_DIR / "plans"
     target = next(iter(rp.arms.values())).spec
-    spec = resolve_spec(spec_path(st.spec, relative_to=plan_dir),
-                        [*profile.sets, *rp.plan.set, *extra_sets, f"data.suite={target.data.suite}"])
-    found = tracker.find_runs(f"tags.`{TAG_KIND}` = 'pretrain' and tags.`{TAG_SPEC_HASH}` = '{spec.hash()}'")
-    rid = found[0].info.run_id if found else tracker.start_run(
-        f"pretrain:{spec.name}", {TAG_KIND: "pretrain", TAG_SPEC: spec.name, TAG_SPEC_HASH: spec.hash(),
-                                  "ablation.pretrain_tasks": ",".join(map(str, st.tasks)), **_owner_tags()}, parent)
-    log.info(f"[plan] pretraining {spec.name} on {spec.data.suite} tasks {list(st.tasks)} ({st.n_demos} demos each), "
-             "cached and shared by every arm and seed")
+    wanted = {marker_spec(a.spec.train.init_from, st.spec) for a in rp.arms.values()} - {None}
+    unknown = sorted(wanted - set(st.spec_names))
+    if unknown:
+        raise SpecError(f"{rp.plan.path or rp.plan.name}: arms fine-tune from pretraining spec(s) {', '.join(unknown)} "
+                        f"that pretrain.specs does not list ({', '.join(st.spec_names)})")
+    names = [n for n in st.spec_names if n in wanted] or list(st.spec_names)[:1]  # one run gives the demos
+    bundles: dict[tuple[str, int | None], str] = {}
+    demo_file = None
+    for name in names:
+        for pseed in st.seeds or (None,):
+            seed_set = [] if pseed is None else [f"train.seed={pseed}"]
+            spec = resolve_spec(spec_path(name, relative_to=plan_dir),
+                                [*profile.sets, *rp.plan.set, *extra_sets, f"data.suite={target.data.suite}", *seed_set])
+            res = _pretrain_one(tracker, parent, spec, st, workdir, pretrain)
+            bundles[(name, pseed)] = str(res.bundle)
+            demo_file = demo_file or res.demo_file
+    arms = {}
+    for arm_name, arm in rp.arms.items():
+        sets: list[str] = []
+        if arm.spec.data.norm_stats_from == PRETRAIN_MARKER:
+            sets.append(f"data.norm_stats_from={demo_file}")
+        which = marker_spec(arm.spec.train.init_from, st.spec)
+        if which is not None and not st.seeds:
+            sets.append(f"train.init_from={bundles[(which, None)]}")
+        if sets:
+            arm = replace(arm, spec=with_overrides(arm.spec, sets))
+        if which is not None and st.seeds:
+            arm = replace(arm, seed_sets=tuple(
+                (s, (f"train.init_from={bundles[(which, pretrain_run_seed(s, st.seeds))]}",)) for s in arm.seeds))
+        arms[arm_name] = arm
+    return replace(rp, arms=arms)
+
+
+def _pretrain_one(tracker: Tracker, parent: str, spec: Spec, st, workdir: Path, pretrain):
+    """One pretraining network (cached), logged as its own run under the plan's parent."""
+    from .tracking import MetricBuffer
     from .train import configure_torch
 
+    found = tracker.find_runs(f"tags.`{TAG_KIND}` = 'pretrain' and tags.`{TAG_SPEC_HASH}` = '{spec.hash()}'")
+    label = f"pretrain:{spec.name}" + (f"/seed{spec.train.seed}" if st.seeds else "")
+    rid = found[0].info.run_id if found else tracker.start_run(
+        label, {TAG_KIND: "pretrain", TAG_SPEC: spec.name, TAG_SPEC_HASH: spec.hash(), TAG_SEED: spec.train.seed,
+                "ablation.pretrain_tasks": ",".join(map(str, st.tasks)), **_owner_tags()}, parent)
+    log.info(f"[plan] pretraining {label} on {spec.data.suite} tasks {list(st.tasks)} ({st.n_demos} demos each), "
+             "cached and shared by the arms that start from it")
     configure_torch(spec.train.num_threads)
     buf = MetricBuffer(tracker, rid)
     res = pretrain(spec, tuple(st.tasks), st.n_demos, workdir, on_metrics=buf)
@@ -659,12 +700,7 @@ def run_pretrain_stage(tracker: Tracker, parent: str, rp: ResolvedPlan, profile:
     tracker.set_tags(rid, {"ablation.pretrain_bundle": str(res.bundle), "ablation.demo_file": str(res.demo_file)})
     tracker.end_run(rid, "FINISHED")
     log.info(f"[plan] pretrained network: {res.bundle} ({'reused' if res.reused else f'{res.seconds:.0f} s'})")
-    arms = {}
-    for name, arm in rp.arms.items():
-        if arm.spec.train.init_from == PRETRAIN_MARKER:
-            arm = replace(arm, spec=with_overrides(arm.spec, [f"train.init_from={res.bundle}"]))
-        arms[name] = arm
-    return replace(rp, arms=arms)
+    return res
 
 
 def describe_plan(rp: ResolvedPlan) -> None:
