@@ -21,6 +21,7 @@ from .hypothesis import Hypothesis
 from .calibration import calibration_for
 from .plan_record import PLAN_RECORD
 from .rules import DEFAULT_RULES, DecisionRules
+from .slot_signature import add_signature_lines
 from .verdicts import (HypothesisVerdict, baseline_check, correlation_of, hypothesis_verdict,
                        pts as _pts, recommendation, rho_text as _rho)
 from .spec import GROUPS
@@ -625,6 +626,7 @@ def build_report(tracker: Tracker, *, parent_run_id: str | None = None, plan: st
     warn = "" if reproduced is not False else "baseline"
     verdicts = [hypothesis_verdict(h, comps, correlation_of(h, _points(h, rows, curves), rules)
                                    if h.kind == "correlation" else None, warn, rules) for h in hyps]
+    add_signature_lines(tracker, record, hyps, verdicts)  # H3: predicted slots 30-32 regressed on the pose
     method = method_text(record["plan"], comps, looks, rules, bool(sched), _seeds_per_arm(rows))
     rep = Report(record["plan"], write_answer(rows, comps, verdicts, baseline, reproduced, hyps), baseline, reproduced,
                  note, rows, comps, verdicts, [], method.strip(), record.get("versions", {}), record.get("timing", {}))
