@@ -632,8 +632,16 @@ def _estimate(rp: ResolvedPlan, profile: Profile, todo: int) -> tuple[float, flo
     demos = {(u.spec.data.suite, u.spec.data.task): u.spec.data.n_demos for u in units}
     n_demos = sum(demos.values())
     looks = list(rp.plan.episodes.looks) if rp.plan.episodes else [units[0].spec.rollout.episodes if units else 0]
+    # training in run-equivalents: a 4x arm costs 4 runs; pretraining (each spec x seed) and its demos count too
+    train_runs = todo * (sum(u.spec.train.steps_scale for u in units) / len(units)) if units else 0.0
+    st = rp.plan.pretrain
+    if st is not None and todo:
+        plan_dir = Path(rp.plan.path).parent if rp.plan.path else EXPERIMENTS_DIR / "plans"
+        train_runs += sum(resolve_spec(spec_path(n, relative_to=plan_dir)).train.steps_scale
+                          for n in st.spec_names) * max(1, len(st.seeds))  # a step costs the same on any demos
+        n_demos += st.n_demos * len(st.tasks)
     return estimate_plan_s(profile.costs, n_runs=todo, n_codecs=len(codecs), n_demos=n_demos, looks=looks,
-                           parallel=profile.jobs)
+                           parallel=profile.jobs, train_runs=train_runs)
 
 
 def run_pretrain_stage(tracker: Tracker, parent: str, rp: ResolvedPlan, profile: Profile, workdir: Path,
