@@ -201,7 +201,8 @@ def positive_control_check(h: Hypothesis, mine: Sequence[ComparisonResult], rule
     rates = [r for r in rates if r is not None]
     need = f"{100 * rules.positive_control_min:.0f}%"
     if not rates:
-        return False, f"the positive control {pc} has no judged runs, so it cannot show that the set-up can succeed"
+        return False, (f"the positive control {pc} is in no comparison with data (its runs or its partner's are "
+                       "missing), so nothing shows that the set-up can succeed")
     rate = max(rates)
     if rate < rules.positive_control_min:
         return False, (f"the positive control {pc} reached only {100 * rate:.0f}% success (it must reach {need}), "

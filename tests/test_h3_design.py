@@ -178,7 +178,7 @@ def test_positive_control_below_half_makes_the_hypothesis_untestable(rate_contro
 
 def test_positive_control_without_data_is_untestable_and_unknown_arm_is_rejected(tmp_path):
     met, line = positive_control_check(H, [], DEFAULT_RULES)
-    assert met is False and "no judged runs" in line
+    assert met is False and "in no comparison with data" in line
     assert positive_control_check(H.model_copy(update={"positive_control": None}), [], DEFAULT_RULES) == (None, "")
     bad = tmp_path / "Hbad.yaml"
     bad.write_text("title: t\nclaim: c\nrule: r\npositive_control: nope\n"
