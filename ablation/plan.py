@@ -650,8 +650,7 @@ def run_pretrain_stage(tracker: Tracker, parent: str, rp: ResolvedPlan, profile:
     a run under the parent, and point the arms at them: `train.init_from: "@pretrain"` (or
     "@pretrain:NAME") at the bundle of the run their seed maps to, `data.norm_stats_from: "@pretrain"` at
     the pretraining demos."""
-    from .pretrain import PRETRAIN_MARKER, marker_spec, pretrain, pretrain_run_seed
-    from .spec import with_overrides
+    from .pretrain import marker_spec, pretrain
 
     st = rp.plan.pretrain
     plan_dir = Path(rp.plan.path).parent if rp.plan.path else EXPERIMENTS_DIR / "plans"
@@ -672,21 +671,28 @@ def run_pretrain_stage(tracker: Tracker, parent: str, rp: ResolvedPlan, profile:
             res = _pretrain_one(tracker, parent, spec, st, workdir, pretrain)
             bundles[(name, pseed)] = str(res.bundle)
             demo_file = demo_file or res.demo_file
-    arms = {}
-    for arm_name, arm in rp.arms.items():
-        sets: list[str] = []
-        if arm.spec.data.norm_stats_from == PRETRAIN_MARKER:
-            sets.append(f"data.norm_stats_from={demo_file}")
-        which = marker_spec(arm.spec.train.init_from, st.spec)
-        if which is not None and not st.seeds:
-            sets.append(f"train.init_from={bundles[(which, None)]}")
-        if sets:
-            arm = replace(arm, spec=with_overrides(arm.spec, sets))
-        if which is not None and st.seeds:
-            arm = replace(arm, seed_sets=tuple(
-                (s, (f"train.init_from={bundles[(which, pretrain_run_seed(s, st.seeds))]}",)) for s in arm.seeds))
-        arms[arm_name] = arm
-    return replace(rp, arms=arms)
+    return replace(rp, arms={n: point_at_pretraining(a, st, bundles, demo_file) for n, a in rp.arms.items()})
+
+
+def point_at_pretraining(arm: Arm, st, bundles: dict[tuple[str, int | None], str], demo_file: Path | None) -> Arm:
+    """The arm with its pretraining markers resolved: `data.norm_stats_from: "@pretrain"` -> the pretraining
+    demos; `train.init_from: "@pretrain[:NAME]"` -> the bundle of (NAME, None) when the plan pretrains once,
+    else, per fine-tuning seed s, of (NAME, pretrain.seeds[s % n]) (Arm.seed_sets)."""
+    from .pretrain import PRETRAIN_MARKER, marker_spec, pretrain_run_seed
+    from .spec import with_overrides
+
+    sets: list[str] = []
+    if arm.spec.data.norm_stats_from == PRETRAIN_MARKER:
+        sets.append(f"data.norm_stats_from={demo_file}")
+    which = marker_spec(arm.spec.train.init_from, st.spec)
+    if which is not None and not st.seeds:
+        sets.append(f"train.init_from={bundles[(which, None)]}")
+    if sets:
+        arm = replace(arm, spec=with_overrides(arm.spec, sets))
+    if which is not None and st.seeds:
+        arm = replace(arm, seed_sets=tuple(
+            (s, (f"train.init_from={bundles[(which, pretrain_run_seed(s, st.seeds))]}",)) for s in arm.seeds))
+    return arm
 
 
 def _pretrain_one(tracker: Tracker, parent: str, spec: Spec, st, workdir: Path, pretrain):

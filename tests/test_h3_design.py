@@ -213,3 +213,23 @@ def test_regression_skips_an_axis_without_spread_and_checks_shapes():
     assert fit["pose_fit/slope_x"] == pytest.approx(2.0) and np.isnan(fit["pose_fit/slope_y"])
     with pytest.raises(ValueError, match=r"\(n, 3\)"):
         pose_regression(np.zeros((4, 2)), np.zeros((4, 2)))
+
+
+def test_arms_are_pointed_at_the_pretraining_run_of_their_seed():
+    from ablation.plan import point_at_pretraining
+
+    st = load_plan("slot_semantics").pretrain
+    bundles = {(n, s): f"/pre/{n}/seed{s}" for n in st.specs for s in st.seeds}
+    abs_arm = point_at_pretraining(Arm("h3_after_abs", resolve_spec(spec_path("h3_after_abs")), (0, 1, 2, 3)),
+                                   st, bundles, "/pre/demos.hdf5")
+    assert [abs_arm.spec_for(s).train.init_from for s in range(4)] == \
+        [f"/pre/pretrain_abs_cmd/seed{s % 2}" for s in range(4)]
+    assert abs_arm.spec_for(3).data.norm_stats_from == "/pre/demos.hdf5"
+    scratch = point_at_pretraining(Arm("h3_scratch", resolve_spec(spec_path("h3_scratch")), (0, 1)),
+                                   st, bundles, "/pre/demos.hdf5")
+    assert scratch.spec_for(1).train.init_from is None and scratch.spec_for(1).data.norm_stats_from == "/pre/demos.hdf5"
+    # the single-spec form, as plans wrote it before: one bundle for every seed
+    one = PretrainStage(spec="pretrain_abs_eef", tasks=(1,))
+    old = point_at_pretraining(Arm("pre_abs_eef", resolve_spec(spec_path("pre_abs_eef")), (0, 1)), one,
+                               {("pretrain_abs_eef", None): "/pre/b"}, "/pre/demos.hdf5")
+    assert old.seed_sets == () and old.spec.train.init_from == "/pre/b" and old.spec.data.norm_stats_from is None
