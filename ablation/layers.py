@@ -26,13 +26,16 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "stats": ("stats",),
     # Networks, their loss and training, checkpoint bundles, the policy and RDT. openloop is here:
     # the trainer runs it on held-out demos at every eval step.
-    "learning": ("model", "loss", "openloop", "train", "bundle", "policy", "spec_data", "rdt"),
+    "learning": ("model", "loss", "openloop", "train", "train_state", "train_metrics", "bundle", "policy", "spec_data",
+                 "rdt"),
     # The LIBERO simulator: env factory, scripted expert, demo generation.
     "simulation": ("sim",),
     # Policies (or replayed demos) in the simulator: episodes, the worker pool, Gate A.
     "evaluation": ("rollout", "rollout_pool", "gates"),
     # A study: runs and their stages, plans in looks, tuning, analysis, report, MLflow, the workdir.
-    "study": ("run", "stages", "executors", "plan", "plan_record", "plan_eta", "tune", "pretrain", "analysis", "needs",
+    # stage is the contract of a run's stages; closed_loop and run_plots are what the stages call.
+    "study": ("run", "stage", "stages", "closed_loop", "run_plots", "executors", "plan", "plan_record", "plan_eta",
+              "tune", "pretrain", "analysis", "needs",
               "hypothesis", "verdicts", "calibration", "report", "tracking", "workdir"),
     # What a user types: the CLI, its commands and the doctor.
     "commands": ("cli", "commands", "doctor"),

@@ -2,18 +2,34 @@
 
 `ablation.data` knows no network; this module is where a spec with `model.kind: rdt` and
 `data.images: true` is routed to RDT's feature cache (ablation/rdt/features.py) instead.
+
+    read_spec_demos(spec, demo_path)            the demo file read once, as the spec needs it
+    prepare_spec_data(spec, demo_path, demos=)  windows and the codec (fitted once, on the train split)
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from .data import PreparedData, prepare_data
+from .data import DemoSet, PreparedData, prepare_data, read_demo_file
 from .rdt.features import prepare_rdt_image_data
 
 
-def prepare_spec_data(spec, demo_path: str | Path, *, features_dir: str | Path | None = None) -> PreparedData:
-    """prepare_data for a whole spec. model.kind rdt with data.images gets SigLIP tokens of its frames
-    from the feature cache as `images` (ablation/rdt/features.py), never the raw frames."""
-    if spec.model.kind == "rdt" and spec.data.images:
-        return prepare_rdt_image_data(spec, demo_path, features_dir)
-    return prepare_data(spec.data, spec.codec, demo_path)
+def _rdt_images(spec) -> bool:
+    return spec.model.kind == "rdt" and spec.data.images
+
+
+def read_spec_demos(spec, demo_path: str | Path) -> DemoSet:
+    """The spec's demo file, read once for a whole run: gate, audit and training share it. Camera
+    frames are loaded only when the windows hold them (RDT takes SigLIP tokens from its cache)."""
+    return read_demo_file(demo_path, obs_convention=spec.data.obs_convention,
+                          load_images=spec.data.images and not _rdt_images(spec))
+
+
+def prepare_spec_data(spec, demo_path: str | Path, *, features_dir: str | Path | None = None,
+                      demos: DemoSet | None = None) -> PreparedData:
+    """prepare_data for a whole spec (from `demos` when the caller has read the file already).
+    model.kind rdt with data.images gets SigLIP tokens of its frames from the feature cache as
+    `images` (ablation/rdt/features.py), never the raw frames."""
+    if _rdt_images(spec):
+        return prepare_rdt_image_data(spec, demo_path, features_dir, demos=demos)
+    return prepare_data(spec.data, spec.codec, demo_path, demos=demos)
