@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .closed_loop import EpisodeProgress, episode_dict, run_closed_loop, summarise_episodes
-from .gates import GATE_MIN_SUCCESS, GateFailed
+from .gates import GATE_MIN_SUCCESS, GateFailed, replay_gate
 from .stage import RunContext, Stage, StageResult
 
 TAG_TRAIN_COMPILED = "ablation.train_compiled"
@@ -39,8 +39,6 @@ class GateStage(Stage):
         return ctx.gate_episodes > 0 and not ctx.done(self.name)
 
     def run(self, ctx: RunContext) -> StageResult:
-        from .gates import replay_gate
-
         t0 = time.time()
         spec = ctx.spec
         g = replay_gate(spec, ctx.demo_path, episodes=ctx.gate_episodes, cache_dir=ctx.gate_dir, demos=ctx.demos())
