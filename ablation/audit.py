@@ -1,8 +1,9 @@
 """Scale audit: the seed's diagnosis, automated, before any training.
 
-For the spec's codec fitted on the demos, it reports per action group (in model space) the range,
-spread and RMS; the largest ratio between group scales; how much the loss reduction dilutes the
-filled slots; and each group's share of the loss of a predictor that outputs the per-dim mean.
+For the spec's codec as a run fits it (on the training split, ablation.data.fit_codec: the codec the
+run trains with), it reports per action group (in model space, over that split) the range, spread
+and RMS; the largest ratio between group scales; how much the loss reduction dilutes the filled
+slots; and each group's share of the loss of a predictor that outputs the per-dim mean.
 """
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import episode_view, physical_actions, read_demo_file
 from .codec import ActionCodec
-from .representations import representation
+from .data import PreparedData, episode_view, fit_codec, physical_actions, read_demo_file, split_demos
 from .spec import GROUPS, Spec
 
 SCALE_RATIO_WARN = 10.0
@@ -57,6 +57,7 @@ class AuditResult:
     # How far the demos turn the gripper: per demo the largest angle (degrees) between the EEF
     # orientation and its start; the median over demos. Near 0 means rotation cannot be tested here.
     rot_spread_deg: float = 0.0
+    codec_fit: str = ""  # which demos the codec was fitted on and measured on, e.g. "training split: 9 of 10 demos"
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -69,18 +70,44 @@ class AuditResult:
         return d
 
 
-def audit(spec: Spec, demo_path: str | Path) -> AuditResult:
-    """Fit the spec's codec on the demo file and measure the action groups in model space."""
-    ds = read_demo_file(demo_path, obs_convention=spec.data.obs_convention)
-    views = [episode_view(ep, ds.meta.obs_convention) for ep in ds.episodes]
-    rep = representation(spec.codec.representation, spec.codec.rotation)
-    phys = np.concatenate([physical_actions(v, rep) for v in views])
-    codec = ActionCodec.fit(spec.codec, phys, np.concatenate([v.state for v in views]),
-                            np.concatenate([v.actions for v in views]))
+def audit(spec: Spec, demo_path: str | Path, data: PreparedData | None = None) -> AuditResult:
+    """The spec's codec as a run fits and trains it (on the training split of the demos), measured on
+    the actions the loss sees (that split) in model space. `data`: the run's prepared data (the file
+    read and the codec fitted once, shared with training); without it the file is read here and the
+    codec fitted the same way."""
+    if data is not None:
+        ds, codec, ids = data.demo_set, data.codec, list(data.train_ids)
+        views = [episode_view(ep, ds.meta.obs_convention) for ep in ds.episodes]
+    else:
+        ds = read_demo_file(demo_path, obs_convention=spec.data.obs_convention)
+        views = [episode_view(ep, ds.meta.obs_convention) for ep in ds.episodes]
+        ids, _ = split_demos(len(views), spec.data.val_fraction)
+        codec = fit_codec(spec.codec, views, ids)
+    phys = np.concatenate([physical_actions(views[i], codec.rep) for i in ids])
     model = codec.encode(phys)  # (N, W)
+    groups, total_loss = _group_audits(spec, codec, phys, model)
+    ratio, pair = _scale_ratio(groups)
+    filled = int(codec.action_mask.sum())
+    width = codec.width
+    dilution = filled / width if spec.loss.reduction == "rdt_mean" else 1.0
+    denom = width if spec.loss.reduction == "rdt_mean" else filled
+    return AuditResult(
+        # The rotation spread is the file's (every demo), as ablation.needs measures it; the rest is the codec's.
+        rot_spread_deg=rotation_spread_deg(views), codec_fit=f"training split: {len(ids)} of {len(views)} demos",
+        spec=spec.name, spec_hash=spec.hash(), demo_file=str(demo_path), n_demos=len(ids),
+        n_steps=int(model.shape[0]), representation=spec.codec.representation, layout=spec.codec.layout,
+        normalizer=spec.codec.normalizer, reduction=spec.loss.reduction, groups=groups,
+        scale_ratio=float(ratio), scale_ratio_groups=pair, filled_slots=filled, total_slots=width,
+        dilution_factor=float(dilution), mean_predictor_loss=float(total_loss / denom),
+        warnings=_warnings(spec, groups, ratio, pair, filled, width, dilution))
+
+
+def _group_audits(spec: Spec, codec: ActionCodec, phys: np.ndarray, model: np.ndarray
+                  ) -> tuple[dict[str, GroupAudit], float]:
+    """Per group: range, spread and RMS in model space, and its share of the loss of the per-dim mean
+    predictor (whose expected loss is the per-dim variance, weighted per group)."""
     weights = spec.loss.weights.as_dict()
     slots = codec.group_slots
-    # Expected loss of the per-dim mean predictor = per-dim variance, weighted per group.
     var = model.var(axis=0)
     group_loss = {g: weights[g] * float(var[slots[g]].sum()) for g in GROUPS}
     total_loss = sum(group_loss.values())
@@ -91,12 +118,16 @@ def audit(spec: Spec, demo_path: str | Path) -> AuditResult:
         p = phys[:, phys_idx[g]]
         p_rms = float(np.sqrt(np.mean(p ** 2)))
         near_const = bool(p_rms > 0 and float(p.std(0).mean()) < NEAR_CONSTANT_REL_STD * p_rms)
-        rms = float(np.sqrt(np.mean(x ** 2)))
         groups[g] = GroupAudit(
             slots=[int(s) for s in slots[g]], min=float(x.min()), max=float(x.max()), std=float(x.std()),
-            absmax=float(np.abs(x).max()), rms=rms,
+            absmax=float(np.abs(x).max()), rms=float(np.sqrt(np.mean(x ** 2))),
             mean_loss_share=group_loss[g] / total_loss if total_loss > 0 else 0.0,
             constant=bool(np.all(np.ptp(x, axis=0) <= CONSTANT_RMS)), near_constant=near_const)
+    return groups, total_loss
+
+
+def _scale_ratio(groups: dict[str, GroupAudit]) -> tuple[float, tuple[str, str]]:
+    """The largest RMS ratio between two groups that carry signal, and which two."""
     live = [g for g in GROUPS if groups[g].rms > CONSTANT_RMS]
     ratio, pair = 1.0, (GROUPS[0], GROUPS[0])
     for a in live:
@@ -104,10 +135,11 @@ def audit(spec: Spec, demo_path: str | Path) -> AuditResult:
             r = groups[a].rms / groups[b].rms
             if r > ratio:
                 ratio, pair = r, (a, b)
-    filled = int(codec.action_mask.sum())
-    width = codec.width
-    dilution = filled / width if spec.loss.reduction == "rdt_mean" else 1.0
-    denom = width if spec.loss.reduction == "rdt_mean" else filled
+    return ratio, pair
+
+
+def _warnings(spec: Spec, groups: dict[str, GroupAudit], ratio: float, pair: tuple[str, str], filled: int,
+              width: int, dilution: float) -> list[str]:
     warnings = []
     if ratio > SCALE_RATIO_WARN:
         warnings.append(
@@ -126,13 +158,7 @@ def audit(spec: Spec, demo_path: str | Path) -> AuditResult:
         elif groups[g].mean_loss_share < 0.01:
             warnings.append(f"'{g}' carries {100 * groups[g].mean_loss_share:.2g}% of the mean-predictor loss; "
                             "errors there barely move the total.")
-    return AuditResult(
-        rot_spread_deg=rotation_spread_deg(views),
-        spec=spec.name, spec_hash=spec.hash(), demo_file=str(demo_path), n_demos=len(views),
-        n_steps=int(model.shape[0]), representation=spec.codec.representation, layout=spec.codec.layout,
-        normalizer=spec.codec.normalizer, reduction=spec.loss.reduction, groups=groups,
-        scale_ratio=float(ratio), scale_ratio_groups=pair, filled_slots=filled, total_slots=width,
-        dilution_factor=float(dilution), mean_predictor_loss=float(total_loss / denom), warnings=warnings)
+    return warnings
 
 
 def rotation_spread_deg(views) -> float:
@@ -148,7 +174,8 @@ def rotation_spread_deg(views) -> float:
 def format_table(res: AuditResult) -> str:
     lines = [
         f"scale audit: spec {res.spec} ({res.spec_hash}) on {res.demo_file}",
-        f"  {res.n_demos} demos, {res.n_steps} steps; representation={res.representation} layout={res.layout} "
+        f"  codec fitted on the {res.codec_fit or f'{res.n_demos} demos'}; measured there: {res.n_steps} steps",
+        f"  representation={res.representation} layout={res.layout} "
         f"normalizer={res.normalizer} reduction={res.reduction}",
         "",
         f"  {'group':<5} {'slots':<10} {'min':>10} {'max':>10} {'std':>10} {'absmax':>10} {'rms':>10} {'loss share':>11}",

@@ -173,17 +173,26 @@ class PreparedData:
     obs_fit: np.ndarray | None = None
 
 
-def prepare_data(spec_data: DataSpec, codec_spec, demo_path: str | Path, split_seed: int = 0) -> PreparedData:
-    """Read a demo file, split by demo, fit the codec on the training split, build windows."""
-    ds = read_demo_file(demo_path, obs_convention=spec_data.obs_convention, load_images=spec_data.images)
+def fit_codec(codec_spec, views: list[EpisodeView], ids: list[int]) -> ActionCodec:
+    """The codec fitted on the demos `ids` (a run's training split): the one codec a run trains with,
+    audits and saves. Statistics come from the training split only, so validation measures
+    generalisation honestly."""
+    rep = representation(codec_spec.representation, codec_spec.rotation)
+    phys = np.concatenate([physical_actions(views[i], rep) for i in ids])
+    states = np.concatenate([views[i].state for i in ids])
+    native = np.concatenate([views[i].actions for i in ids])
+    return ActionCodec.fit(codec_spec, phys, states, native)
+
+
+def prepare_data(spec_data: DataSpec, codec_spec, demo_path: str | Path, split_seed: int = 0,
+                 demos: DemoSet | None = None) -> PreparedData:
+    """Read a demo file (or take `demos`, already read from it), split by demo, fit the codec on the
+    training split, build windows."""
+    ds = demos if demos is not None else read_demo_file(demo_path, obs_convention=spec_data.obs_convention,
+                                                        load_images=spec_data.images)
     views = [episode_view(ep, ds.meta.obs_convention) for ep in ds.episodes]
     train_ids, val_ids = split_demos(len(views), spec_data.val_fraction, split_seed)
-    rep = representation(codec_spec.representation, codec_spec.rotation)
-    # Statistics come from the training split only, so validation measures generalisation honestly.
-    phys = np.concatenate([physical_actions(views[i], rep) for i in train_ids])
-    states = np.concatenate([views[i].state for i in train_ids])
-    native = np.concatenate([views[i].actions for i in train_ids])
-    codec = ActionCodec.fit(codec_spec, phys, states, native)
+    codec = fit_codec(codec_spec, views, train_ids)
     imgs = [{k: ep.obs[k] for k in IMAGE_KEYS if k in ep.obs} for ep in ds.episodes] if spec_data.images else None
     train = build_windows(views, train_ids, codec, spec_data, imgs)
     val = build_windows(views, val_ids, codec, spec_data, imgs) if val_ids else None

@@ -150,14 +150,15 @@ def gate_cache_key(codec_spec: dict, codec_class: str, convention: str, executed
 def replay_gate(spec, demo_file: str | Path, *, episodes: int = 10, workers: int = 1,
                 cache_dir: str | Path | None = None, suite: str | None = None, task: int | None = None,
                 obs_convention: str | None = None, executed: bool = True, codec_override=None,
-                min_success: float = GATE_MIN_SUCCESS) -> GateResult:
+                min_success: float = GATE_MIN_SUCCESS, demos=None) -> GateResult:
     """Gate A through `spec`'s own codec: replay the first `episodes` demos of `demo_file` in LIBERO.
 
     spec: a Spec (its codec and data.obs_convention are used), or a CodecSpec.
     suite/task: default to the file's own (ablation.demo_io.infer_suite_task).
     obs_convention: default: the spec's data.obs_convention when a Spec is given ("auto": the file's
     attribute, else detected from the data).
-    passed = success rate >= min_success (0.9)."""
+    passed = success rate >= min_success (0.9).
+    demos: the file's DemoSet when the caller has read it already (the run pipeline reads it once)."""
     from .data import read_demo_file
     from .demo_io import infer_suite_task
     from .spec import CodecSpec
@@ -172,7 +173,7 @@ def replay_gate(spec, demo_file: str | Path, *, episodes: int = 10, workers: int
     if suite is None or task is None:
         s, t = infer_suite_task(demo_file)
         suite, task = suite or s, t if task is None else task
-    ds = read_demo_file(demo_file, obs_convention=obs_convention)
+    ds = demos if demos is not None else read_demo_file(demo_file, obs_convention=obs_convention)
     obs_convention = ds.meta.obs_convention
     n = min(int(episodes), len(ds.episodes))
     if n < 1:

@@ -28,7 +28,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "stats": ("stats",),
     # Networks, their loss and training, checkpoint bundles, the policy and RDT. openloop is here:
     # the trainer runs it on held-out demos at every eval step.
-    "learning": ("model", "loss", "openloop", "train", "bundle", "policy", "spec_data", "rdt"),
+    "learning": ("model", "loss", "openloop", "train", "train_state", "train_metrics", "bundle", "policy", "spec_data",
+                 "rdt"),
     # The LIBERO simulator: env factory, scripted expert, demo generation.
     "simulation": ("sim",),
     # Policies (or replayed demos) in the simulator: the rollout-policy contract and its policies
@@ -36,8 +37,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "evaluation": ("rollout_policy", "builtin_policies", "bundle_policy", "rollout_records", "rollout_episode",
                    "rollout_envs", "rollout", "rollout_pool", "gates"),
     # A study: runs and their stages, plans in looks, tuning, analysis, report, MLflow, the workdir.
+    # stage is the contract of a run's stages; closed_loop and run_plots are what the stages call.
     # recorded_plan reads a finished plan back from MLflow, findings judges it, the report package presents it.
-    "study": ("run", "stages", "executors", "plan", "plan_record", "plan_eta", "tune", "pretrain", "analysis", "needs",
+    "study": ("run", "stage", "stages", "closed_loop", "run_plots", "executors", "plan", "plan_record", "plan_eta", "tune", "pretrain", "analysis", "needs",
               "hypothesis", "verdicts", "calibration", "recorded_plan", "findings", "report", "tracking", "workdir",
               "registry", "profiles", "arms", "plan_print", "plan_pretrain", "slot_signature"),
     # What a user types: the CLI, its commands and the doctor.

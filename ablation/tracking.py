@@ -290,13 +290,19 @@ class Tracker:
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=items[i:i + _MAX_PARAMS_PER_BATCH])
 
-    def log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
-        """rows: (key, value, step). Sent in batches."""
-        from mlflow.entities import Metric
+    def log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]],
+                    tags: dict[str, Any] | None = None) -> None:
+        """rows: (key, value, step). Sent in batches; `tags` ride with the first (one round trip for both)."""
+        from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(s)) for k, v, s in rows]
-        for i in range(0, len(items), _MAX_METRICS_PER_BATCH):
+        tag_items = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        if not items and not tag_items:
+            return
+        first = _MAX_METRICS_PER_BATCH - len(tag_items)  # MLflow caps the entries of one batch, tags included
+        self.client.log_batch(run_id, metrics=items[:first], tags=tag_items)
+        for i in range(first, len(items), _MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=items[i:i + _MAX_METRICS_PER_BATCH])
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
@@ -322,14 +328,20 @@ class Tracker:
 
 
 class MetricBuffer:
-    """Collects (key, value, step) rows from the trainer callback; flushes in batches."""
+    """Collects (key, value, step) rows (the trainer callback's, the run stages') and tags; flushes them
+    together in batches."""
 
     def __init__(self, tracker: Tracker, run_id: str, flush_every: int = 2000, flush_after_s: float = 15.0):
         self.tracker, self.run_id, self.flush_every = tracker, run_id, flush_every
         # Also flush on time, so a killed run keeps what it measured up to a few seconds before.
         self.flush_after_s, self.last_flush = flush_after_s, time.time()
         self.rows: list[tuple[str, float, int]] = []
+        self.tags: dict[str, str] = {}
         self.history: dict[str, list[tuple[int, float]]] = {}
+
+    def tag(self, tags: dict[str, Any]) -> None:
+        """Tags to send with the next flush."""
+        self.tags.update({k: str(v) for k, v in tags.items()})
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():
@@ -339,7 +351,7 @@ class MetricBuffer:
             self.flush()
 
     def flush(self) -> None:
-        if self.rows:
-            self.tracker.log_metrics(self.run_id, self.rows)
-            self.rows = []
+        if self.rows or self.tags:
+            self.tracker.log_metrics(self.run_id, self.rows, self.tags)
+            self.rows, self.tags = [], {}
         self.last_flush = time.time()

@@ -8,7 +8,8 @@ One step: sample a batch (with replacement, from one seeded generator that also 
 and timesteps, so a run is a pure function of its seed and resumes exactly), noise the chunk,
 predict, reduce the loss per group (ablation.loss), AdamW step with clipping and warmup+cosine LR.
 Checkpoint bundles are read and written by ablation.bundle; open-loop figures come from
-ablation.openloop.
+ablation.openloop; the optimiser, LR schedule, EMA and RNG a bundle saves are ablation.train_state;
+batches and the loss/x0 meters are ablation.train_metrics.
 
 Compute kernels (`train.kernels`, default "fast"; "reference" is the pre-Throughput trainer):
     fast       on CPU, the blocks' matmuls in bf16 while training (ablation.model.Kernels), fp32 for
@@ -39,8 +40,6 @@ Out dir layout: out_dir/checkpoints/step_0001000/, the newest bundle (see ablati
 """
 from __future__ import annotations
 
-import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,22 +50,26 @@ import torch
 from tqdm import tqdm
 
 from .bundle import check_resumable, latest_bundle, load_matching, read_train_state, write_bundle
-from .data import PreparedData, Windows
+from .data import PreparedData
 from .errors import UserError
-from .loss import SHARES, DiffusionLoss, physical_errors
+from .loss import SHARES, DiffusionLoss
 from .model import (COMPILED_TRAIN_KERNELS, FAST_EVAL_KERNELS, FAST_TRAIN_KERNELS, REFERENCE_KERNELS,
                     DiffusionTransformer)
-from .openloop import open_loop_eval  # noqa: F401  (re-exported: `from ablation.train import open_loop_eval`)
-from .policy import DiffusionPolicy, ObsNormalizer, build_policy
+from .openloop import open_loop_eval
+from .policy import ObsNormalizer, build_policy
 from .provenance import file_sha256, git_commit, versions
-from .spec import GROUPS, Spec
+from .spec import Spec
 from .spec_data import prepare_spec_data
+from .train_metrics import LossMeter, WindowTensors, phys_metrics, x0_error_by_t
+from .train_state import EMA, TrainState, cpu_bf16_matmul, pick_device, total_steps
+
+# Re-exported: callers and tests import these from the trainer (`from ablation.train import ...`).
+__all__ = ["EMA", "TrainResult", "TrainState", "TrainingDiverged", "WindowTensors", "configure_torch", "latest_bundle",
+           "open_loop_eval", "train", "x0_error_by_t"]
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
 VAL_BATCHES = 4        # batches of held-out windows per validation
 VAL_OPEN_LOOP_N = 64   # sampled windows for the open-loop figures logged during training
-X0_BY_T_BINS = 5       # diffusion-time bins of the final x0-error diagnostic (val/x0_by_t/*)
-X0_BY_T_WINDOWS = 256  # held-out windows per bin (the same windows and unit noise in every bin)
 KERNEL_CHOICES = ("fast", "reference")
 
 
@@ -107,215 +110,6 @@ def configure_torch(num_threads: int = 0) -> None:
     import torch._dynamo.config as dynamo_config
 
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
-
-
-# ----------------------------------------------------------------------------- batches
-
-class WindowTensors:
-    """Training windows as tensors on the training device; gathers batches by index."""
-
-    def __init__(self, w: Windows, device: torch.device):
-        self.windows = w
-        self.obs = torch.as_tensor(w.obs, device=device)
-        self.state = torch.as_tensor(w.state, device=device)
-        self.actions = torch.as_tensor(w.actions, device=device)
-        self.valid = torch.as_tensor(w.action_valid, device=device)
-        # model.kind rdt: `images` gathers SigLIP tokens from the feature cache per batch (ablation/rdt/features.py)
-        self.images = torch.as_tensor(w.images, device=device) if isinstance(w.images, np.ndarray) else w.images
-
-    def __len__(self) -> int:
-        return self.obs.shape[0]
-
-    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        idx = idx.to(self.obs.device)
-        b = {"obs": self.obs[idx], "state": self.state[idx], "actions": self.actions[idx], "valid": self.valid[idx]}
-        if isinstance(self.images, torch.Tensor):
-            b["images"] = self.images[idx]
-        elif self.images is not None:
-            b["images"] = torch.as_tensor(self.images[idx.cpu().numpy()], device=self.obs.device)
-        return b
-
-
-# ----------------------------------------------------------------------------- training state
-
-class EMA:
-    """Exponential moving average of parameters (decay warms up as (1+k)/(10+k))."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay, self.updates = decay, 0
-        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-        self._bind(model)
-
-    def _bind(self, model: torch.nn.Module) -> None:
-        sd = model.state_dict()  # tensors that share storage with the model's (updated in place)
-        self._float = [(self.shadow[k], v) for k, v in sd.items() if v.dtype.is_floating_point]
-        self._other = [(self.shadow[k], v) for k, v in sd.items() if not v.dtype.is_floating_point]
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        if self._float:
-            src = [v if v.dtype == torch.float32 else v.float() for _, v in self._float]
-            torch._foreach_lerp_([s for s, _ in self._float], src, 1.0 - d)
-        for s, v in self._other:
-            s.copy_(v)
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
-
-    def load_state_dict(self, d: dict, model: torch.nn.Module) -> None:
-        self.decay, self.updates = d["decay"], d["updates"]
-        self.shadow = {k: v.clone() for k, v in d["shadow"].items()}
-        self._bind(model)
-
-
-def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warmup to the spec lr, then cosine decay to 0 at `total` steps."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return f
-
-
-def pick_device(spec: Spec) -> torch.device:
-    want = spec.train.device
-    if want == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device: cuda, but no CUDA device is available; use auto or cpu")
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(want)
-
-
-def cpu_bf16_matmul() -> bool:
-    """Whether oneDNN multiplies bf16 natively here (AVX512-BF16 / AMX); elsewhere bf16 would be emulated."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def total_steps(spec: Spec) -> int:
-    return int(getattr(spec.train, "total_steps", spec.train.steps))
-
-
-@dataclass
-class TrainState:
-    """What a step changes and a bundle saves for resuming: optimiser, schedule, EMA, RNG, history."""
-
-    net: torch.nn.Module
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LambdaLR
-    ema: EMA | None
-    gen: torch.Generator
-    step: int = 0
-    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
-    resumed_from: int | None = None
-
-    @classmethod
-    def create(cls, spec: Spec, net: torch.nn.Module, fused_opt: bool) -> "TrainState":
-        opt = torch.optim.AdamW(net.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay,
-                                **({"fused": True} if fused_opt else {}))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec.train.warmup_steps, total_steps(spec)))
-        ema = EMA(net, spec.train.ema_decay) if spec.train.ema else None
-        return cls(net, opt, sched, ema, torch.Generator().manual_seed(spec.train.seed))
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
-                "lr_scheduler": self.sched.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
-                "rng": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "history": self.history}
-
-    def load_state_dict(self, st: dict) -> None:
-        fused = [g.get("fused") for g in self.opt.param_groups]
-        self.net.load_state_dict(st["model"])
-        self.opt.load_state_dict(st["optimizer"])
-        for g, f in zip(self.opt.param_groups, fused):  # keep this run's optimiser kernel
-            g["fused"] = f
-        self.sched.load_state_dict(st["lr_scheduler"])
-        if self.ema is not None and st.get("ema") is not None:
-            self.ema.load_state_dict(st["ema"], self.net)
-        self.gen.set_state(st["rng"])
-        torch.set_rng_state(st["torch_rng"])
-        self.step, self.history = st["step"], [(s, m) for s, m in st.get("history", [])]
-        self.resumed_from = self.step
-
-    @contextlib.contextmanager
-    def eval_weights(self):
-        """The EMA weights swapped in (when EMA is on), the raw ones restored after."""
-        if self.ema is None:
-            yield
-            return
-        raw = {k: v.clone() for k, v in self.net.state_dict().items()}
-        self.net.load_state_dict(self.ema.shadow)
-        try:
-            yield
-        finally:
-            self.net.load_state_dict(raw)
-
-
-class LossMeter:
-    """Per-group loss shares and x0 MSEs summed on the device (no sync per step) between logs."""
-
-    def __init__(self, device: torch.device):
-        self.total = torch.zeros((), device=device)
-        self.shares = torch.zeros(len(SHARES), device=device)
-        self.mse = torch.zeros(len(GROUPS), device=device)
-        self.n = 0
-
-    @torch.no_grad()
-    def add(self, lo) -> None:
-        self.total += lo.total.detach()
-        self.shares += lo.contrib_vec.detach()
-        self.mse += lo.mse_vec.detach()
-        self.n += 1
-
-    def metrics(self, loss_fn: DiffusionLoss, prefix: str) -> dict[str, float]:
-        """{prefix}/loss/{total,pos,rot,grip,pad} and {prefix}/nmse/{g}, averaged over the steps added."""
-        n = max(self.n, 1)
-        m = {f"{prefix}/loss/total": float(self.total) / n}
-        m.update({f"{prefix}/loss/{g}": v / n for g, v in zip(SHARES, self.shares.tolist())})
-        nmse = loss_fn.nmse({g: v / n for g, v in zip(GROUPS, self.mse.tolist())})
-        m.update({f"{prefix}/nmse/{g}": nmse[g] for g in GROUPS})
-        return m
-
-
-def phys_metrics(policy: DiffusionPolicy, x0_pred: torch.Tensor, w: Windows, idx: torch.Tensor,
-                 prefix: str) -> dict[str, float]:
-    """Physical errors of one batch's x0 estimate, {prefix}/phys/{pos_mm,rot_deg,grip}."""
-    ni = idx.cpu().numpy()
-    pred_phys = policy.codec.decode(x0_pred.detach().float().cpu().numpy())
-    errs = physical_errors(policy.codec, pred_phys, w.phys_actions[ni], w.action_valid[ni])
-    return {f"{prefix}/phys/{k}": v for k, v in errs.items()}
-
-
-@torch.no_grad()
-def x0_error_by_t(policy: DiffusionPolicy, windows: WindowTensors, loss_fn: DiffusionLoss, *,
-                  n_bins: int = X0_BY_T_BINS, n: int = X0_BY_T_WINDOWS, batch_size: int = 64,
-                  seed: int = 0) -> dict[str, float]:
-    """One-step x0 nMSE per group, binned by diffusion time: bin k draws t uniformly from
-    [k T/n_bins, (k+1) T/n_bins) (T = model.num_train_timesteps), on the same n windows with the same
-    unit noise in every bin, so bins differ only in t. Signal-to-noise arguments predict where arms
-    differ: at small t the chunk is barely noised, at large t the net predicts from the observation.
-    -> {val/x0_by_t/{g}/bin{k}: nMSE} (1: no better than the group's mean)."""
-    T = policy.spec.model.num_train_timesteps
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(windows), generator=gen)[:n]
-    batches = [windows.batch(idx[i:i + batch_size]) for i in range(0, len(idx), batch_size)]
-    noises = [torch.randn(b["actions"].shape, generator=gen).to(b["actions"].device) for b in batches]
-    out: dict[str, float] = {}
-    for k in range(n_bins):
-        lo, hi = k * T // n_bins, max((k + 1) * T // n_bins, k * T // n_bins + 1)
-        mse = torch.zeros(len(GROUPS))
-        for b, noise in zip(batches, noises):
-            B = b["actions"].shape[0]
-            t = torch.randint(lo, hi, (B,), generator=gen).to(noise.device)
-            o = policy.outputs_at(b, noise, t)
-            mse += loss_fn(o["pred"], o["target"], o["x0_pred"], o["x0"]).mse_vec.float().cpu() * B
-        nmse = loss_fn.nmse({g: v / len(idx) for g, v in zip(GROUPS, mse.tolist())})
-        out.update({f"val/x0_by_t/{g}/bin{k}": nmse[g] for g in GROUPS})
-    return out
 
 
 # ----------------------------------------------------------------------------- one step, validation

@@ -378,13 +378,13 @@ def feature_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def prepare_rdt_image_data(spec: "Spec", demo_path: str | Path,
-                           features_dir: str | Path | None = None) -> "PreparedData":
+def prepare_rdt_image_data(spec: "Spec", demo_path: str | Path, features_dir: str | Path | None = None,
+                           demos=None) -> "PreparedData":
     """Demos as training windows whose `images` are SigLIP tokens from the cache (no raw frames in memory)."""
     if not spec.model.vision_model:
         raise VisionInputError(f"spec {spec.name}: model.kind rdt with data.images: true needs `{SPEC_FIELD}`; "
                                f"{HOW_TO_GET_SIGLIP}")
-    data = prepare_data(spec.data.model_copy(update={"images": False}), spec.codec, demo_path)
+    data = prepare_data(spec.data.model_copy(update={"images": False}), spec.codec, demo_path, demos=demos)
     enc = siglip_encoder(spec.model.vision_model, feature_device())
     settings = rdt_feature_settings(spec, enc)
     cache = build_or_load(demo_path, enc, settings, features_dir or default_features_dir())
