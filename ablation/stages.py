@@ -95,7 +95,7 @@ def log_episodes(tracker: Tracker, run_id: str, episodes: list[dict]) -> None:
 
 
 def log_bundle(tracker: Tracker, run_id: str, spec: Spec, result, history: dict) -> None:
-    """Spec YAML, codec statistics, the checkpoint bundle and the per-group loss curves."""
+    """Spec YAML, codec statistics, the final checkpoint bundle (what a policy loads) and the loss curves."""
     bundle = Path(result.checkpoint_dir)
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "spec.yaml").write_text(spec.to_yaml())
@@ -104,7 +104,10 @@ def log_bundle(tracker: Tracker, run_id: str, spec: Spec, result, history: dict)
         if p is not None:
             tracker.log_artifact(run_id, p, "plots")
     tracker.log_artifact(run_id, bundle / "codec.json")
-    tracker.log_artifact(run_id, bundle, "checkpoint")
+    from .bundle import POLICY_FILES  # (imports torch: only in a worker that trained)
+
+    for name in POLICY_FILES:  # the final bundle once, without the training state (train_state.pt)
+        tracker.log_artifact(run_id, bundle / name, "checkpoint")
 
 
 # ----------------------------------------------------------------------------- plots
