@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_demos(p, what="open-loop windows are drawn from it (default: the one in the bundle's meta.json)")
     p.add_argument("--n", type=int, default=256, help="held-out windows to sample open-loop")
     add_profile(p, default=None, what="its rollout workers and batch, as the plan's rollouts used (default: "
-                                      "the spec's rollout.workers, batch 1)")
+                                      "the spec's rollout.workers, batch 1); with --spec, the arm's profile too")
     p.add_argument("--workers", type=int, help="rollout worker processes (default: the profile's, else rollout.workers)")
     p.add_argument("--batch", type=int, default=None,
                    help="episodes per process in lockstep, one policy call for all of them (the CPU profile's "
