@@ -78,6 +78,14 @@ def test_train_arm_is_the_plans_run(synthetic_demo_file, tmp_path):
     ckpt = {Path(a.path).name for a in tr.client.list_artifacts(run.info.run_id, "checkpoint")}
     assert ckpt == set(POLICY_FILES), ckpt  # the final bundle once: no train_state.pt, no step_N folders
 
+    # --demos FILE is the run's data.demo_file: the same run again (resumed: nothing left to do)
+    again = cli("train", "--spec", "fix_minmax", "--seed", "1", "--profile", "cpu", "--workdir", str(wd), "--json",
+                "--demos", str(synthetic_demo_file), *as_sets(TINY))
+    assert again.returncode == 0, again.stderr[-3000:]
+    rec2 = json.loads(again.stdout)
+    assert (rec2["run_id"], rec2["run_state"], rec2["checkpoint"]) == (rec["run_id"], "finished", rec["checkpoint"])
+    assert "train" not in rec2["stage_seconds"]
+
     dry = cli("plan", str(plan), "--profile", "cpu", "--workdir", str(wd), "--only", "fix_minmax", "--dry-run",
               "--json")
     assert dry.returncode == 0, dry.stderr[-3000:]
