@@ -26,6 +26,9 @@ class Arm:
     # The plan's tasks of the spec's suite; None: the spec's own data.task (a single-task plan, whose
     # run names, checkpoint dirs and spec hashes carry no task, as before multi-task plans existed).
     tasks: tuple[int, ...] | None = None
+    # Overrides for one seed's runs only, (seed, sets): e.g. the pretraining run (train.init_from) that
+    # fine-tuning seed s starts from when a plan pretrains several times (pretrain.seeds).
+    seed_sets: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
     def spec_at(self, task: int | None) -> Spec:
         """The arm's spec on `task` (its own task when None), without the seed."""
@@ -33,7 +36,8 @@ class Arm:
 
     def spec_for(self, seed: int, task: int | None = None) -> Spec:
         """The arm's spec with `seed` (and on `task`, when given): one run's spec."""
-        return with_overrides(self.spec, [f"train.seed={seed}"] + ([] if task is None else [f"data.task={task}"]))
+        extra = [x for s, sets in self.seed_sets if s == seed for x in sets]
+        return with_overrides(self.spec, [f"train.seed={seed}"] + ([] if task is None else [f"data.task={task}"]) + extra)
 
 
 @dataclass(frozen=True)

@@ -168,6 +168,9 @@ class PreparedData:
     train_ids: list[int]
     val_ids: list[int]
     demo_set: DemoSet
+    # Observation windows the observation normaliser is fitted on; None: `train.obs` (the run's own
+    # training split). Set when the normalisers are frozen from other demos (ablation/frozen_norm.py).
+    obs_fit: np.ndarray | None = None
 
 
 def prepare_data(spec_data: DataSpec, codec_spec, demo_path: str | Path, split_seed: int = 0) -> PreparedData:

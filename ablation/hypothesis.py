@@ -121,6 +121,9 @@ class Hypothesis(_Frozen):
     rule: str
     # The seed report's own diagnosis: when the data contradict it, the answer paragraph says so.
     seed_claim: bool = False
+    # An arm of the comparisons that must itself succeed (at least rules.positive_control_min) for any
+    # of them to mean something; below that the verdict is "untestable here, because ..." (verdicts.py).
+    positive_control: Optional[str] = None
     outcomes: Outcomes = Outcomes()
     # Thresholds of this hypothesis that differ from the plan's (margin, corr_strong, floor, ceiling);
     # the defaults live in ablation/rules.py.
@@ -183,6 +186,9 @@ def load_hypothesis(name: str, relative_to: Path | None = None) -> Hypothesis:
         if f.claim not in f.mechanisms:
             raise SpecError(f"{path}: factorial.claim: {f.claim!r} is not one of the mechanisms "
                             f"({', '.join(f.mechanisms) or 'none given'})")
+    if h.positive_control is not None and h.positive_control not in h.arms():
+        raise SpecError(f"{path}: positive_control: {h.positive_control!r} is not an arm of the comparisons "
+                        f"({', '.join(h.arms())})")
     if h.kind == "correlation" and h.correlation is None:
         raise SpecError(f"{path}: correlation: a hypothesis of kind 'correlation' says x, y and expect")
     from .spec import spec_path

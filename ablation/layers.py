@@ -22,7 +22,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # file reader asks it for the suites' task names, so it sits here, not with the simulator.
     "core": ("ablation", "errors", "spec", "representations", "rotation", "codec", "data", "episodes",
              "obs_features", "demo_evidence", "libero_tasks", "libero_file", "lerobot_file", "demo_io",
-             "audit", "provenance", "locks", "layers", "sim.libero_setup", "rules", "noise", "diskfull"),
+             "audit", "provenance", "locks", "layers", "sim.libero_setup", "rules", "noise", "diskfull",
+             "frozen_norm", "pose_fit"),
     # Paired statistics on plain arrays: knows nothing of specs, runs or the simulator.
     "stats": ("stats",),
     # Networks, their loss and training, checkpoint bundles, the policy and RDT. openloop is here:
@@ -38,7 +39,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # recorded_plan reads a finished plan back from MLflow, findings judges it, the report package presents it.
     "study": ("run", "stages", "executors", "plan", "plan_record", "plan_eta", "tune", "pretrain", "analysis", "needs",
               "hypothesis", "verdicts", "calibration", "recorded_plan", "findings", "report", "tracking", "workdir",
-              "registry", "profiles", "arms", "plan_print"),
+              "registry", "profiles", "arms", "plan_print", "plan_pretrain", "slot_signature"),
     # What a user types: the CLI, its commands and the doctor.
     "commands": ("cli", "commands", "doctor"),
 }

@@ -19,6 +19,9 @@ Keys (the trainer logs them as `val/openloop/<key>`):
                                  absolute poses where deltas are expected has abs_pose near 1 and
                                  delta low; a healthy delta model the reverse. For abs_pose
                                  representations (the output is a target pose) both are reported as is.
+    pose_fit/{slope,slope_x,slope_y,slope_z,intercept_m,mag_ratio,r2}   the same first-step output
+                                 regressed on the absolute EEF position (ablation.pose_fit): a pose has
+                                 slope ~1, intercept ~0, |pred|/|pose| ~1; a step does not (R^2 alone cannot tell)
     clip_fraction, max_excess    decoded env actions outside [-1, 1] before clipping (arm dims, all steps)
     demo_clip_fraction           the same for the demo's own actions, for reference
     pos_step_max_m, pos_step_ratio   largest commanded position step / largest in the training data
@@ -34,6 +37,7 @@ import torch
 from .codec import ActionCodec
 from .data import Windows
 from .loss import physical_errors
+from .pose_fit import pose_regression
 
 CONST_VAR = 1e-12
 
@@ -89,7 +93,8 @@ def pose_signature(codec: ActionCodec, pred_phys: np.ndarray, windows: Windows, 
     pred0 = codec.rep.pos_m(pred_phys[:, 0, gi])                 # (n, 3) metres
     abs_pose = windows.ee_pos[idx]                                # (n, 3) metres
     delta = codec.rep.step_m(windows.phys_actions[idx][:, 0, gi], abs_pose)
-    return {"r2/pos_vs_abs_pose": r2_linear(pred0, abs_pose), "r2/pos_vs_delta": r2_linear(pred0, delta)}
+    return {"r2/pos_vs_abs_pose": r2_linear(pred0, abs_pose), "r2/pos_vs_delta": r2_linear(pred0, delta),
+            **pose_regression(pred0, abs_pose)}
 
 
 @torch.no_grad()

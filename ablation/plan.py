@@ -19,7 +19,7 @@ import logging
 import traceback
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .analysis import analyse_look
@@ -28,14 +28,15 @@ from .errors import UserError
 from .executors import make_executor
 from .needs import plan_time_facts, untestable_arms
 from .plan_eta import PlanClock, estimate_plan_s, minutes
+from .plan_pretrain import run_pretrain_stage
 from .plan_print import announce, print_results, print_timing, task_text
 from .plan_record import demo_provenance, write_plan_record
 from .profiles import Profile, load_profile
-from .registry import (ensure_pretrain_run, ensure_spec_run, find_spec_run, job_for, mark_stale_runs,
+from .registry import (ensure_spec_run, find_spec_run, job_for, mark_stale_runs,
                        open_plan_run)
 from .run import RunJob, RunResult
-from .spec import EXPERIMENTS_DIR, load_plan, resolve_spec, spec_path, with_overrides
-from .tracking import MetricBuffer, Tracker, default_tracking_uri, runs_view_url
+from .spec import EXPERIMENTS_DIR, load_plan, resolve_spec, spec_path
+from .tracking import Tracker, default_tracking_uri, runs_view_url
 from .workdir import ensure_demos, workdir_lock
 
 log = logging.getLogger(__name__)
@@ -179,11 +180,12 @@ def with_pretraining(ctx: PlanContext, rp: ResolvedPlan, demo_for: DemoFor) -> t
     from .pretrain import PRETRAIN_MARKER  # (imports torch: only for plans that pretrain)
 
     try:
-        return run_pretrain_stage(ctx, rp), demo_for
+        return run_pretrain_stage(ctx.tracker, ctx.parent, rp, ctx.profile, ctx.workdir, ctx.extra_sets), demo_for
     except Exception as e:
         log.warning(f"[plan] pretraining failed: {type(e).__name__}: {e}")
         why = f"pretrain: {type(e).__name__}: {e}"
-        failed = {(a.name, t): why for a in rp.arms.values() if a.spec.train.init_from == PRETRAIN_MARKER
+        failed = {(a.name, t): why for a in rp.arms.values()
+                  if any(str(v or "").startswith(PRETRAIN_MARKER) for v in (a.spec.train.init_from, a.spec.data.norm_stats_from))
                   for t in a.tasks or (None,)}
         return rp, {**demo_for, **failed}
 
@@ -296,32 +298,6 @@ def finish(ctx: PlanContext, book: PlanBook, results: list[RunResult], t0: float
     return PlanOutcome(ctx.parent, results, report_dir, report_ok, book.timing)
 
 
-def run_pretrain_stage(ctx: PlanContext, rp: ResolvedPlan) -> ResolvedPlan:
-    """Train (or reuse) the plan's cached pretraining network, log it as a run under the parent, and
-    return the plan with every arm that says `train.init_from: "@pretrain"` pointed at it."""
-    from .pretrain import PRETRAIN_MARKER, pretrain  # (imports torch: only for plans that pretrain)
-    from .train import configure_torch
-
-    st = rp.plan.pretrain
-    plan_dir = Path(rp.plan.path).parent if rp.plan.path else EXPERIMENTS_DIR / "plans"
-    target = next(iter(rp.arms.values())).spec
-    spec = resolve_spec(spec_path(st.spec, relative_to=plan_dir),
-                        [*ctx.profile.sets, *rp.plan.set, *ctx.extra_sets, f"data.suite={target.data.suite}"])
-    rid = ensure_pretrain_run(ctx.tracker, spec, tuple(st.tasks), ctx.parent)
-    log.info(f"[plan] pretraining {spec.name} on {spec.data.suite} tasks {list(st.tasks)} ({st.n_demos} demos each), "
-             "cached and shared by every arm and seed")
-    configure_torch(spec.train.num_threads)
-    buf = MetricBuffer(ctx.tracker, rid)
-    res = pretrain(spec, tuple(st.tasks), st.n_demos, ctx.workdir, on_metrics=buf)
-    buf.flush()
-    ctx.tracker.set_tags(rid, {"ablation.pretrain_bundle": str(res.bundle), "ablation.demo_file": str(res.demo_file)})
-    ctx.tracker.end_run(rid, "FINISHED")
-    log.info(f"[plan] pretrained network: {res.bundle} ({'reused' if res.reused else f'{res.seconds:.0f} s'})")
-    arms = {name: replace(arm, spec=with_overrides(arm.spec, [f"train.init_from={res.bundle}"]))
-            if arm.spec.train.init_from == PRETRAIN_MARKER else arm for name, arm in rp.arms.items()}
-    return replace(rp, arms=arms)
-
-
 def dry_run_outcome(rp: ResolvedPlan, profile: Profile, uri: str, experiment: str, workdir: Path) -> PlanOutcome:
     """What --dry-run prints and returns: every run of the plan and its state in the store. It creates
     and changes nothing: without an MLflow store yet, every run is "to run" (and MLflow is not even imported)."""
@@ -358,8 +334,16 @@ def _estimate(rp: ResolvedPlan, profile: Profile, todo: int) -> tuple[float, flo
     demos = {(u.spec.data.suite, u.spec.data.task): u.spec.data.n_demos for u in units}
     n_demos = sum(demos.values())
     looks = list(rp.plan.episodes.looks) if rp.plan.episodes else [units[0].spec.rollout.episodes if units else 0]
+    # training in run-equivalents: a 4x arm costs 4 runs; pretraining (each spec x seed) and its demos count too
+    train_runs = todo * (sum(u.spec.train.steps_scale for u in units) / len(units)) if units else 0.0
+    st = rp.plan.pretrain
+    if st is not None and todo:
+        plan_dir = Path(rp.plan.path).parent if rp.plan.path else EXPERIMENTS_DIR / "plans"
+        train_runs += sum(resolve_spec(spec_path(n, relative_to=plan_dir)).train.steps_scale
+                          for n in st.spec_names) * max(1, len(st.seeds))  # a step costs the same on any demos
+        n_demos += st.n_demos * len(st.tasks)
     return estimate_plan_s(profile.costs, n_runs=todo, n_codecs=len(codecs), n_demos=n_demos, looks=looks,
-                           parallel=profile.jobs)
+                           parallel=profile.jobs, train_runs=train_runs)
 
 
 def outcome_json(o: PlanOutcome) -> dict:

@@ -38,14 +38,15 @@ class StageCosts:
 
 
 def estimate_plan_s(costs: StageCosts, *, n_runs: int, n_codecs: int, n_demos: int, looks: Sequence[int | None],
-                    parallel: int) -> tuple[float, float]:
+                    parallel: int, train_runs: float | None = None) -> tuple[float, float]:
     """(low, high) wall seconds for a plan: demos and Gate A, every run trained and given the first
     look's episodes; low stops there (every comparison decided at look 1), high takes every run to the
-    last look. Work is spread over `parallel` processes."""
+    last look. Work is spread over `parallel` processes. `train_runs`: training in units of one run at
+    the profile's steps (a 4x arm counts 4, pretraining counts too); None: n_runs."""
     p = max(1, parallel)
     real = [x for x in looks if x is not None] or [0]
     base = (n_demos * costs.demo_s + n_codecs * costs.gate_s) / p
-    first = n_runs * (costs.train_s + real[0] * costs.episode_s) / p
+    first = ((n_runs if train_runs is None else train_runs) * costs.train_s + n_runs * real[0] * costs.episode_s) / p
     rest = n_runs * (real[-1] - real[0]) * costs.episode_s / p
     return base + first, base + first + rest
 

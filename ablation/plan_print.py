@@ -39,6 +39,10 @@ def describe_plan(rp: ResolvedPlan) -> None:
     if tasks:
         log.info(f"[plan] tasks: {'; '.join(tasks)} (each arm x seed x task is its own run; every comparison is "
                  "pooled over the tasks, tasks a random factor)")
+    else:  # a single-task plan: say which task, since plans such as rotation move off the base task
+        single = sorted({f"{a.spec.data.suite} task {a.spec.data.task}" for a in rp.arms.values()})
+        if single:
+            log.info(f"[plan] task: {'; '.join(single)} (data.suite, data.task)")
     if rp.plan.episodes:
         e = rp.plan.episodes
         log.info(f"[plan] episodes per arm x seed: looks at {list(e.looks)}, alpha {e.alpha} (Holm across "

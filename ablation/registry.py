@@ -150,12 +150,14 @@ def start_eval_run(tracker: Tracker, spec: Spec, bundle: Path, *, seed: int, par
     return rid
 
 
-def ensure_pretrain_run(tracker: Tracker, spec: Spec, tasks: tuple[int, ...], parent: str) -> str:
-    """The run of the plan's pretraining network (`spec` on `tasks`): the cached one's, or a new one."""
+def ensure_pretrain_run(tracker: Tracker, spec: Spec, tasks: tuple[int, ...], parent: str,
+                        label: str | None = None) -> str:
+    """The run of one of the plan's pretraining networks (`spec` on `tasks`): the cached one's, or a new one
+    (named `label`, default pretrain:<spec>)."""
     found = tracker.find_runs(f"tags.`{TAG_KIND}` = 'pretrain' and tags.`{TAG_SPEC_HASH}` = '{spec.hash()}'")
     if found:
         return found[0].info.run_id
-    return tracker.start_run(f"pretrain:{spec.name}", {**identity_tags("pretrain", spec), **owner_tags(),
+    return tracker.start_run(label or f"pretrain:{spec.name}", {**identity_tags("pretrain", spec), **owner_tags(),
                                                         "ablation.pretrain_tasks": ",".join(map(str, tasks))}, parent)
 
 

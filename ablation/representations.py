@@ -240,7 +240,50 @@ class AbsPose(Representation):
         return R.matrix_to_rot6d(next_ee_rot)
 
 
-REPRESENTATIONS: dict[str, type[Representation]] = {c.kind: c for c in (Native, MetricDelta, SeedMix, AbsPose)}
+def commanded_pose(actions: np.ndarray, ee_pos: np.ndarray, ee_rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pose each CLEAN action commands: the current pose plus the step, (T,3) m and (T,3,3).
+
+    LIBERO's OSC_POSE delta controller targets ee_pos + a[:3] * 5 cm and exp(a[3:6] * 0.5 rad) R_current;
+    `to_env` of an absolute representation inverts exactly this, so a commanded target decodes back to
+    the clean action bit for bit (up to float rounding). The pose reached after the step (next_ee_pos) is
+    NOT this: with DART the env executes the action plus noise, so reached poses carry that noise."""
+    a = np.asarray(actions, dtype=np.float64)
+    pos = np.asarray(ee_pos, dtype=np.float64) + a[:, :3] * CONTROLLER_POS_SCALE_M
+    rot = R.axis_angle_to_matrix(a[:, 3:6] * CONTROLLER_ROT_SCALE_RAD) @ np.asarray(ee_rot, dtype=np.float64)
+    return pos, rot
+
+
+@dataclass(frozen=True)
+class AbsPoseCommanded(AbsPose):
+    """Absolute target EEF pose from the CLEAN commanded step (current pose + clean action), not the
+    pose reached after the noisy executed one: the absolute labels carry no DART noise, as delta labels
+    do not (issue 24, H3)."""
+
+    kind: ClassVar[str] = "abs_pose_cmd"
+    pos_unit_name: ClassVar[str] = "m (absolute commanded target)"
+
+    def from_demo(self, actions, ee_pos, ee_rot, next_ee_pos, next_ee_rot) -> np.ndarray:
+        pos, rot = commanded_pose(actions, ee_pos, ee_rot)
+        return np.concatenate([pos, R.matrix_to_rot6d(rot), np.asarray(actions, dtype=np.float64)[:, 6:7]], axis=1)
+
+
+@dataclass(frozen=True)
+class SeedMixCommanded(SeedMix):
+    """The seed's layout with clean labels: position delta in metres (the clean action, as SeedMix) and
+    the absolute target orientation the clean action commands (as AbsPoseCommanded's). Its rotation and
+    gripper groups are exactly AbsPoseCommanded's, so the two differ ONLY in what the position slots
+    mean: H3's pretraining arms vary that alone."""
+
+    kind: ClassVar[str] = "seed_mix_cmd"
+
+    def from_demo(self, actions, ee_pos, ee_rot, next_ee_pos, next_ee_rot) -> np.ndarray:
+        a = np.asarray(actions, dtype=np.float64)
+        _pos, rot = commanded_pose(a, ee_pos, ee_rot)
+        return np.concatenate([a[:, :3] * CONTROLLER_POS_SCALE_M, R.matrix_to_rot6d(rot), a[:, 6:7]], axis=1)
+
+
+REPRESENTATIONS: dict[str, type[Representation]] = {
+    c.kind: c for c in (Native, MetricDelta, SeedMix, AbsPose, AbsPoseCommanded, SeedMixCommanded)}
 
 
 def representation(kind: str, rotation: str) -> Representation:

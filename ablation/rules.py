@@ -20,7 +20,9 @@ class DecisionRules:
     baseline_fails_below: the seed's failure signature, "success near 0".
     corr_strong: |rank correlation| below this is "no strong relation".
     rot_spread_min_deg: demos that turn less than this make rotation-scale comparisons untestable.
-    power: the power that seeds_needed / episodes_needed plan for."""
+    power: the power that seeds_needed / episodes_needed plan for.
+    positive_control_min: a hypothesis's positive control (an arm that must work for its comparisons to
+        mean anything, `positive_control` in the file) below this success makes it untestable."""
 
     alpha: float = 0.05
     spending: str = "obrien_fleming"
@@ -31,6 +33,7 @@ class DecisionRules:
     corr_strong: float = 0.3
     rot_spread_min_deg: float = 5.0
     power: float = 0.8
+    positive_control_min: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 0.5:

@@ -73,6 +73,11 @@ class DataSpec(_Frozen):
     # DART: execute expert + N(0, sigma) (native units, position dims), record the clean action.
     dart_noise: float = Field(0.3, ge=0.0)
     expert_speed: float = Field(1.0, gt=0.0)
+    # Fit the normalisers (the codec's action and state statistics, and the observation normaliser) on the
+    # training split of THIS demo file instead of the run's own demos, and keep them frozen: "@pretrain" is
+    # the plan's pretraining demos, so fine-tuning sees the pretraining statistics (ablation/frozen_norm.py).
+    # null: fitted on the run's own training split, as always.
+    norm_stats_from: Optional[str] = None
 
 
 class CodecSpec(_Frozen):
@@ -290,7 +295,7 @@ class Spec(_Frozen):
 
 
 # (section, field) pairs added after specs were hashed and cached; see Spec.hash.
-HASH_NEUTRAL_DEFAULTS: tuple[tuple[str, str], ...] = (("model", "noise_scale"),)
+HASH_NEUTRAL_DEFAULTS: tuple[tuple[str, str], ...] = (("model", "noise_scale"), ("data", "norm_stats_from"))
 # Resource and presentation settings: how a run executes or reports, not what it computes. They are left
 # out of Spec.hash(), so re-running a plan with more workers or threads reuses its finished runs.
 # num_threads and compile change the training's float rounding only (as the profile's rollout_batch does
@@ -575,12 +580,34 @@ class EpisodeSchedule(_Frozen):
 
 
 class PretrainStage(_Frozen):
-    """A network pretrained once per plan (cached, shared by every arm and seed) that arms whose spec
-    says `train.init_from: "@pretrain"` fine-tune from. See ablation/pretrain.py."""
+    """Networks pretrained once per plan (cached, shared by the arms) that arms fine-tune from: an arm
+    whose spec says `train.init_from: "@pretrain"` starts from `spec`, one that says
+    `"@pretrain:<name>"` from the pretraining spec <name> of `specs`. See ablation/pretrain.py.
 
-    spec: str                       # the pretraining spec (e.g. absolute EEF poses in slots 30-38)
+    `seeds`: independent pretraining runs of each spec (train.seed of the pretraining). The arm's run
+    with fine-tuning seed s starts from the pretraining run seeds[s % len(seeds)], so with seeds [0, 1]
+    and fine-tuning seeds [0, 1, 2, 3] every pretraining run carries two fine-tuned networks per arm,
+    and the spread between seeds includes the spread between pretraining runs. Empty: one run, at the
+    pretraining spec's own seed (as before)."""
+
+    spec: Optional[str] = None      # the pretraining spec (e.g. absolute EEF poses in slots 30-38)
+    specs: tuple[str, ...] = ()     # several pretraining specs, named by the arms ("@pretrain:<name>")
+    seeds: tuple[int, ...] = ()
     tasks: tuple[int, ...]          # other tasks of the suite (never the target task)
     n_demos: int = Field(20, ge=1)  # expert demos per task
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "PretrainStage":
+        if (self.spec is None) == (not self.specs):
+            raise ValueError("pretrain: give `spec: NAME` (arms say \"@pretrain\") or `specs: [A, B]` (arms say "
+                             "\"@pretrain:A\"), not both and not neither")
+        if len(set(self.seeds)) != len(self.seeds) or len(set(self.specs)) != len(self.specs):
+            raise ValueError(f"pretrain: seeds {list(self.seeds)} and specs {list(self.specs)} must be distinct")
+        return self
+
+    @property
+    def spec_names(self) -> tuple[str, ...]:
+        return (self.spec,) if self.spec is not None else self.specs
 
 
 class Plan(_Frozen):

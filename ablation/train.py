@@ -328,7 +328,7 @@ class Trainer:
             raise UserError(f"train.kernels '{kernels}' is not one of {', '.join(KERNEL_CHOICES)}")
         self.spec, self.data, self.out_dir, self.demo_path = spec, data, out_dir, demo_path
         self.device = device = pick_device(spec)
-        obs_norm = ObsNormalizer.fit(data.train.obs, spec.data.obs_keys)
+        obs_norm = ObsNormalizer.fit(data.train.obs if data.obs_fit is None else data.obs_fit, spec.data.obs_keys)
         n_cams = data.train.images.shape[2] if isinstance(data.train.images, np.ndarray) else 0
         instruction = data.demo_set.meta.problem_info.get("language_instruction")
         self.policy = build_policy(spec, data.codec, obs_norm, data.train.obs.shape[-1], n_cams, instruction).to(device)

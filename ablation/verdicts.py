@@ -187,6 +187,29 @@ def correlation_verdict(h: Hypothesis, corr: dict | None, rules: DecisionRules) 
     return "SUPPORTED" if lo > -rules.corr_strong else "NOT SUPPORTED" if hi < -rules.corr_strong else "INCONCLUSIVE"
 
 
+def positive_control_check(h: Hypothesis, mine: Sequence[ComparisonResult], rules: DecisionRules
+                           ) -> tuple[bool | None, str]:
+    """(met, line) for the hypothesis's positive control: the arm that must work for a comparison to test
+    the claim (e.g. H3's consistent arm: when it fails too, a clash cannot show). Its success is its
+    mean per-seed rate over the init states of the comparisons it is in (the highest such rate, so the
+    check never fails for a comparison's smaller overlap). None when there is no positive control."""
+    pc = h.positive_control
+    if pc is None:
+        return None, ""
+    rates = [c.rate_arm if c.arm == pc else c.rate_control for c in mine
+             if pc in (c.arm, c.control) and c.word not in WORDS_WITHOUT_DATA]
+    rates = [r for r in rates if r is not None]
+    need = f"{100 * rules.positive_control_min:.0f}%"
+    if not rates:
+        return False, (f"the positive control {pc} is in no comparison with data (its runs or its partner's are "
+                       "missing), so nothing shows that the set-up can succeed")
+    rate = max(rates)
+    if rate < rules.positive_control_min:
+        return False, (f"the positive control {pc} reached only {100 * rate:.0f}% success (it must reach {need}), "
+                       "so the set-up fails for another reason and no comparison can show the claim")
+    return True, f"positive control {pc}: {100 * rate:.0f}% success (at least {need}): met"
+
+
 def hypothesis_verdict(h: Hypothesis, comps: list[ComparisonResult], corr: dict | None, warn: str,
                        rules: DecisionRules = DEFAULT_RULES) -> HypothesisVerdict:
     rules = h.rule_overrides(rules)
@@ -205,6 +228,11 @@ def hypothesis_verdict(h: Hypothesis, comps: list[ComparisonResult], corr: dict 
         word, reason = factorial_verdict(h, mine)
     else:
         word, reason = comparisons_verdict(h, mine, rules)
+    pc_met, pc_line = positive_control_check(h, mine, rules)
+    if pc_met is False:
+        word, reason = "UNTESTABLE HERE", pc_line
+    elif pc_met:
+        lines.append(pc_line)
     if h.kind == "factorial" and word in ("SUPPORTED", "NOT SUPPORTED"):
         meaning = f"{reason} {h.outcomes.supported if word == 'SUPPORTED' else ''}".strip()
     elif word == "SUPPORTED":

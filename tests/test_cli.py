@@ -137,6 +137,19 @@ def test_plan_dry_run_json_lists_the_runs_creates_nothing_and_logs_on_stderr(tmp
     assert "fix_minmax" in text.stdout and "to run" in text.stdout
 
 
+def test_rotation_plan_dry_run_json_names_its_task(tmp_path):
+    wd = tmp_path / "wd"
+    out = cli("plan", "rotation", "--profile", "cpu", "--dry-run", "--json", "--workdir", str(wd))
+    assert out.returncode == 0, out.stderr
+    rec = json.loads(out.stdout)
+    assert {(r["suite"], r["task"]) for r in rec["planned"]} == {("libero_10", 2)}
+    assert {r["arm"] for r in rec["planned"]} == {"baseline_rdt", "fix_pos_cm", "fix_rot_small",
+                                                  "fix_pos_cm_rot_small"}
+    assert len(rec["planned"]) == 12 and rec["timing"]["estimated_wall_s"]
+    assert "[plan] task: libero_10 task 2" in out.stderr  # the text listing says where it runs
+    assert not wd.exists()
+
+
 def test_common_slips_get_one_clear_line(tmp_path):
     seeds = cli("plan", "smoke", "--dry-run", "--seeds", "0,a", "--workdir", str(tmp_path / "wd"))
     assert seeds.returncode == 2 and "--seeds: '0,a': give whole numbers separated by commas" in seeds.stderr

@@ -90,7 +90,7 @@ def test_delta_representations_give_back_the_env_action(a, pose):
 
 
 def test_representation_registry_errors_hold_and_chunk_poses():
-    assert set(REPRESENTATIONS) == {"native", "metric_delta", "seed_mix", "abs_pose"}
+    assert set(REPRESENTATIONS) == {"native", "metric_delta", "seed_mix", "abs_pose", "abs_pose_cmd", "seed_mix_cmd"}
     with pytest.raises(ValueError, match="unknown representation 'velocity'"):
         representation("velocity", "axis_angle")
     with pytest.raises(ValueError, match="set codec.rotation: rot6d"):

@@ -235,22 +235,22 @@ def test_answer_rests_a_correlation_verdict_on_its_interval():
 
 def test_no_difference_at_the_floor_is_untestable_not_not_supported(tracker, tmp_path):
     # Every H3 arm fails (0-5%): "no meaningful difference" is a floor, not evidence against slot meaning.
-    parent = record_plan(tracker, ["H3_slot_semantics"], {
+    parent = record_plan(tracker, ["H3_slot_layouts"], {
         "pre_seed_delta_eef": {"rates": [0, 0, 0], "loss": 1e-4, "nmse_pos": 0.5, "pretrained": True},
         "pre_delta_velocity": {"rates": [0.05, 0, 0.05], "loss": 1e-4, "nmse_pos": 0.4, "pretrained": True},
         "pre_abs_eef": {"rates": [0, 0.05, 0], "loss": 1e-4, "nmse_pos": 0.1, "pretrained": True}})
     rep = build_report(tracker, parent_run_id=parent, out_dir=tmp_path / "r")
     words = {c.arm: c.word for c in rep.comparisons}
     assert words == {"pre_delta_velocity": "no meaningful difference", "pre_abs_eef": "no meaningful difference"}
-    v = by_name(rep)["H3_slot_semantics"]
+    v = by_name(rep)["H3_slot_layouts"]
     assert v.word == "UNTESTABLE HERE"
     assert v.meaning.startswith("untestable here, because pre_delta_velocity vs pre_seed_delta_eef shows no "
                                 "meaningful difference, but both arms fail (at most 10% success)"), v.meaning
     assert all("says nothing of the claim" in line for line in v.lines)
     # above the floor the same arms keep their verdict: the consistent layouts doing worse contradicts it
-    parent = record_plan(tracker, ["H3_slot_semantics"], {
+    parent = record_plan(tracker, ["H3_slot_layouts"], {
         "pre_seed_delta_eef": {"rates": [0.6, 0.65, 0.6], "loss": 1e-4, "pretrained": True},
         "pre_delta_velocity": {"rates": [0.0, 0.05, 0.0], "loss": 1e-4, "pretrained": True},
         "pre_abs_eef": {"rates": [0.05, 0.0, 0.0], "loss": 1e-4, "pretrained": True}}, name="t2")
     rep = build_report(tracker, parent_run_id=parent, out_dir=tmp_path / "r2")
-    assert by_name(rep)["H3_slot_semantics"].word == "CONTRADICTED"
+    assert by_name(rep)["H3_slot_layouts"].word == "CONTRADICTED"

@@ -77,6 +77,25 @@ def test_all_plan_runs_h1_and_h2_with_three_seeds_and_the_rest_has_a_plan():
     assert {"baseline_2x", "baseline_4x"} <= set(h4.arms)
 
 
+def test_rotation_plan_runs_the_factorials_rotation_cells_where_the_demos_turn():
+    """H1_scale_relative is untestable on the base task (the expert never turns there): the rotation
+    plan moves the factorial's four cells to the task picked in docs/rotation_setting.md."""
+    from ablation.plan import load_profile, resolve_plan
+
+    plan = load_plan("rotation")
+    rp = resolve_plan(plan, load_profile("cpu"))
+    assert {h.name for h in rp.hypotheses} >= {"H1_scale_relative", "H1_scale_absolute"}
+    assert set(rp.arms) == {"baseline_rdt", "fix_pos_cm", "fix_rot_small", "fix_pos_cm_rot_small"}
+    assert not rp.skipped and len(plan.seeds) >= 3 and plan.episodes.looks[-1] <= 50
+    tasks = {(a.spec.data.suite, a.spec.data.task) for a in rp.arms.values()}
+    assert tasks == {("libero_10", 2)}  # one task for every arm: the comparisons are paired
+    assert rp.arms["fix_rot_small"].spec.codec.unit_scales.rot == 0.01
+    # everything else is the seed's set-up, as in --plan all: only the task moves
+    base = resolve_plan(load_plan("all"), load_profile("cpu")).arms["baseline_rdt"].spec
+    moved = rp.arms["baseline_rdt"].spec
+    assert with_overrides(base, ["data.suite=libero_10", "data.task=2"]).hash() == moved.hash()
+
+
 def test_hypothesis_errors_name_the_file_and_field(tmp_path):
     from ablation.hypothesis import load_hypothesis
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..findings import judge_recorded
 from ..recorded_plan import ReportError, read_plan
+from ..slot_signature import add_signature_lines
 from ..tracking import Tracker
 from .builder import Report, build_document, report_of
 from .plots import curve_plots, effect_plots
@@ -25,7 +26,10 @@ def build_report(tracker: Tracker, *, parent_run_id: str | None = None, plan: st
                  out_dir: Path) -> Report:
     """Build report.md, report.html (plots embedded), report.json and the PNGs from MLflow."""
     recorded = read_plan(tracker, parent_run_id=parent_run_id, plan=plan)
-    rep = report_of(recorded, judge_recorded(recorded))
+    found = judge_recorded(recorded)
+    # H3: each arm's predicted slot 30-32 values regressed on the pose, beside the verdict they explain
+    add_signature_lines(tracker, recorded.record, recorded.hypotheses, found.verdicts)
+    rep = report_of(recorded, found)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = {**effect_plots(rep.comparisons, out_dir), **curve_plots(recorded.curves, out_dir)}
     doc = build_document(rep, recorded, plots, out_dir)
