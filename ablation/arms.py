@@ -14,8 +14,8 @@ from pathlib import Path
 
 from .hypothesis import Hypothesis, load_hypothesis
 from .profiles import Profile
-from .spec import (EXPERIMENTS_DIR, Plan, Spec, SpecError, affects_identity, parse_set, resolve_spec, spec_path,
-                   with_overrides)
+from .spec import (EXPERIMENTS_DIR, Plan, PlanEntry, Spec, SpecError, affects_identity, parse_set, resolve_spec,
+                   spec_path, with_overrides)
 
 
 @dataclass(frozen=True)
@@ -193,3 +193,17 @@ def _covered_tasks(suite: str) -> tuple[int, ...]:
                             "name the tasks (e.g. tasks: [0, 1]) with your own demo files")
         _COVERED[suite] = tuple(covered_tasks(suite))
     return _COVERED[suite]
+
+
+def resolve_arm(spec_ref: str, profile: Profile, seed: int | None = None,
+                extra_sets: list[str] | None = None) -> RunUnit:
+    """One arm and seed as a plan on `profile` would run it: `train --spec NAME --seed S --profile P`.
+    It goes through resolve_plan (a one-entry plan), so the spec hash, the run name and the checkpoint
+    directory are the plan's for that arm (a plan whose own `set:` lines change the spec needs them as
+    --set here). seed None: the spec's train.seed."""
+    name = Path(spec_ref).stem if str(spec_ref).endswith((".yaml", ".yml")) else str(spec_ref)
+    if seed is None:
+        seed = resolve_spec(spec_path(spec_ref), [*profile.sets, *(extra_sets or [])]).train.seed
+    plan = Plan(name=f"arm:{name}", seeds=(seed,), entries=(PlanEntry(spec=str(spec_ref)),))
+    arm = next(iter(resolve_plan(plan, profile, [seed], None, list(extra_sets or [])).arms.values()))
+    return RunUnit(arm, seed)

@@ -34,6 +34,9 @@ from .spec import Spec, spec_from_dict
 
 WEIGHTS, CODEC, OBS_NORM, SPEC, META, TRAIN_STATE = (
     "model.safetensors", "codec.json", "obs_norm.json", "spec.yaml", "meta.json", "train_state.pt")
+# What a policy needs to act (load_policy): the run's checkpoint artifact. train_state.pt (optimiser, EMA,
+# RNG: about twice the weights) only resumes training, which happens in the run's own folder.
+POLICY_FILES = (WEIGHTS, CODEC, OBS_NORM, SPEC, META)
 
 
 # ----------------------------------------------------------------------------- writing

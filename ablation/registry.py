@@ -2,6 +2,8 @@
 
     plan      one per plan, profile and --set; re-runs take it over      open_plan_run
       spec_run    one per resolved spec x seed (x task); any plan reuses it  ensure_spec_run
+                  (also made by `train --spec` outside a plan)                ensure_arm_run
+        eval      `eval` under another seed, or of a bundle no run owns     start_eval_run
       pretrain    the plan's cached pretraining network                     ensure_pretrain_run
     study     one per Optuna study; racing processes settle on the oldest  open_study_run
       trial       one per study trial                                       start_trial_run
@@ -88,11 +90,12 @@ def find_spec_run(tracker: Tracker, spec: Spec):
     return None
 
 
-def ensure_spec_run(tracker: Tracker, spec: Spec, *, name: str, parent: str, arm: str, plan: str, profile: str,
+def ensure_spec_run(tracker: Tracker, spec: Spec, *, name: str, parent: str | None, arm: str, plan: str, profile: str,
                     demo: Path | None) -> tuple[str, str]:
     """(run id, state) for one spec x seed: its existing run (any plan), or a new one nested under `parent`.
     state: the found run's status in lower case, or "new". An unfinished run found is adopted by this plan
-    (re-tagged, moved under `parent`); one found by its legacy hash carries the current hash from now on."""
+    (re-tagged, moved under `parent`); one found by its legacy hash carries the current hash from now on.
+    parent None: `train` of one arm outside a plan (a later plan adopts the run under its own parent)."""
     prev = find_spec_run(tracker, spec)
     tags = {**identity_tags("spec_run", spec), TAG_ARM: arm, TAG_PROFILE: profile, TAG_PLAN: plan,
             **owner_tags(), **source_tags(spec.description)}
@@ -108,12 +111,43 @@ def ensure_spec_run(tracker: Tracker, spec: Spec, *, name: str, parent: str, arm
             tracker.set_tags(rid, {TAG_SPEC_HASH: spec.hash(), TAG_LEGACY_HASH: old_hash})
         if prev.info.status != "FINISHED":
             tracker.set_tags(rid, {**tags, TAG_PARENT: parent})
+        elif parent and TAG_PARENT not in prev.data.tags:
+            # A run that `train` made on its own (no plan): the first plan that reuses it shows it as its own.
+            tracker.set_tags(rid, {TAG_PARENT: parent, TAG_PLAN: plan})
         return rid, prev.info.status.lower()
     rid = tracker.start_run(name, tags, parent)
     tracker.log_params(rid, spec.flat())
     if demo is not None:
         tracker.log_dataset(rid, demo, digest, context="training")
     return rid, "new"
+
+
+TRAIN_PLAN = "train"  # TAG_PLAN of a spec run that `train --spec` made outside any plan
+
+
+def ensure_arm_run(tracker: Tracker, spec: Spec, *, name: str, arm: str, profile: str,
+                   demo: Path | None) -> tuple[str, str]:
+    """(run id, state) of one arm x seed trained by `train --spec`: the same spec run, with the same tags,
+    that a plan on `profile` makes for it (found again by any plan), not nested under a plan."""
+    return ensure_spec_run(tracker, spec, name=name, parent=None, arm=arm, plan=TRAIN_PLAN, profile=profile,
+                           demo=demo)
+
+
+def find_bundle_run(tracker: Tracker, spec: Spec):
+    """The spec run whose pipeline wrote a bundle of `spec` (its exact hash and seed), or None."""
+    runs = tracker.find_runs(f"tags.`{TAG_SPEC_HASH}` = '{spec.hash()}' and tags.`{TAG_SEED}` = '{spec.train.seed}' "
+                             f"and tags.`{TAG_KIND}` = 'spec_run'")
+    return runs[0] if runs else None
+
+
+def start_eval_run(tracker: Tracker, spec: Spec, bundle: Path, *, seed: int, parent: str | None = None) -> str:
+    """A new run for `eval` of a bundle that no spec run owns (train --out, a copied bundle), or of a spec
+    run's bundle under another sampling seed than its own (nested under that run)."""
+    rid = tracker.start_run(f"eval:{spec.name}/seed{seed}",
+                            {**identity_tags("eval", spec), "ablation.checkpoint": str(bundle),
+                             "ablation.eval_seed": str(seed), **source_tags(spec.description)}, parent)
+    tracker.log_params(rid, spec.flat())
+    return rid
 
 
 def ensure_pretrain_run(tracker: Tracker, spec: Spec, tasks: tuple[int, ...], parent: str,

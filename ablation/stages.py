@@ -154,7 +154,10 @@ class ArtifactsStage(Stage):
         p = plot_loss_curves(ctx.state.get("train_history", {}), ctx.scratch / "loss_curves.png", title=ctx.spec.name)
         if p is not None:
             arts.append(("plots", p))
-        arts += [("", bundle / "codec.json"), ("checkpoint", bundle)]
+        from .bundle import POLICY_FILES  # (imports torch: only in a worker that trained)
+
+        # the final bundle once, what a policy loads, without the training state (train_state.pt)
+        arts += [("", bundle / "codec.json")] + [("checkpoint", bundle / name) for name in POLICY_FILES]
         return StageResult(artifacts=arts)
 
 
@@ -165,7 +168,9 @@ class ClosedLoopStage(Stage):
     name = "closed_loop"
 
     def wanted(self, ctx: RunContext) -> bool:
-        return True
+        # every call (later looks add episodes), except a train-only call (`train --spec`) on a run with
+        # no episodes yet: it would log eval/success_rate 0 for a network never rolled out
+        return bool(ctx.init_states) or bool(ctx.state.get("episodes"))
 
     def run(self, ctx: RunContext) -> StageResult:
         spec, episodes = ctx.spec, list(ctx.state["episodes"])
