@@ -163,16 +163,28 @@ def cmd_run(args) -> int:
     print(f"demos: {demos} ({time.time() - t:.0f} s)", flush=True)
     data["meta"] = {"profile": PROFILE, "sets": list(profile.sets), "rollout_batch": profile.rollout_batch,
                     "episodes": args.episodes, "demos": demos, "suite": spec.data.suite, "task": spec.data.task}
+    data["failed"] = {}   # a re-run tries the failed cells again (once)
     save_results(out, data)
-    queue = [c for c in parse_queue(args.queue) if cell_key(*c) not in data["cells"]]
+
+    def pending(running_cells) -> list[tuple[str, int, int]]:
+        # --queue-file is re-read before every dispatch: the order can be changed while cells run.
+        text = Path(args.queue_file).read_text().split() if args.queue_file else [args.queue]
+        q = [c for c in parse_queue(",".join(text)) if cell_key(*c) not in data["cells"]
+             and cell_key(*c) not in data["failed"]]
+        return [c for c in dict.fromkeys(q) if c not in running_cells]
+
+    queue = pending(set())
     print(f"{len(queue)} cell(s) to run on {args.jobs} worker(s)", flush=True)
     deadline = time.time() + args.limit_s if args.limit_s else math.inf
     ctx = get_context("spawn")
     t0 = time.time()
     with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_worker_init) as ex:
         running: dict = {}
-        while queue or running:
-            while queue and len(running) < args.jobs and time.time() < deadline:
+        while True:
+            while len(running) < args.jobs and time.time() < deadline:
+                queue = pending(set(running.values()))
+                if not queue:
+                    break
                 cell = queue.pop(0)
                 running[ex.submit(run_cell, *cell, args.episodes, demos, str(wd))] = cell
             if not running:
@@ -430,6 +442,8 @@ def main() -> int:
     r.add_argument("--jobs", type=int, default=2, help="cells in parallel, one process each")
     r.add_argument("--episodes", type=int, default=20, help="closed-loop episodes per cell (init states 0..N-1)")
     r.add_argument("--queue", default="default", help="'default' or arm:seed[-seed]:steps,... in order")
+    r.add_argument("--queue-file", default="", help="a file of queue items (whitespace-separated), re-read "
+                   "before each cell starts (overrides --queue)")
     r.add_argument("--limit-s", type=float, default=0, help="start no new cell after this many seconds (0: none)")
     r.set_defaults(func=cmd_run)
     t = sub.add_parser("table", help="print the table of what is recorded")
