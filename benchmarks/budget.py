@@ -373,45 +373,94 @@ def candidate_designs() -> dict[str, list[tuple[int, int]]]:
     return d
 
 
-def cmd_power(args) -> int:
+def cost_model(data: dict) -> dict:
+    """Per-seed CPU-s as a function of length, fitted on every measured cell (the fixes and the
+    baseline): train_cpu(L) = a + b L (least squares; b from the step CPU when only one length ran),
+    rollouts = CPU-s per policy step x policy steps, with an episode's length its success or failure
+    length (the mean over every measured episode), so cost per episode = c (p len_s + (1 - p) len_f)."""
     import numpy as np
 
+    cells = [r for r in data["cells"].values() if not r.get("resumed")]
+    L = np.array([r["steps"] for r in cells], float)
+    y = np.array([r["train_cpu_s"] - max(0.0, r["compile_cpu_s"] - 5.0) for r in cells])  # compile apart
+    if len(set(L.tolist())) >= 2:
+        b, a = np.polyfit(L, y, 1)
+    else:
+        b = float(np.mean([r["step_cpu_s"] / r["trained_steps"] for r in cells]))
+        a = float(np.mean(y - b * L))
+    steps = sum(e["steps"] for r in cells for e in r["episodes"])
+    c = sum(r["rollout_cpu_s"] for r in cells) / max(steps, 1)
+    ok = [e["steps"] for r in cells for e in r["episodes"] if e["success"]]
+    bad = [e["steps"] for r in cells for e in r["episodes"] if not e["success"]]
+    compile_cold = max((r["compile_cpu_s"] + r["train_child_cpu_s"] for r in cells), default=0.0)
+    return {"train_a": float(a), "train_b": float(b), "cpu_per_policy_step": c,
+            "len_success": statistics.fmean(ok) if ok else 150.0, "len_failure": statistics.fmean(bad) if bad else 280.0,
+            "compile_cold_cpu_s": compile_cold, "cells": len(cells)}
+
+
+def seed_cost_s(cm: dict, steps: int, episodes: float, rate: float) -> float:
+    """Modelled CPU-s of one seed: training to `steps` plus `episodes` at success `rate` (compile apart)."""
+    ep = cm["cpu_per_policy_step"] * (rate * cm["len_success"] + (1 - rate) * cm["len_failure"])
+    return cm["train_a"] + cm["train_b"] * steps + episodes * ep
+
+
+def parse_extra(items: list[str]) -> list[dict]:
+    """Earlier measurements: 'arm:steps:episodes:k1,k2,...' (successes per seed)."""
+    rows = []
+    for it in items:
+        arm, steps, n, ks = it.split(":")
+        k = [int(x) for x in ks.split(",")]
+        rates = [x / int(n) for x in k]
+        rows.append({"arm": arm, "steps": int(steps), "n": int(n), "seeds": list(range(len(k))), "successes": k,
+                     "mean": statistics.fmean(rates), "sd": statistics.stdev(rates) if len(k) > 1 else float("nan"),
+                     "source": "extra"})
+    return rows
+
+
+def cmd_power(args) -> int:
     data = load_results(Path(args.workdir) / "budget.json")
-    rows = [r for r in summarise(data) if len(r["seeds"]) >= 2]
-    n = rows[0]["n"] if rows else 20
+    measured = summarise(data)
+    rows = [r for r in measured + parse_extra(args.extra) if len(r["seeds"]) >= 2]
+    cm = cost_model(data)
+    print(f"cost model (CPU-s of one seed, compile apart; {cm['cells']} cells): train = {cm['train_a']:.0f} + "
+          f"{cm['train_b']:.4f} x steps; rollouts {cm['cpu_per_policy_step'] * 1000:.1f} CPU-ms per policy step, "
+          f"episodes {cm['len_success']:.0f} steps when they succeed, {cm['len_failure']:.0f} when they fail; "
+          f"a cold compile {cm['compile_cold_cpu_s']:.0f} CPU-s once per worker process")
     print(f"\n1. Between-seed sd on the logit scale (the calibration's sd_seed; state sd {SD_STATE}), by moment "
-          f"matching the measured per-seed rate variance over {n} episodes")
-    print("| arm | steps | seeds | mean | sd of rates | sd_seed (logit) |")
-    print("|---|---|---|---|---|---|")
+          "matching the measured per-seed rate variance")
+    print("| arm | steps | source | seeds x episodes | per-seed successes | mean | sd of rates | sd_seed (logit) |")
+    print("|---|---|---|---|---|---|---|---|")
     by_len: dict[int, list[tuple[float, int]]] = {}
+    rates: dict[int, list[float]] = {}
     for r in rows:
-        sd = sd_seed_logit(r["mean"], r["sd"], n)
-        r["sd_seed"] = sd
-        print(f"| {r['arm']} | {r['steps']} | {len(r['seeds'])} | {100 * r['mean']:.0f}% | {100 * r['sd']:.1f} pts | {sd:.2f} |")
+        sd = sd_seed_logit(r["mean"], r["sd"], r["n"])
+        print(f"| {r['arm']} | {r['steps']} | {r.get('source', 'this run')} | {len(r['seeds'])} x {r['n']} | "
+              f"{' '.join(map(str, r['successes']))} | {100 * r['mean']:.0f}% | {100 * r['sd']:.1f} pts | {sd:.2f} |")
         if r["arm"] in FIXES:
             by_len.setdefault(r["steps"], []).append((sd, len(r["seeds"]) - 1))
+            rates.setdefault(r["steps"], []).append(r["mean"])
     # Pooled over the fixes (df-weighted mean of the variances): one sd_seed per length.
     pooled = {L: math.sqrt(sum(s * s * d for s, d in v) / sum(d for _, d in v)) for L, v in sorted(by_len.items())}
     print("pooled over the fixes: " + ", ".join(f"{L} steps: {s:.2f} ({sum(d for _, d in by_len[L])} df)"
                                                 for L, s in pooled.items()))
-    costs = {}
-    for L in pooled:
-        fx = [r for r in rows if r["steps"] == L and r["arm"] in FIXES]
-        costs[L] = (statistics.fmean(r["train_cpu_s"] for r in fx), statistics.fmean(r["episode_cpu_s"] for r in fx))
+    sds = dict(pooled)
+    for item in args.sd:
+        L, sd = item.split(":")
+        sds[int(L)] = float(sd)
     print(f"\n2. Power to detect +{100 * POWER_DELTA:.0f} points ({POWER_FROM:.2f} -> {POWER_FROM + POWER_DELTA:.2f}) for "
           f"{TESTED} vs {CONTROL} within --plan all's family (Holm, O'Brien-Fleming across looks, alpha 0.05), "
-          f"{args.studies} simulated studies per cell, at each length's pooled sd_seed; CPU-min per arm = "
-          "expected seeds x (train CPU-s + expected episodes x CPU-s per episode of the fixes), at the length")
+          f"{args.studies} simulated studies per cell. CPU-min per arm = E[seeds] x modelled seed cost (training "
+          "to the length + E[episodes] at the fixes' mean success there), compile apart")
     print("| steps | sd_seed | design | power | MC SE | E[seeds] | E[episodes/seed] | CPU-min per arm (expected) | "
-          "CPU-min per arm (max) | power per CPU-min |")
+          "CPU-min per arm (all looks) | power per CPU-min |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     out = []
-    for L, sd in pooled.items():
-        tr, ep = costs[L]
+    for L, sd in sorted(sds.items()):
+        p_fix = statistics.fmean(rates[L]) if L in rates else 0.8
         for name, stages in candidate_designs().items():
             p, se, s_used, e_used = simulate_power(stages, sd, args.studies, seed=args.seed)
-            cost = s_used * (tr + e_used * ep) / 60
-            cmax = max(s for s, _ in stages) * (tr + max(e for _, e in stages) * ep) / 60
+            cost = s_used * seed_cost_s(cm, L, e_used, p_fix) / 60
+            cmax = max(s for s, _ in stages) * seed_cost_s(cm, L, max(e for _, e in stages), p_fix) / 60
             out.append({"steps": L, "sd_seed": sd, "design": name, "stages": stages, "power": p, "se": se,
                         "seeds": s_used, "episodes": e_used, "cpu_min": cost, "cpu_min_max": cmax})
             print(f"| {L} | {sd:.2f} | {name} | {p:.2f} | {se:.3f} | {s_used:.1f} | {e_used:.0f} | {cost:.1f} | "
@@ -420,10 +469,9 @@ def cmd_power(args) -> int:
     best = min(ok, key=lambda o: o["cpu_min"]) if ok else max(out, key=lambda o: o["power"])
     print(f"\nchoice ({'cheapest with power >= 0.8' if ok else 'no design reaches 0.8: the most power'}): "
           f"{best['steps']} steps, {best['design']}: power {best['power']:.2f}, {best['cpu_min']:.1f} CPU-min per arm")
-    (Path(args.workdir) / "power.json").write_text(json.dumps({"pooled_sd_seed": pooled, "costs": costs,
+    (Path(args.workdir) / "power.json").write_text(json.dumps({"sd_seed": sds, "cost_model": cm,
                                                                "rows": out, "choice": best}, indent=1))
     return 0
-
 
 def cmd_table(args) -> int:
     data = load_results(Path(args.workdir) / "budget.json")
@@ -454,6 +502,10 @@ def main() -> int:
     pw.add_argument("--workdir", default="workdir/budget")
     pw.add_argument("--studies", type=int, default=1000, help="simulated studies per (length, design) cell")
     pw.add_argument("--seed", type=int, default=0)
+    pw.add_argument("--extra", nargs="*", default=[], metavar="ARM:STEPS:EPISODES:K1,K2,..",
+                    help="earlier per-seed successes to pool with the measured ones (e.g. a plan's)")
+    pw.add_argument("--sd", nargs="*", default=[], metavar="STEPS:SD",
+                    help="also evaluate the designs at this sd_seed for this length (e.g. a bound)")
     pw.set_defaults(func=cmd_power)
     args = ap.parse_args()
     return args.func(args)
