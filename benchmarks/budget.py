@@ -404,6 +404,22 @@ def seed_cost_s(cm: dict, steps: int, episodes: float, rate: float) -> float:
     return cm["train_a"] + cm["train_b"] * steps + episodes * ep
 
 
+SETUP_S = 330.0          # scripts/setup.sh from a fresh clone: 226-330 s on 2 shared cores (README)
+DEMO_CPU_S, GATE_CPU_S, N_DEMOS, N_CODECS = 4.5, 30.0, 50, 4   # the profile's measured costs; all's codecs
+BASELINE_RATE = 0.01
+
+
+def plan_all_cpu_s(cm: dict, o: dict, p_fix: float) -> tuple[float, float]:
+    """(expected, all looks) CPU-s of --plan all's work with design `o`: demos, Gate A, 3 fixes at
+    success p_fix and the baseline (failing: full-length episodes), each with the design's seeds and
+    episodes (expected: the tested arm's; all looks: the last stage's, every arm)."""
+    fixed = N_DEMOS * DEMO_CPU_S + N_CODECS * GATE_CPU_S + 2 * cm["compile_cold_cpu_s"]
+    last_s, last_e = max(s for s, _ in o["stages"]), max(e for _, e in o["stages"])
+    per = lambda seeds, eps: seeds * (3 * seed_cost_s(cm, o["steps"], eps, p_fix)
+                                      + seed_cost_s(cm, o["steps"], eps, BASELINE_RATE))
+    return fixed + per(o["seeds"], o["episodes"]), fixed + per(last_s, last_e)
+
+
 def parse_extra(items: list[str]) -> list[dict]:
     """Earlier measurements: 'arm:steps:episodes:k1,k2,...' (successes per seed)."""
     rows = []
@@ -467,6 +483,19 @@ def cmd_power(args) -> int:
                   f"{cmax:.1f} | {p / cost:.3f} |", flush=True)
     ok = [o for o in out if o["power"] >= 0.8]
     best = min(ok, key=lambda o: o["cpu_min"]) if ok else max(out, key=lambda o: o["power"])
+    print(f"\n3. --plan all on 2 cores from a fresh clone: set-up {SETUP_S / 60:.1f} min + (demos + Gate A + 3 fixes "
+          "and the baseline x seeds x (training + episodes)) / 2 cores, from the cost model (CPU-s: an idle machine; "
+          "the 45-minute target is wall time), for the designs with power >= 0.8 and the cheapest of each length")
+    print("| steps | design | power | plan CPU-min (expected) | wall min on 2 cores (expected) | wall min (all looks) | fits 45 min |")
+    print("|---|---|---|---|---|---|---|")
+    shown = ok or sorted(out, key=lambda o: -o["power"])[:6]
+    for o in sorted(shown, key=lambda o: (o["steps"], o["cpu_min"])):
+        p_fix = statistics.fmean(rates[o["steps"]]) if o["steps"] in rates else 0.8
+        exp_s, max_s = plan_all_cpu_s(cm, o, p_fix)
+        wall, wall_max = SETUP_S + exp_s / 2, SETUP_S + max_s / 2
+        o["plan_cpu_min"], o["plan_wall_min"], o["plan_wall_max_min"] = exp_s / 60, wall / 60, wall_max / 60
+        print(f"| {o['steps']} | {o['design']} | {o['power']:.2f} | {exp_s / 60:.0f} | {wall / 60:.0f} | {wall_max / 60:.0f} | "
+              f"{'yes' if wall_max <= 2700 else ('expected only' if wall <= 2700 else 'no')} |")
     print(f"\nchoice ({'cheapest with power >= 0.8' if ok else 'no design reaches 0.8: the most power'}): "
           f"{best['steps']} steps, {best['design']}: power {best['power']:.2f}, {best['cpu_min']:.1f} CPU-min per arm")
     (Path(args.workdir) / "power.json").write_text(json.dumps({"sd_seed": sds, "cost_model": cm,
