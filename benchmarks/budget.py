@@ -32,6 +32,7 @@ train and rollout CPU-s, mean episode length (of successes and failures).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -116,22 +117,35 @@ def run_cell(arm: str, seed: int, steps: int, episodes: int, demos: str, workdir
     spec = resolve_spec(spec_path(arm), [*profile.sets, f"train.steps={steps}", f"train.seed={seed}"])
     ckpt = Path(workdir) / "checkpoints" / f"{arm}-seed{seed}-steps{steps}-{spec.hash()}"
     load0 = os.getloadavg()[0]
-    resumed = ckpt.is_dir() and any(ckpt.rglob("*.json"))  # a killed cell's bundle: its costs are partial
-    w0, (c0, k0) = time.time(), _cpu()
-    res = train(spec, demos, ckpt, progress=False)
+    # Training's costs are kept beside its bundle: a cell killed during its rollouts (e.g. by the OOM
+    # killer on a crowded machine) resumes at the rollouts with its training costs intact.
+    side = ckpt / "budget_train.json"
+    if side.is_file():
+        tr = json.loads(side.read_text())
+        bundle = tr.pop("bundle")
+    else:
+        resumed = ckpt.is_dir() and any(ckpt.rglob("*.json"))  # a killed training: its costs are partial
+        w0, (c0, k0) = time.time(), _cpu()
+        res = train(spec, demos, ckpt, progress=False)
+        w1, (c1, k1) = time.time(), _cpu()
+        tr = {"train_cpu_s": c1 - c0, "train_wall_s": w1 - w0, "train_child_cpu_s": k1 - k0,
+              "compile_cpu_s": res.first_step_cpu_s, "compile_wall_s": res.first_step_s, "compiled": res.compiled,
+              "step_cpu_s": res.step_cpu_s, "trained_steps": res.steps, "resumed": resumed,
+              "openloop_pos_mm": res.final.get("openloop/pos_err_mm")}
+        bundle = str(res.checkpoint_dir)
+        side.write_text(json.dumps({**tr, "bundle": bundle}))
+        del res
+        gc.collect()  # the trainer's tensors go before the rollouts' envs come
     w1, (c1, k1) = time.time(), _cpu()
-    roll = run_closed_loop(res.checkpoint_dir, spec, seed, list(range(episodes)), workers=1,
+    roll = run_closed_loop(Path(bundle), spec, seed, list(range(episodes)), workers=1,
                            batch=profile.rollout_batch)
     w2, (c2, k2) = time.time(), _cpu()
     eps = [{"init_state": e.episode, "success": bool(e.success), "steps": int(e.steps),
             "error": e.error} for e in roll.episodes]
     return {"arm": arm, "seed": seed, "steps": steps, "episodes": eps,
             "successes": sum(e["success"] for e in eps), "n": len(eps),
-            "train_cpu_s": c1 - c0, "train_wall_s": w1 - w0, "train_child_cpu_s": k1 - k0,
-            "compile_cpu_s": res.first_step_cpu_s, "compile_wall_s": res.first_step_s, "compiled": res.compiled,
-            "step_cpu_s": res.step_cpu_s, "trained_steps": res.steps,
-            "rollout_cpu_s": c2 - c1, "rollout_wall_s": w2 - w1, "rollout_child_cpu_s": k2 - k1,
-            "env_steps": roll.env_steps, "resumed": resumed, "pid": os.getpid(), "load1_start": load0, "load1_end": os.getloadavg()[0],
+            **tr, "rollout_cpu_s": c2 - c1, "rollout_wall_s": w2 - w1, "rollout_child_cpu_s": k2 - k1,
+            "env_steps": roll.env_steps, "pid": os.getpid(), "load1_start": load0, "load1_end": os.getloadavg()[0],
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -139,6 +153,16 @@ def run_cell(arm: str, seed: int, steps: int, episodes: int, demos: str, workdir
 
 def load_results(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"cells": {}, "failed": {}}
+
+
+def load_many(dirs: list[str]) -> dict:
+    """The cells of several workdirs (runners that ran apart, e.g. one per core) as one record."""
+    data = {"cells": {}, "failed": {}}
+    for d in dirs:
+        one = load_results(Path(d) / "budget.json")
+        data["cells"].update(one.get("cells", {}))
+        data.setdefault("meta", one.get("meta"))
+    return data
 
 
 def save_results(path: Path, data: dict) -> None:
@@ -434,7 +458,7 @@ def parse_extra(items: list[str]) -> list[dict]:
 
 
 def cmd_power(args) -> int:
-    data = load_results(Path(args.workdir) / "budget.json")
+    data = load_many(args.workdir)
     measured = summarise(data)
     rows = [r for r in measured + parse_extra(args.extra) if len(r["seeds"]) >= 2]
     cm = cost_model(data)
@@ -498,12 +522,12 @@ def cmd_power(args) -> int:
               f"{'yes' if wall_max <= 2700 else ('expected only' if wall <= 2700 else 'no')} |")
     print(f"\nchoice ({'cheapest with power >= 0.8' if ok else 'no design reaches 0.8: the most power'}): "
           f"{best['steps']} steps, {best['design']}: power {best['power']:.2f}, {best['cpu_min']:.1f} CPU-min per arm")
-    (Path(args.workdir) / "power.json").write_text(json.dumps({"sd_seed": sds, "cost_model": cm,
+    (Path(args.workdir[0]) / "power.json").write_text(json.dumps({"sd_seed": sds, "cost_model": cm,
                                                                "rows": out, "choice": best}, indent=1))
     return 0
 
 def cmd_table(args) -> int:
-    data = load_results(Path(args.workdir) / "budget.json")
+    data = load_many(args.workdir)
     if args.json:
         print(json.dumps(summarise(data), indent=1))
     else:
@@ -524,11 +548,11 @@ def main() -> int:
     r.add_argument("--limit-s", type=float, default=0, help="start no new cell after this many seconds (0: none)")
     r.set_defaults(func=cmd_run)
     t = sub.add_parser("table", help="print the table of what is recorded")
-    t.add_argument("--workdir", default="workdir/budget")
+    t.add_argument("--workdir", nargs="+", default=["workdir/budget"], help="one or more (their cells merged)")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_table)
     pw = sub.add_parser("power", help="the power model at the measured spread, and the choice")
-    pw.add_argument("--workdir", default="workdir/budget")
+    pw.add_argument("--workdir", nargs="+", default=["workdir/budget"], help="one or more (their cells merged)")
     pw.add_argument("--studies", type=int, default=1000, help="simulated studies per (length, design) cell")
     pw.add_argument("--seed", type=int, default=0)
     pw.add_argument("--extra", nargs="*", default=[], metavar="ARM:STEPS:EPISODES:K1,K2,..",
