@@ -530,15 +530,15 @@ def cmd_power(args) -> int:
     print(f"\n3. --plan all on 2 cores from a fresh clone: set-up {SETUP_S / 60:.1f} min + (demos + Gate A + 3 fixes "
           "and the baseline x seeds x (training + episodes)) / 2 cores, from the cost model (CPU-s: an idle machine; "
           "the 45-minute target is wall time), for the designs with power >= 0.8 and the cheapest of each length")
-    print("| steps | design | power | plan CPU-min (expected) | wall min on 2 cores (expected) | wall min (all looks) | fits 45 min |")
-    print("|---|---|---|---|---|---|---|")
+    print("| steps | sd_seed | design | power | plan CPU-min (expected) | wall min on 2 cores (expected) | wall min (all looks) | fits 45 min |")
+    print("|---|---|---|---|---|---|---|---|")
     shown = ok or sorted(out, key=lambda o: -o["power"])[:6]
-    for o in sorted(shown, key=lambda o: (o["steps"], o["cpu_min"])):
+    for o in sorted(shown, key=lambda o: (o["steps"], o["sd_seed"], o["cpu_min"])):
         p_fix = statistics.fmean(rates[o["steps"]]) if o["steps"] in rates else 0.8
         exp_s, max_s = plan_all_cpu_s(cm, o, p_fix)
         wall, wall_max = SETUP_S + exp_s / 2, SETUP_S + max_s / 2
         o["plan_cpu_min"], o["plan_wall_min"], o["plan_wall_max_min"] = exp_s / 60, wall / 60, wall_max / 60
-        print(f"| {o['steps']} | {o['design']} | {o['power']:.2f} | {exp_s / 60:.0f} | {wall / 60:.0f} | {wall_max / 60:.0f} | "
+        print(f"| {o['steps']} | {o['sd_seed']:.2f} | {o['design']} | {o['power']:.2f} | {exp_s / 60:.0f} | {wall / 60:.0f} | {wall_max / 60:.0f} | "
               f"{'yes' if wall_max <= 2700 else ('expected only' if wall <= 2700 else 'no')} |")
     print(f"\nchoice ({'cheapest with power >= 0.8' if ok else 'no design reaches 0.8: the most power'}): "
           f"{best['steps']} steps, {best['design']}: power {best['power']:.2f}, {best['cpu_min']:.1f} CPU-min per arm")
