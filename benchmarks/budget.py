@@ -496,10 +496,10 @@ def cmd_power(args) -> int:
     pooled = {L: math.sqrt(sum(s * s * d for s, d in v) / sum(d for _, d in v)) for L, v in sorted(by_len.items())}
     print("pooled over the fixes: " + ", ".join(f"{L} steps: {s:.2f} ({sum(d for _, d in by_len[L])} df)"
                                                 for L, s in pooled.items()))
-    sds = [(L, sd) for L, sd in pooled.items()]
+    sds = [(L, sd, True) for L, sd in pooled.items()]
     for item in args.sd:   # sensitivity: the same designs at other spreads (e.g. an upper bound)
         L, sd = item.split(":")
-        sds.append((int(L), float(sd)))
+        sds.append((int(L), float(sd), False))
     print(f"\n2. Power to detect +{100 * POWER_DELTA:.0f} points ({POWER_FROM:.2f} -> {POWER_FROM + POWER_DELTA:.2f}) for "
           f"{TESTED} vs {CONTROL} within --plan all's family (Holm, O'Brien-Fleming across looks, alpha 0.05), "
           f"{args.studies} simulated studies per cell. CPU-min per arm = E[seeds] x modelled seed cost (training "
@@ -509,7 +509,7 @@ def cmd_power(args) -> int:
           "CPU-min per arm (all looks) | power per CPU-min |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     out = []
-    for L, sd in sorted(sds):
+    for L, sd, measured in sorted(sds):
         if args.lengths and L not in args.lengths:
             continue
         p_fix = statistics.fmean(rates[L]) if L in rates else 0.8
@@ -521,12 +521,14 @@ def cmd_power(args) -> int:
             cost = s_used * seed_cost_s(cm, L, e_used, p_fix) / 60
             cmax = max(s for s, _ in stages) * seed_cost_s(cm, L, max(e for _, e in stages), p_fix) / 60
             out.append({"steps": L, "sd_seed": sd, "design": name, "stages": stages, "power": p, "se": se,
-                        "power_at_level": p_lvl, "level": top,
+                        "power_at_level": p_lvl, "level": top, "measured_sd": measured,
                         "seeds": s_used, "episodes": e_used, "cpu_min": cost, "cpu_min_max": cmax})
             print(f"| {L} | {sd:.2f} | {name} | {p:.2f} | {se:.3f} | {p_lvl:.2f} ({100 * top:.0f}%) | {s_used:.1f} | {e_used:.0f} | {cost:.1f} | "
                   f"{cmax:.1f} | {p / cost:.3f} |", flush=True)
-    ok = [o for o in out if o["power"] >= 0.8]
+    # The choice is made at the measured spreads; the --sd rows say how robust it is.
+    ok = [o for o in out if o["power"] >= 0.8 and o["measured_sd"]]
     best = min(ok, key=lambda o: o["cpu_min"]) if ok else max(out, key=lambda o: o["power"])
+    ok = [o for o in out if o["power"] >= 0.8]
     print(f"\n3. --plan all on 2 cores from a fresh clone: set-up {SETUP_S / 60:.1f} min + (demos + Gate A + 3 fixes "
           "and the baseline x seeds x (training + episodes)) / 2 cores, from the cost model (CPU-s: an idle machine; "
           "the 45-minute target is wall time), for the designs with power >= 0.8 and the cheapest of each length")
