@@ -1,8 +1,10 @@
 """Where the budget goes: between-seed spread of closed-loop success and the cost of one seed, by training length.
 
     .venv/bin/python benchmarks/budget.py run   [--workdir workdir/budget] [--jobs 2] [--episodes 20]
-                                                [--queue default|CELLS] [--limit-s N]
-    .venv/bin/python benchmarks/budget.py table [--workdir workdir/budget] [--json]
+                                                [--queue default|CELLS | --queue-file FILE] [--limit-s N]
+    .venv/bin/python benchmarks/budget.py table [--workdir DIR [DIR ...]] [--json]
+    .venv/bin/python benchmarks/budget.py power [--workdir DIR [DIR ...]] [--studies 300] [--extra ARM:STEPS:N:K1,K2..]
+                                                [--sd STEPS:SD ...] [--lengths STEPS ...]
 
 `run` trains arm x seed x length cells on libero_object task 0 with the CPU profile (its `set:` list:
 small model, low-dim obs, compiled training, 1 thread) plus `train.steps=<length>` and
