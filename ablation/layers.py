@@ -20,8 +20,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # Specs, the action interface and the demo file: what every other layer builds on.
     # sim.libero_setup is LIBERO's install, config and task list (it imports only errors); the demo
     # file reader asks it for the suites' task names, so it sits here, not with the simulator.
-    "core": ("ablation", "errors", "spec", "representations", "rotation", "codec", "data", "episodes",
-             "obs_features", "demo_evidence", "libero_tasks", "libero_file", "lerobot_file", "demo_io",
+    "core": ("ablation", "errors", "spec", "spec_model", "spec_load", "spec_plan", "representations", "rotation",
+             "codec", "data", "episodes", "obs_features", "demo_evidence", "libero_tasks", "libero_file", "lerobot_file", "demo_io",
              "audit", "provenance", "locks", "layers", "sim.libero_setup", "rules", "noise", "diskfull",
              "frozen_norm", "pose_fit"),
     # Paired statistics on plain arrays: knows nothing of specs, runs or the simulator.

@@ -86,13 +86,118 @@ def _read_demo_set(data: Path):
         return demo_io.read_demo_file(data, obs_convention="after"), str(e)
 
 
+def _inputs(spec: str | Path | None, checkpoint: str | Path | None, sets: list[str] | None) -> tuple:
+    """(the checkpoint's light bundle or None, the spec, its label, whether the user named it or the
+    checkpoint carries it): unreadable inputs raise UserError."""
+    from ..spec import EXPERIMENTS_DIR, resolve_spec
+    from . import ckpt_checks
+
+    bundle = None
+    if checkpoint is not None:
+        bundle = ckpt_checks.load_bundle_light(checkpoint)
+    if spec is not None:
+        spec_obj = resolve_spec(spec, sets or [])
+        spec_label, explicit = str(spec), True
+    elif bundle is not None:
+        spec_obj, spec_label, explicit = bundle[0], f"{Path(checkpoint) / 'spec.yaml'}", True
+    else:
+        # no spec: the file alone is judged; Gate A replays its own actions through LIBERO's native codec
+        spec_obj = resolve_spec(EXPERIMENTS_DIR / f"{DEFAULT_SPEC}.yaml", sets or [])
+        spec_label, explicit = "none (the file alone; pass --spec to judge a spec on it)", False
+    return bundle, spec_obj, spec_label, explicit
+
+
+def _suite_task(findings: list[Finding], data: Path, suite: str | None, task: int | None
+                ) -> tuple[str | None, int | None]:
+    """The suite and task asked for, else the file's own (with an info finding), else (None, None)
+    with a warning: the simulator checks are then skipped."""
+    if suite is None or task is None:
+        try:
+            s, t = demo_io.infer_suite_task(data)
+            suite, task = suite or s, t if task is None else task
+            findings.append(Finding("suite_task", "info", f"the file holds {suite} task {task}",
+                                    "from the file's own attributes (ablation_attrs, bddl_file_name, "
+                                    "bddl_file_content, problem_info)", numbers={"suite": suite, "task": task}))
+        except UserError as e:
+            findings.append(Finding("suite_task", "warning", "suite/task unknown: simulator checks skipped", str(e),
+                                    fix="pass --suite and --task", next=f"run_ablation.py doctor --data {data} "
+                                    "--suite SUITE --task N"))
+            suite = task = None
+    return suite, task
+
+
+def _spec_findings(findings: list[Finding], run, data: Path, demo_set, spec_obj, spec_for_file, spec_label: str,
+                   explicit: bool, suite: str | None, task: int | None) -> None:
+    """The spec on the file: only a spec the user named, or the checkpoint's."""
+    from . import spec_checks
+
+    if explicit:
+        if run("spec.task"):
+            _guard(findings, "spec.task", spec_checks.check_spec_task, spec_obj, suite, task, str(data))
+        if run("scale"):
+            _guard(findings, "scale", spec_checks.check_audit, spec_for_file, str(data), spec_label)
+        if run("roundtrip"):
+            _guard(findings, "roundtrip", spec_checks.check_roundtrip, spec_obj, demo_set, str(data))
+    elif any(run(c) for c in SPEC_CHECKS):
+        findings.append(Finding("spec", "info", "spec checks not run: no spec given",
+                                "the file alone was judged; the scale audit, the transform round trip and the "
+                                "task check judge a spec on the file",
+                                next=f"run_ablation.py doctor --data {data} --spec experiments/YOUR_SPEC.yaml"))
+
+
+def _checkpoint_findings(findings: list[Finding], run, data: Path, demo_set, checkpoint: str | Path,
+                         bundle: tuple) -> None:
+    """The checkpoint's statistics and open-loop predictions on the file."""
+    from ..provenance import file_sha256
+    from . import ckpt_checks
+
+    b_spec, b_codec, b_meta, has_weights = bundle
+    sha = file_sha256(data)
+    if run("stats"):
+        _guard(findings, "stats.mismatch", ckpt_checks.check_stats, checkpoint, b_spec, b_codec, b_meta,
+               demo_set, str(data), sha)
+    if not run("openloop"):
+        pass
+    elif has_weights and (Path(checkpoint) / "meta.json").is_file():
+        _guard(findings, "openloop", ckpt_checks.check_openloop, checkpoint, b_spec, demo_set, sha, b_meta)
+    else:
+        findings.append(Finding("openloop", "info", "open-loop check skipped: the bundle has no model weights",
+                                f"{Path(checkpoint)} holds codec.json + spec.yaml only; the statistics check "
+                                "needs no more, the open-loop check needs model.safetensors and meta.json"))
+
+
+def _sim_findings(findings: list[Finding], run, data: Path, demo_set, *, sim: bool, episodes: int,
+                  workdir: str | Path | None, suite: str | None, task: int | None, spec_for_file, spec_label: str,
+                  explicit: bool, names: list[str], frames: dict, uses_images: bool | None) -> None:
+    """The simulator: Gate A, start states and image orientation (when a suite and task are known)."""
+    from . import sim_checks
+
+    sim_wanted = [c for c in ("gate_a", "start_state", "images.orientation") if run(c)]
+    if not sim_wanted:
+        pass
+    elif not sim:
+        findings.append(Finding("sim", "info", "simulator checks skipped (--no-sim)",
+                                "Gate A, start states and image orientation were not run"))
+    elif suite is not None:
+        n = max(1, min(int(episodes), len(demo_set.episodes)))
+        cache = Path(workdir) / "cache" / "gate_a" if workdir is not None else None
+        if "gate_a" in sim_wanted:
+            _guard(findings, "gate_a", sim_checks.check_gate_a, spec_for_file, Path(spec_label).stem if explicit
+                   else f"the file's own actions ({DEFAULT_SPEC})", str(data), suite, int(task), n, cache,
+                   names=names)
+        if "start_state" in sim_wanted:
+            _guard(findings, "start_state", sim_checks.check_start_states, demo_set, suite, int(task))
+        if frames and "images.orientation" in sim_wanted:
+            _guard(findings, "images.orientation", sim_checks.check_orientation, demo_set, frames, suite, int(task),
+                   uses_images)
+
+
 def run_doctor(data: str | Path, spec: str | Path | None = None, checkpoint: str | Path | None = None, *,
                sim: bool = True, episodes: int = 10, suite: str | None = None, task: int | None = None,
                workdir: str | Path | None = None, sets: list[str] | None = None, checks: list[str] | None = None,
                fail_on: str = "serious") -> DoctorReport:
-    from ..provenance import file_sha256
-    from ..spec import EXPERIMENTS_DIR, resolve_spec, with_overrides
-    from . import ckpt_checks, file_checks, sim_checks, spec_checks
+    from ..spec import with_overrides
+    from . import file_checks
 
     if fail_on not in FAIL_ON:
         raise UserError(f"--fail-on: '{fail_on}' is not one of {', '.join(FAIL_ON)}")
@@ -106,36 +211,12 @@ def run_doctor(data: str | Path, spec: str | Path | None = None, checkpoint: str
     n_steps = int(sum(len(ep) for ep in eps))
     findings: list[Finding] = []
 
-    # -- inputs: spec and checkpoint (unreadable -> UserError)
-    bundle = None
-    if checkpoint is not None:
-        bundle = ckpt_checks.load_bundle_light(checkpoint)
-    if spec is not None:
-        spec_obj = resolve_spec(spec, sets or [])
-        spec_label, explicit = str(spec), True
-    elif bundle is not None:
-        spec_obj, spec_label, explicit = bundle[0], f"{Path(checkpoint) / 'spec.yaml'}", True
-    else:
-        # no spec: the file alone is judged; Gate A replays its own actions through LIBERO's native codec
-        spec_obj = resolve_spec(EXPERIMENTS_DIR / f"{DEFAULT_SPEC}.yaml", sets or [])
-        spec_label, explicit = "none (the file alone; pass --spec to judge a spec on it)", False
+    bundle, spec_obj, spec_label, explicit = _inputs(spec, checkpoint, sets)
     conv = demo_set.meta.obs_convention
     spec_conv = spec_obj.data.obs_convention if explicit else None
     spec_for_file = with_overrides(spec_obj, [f"data.obs_convention={conv}"])
 
-    # -- suite and task
-    if suite is None or task is None:
-        try:
-            s, t = demo_io.infer_suite_task(data)
-            suite, task = suite or s, t if task is None else task
-            findings.append(Finding("suite_task", "info", f"the file holds {suite} task {task}",
-                                    "from the file's own attributes (ablation_attrs, bddl_file_name, "
-                                    "bddl_file_content, problem_info)", numbers={"suite": suite, "task": task}))
-        except UserError as e:
-            findings.append(Finding("suite_task", "warning", "suite/task unknown: simulator checks skipped", str(e),
-                                    fix="pass --suite and --task", next=f"run_ablation.py doctor --data {data} "
-                                    "--suite SUITE --task N"))
-            suite = task = None
+    suite, task = _suite_task(findings, data, suite, task)
     if conv_err and run("alignment"):
         findings.append(Finding("alignment.convention", "warning", "obs timing unknown; read as 'after'", conv_err,
                                 fix="set data.obs_convention in the spec", where=[]))
@@ -161,55 +242,14 @@ def run_doctor(data: str | Path, spec: str | Path | None = None, checkpoint: str
         _guard(findings, "versions", file_checks.check_versions,
                (attrs.get("ablation_attrs") or {}).get("versions", {}), suite, task, bool(frames))
 
-    # -- the spec on the file (only a spec the user named, or the checkpoint's)
-    if explicit:
-        if run("spec.task"):
-            _guard(findings, "spec.task", spec_checks.check_spec_task, spec_obj, suite, task, str(data))
-        if run("scale"):
-            _guard(findings, "scale", spec_checks.check_audit, spec_for_file, str(data), spec_label)
-        if run("roundtrip"):
-            _guard(findings, "roundtrip", spec_checks.check_roundtrip, spec_obj, demo_set, str(data))
-    elif any(run(c) for c in SPEC_CHECKS):
-        findings.append(Finding("spec", "info", "spec checks not run: no spec given",
-                                "the file alone was judged; the scale audit, the transform round trip and the "
-                                "task check judge a spec on the file",
-                                next=f"run_ablation.py doctor --data {data} --spec experiments/YOUR_SPEC.yaml"))
+    _spec_findings(findings, run, data, demo_set, spec_obj, spec_for_file, spec_label, explicit, suite, task)
 
-    # -- the checkpoint
     if bundle is not None:
-        b_spec, b_codec, b_meta, has_weights = bundle
-        sha = file_sha256(data)
-        if run("stats"):
-            _guard(findings, "stats.mismatch", ckpt_checks.check_stats, checkpoint, b_spec, b_codec, b_meta,
-                   demo_set, str(data), sha)
-        if not run("openloop"):
-            pass
-        elif has_weights and (Path(checkpoint) / "meta.json").is_file():
-            _guard(findings, "openloop", ckpt_checks.check_openloop, checkpoint, b_spec, demo_set, sha, b_meta)
-        else:
-            findings.append(Finding("openloop", "info", "open-loop check skipped: the bundle has no model weights",
-                                    f"{Path(checkpoint)} holds codec.json + spec.yaml only; the statistics check "
-                                    "needs no more, the open-loop check needs model.safetensors and meta.json"))
+        _checkpoint_findings(findings, run, data, demo_set, checkpoint, bundle)
 
-    # -- the simulator
-    sim_wanted = [c for c in ("gate_a", "start_state", "images.orientation") if run(c)]
-    if not sim_wanted:
-        pass
-    elif not sim:
-        findings.append(Finding("sim", "info", "simulator checks skipped (--no-sim)",
-                                "Gate A, start states and image orientation were not run"))
-    elif suite is not None:
-        n = max(1, min(int(episodes), len(demo_set.episodes)))
-        cache = Path(workdir) / "cache" / "gate_a" if workdir is not None else None
-        if "gate_a" in sim_wanted:
-            _guard(findings, "gate_a", sim_checks.check_gate_a, spec_for_file, Path(spec_label).stem if explicit
-                   else f"the file's own actions ({DEFAULT_SPEC})", str(data), suite, int(task), n, cache,
-                   names=names)
-        if "start_state" in sim_wanted:
-            _guard(findings, "start_state", sim_checks.check_start_states, demo_set, suite, int(task))
-        if frames and "images.orientation" in sim_wanted:
-            _guard(findings, "images.orientation", sim_checks.check_orientation, demo_set, frames, suite, int(task),
-                   uses_images)
+    _sim_findings(findings, run, data, demo_set, sim=sim, episodes=episodes, workdir=workdir, suite=suite, task=task,
+                  spec_for_file=spec_for_file, spec_label=spec_label, explicit=explicit, names=names,
+                  frames=frames, uses_images=uses_images)
     findings = [f for f in findings if _keep(f, wanted)]
     return DoctorReport(str(data), suite, task, spec_label, str(checkpoint) if checkpoint else None,
                         len(eps), n_steps, findings, fail_on=fail_on)

@@ -27,30 +27,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..episodes import DemoFileError, Episode
+from ..episodes import DemoFileError  # noqa: F401 (in __all__)
 from ..libero_file import read_libero_file, write_demo_file
-from ..obs_features import IMAGE_KEYS, LOWDIM_KEYS
-from ..errors import UserError
 from ..provenance import versions
-from .env import WAIT_ACTION, freeze_long_lived_objects, make_env
-from .expert import EXPERT_VERSION, SUPPORTED_SUITES, ScriptedExpert
+# One episode and the attempts' workers live in demo_episode.py and demo_workers.py; re-exported here.
+from .demo_episode import (  # noqa: F401
+    RECORD_KEYS, WAIT_STEPS, DemoGenerationError, random_start, record_episode, start_distances,
+)
+from .demo_workers import DemoJob, run_attempts, usable_cpus
+from .expert import EXPERT_VERSION, SUPPORTED_SUITES
 
 DEMO_GEN_VERSION = 2   # 2: randomised-reset starts, parallel workers
 STARTS = ("random", "benchmark")
 STARTS_ATTR = {"random": "random_resets", "benchmark": "benchmark_init_states"}
-WAIT_STEPS = 10
-RECORD_KEYS = LOWDIM_KEYS + IMAGE_KEYS
-
-
-class DemoGenerationError(UserError):
-    pass
 
 
 def cache_key(suite: str, task: int, n: int, images: bool, dart_sigma: float, seed: int, speed: float,
@@ -83,175 +77,6 @@ def cached_key_of(path: Path) -> str | None:
             return json.loads(raw if isinstance(raw, str) else raw.decode()).get("cache_key")
     except Exception:
         return None
-
-
-def record_episode(env, init_state: np.ndarray, expert: ScriptedExpert, rng: np.random.Generator,
-                   dart_sigma: float, max_steps: int, obs: dict | None = None) -> Episode | None:
-    """One expert episode; an Episode when it succeeds, else None. `obs`: the env was already put in
-    `init_state` (reset + set_init_state) and this is its observation."""
-    if obs is None:
-        obs = env.reset_to(init_state)
-    for _ in range(WAIT_STEPS):
-        obs, _ = env.step(WAIT_ACTION)
-    expert.reset()
-    rec: dict[str, list] = {k: [] for k in RECORD_KEYS}
-    clean, executed, states, robot = [], [], [], []
-    done = False
-    for _t in range(max_steps):
-        for k in RECORD_KEYS:
-            if k in obs:
-                rec[k].append(obs[k])
-        states.append(env.sim_state())
-        robot.append(env.robot_state())
-        a = expert.act(obs)
-        ex = a.copy()
-        if dart_sigma > 0 and expert.moving:
-            ex[:3] += rng.normal(0.0, dart_sigma, 3)
-        ex = np.clip(ex, -1.0, 1.0)
-        clean.append(np.clip(a, -1.0, 1.0))
-        executed.append(ex)
-        obs, done = env.step(ex)
-        if done:
-            break
-    if not done:
-        return None
-    T = len(clean)
-    rewards = np.zeros(T)
-    dones = np.zeros(T)
-    rewards[-1] = dones[-1] = 1
-    return Episode(actions=np.asarray(clean), obs={k: np.asarray(v) for k, v in rec.items() if v},
-                   states=np.asarray(states), rewards=rewards, dones=dones, robot_states=np.asarray(robot),
-                   init_state=np.asarray(init_state, dtype=np.float64), model_file=env.model_xml(),
-                   extras={"executed_actions": np.asarray(executed)})
-
-
-def usable_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def _start_seed(seed: int, task: int, attempt: int) -> int:
-    return int(np.random.SeedSequence([int(seed), int(task), int(attempt), 7]).generate_state(1)[0])
-
-
-def _seeded(seed: int, task: int, attempt: int):
-    """Context: numpy's global generator (which LIBERO's placement samplers and robosuite's joint
-    noise draw from) seeded from (seed, task, attempt); the caller's state is restored after."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def cm():
-        state = np.random.get_state()
-        try:
-            np.random.seed(_start_seed(seed, task, attempt))
-            yield
-        finally:
-            np.random.set_state(state)
-
-    return cm()
-
-
-def random_start(env, seed: int, task: int, attempt: int) -> tuple[np.ndarray, dict]:
-    """A fresh randomised reset of the task (LIBERO re-samples placements from the BDDL regions),
-    determined by (seed, task, attempt). Returns (flattened sim state, obs): the env is left in that
-    state, exactly as `env.reset_to(state)` would leave it (a reset, then set_init_state)."""
-    import contextlib
-    import io
-
-    with _seeded(seed, task, attempt), contextlib.redirect_stdout(io.StringIO()):
-        env._env.reset()
-        state = env.sim_state()
-        raw = env._env.set_init_state(state)
-    env._reset_done = True
-    return state, env._obs(raw)
-
-
-def start_distances(starts: np.ndarray, bench: np.ndarray) -> np.ndarray:
-    """Per start: L2 distance of its qpos/qvel (time excluded) to the nearest benchmark init state."""
-    a = np.asarray(starts, dtype=np.float64)[:, 1:]
-    b = np.asarray(bench, dtype=np.float64)[:, 1:]
-    k = min(a.shape[1], b.shape[1])
-    d = np.linalg.norm(a[:, None, :k] - b[None, :, :k], axis=-1)
-    return d.min(axis=1)
-
-
-# ----------------------------------------------------------------------------- one attempt
-
-@dataclass(frozen=True)
-class _Job:
-    suite: str
-    task: int
-    images: bool
-    image_size: int
-    speed: float
-    dart_sigma: float
-    seed: int
-    starts: str
-    fast: bool = True  # the env's fast step: the same physics, so not part of the cache key
-
-
-_WORKER: dict = {}
-
-
-def _job_env(job: _Job):
-    key = (job.suite, job.task, job.images, job.image_size, job.speed)
-    if _WORKER.get("key") != key:
-        old = _WORKER.pop("env", None)
-        if old is not None:
-            old.close()
-        env = make_env(job.suite, job.task, images=job.images, image_size=job.image_size, seed=job.seed,
-                       fast=job.fast)
-        _WORKER.update(key=key, env=env, expert=ScriptedExpert.for_env(env, job.speed))
-        freeze_long_lived_objects()  # each attempt's hard reset ends in a gc.collect(): make it cheap
-    _WORKER["env"].fast = job.fast
-    return _WORKER["env"], _WORKER["expert"]
-
-
-def _run_attempt(job: _Job, attempt: int) -> tuple[int, Episode | None, int | None]:
-    """(attempt, episode or None, benchmark init index or None). Depends only on (job, attempt): the
-    reset's randomness is seeded from it too, whatever ran before in this process."""
-    env, expert = _job_env(job)
-    if job.starts == "benchmark":
-        idx = attempt % len(env.init_states)
-        start = env.init_states[idx]
-        with _seeded(job.seed, job.task, attempt):
-            obs = env.reset_to(start)
-    else:
-        idx = None
-        start, obs = random_start(env, job.seed, job.task, attempt)
-    rng = np.random.default_rng([job.seed, job.task, attempt])
-    return attempt, record_episode(env, start, expert, rng, job.dart_sigma, env.max_steps, obs=obs), idx
-
-
-def _job_meta(job: _Job) -> tuple:
-    env, expert = _job_env(job)
-    return env.info.name, env.language, np.asarray(env.init_states), env.demo_meta({}), expert.coverage_reason
-
-
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def _stop_pool(ex) -> None:
-    """Shut the pool down without waiting for attempts past the target: their workers are ended."""
-    procs = list((getattr(ex, "_processes", None) or {}).values())
-    ex.shutdown(wait=False, cancel_futures=True)
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    for p in procs:
-        p.join(timeout=10)
-
-
-def _worker_init() -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except Exception:
-        pass
 
 
 def generate_demos(suite: str, task: int, n: int, out: str | Path, images: bool = False,
@@ -292,8 +117,8 @@ def generate_demos(suite: str, task: int, n: int, out: str | Path, images: bool 
     max_attempts = max_attempts or max(3 * n, n + 20)
     workers = usable_cpus() if workers is None else int(workers)
     workers = max(1, min(workers, max_attempts))
-    job = _Job(suite, int(task), bool(images), int(image_size), float(speed), float(dart_sigma), int(seed), starts,
-               bool(fast))
+    job = DemoJob(suite, int(task), bool(images), int(image_size), float(speed), float(dart_sigma), int(seed), starts,
+                  bool(fast))
 
     bar = None
     if progress:
@@ -301,97 +126,12 @@ def generate_demos(suite: str, task: int, n: int, out: str | Path, images: bool 
 
         bar = tqdm(total=n, desc=f"demos {suite}/{task}", unit="demo", leave=False)
     t0 = time.time()
-    results: dict[int, tuple[Episode | None, int | None]] = {}
-
-    def prefix_state() -> tuple[int, int, bool]:
-        """(attempts in the contiguous finished prefix, successes in it, done)."""
-        k = ok = 0
-        while k in results:
-            ok += results[k][0] is not None
-            k += 1
-            if ok >= n:
-                return k, ok, True
-        return k, ok, False
-
-    def check_rate(k: int, ok: int) -> None:
-        if k >= max_attempts or (k >= 20 and ok < min_success_rate * k):
-            raise DemoGenerationError(
-                f"the scripted expert succeeded in only {ok} of {k} attempts on "
-                f"{suite} task {task} (need {n}); try --dart-sigma lower than {dart_sigma} or --speed 1")
-
-    shown = 0
-
-    def show() -> None:
-        nonlocal shown
-        if bar is None:
-            return
-        okall = sum(r[0] is not None for r in results.values())
-        okall = min(okall, n)
-        if okall > shown:
-            bar.update(okall - shown)
-            shown = okall
-        bar.set_postfix_str(f"{okall}/{len(results)} ok")
-
     try:
-        if workers == 1:
-            nxt = 0
-            while True:
-                k, ok, done = prefix_state()
-                if done:
-                    break
-                check_rate(k, ok)
-                a, ep, idx = _run_attempt(job, nxt)
-                results[a] = (ep, idx)
-                nxt += 1
-                show()
-            meta_t = _job_meta(job)
-        else:
-            import concurrent.futures as cf
-            import multiprocessing as mp
-
-            ctx = mp.get_context("spawn")
-            # One thread per worker: the workers are the parallelism (set before they import numpy).
-            saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-            os.environ.update({k: "1" for k in _THREAD_VARS})   # workers start at their first job
-            ex = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
-            try:
-                meta_f = ex.submit(_job_meta, job)
-                pending: set = set()
-                nxt = 0
-                while True:
-                    k, ok, done = prefix_state()
-                    if done:
-                        break
-                    check_rate(k, ok)
-                    # Keep every worker busy (at most workers - 1 attempts run past the target).
-                    while len(pending) < workers and nxt < max_attempts:
-                        pending.add(ex.submit(_run_attempt, job, nxt))
-                        nxt += 1
-                    if not pending:
-                        check_rate(max_attempts, ok)
-                        break
-                    finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                    for f in finished:
-                        a, ep, idx = f.result()
-                        results[a] = (ep, idx)
-                    show()
-                meta_t = meta_f.result()
-            finally:
-                _stop_pool(ex)
-                for var, v in saved.items():
-                    if v is None:
-                        os.environ.pop(var, None)
-                    else:
-                        os.environ[var] = v
+        results, meta_t, k = run_attempts(job, n, max_attempts, workers, min_success_rate, bar,
+                                          (suite, task, dart_sigma))
     finally:
         if bar is not None:
             bar.close()
-        if workers == 1:
-            env = _WORKER.pop("env", None)
-            _WORKER.clear()
-            if env is not None:
-                env.close()
-    k, ok, _ = prefix_state()
     kept = [(a, results[a]) for a in range(k) if results[a][0] is not None][:n]
     episodes = [r[0] for _, r in kept]
     task_name, language, bench, meta, _why = meta_t

@@ -684,7 +684,6 @@ class ScriptedExpert:
         eef = np.asarray(obs["ee_pos"], dtype=np.float64)
         self.phase_steps += 1
         grip = -1.0
-        yaw = 0.0
         if not self._started and self.steps:
             self._started = True
             self._next_step(count_retry=False)   # skip what already holds (e.g. a drawer already open)
@@ -705,6 +704,16 @@ class ScriptedExpert:
                 st.grasp_xy = st.place = st.carry_z = st.rim_dir = st.top = None
                 self._goto("approach")  # grasp lost: go back for it
         ph = self.phase
+        target, yaw, grip = self._pick_place_target(obs, st, eef, ph)
+        return self._motion(target, eef, ph, yaw, grip)
+
+    def _pick_place_target(self, obs: dict, st: _Step, eef: np.ndarray, ph: str) -> tuple[np.ndarray, float, float]:
+        """(target position, yaw error, gripper command) of pick-and-place step `st` in phase `ph`, moving
+        to the next phase (or step) when this one is done."""
+        c = self.cfg
+        grip = -1.0
+        yaw = 0.0
+        s = st.spec
         if ph in ("approach", "descend"):
             if st.start_bottom is None:
                 st.start_bottom = float(self.scene.bounds(s.obj)[0][2])
@@ -763,7 +772,7 @@ class ScriptedExpert:
             grip = -1.0
             if eef[2] > up - 0.05 or self.phase_steps > 40:
                 self._next_step()
-        return self._motion(target, eef, ph, yaw, grip)
+        return target, yaw, grip
 
     def _motion(self, target: np.ndarray, eef: np.ndarray, ph: str, yaw: float, grip: float,
                 yaw_rate: float | None = None) -> np.ndarray:

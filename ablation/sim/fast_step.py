@@ -191,19 +191,11 @@ class FastStepper:
         (OperationalSpaceController.update/run_controller, SingleArm.control, grip_action); the
         controller's state is written back to it as update() would."""
         env = self._env
-        if env.sim is not self._sim or env.robots[0].controller is not self._controller:
-            self._bind()
-        if env.done:
-            raise ValueError("executing action in terminated episode")
-        if len(action) != env.action_dim:
-            raise ValueError(f"environment got invalid action dimension -- expected {env.action_dim}, got {len(action)}")
-        mj, m, d, c, robot, gripper = self._mj, self._m, self._d, self._controller, self._robot, self._gripper
-        step1, step2, jac_site, full_m = mj.mj_step1, mj.mj_step2, mj.mj_jacSite, mj.mj_fullM
-        nullspace, ori_err_of = self._nullspace_torques, self._orientation_error
-        site, jacp, jacr, mass_full, j, qv = (self._site, self._jacp, self._jacr, self._mass_full, self._joints,
-                                              self._qvel_index)
-        site_xpos, site_xmat, qpos, qvel, qM, qfrc_bias = (self._site_xpos, self._site_xmat, self._qpos, self._qvel,
-                                                          self._qM, self._qfrc_bias)
+        self._check_step(action)
+        mj, m, d, c, robot = self._mj, self._m, self._d, self._controller, self._robot
+        step1, step2 = mj.mj_step1, mj.mj_step2
+        nullspace, ori_err_of, read_state = self._nullspace_torques, self._orientation_error, self._read_state
+        j, qfrc_bias = self._joints, self._qfrc_bias
         ctrl, joint_ctrl, grip_slice = self._ctrl, self._joint_ctrl, self._grip_ctrl
         kp_pos, kp_ori, kd_pos, kd_ori = self._kp_pos, self._kp_ori, self._kd_pos, self._kd_ori
         low, high, initial_joint = self._torque_low, self._torque_high, c.initial_joint
@@ -218,21 +210,8 @@ class FastStepper:
             # update(). new_update is False only on the first substep after a reset: the controller
             # read the sim when it was made (before LIBERO's set_init_state) and robosuite runs on that.
             if fresh:
-                ee_pos = np.array(site_xpos)
-                ee_ori_mat = np.array(site_xmat)
-                jac_site(m, d, jacp, jacr, site)  # fills both in full: the same numbers as two calls
-                ee_pos_vel = jacp.dot(qvel)  # ndarray.dot: np.dot's own code, without its dispatch
-                ee_ori_vel = jacr.dot(qvel)
-                joint_pos = np.array(qpos[j])
-                joint_vel = np.array(qvel[j])
-                # Fancy indexing, as update() does, makes these Fortran-ordered; the layout decides
-                # which BLAS call np.dot(J_full.T, .) makes and which numba specialisation runs, so
-                # the last bits of the torque depend on it.
-                J_pos = jacp[:, qv]
-                J_ori = jacr[:, qv]
-                J_full = np.concatenate((J_pos, J_ori))  # np.vstack's own call
-                full_m(m, mass_full, qM)
-                mass_matrix = mass_full[qv, :][:, qv]
+                (ee_pos, ee_ori_mat, ee_pos_vel, ee_ori_vel, joint_pos, joint_vel, J_pos, J_ori, J_full,
+                 mass_matrix) = read_state()
             else:
                 ee_pos, ee_ori_mat, ee_pos_vel, ee_ori_vel = c.ee_pos, c.ee_ori_mat, c.ee_pos_vel, c.ee_ori_vel
                 joint_pos, joint_vel, J_pos, J_ori = c.joint_pos, c.joint_vel, c.J_pos, c.J_ori
@@ -275,6 +254,40 @@ class FastStepper:
         env.cur_time += env.control_timestep
         reward, _done, info = env._post_action(action)
         return env._get_observations(), reward, env._check_success(), info
+
+    def _check_step(self, action: np.ndarray) -> None:
+        """Rebind after a hard reset (a new sim or controller); robosuite's own errors for a finished
+        episode or an action of the wrong size."""
+        env = self._env
+        if env.sim is not self._sim or env.robots[0].controller is not self._controller:
+            self._bind()
+        if env.done:
+            raise ValueError("executing action in terminated episode")
+        if len(action) != env.action_dim:
+            raise ValueError(f"environment got invalid action dimension -- expected {env.action_dim}, got {len(action)}")
+
+    def _read_state(self) -> tuple:
+        """What OperationalSpaceController.update() reads from the sim, with its operations and layouts:
+        (ee_pos, ee_ori_mat, ee_pos_vel, ee_ori_vel, joint_pos, joint_vel, J_pos, J_ori, J_full, mass_matrix)."""
+        mj, m, d = self._mj, self._m, self._d
+        jacp, jacr, mass_full, j, qv = self._jacp, self._jacr, self._mass_full, self._joints, self._qvel_index
+        qpos, qvel = self._qpos, self._qvel
+        ee_pos = np.array(self._site_xpos)
+        ee_ori_mat = np.array(self._site_xmat)
+        mj.mj_jacSite(m, d, jacp, jacr, self._site)  # fills both in full: the same numbers as two calls
+        ee_pos_vel = jacp.dot(qvel)  # ndarray.dot: np.dot's own code, without its dispatch
+        ee_ori_vel = jacr.dot(qvel)
+        joint_pos = np.array(qpos[j])
+        joint_vel = np.array(qvel[j])
+        # Fancy indexing, as update() does, makes these Fortran-ordered; the layout decides
+        # which BLAS call np.dot(J_full.T, .) makes and which numba specialisation runs, so
+        # the last bits of the torque depend on it.
+        J_pos = jacp[:, qv]
+        J_ori = jacr[:, qv]
+        J_full = np.concatenate((J_pos, J_ori))  # np.vstack's own call
+        mj.mj_fullM(m, mass_full, self._qM)
+        mass_matrix = mass_full[qv, :][:, qv]
+        return ee_pos, ee_ori_mat, ee_pos_vel, ee_ori_vel, joint_pos, joint_vel, J_pos, J_ori, J_full, mass_matrix
 
     def _gripper_controls(self, sign: np.ndarray, n: int) -> np.ndarray:
         """(n, 2) gripper actuator controls for the n substeps, and the gripper's state after them:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from .correlation import RankCorrelation, rank_correlation, within_group_rank_correlation
 from .decisions import (VERDICTS, SequentialDesign, StepDown, episodes_needed, holm, holm_difference_equivalence,
                         obrien_fleming_spent, verdict)
-from .effect import (Effect, Heterogeneity, calibrated_p, heterogeneity, paired_effect, per_task_effects,
-                     sign_test_midp)
+from .effect import Effect, calibrated_p, paired_effect, per_task_effects, sign_test_midp
+from .heterogeneity import Heterogeneity, heterogeneity
 from .records import EpisodeArrays, EpisodeOutcome, to_arrays
 from .seed_level import (ArmSeeds, SeedEffect, contrast_effect, episodes_needed_t, per_task_seed_effects, seed_effect,
                          seeds_needed)

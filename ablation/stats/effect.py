@@ -1,5 +1,6 @@
 """Paired, multi-seed effect of an arm on closed-loop success: point estimate, hierarchical bootstrap
-interval and p-value, per-task effects and a heterogeneity check.
+interval and p-value, and per-task effects (the bootstrap's replicates are in bootstrap.py, the
+heterogeneity check in heterogeneity.py).
 
 Units: every rate, effect, interval bound and margin is a fraction of episodes in [0, 1] (or a
 difference of two such fractions in [-1, 1]); 0.10 means 10 percentage points.
@@ -22,6 +23,8 @@ from scipy import stats as sps
 from scipy.special import ndtri, stdtrit
 from statsmodels.stats.proportion import confint_proportions_2indep
 
+from .bootstrap import paired_bootstrap, seed_parts
+from .heterogeneity import Heterogeneity, heterogeneity  # noqa: F401 (re-exported: their old home)
 from .records import EpisodeArrays, EpisodeOutcome, TaskTable, task_table, to_arrays
 
 Records = Iterable[EpisodeOutcome | Mapping[str, Any]] | EpisodeArrays
@@ -230,6 +233,44 @@ def _prepare(a: EpisodeArrays, arm: str, control: str
     return tables, in_arm, in_ctl
 
 
+def _check_effect_args(arm: str, control: str, conf: float, n_boot: int, tasks: str) -> None:
+    """The clear errors for `paired_effect`'s arguments."""
+    if arm == control:
+        raise ValueError(f"arm and control are the same ({arm!r})")
+    if not 0.0 < conf < 1.0:
+        raise ValueError(f"conf must be in (0, 1), got {conf}")
+    if n_boot < 100:
+        raise ValueError(f"n_boot must be >= 100, got {n_boot}")
+    if tasks not in ("random", "fixed"):
+        raise ValueError(f"tasks must be 'random' or 'fixed', got {tasks!r}")
+
+
+def _welch_df(tables: list[tuple[str, TaskTable, TaskTable]], w: np.ndarray, boot: np.ndarray, tasks: str
+              ) -> tuple[float, float]:
+    """(Welch-Satterthwaite df of the estimate, its between-seed variance) for `paired_effect`; `w` is
+    each task's share of the shared states, `boot` the bootstrap replicates."""
+    # Welch-Satterthwaite df: components (variance, df) of the estimate's bootstrap variance
+    comps: list[tuple[float, float]] = []
+    seed_var = 0.0
+    for wt, (_, ta, tc) in zip(w, tables):
+        d = ta.state_means() - tc.state_means()
+        if d.size > 1:
+            comps.append((wt ** 2 * float(d.var(ddof=1)) / d.size, d.size - 1.0))
+        for tab in (ta, tc):
+            sigma2 = seed_parts(tab)[2]
+            if len(tab.seeds) > 1:
+                comps.append((wt ** 2 * sigma2 / len(tab.seeds), len(tab.seeds) - 1.0))
+                seed_var += wt ** 2 * sigma2 / len(tab.seeds)
+    v_boot = float(boot.var(ddof=1))
+    excess = v_boot - sum(v for v, _ in comps)
+    if len(tables) > 1 and tasks == "random" and excess > 0:
+        comps.append((excess, len(tables) - 1.0))  # what resampling tasks adds: T - 1 df
+    den = sum(v * v / k for v, k in comps)
+    tot = sum(v for v, _ in comps)
+    df = tot * tot / den if den > 0 else math.inf
+    return df, seed_var
+
+
 def paired_effect(records: Records, arm: str, control: str, *, conf: float = 0.95, n_boot: int = 4000,
                   rng_seed: int = 0, tasks: Literal["random", "fixed"] = "random",
                   multitask: bool = False) -> Effect:
@@ -250,7 +291,7 @@ def paired_effect(records: Records, arm: str, control: str, *, conf: float = 0.9
     (3) add, for each arm independently (and per drawn task; per arm only, shared across tasks, when
         `multitask`), the mean of its seeds' effects drawn with replacement, the seed effects
         rescaled as in Davison & Hinkley (1997, sec. 3.8) so that they carry the between-seed
-        variance only (see `_seed_parts`; resampling raw seeds *and* states would count the
+        variance only (see `seed_parts`; resampling raw seeds *and* states would count the
         episode noise twice or more and shrink the seed variance by (K - 1) / K).
     The interval is the percentile interval of the replicates with their spread scaled by
     t_df / z (Welch-Satterthwaite df over the seed, state and task components), see
@@ -265,14 +306,7 @@ def paired_effect(records: Records, arm: str, control: str, *, conf: float = 0.9
     Raises ValueError naming the arm when an arm has no episodes, or when the arms share no
     (task, init_state).
     """
-    if arm == control:
-        raise ValueError(f"arm and control are the same ({arm!r})")
-    if not 0.0 < conf < 1.0:
-        raise ValueError(f"conf must be in (0, 1), got {conf}")
-    if n_boot < 100:
-        raise ValueError(f"n_boot must be >= 100, got {n_boot}")
-    if tasks not in ("random", "fixed"):
-        raise ValueError(f"tasks must be 'random' or 'fixed', got {tasks!r}")
+    _check_effect_args(arm, control, conf, n_boot, tasks)
     a = records if isinstance(records, EpisodeArrays) else to_arrays(records)
     tables, in_arm, in_ctl = _prepare(a, arm, control)
 
@@ -283,26 +317,8 @@ def paired_effect(records: Records, arm: str, control: str, *, conf: float = 0.9
     rate_arm = float(np.concatenate([ta.state_means() for _, ta, _ in tables]).mean())
     rate_ctl = float(np.concatenate([tc.state_means() for _, _, tc in tables]).mean())
 
-    boot = _bootstrap(tables, n_boot, np.random.default_rng(rng_seed), tasks, multitask)
-    # Welch-Satterthwaite df: components (variance, df) of the estimate's bootstrap variance
-    comps: list[tuple[float, float]] = []
-    seed_var = 0.0
-    for wt, (_, ta, tc) in zip(w, tables):
-        d = ta.state_means() - tc.state_means()
-        if d.size > 1:
-            comps.append((wt ** 2 * float(d.var(ddof=1)) / d.size, d.size - 1.0))
-        for tab in (ta, tc):
-            sigma2 = _seed_parts(tab)[2]
-            if len(tab.seeds) > 1:
-                comps.append((wt ** 2 * sigma2 / len(tab.seeds), len(tab.seeds) - 1.0))
-                seed_var += wt ** 2 * sigma2 / len(tab.seeds)
-    v_boot = float(boot.var(ddof=1))
-    excess = v_boot - sum(v for v, _ in comps)
-    if len(tables) > 1 and tasks == "random" and excess > 0:
-        comps.append((excess, len(tables) - 1.0))  # what resampling tasks adds: T - 1 df
-    den = sum(v * v / k for v, k in comps)
-    tot = sum(v for v, _ in comps)
-    df = tot * tot / den if den > 0 else math.inf
+    boot = paired_bootstrap(tables, n_boot, np.random.default_rng(rng_seed), tasks, multitask)
+    df, seed_var = _welch_df(tables, w, boot, tasks)
 
     p_boot = calibrated_p(boot, estimate, df)
     n_pos, n_neg = int((diffs > 1e-12).sum()), int((diffs < -1e-12).sum())
@@ -329,73 +345,6 @@ def paired_effect(records: Records, arm: str, control: str, *, conf: float = 0.9
     return dataclasses.replace(eff, lo=lo, hi=hi)
 
 
-def _seed_parts(t: TaskTable) -> tuple[np.ndarray, np.ndarray, float]:
-    """Split one arm's (seed x state) table for the bootstrap (Davison & Hinkley 1997, sec. 3.8,
-    resampling shrunken cluster effects):
-
-    state_part: (n_states,) per-state mean over the seeds that ran it (carries the state-to-state
-      spread and the episode noise, once);
-    seed_effects: (n_seeds,) each seed's mean over its states minus the arm's mean, rescaled by c so
-      that resampling them with replacement has, in expectation, the between-seed variance
-      sigma_seed^2 / K: c^2 = max(0, s^2 - noise) / (s^2 (K - 1) / K), with s^2 the sample variance
-      (ddof 1) of the per-seed means and noise the episode-noise variance of a per-seed mean. This
-      removes the episode noise that the raw per-seed means carry (which resampling states already
-      counts) and the (K - 1) / K shrinkage of the plain bootstrap with few seeds.
-    sigma2: the estimated between-seed variance sigma_seed^2 (0 with one seed).
-    """
-    m = t.cnt > 0
-    state_part = t.state_means()
-    k = len(t.seeds)
-    if k < 2:
-        return state_part, np.zeros(k), 0.0
-    per_seed = (t.rate * m).sum(1) / np.maximum(m.sum(1), 1)
-    k_u = m.sum(0)
-    pq = state_part * (1 - state_part) * np.where(k_u > 1, k_u / np.maximum(k_u - 1, 1), 1.0)
-    noise = np.array([(pq * m[i] / np.maximum(t.cnt[i], 1)).sum() / max(m[i].sum(), 1) ** 2 for i in range(k)])
-    s2 = float(per_seed.var(ddof=1))
-    sigma2 = max(0.0, s2 - float(noise.mean()))
-    eff = per_seed - per_seed.mean()
-    c = math.sqrt(sigma2 / (s2 * (k - 1) / k)) if s2 > 0 else 0.0
-    return state_part, c * eff, sigma2
-
-
-def _bootstrap(tables: list[tuple[str, TaskTable, TaskTable]], n_boot: int, rng: np.random.Generator,
-               tasks: str, multitask: bool) -> np.ndarray:
-    n_t = len(tables)
-    slots = (rng.integers(n_t, size=(n_boot, n_t)) if n_t > 1 and tasks == "random"
-             else np.broadcast_to(np.arange(n_t), (n_boot, n_t)))
-    glob: list[dict[int, np.ndarray]] = [{}, {}]  # multitask: per arm, seed id -> (n_boot,) weights
-    if multitask:
-        for side in (0, 1):
-            ids = sorted({s for tab in tables for s in tab[1 + side].seeds})
-            wts = rng.multinomial(len(ids), np.full(len(ids), 1 / len(ids)), size=n_boot).astype(float)
-            glob[side] = {s: wts[:, i] for i, s in enumerate(ids)}
-    val = np.zeros((n_boot, n_t))
-    for ti, (_, ta, tc) in enumerate(tables):
-        rows, cols = np.nonzero(slots == ti)
-        r = rows.size
-        if r == 0:
-            continue
-        (sa, ea, _), (sc, ec, _) = _seed_parts(ta), _seed_parts(tc)
-        n = sa.size
-        uw = rng.multinomial(n, np.full(n, 1 / n), size=r)  # the same states for both arms: pairing
-        v = uw @ (sa - sc) / n
-        for side, e_k, sign in ((0, ea, 1.0), (1, ec, -1.0)):
-            k = e_k.size
-            if k < 2:
-                continue
-            tab = ta if side == 0 else tc
-            if multitask:
-                sw = np.stack([glob[side][s][rows] for s in tab.seeds], axis=1)
-            else:
-                sw = rng.multinomial(k, np.full(k, 1 / k), size=r).astype(float)
-            v = v + sign * (sw @ e_k) / k
-        val[rows, cols] = v
-    n_units = np.array([len(ta.states) for _, ta, _ in tables], dtype=float)
-    wgt = n_units[slots]
-    return (val * wgt).sum(1) / wgt.sum(1)
-
-
 def per_task_effects(records: Records, arm: str, control: str, **kw: Any) -> dict[str, Effect]:
     """`paired_effect` separately for every task both arms ran on shared states ({task: Effect});
     keyword arguments go to `paired_effect`. Tasks with no shared state are left out."""
@@ -410,62 +359,3 @@ def per_task_effects(records: Records, arm: str, control: str, **kw: Any) -> dic
         except ValueError:
             continue  # one arm absent from this task, or no shared state
     return out
-
-
-@dataclass(frozen=True)
-class Heterogeneity:
-    """Do tasks disagree about an effect?
-
-    opposite_signs: some task's interval lies wholly above 0 and another's wholly below 0.
-    q, df, p: Cochran's Q = sum_t w_t (e_t - e_pooled)^2 with w_t = 1 / var_t (bootstrap variance,
-      floored, see `heterogeneity`), df = n_tasks - 1, p from chi-square(df); i2 = max(0, (Q - df) / Q).
-    disagree: opposite_signs or p < alpha. note: the one-line text for the report.
-    """
-
-    n_tasks: int
-    opposite_signs: bool
-    q: float
-    df: int
-    p: float
-    i2: float
-    disagree: bool
-    note: str
-
-
-def heterogeneity(per_task: Mapping[str, Any], *, alpha: float = 0.05) -> Heterogeneity:
-    """Heterogeneity of per-task effects (`Effect`s from `per_task_effects`, or `SeedEffect`s from
-    `per_task_seed_effects`: anything with estimate, lo, hi, variance and episode counts).
-
-    Each task's variance is its estimate's variance, floored at the variance of a difference of two
-    proportions of 1 / (N + 2) over N episodes per arm (so a task at 0% or 100% in both arms, whose
-    bootstrap variance is 0, does not get infinite weight). Cochran's Q has low power with few
-    tasks, hence the additional opposite-signs rule."""
-    items = sorted(per_task.items())
-    names = [k for k, _ in items]
-    if len(items) < 2:
-        return Heterogeneity(len(items), False, 0.0, 0, 1.0, 0.0, False,
-                             "heterogeneity: fewer than 2 tasks, not assessed")
-    e = np.array([ef.estimate for _, ef in items])
-    floor = []
-    for _, ef in items:
-        n = max(min(ef.n_episodes_arm, ef.n_episodes_control), 1)
-        p0 = 1.0 / (n + 2)
-        floor.append(2 * p0 * (1 - p0) / n)
-    v = np.maximum([ef.variance for _, ef in items], floor)
-    w = 1.0 / v
-    pooled = float((w * e).sum() / w.sum())
-    q = float((w * (e - pooled) ** 2).sum())
-    df = len(items) - 1
-    p = float(sps.chi2.sf(q, df))
-    i2 = max(0.0, (q - df) / q) if q > 0 else 0.0
-    above = [n for n, (_, ef) in zip(names, items) if ef.lo > 0]
-    below = [n for n, (_, ef) in zip(names, items) if ef.hi < 0]
-    opposite = bool(above and below)
-    disagree = opposite or p < alpha
-    if opposite:
-        note = f"tasks disagree: better on {', '.join(above)}, worse on {', '.join(below)}"
-    elif p < alpha:
-        note = f"tasks disagree in size (Cochran's Q={q:.2f}, df={df}, p={p:.3g}, I2={100 * i2:.0f}%)"
-    else:
-        note = f"no evidence that tasks disagree (Cochran's Q={q:.2f}, df={df}, p={p:.3g}, I2={100 * i2:.0f}%)"
-    return Heterogeneity(len(items), opposite, q, df, p, i2, disagree, note)

@@ -1,0 +1,212 @@
+"""Running expert attempts until n succeed, in this process or in a pool of spawned workers: attempt k
+depends only on (job, k), so the kept demos (the first n successes in attempt order) do not depend
+on the number of workers."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..episodes import Episode
+from .demo_episode import DemoGenerationError, _seeded, random_start, record_episode
+from .env import freeze_long_lived_objects, make_env
+from .expert import ScriptedExpert
+
+def usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class DemoJob:
+    suite: str
+    task: int
+    images: bool
+    image_size: int
+    speed: float
+    dart_sigma: float
+    seed: int
+    starts: str
+    fast: bool = True  # the env's fast step: the same physics, so not part of the cache key
+
+
+_WORKER: dict = {}
+
+
+def _job_env(job: DemoJob):
+    key = (job.suite, job.task, job.images, job.image_size, job.speed)
+    if _WORKER.get("key") != key:
+        old = _WORKER.pop("env", None)
+        if old is not None:
+            old.close()
+        env = make_env(job.suite, job.task, images=job.images, image_size=job.image_size, seed=job.seed,
+                       fast=job.fast)
+        _WORKER.update(key=key, env=env, expert=ScriptedExpert.for_env(env, job.speed))
+        freeze_long_lived_objects()  # each attempt's hard reset ends in a gc.collect(): make it cheap
+    _WORKER["env"].fast = job.fast
+    return _WORKER["env"], _WORKER["expert"]
+
+
+def _run_attempt(job: DemoJob, attempt: int) -> tuple[int, Episode | None, int | None]:
+    """(attempt, episode or None, benchmark init index or None). Depends only on (job, attempt): the
+    reset's randomness is seeded from it too, whatever ran before in this process."""
+    env, expert = _job_env(job)
+    if job.starts == "benchmark":
+        idx = attempt % len(env.init_states)
+        start = env.init_states[idx]
+        with _seeded(job.seed, job.task, attempt):
+            obs = env.reset_to(start)
+    else:
+        idx = None
+        start, obs = random_start(env, job.seed, job.task, attempt)
+    rng = np.random.default_rng([job.seed, job.task, attempt])
+    return attempt, record_episode(env, start, expert, rng, job.dart_sigma, env.max_steps, obs=obs), idx
+
+
+def _job_meta(job: DemoJob) -> tuple:
+    env, expert = _job_env(job)
+    return env.info.name, env.language, np.asarray(env.init_states), env.demo_meta({}), expert.coverage_reason
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _stop_pool(ex) -> None:
+    """Shut the pool down without waiting for attempts past the target: their workers are ended."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=10)
+
+
+def _worker_init() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except Exception:
+        pass
+
+
+
+class _Tally:
+    """The attempts finished so far (attempt -> (episode or None, benchmark init index or None)),
+    when to stop, and the progress bar."""
+
+    def __init__(self, n: int, max_attempts: int, min_success_rate: float, bar, what: tuple) -> None:
+        self.n, self.max_attempts, self.min_success_rate, self.bar = n, max_attempts, min_success_rate, bar
+        self.suite, self.task, self.dart_sigma = what  # as the caller passed them, for the error message
+        self.results: dict[int, tuple[Episode | None, int | None]] = {}
+        self.shown = 0
+
+    def prefix_state(self) -> tuple[int, int, bool]:
+        """(attempts in the contiguous finished prefix, successes in it, done)."""
+        results, n = self.results, self.n
+        k = ok = 0
+        while k in results:
+            ok += results[k][0] is not None
+            k += 1
+            if ok >= n:
+                return k, ok, True
+        return k, ok, False
+
+    def check_rate(self, k: int, ok: int) -> None:
+        if k >= self.max_attempts or (k >= 20 and ok < self.min_success_rate * k):
+            raise DemoGenerationError(
+                f"the scripted expert succeeded in only {ok} of {k} attempts on "
+                f"{self.suite} task {self.task} (need {self.n}); try --dart-sigma lower than {self.dart_sigma} "
+                "or --speed 1")
+
+    def show(self) -> None:
+        if self.bar is None:
+            return
+        okall = sum(r[0] is not None for r in self.results.values())
+        okall = min(okall, self.n)
+        if okall > self.shown:
+            self.bar.update(okall - self.shown)
+            self.shown = okall
+        self.bar.set_postfix_str(f"{okall}/{len(self.results)} ok")
+
+
+def _run_here(job: DemoJob, tally: _Tally) -> tuple:
+    """Attempts one after another in this process; returns the job's meta."""
+    nxt = 0
+    while True:
+        k, ok, done = tally.prefix_state()
+        if done:
+            break
+        tally.check_rate(k, ok)
+        a, ep, idx = _run_attempt(job, nxt)
+        tally.results[a] = (ep, idx)
+        nxt += 1
+        tally.show()
+    return _job_meta(job)
+
+
+def _run_pool(job: DemoJob, tally: _Tally, workers: int) -> tuple:
+    """Attempts in `workers` spawned processes, every worker kept busy; returns the job's meta."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    max_attempts = tally.max_attempts
+    ctx = mp.get_context("spawn")
+    # One thread per worker: the workers are the parallelism (set before they import numpy).
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update({k: "1" for k in _THREAD_VARS})   # workers start at their first job
+    ex = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
+    try:
+        meta_f = ex.submit(_job_meta, job)
+        pending: set = set()
+        nxt = 0
+        while True:
+            k, ok, done = tally.prefix_state()
+            if done:
+                break
+            tally.check_rate(k, ok)
+            # Keep every worker busy (at most workers - 1 attempts run past the target).
+            while len(pending) < workers and nxt < max_attempts:
+                pending.add(ex.submit(_run_attempt, job, nxt))
+                nxt += 1
+            if not pending:
+                tally.check_rate(max_attempts, ok)
+                break
+            finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for f in finished:
+                a, ep, idx = f.result()
+                tally.results[a] = (ep, idx)
+            tally.show()
+        return meta_f.result()
+    finally:
+        _stop_pool(ex)
+        for var, v in saved.items():
+            if v is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = v
+
+
+def run_attempts(job: DemoJob, n: int, max_attempts: int, workers: int, min_success_rate: float, bar,
+                 what: tuple) -> tuple[dict[int, tuple[Episode | None, int | None]], tuple, int]:
+    """Attempts 0, 1, ... until the first `n` in attempt order include `n` successes (raising
+    DemoGenerationError when the success rate is too low or `max_attempts` run out). `what`:
+    (suite, task, dart_sigma) for that error. Returns (attempt -> (episode or None, benchmark init
+    index or None), the job's meta (task name, language, benchmark init states, demo meta, coverage
+    reason), the number of attempts in the finished prefix)."""
+    tally = _Tally(n, max_attempts, min_success_rate, bar, what)
+    try:
+        meta_t = _run_here(job, tally) if workers == 1 else _run_pool(job, tally, workers)
+    finally:
+        if workers == 1:
+            env = _WORKER.pop("env", None)
+            _WORKER.clear()
+            if env is not None:
+                env.close()
+    k, _, _ = tally.prefix_state()
+    return tally.results, meta_t, k
