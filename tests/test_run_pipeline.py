@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
+from ablation.bundle import POLICY_FILES, TRAIN_STATE
 from ablation.audit import audit
 from ablation.codec import ActionCodec
 from ablation.data import episode_view, physical_actions, read_demo_file
@@ -68,15 +69,20 @@ def test_one_read_of_the_demo_file_and_one_codec_fit(finished):
     spec, job, res, reads, fits = finished
     assert res.status == "FINISHED", res.reason
     assert (reads, fits) == (1, 1)
-    assert set(res.stage_seconds) == {"audit", "train", "open_loop", "artifacts", "closed_loop", "total"}
-    assert load_state(Path(job.ckpt_dir))["done"] == ["audit", "train", "open_loop", "artifacts", "closed_loop"]
+    # no init states asked and none run yet (a train-only call): no closed loop, no empty eval/* figures
+    assert set(res.stage_seconds) == {"audit", "train", "open_loop", "artifacts", "total"}
+    assert load_state(Path(job.ckpt_dir))["done"] == ["audit", "train", "open_loop", "artifacts"]
+    assert not any(k.startswith("eval/") for k in res.metrics)
 
 
 def test_the_audit_reports_the_codec_that_trains(finished, tracker, synthetic_demo_file):
     spec, job, res, _, _ = finished
     run = tracker.client.get_run(job.run_id)
     arts = {a.path for a in tracker.client.list_artifacts(job.run_id)}
-    assert {"audit", "checkpoint", "codec.json", "plots", "rollouts", "spec.yaml"} <= arts
+    assert {"audit", "checkpoint", "codec.json", "plots", "spec.yaml"} <= arts and "rollouts" not in arts
+    # the checkpoint artifact is the policy's files, once: no training state
+    ckpt = {a.path.split("/")[-1] for a in tracker.client.list_artifacts(job.run_id, "checkpoint")}
+    assert ckpt == set(POLICY_FILES) and TRAIN_STATE not in ckpt
     assert run.data.tags[TAG_STAGE] == "done"
     with tempfile.TemporaryDirectory() as d:
         logged = json.loads(Path(tracker.client.download_artifacts(job.run_id, "audit/audit.json", d)).read_text())
@@ -99,7 +105,7 @@ def test_a_second_call_reads_nothing_and_trains_nothing(finished, tracker, monke
     reads: list = []
     _count_opens(monkeypatch, synthetic_demo_file, reads)
     res = execute(job)
-    assert res.status == "FINISHED" and set(res.stage_seconds) == {"closed_loop", "total"}
+    assert res.status == "FINISHED" and set(res.stage_seconds) == {"total"}
     assert reads == []
     assert res.metrics["audit/scale_ratio"] == first.metrics["audit/scale_ratio"]
 
