@@ -13,4 +13,7 @@ if ! command -v chromium >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
-exec .venv/bin/python -m pytest -q --durations=15 "$@"
+# Two pytest workers (pytest-xdist), one per core: the suite is mostly single-threaded simulator and
+# training work. --dist loadfile keeps each file's module fixtures (a trained tiny plan, a warm env) in
+# one worker. PYTEST_WORKERS=0 runs everything in this process.
+exec .venv/bin/python -m pytest -q --durations=15 -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
