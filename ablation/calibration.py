@@ -115,16 +115,23 @@ def run_procedure(hyps: list[Hypothesis], skipped: dict[str, str], outcomes: dic
         recs = to_records(outcomes, episodes)
         comps = mark_left_out(judge_fn(hyps, recs, facts, look_index=k, looks=list(looks), previous=previous,
                                        rules=rules), skipped)
-        for c in comps:
-            if c.decided and (c.hypothesis, c.arm, c.control) not in previous:
-                previous[(c.hypothesis, c.arm, c.control)] = c
-        if k + 1 < len(looks):
-            for c in comps:
-                if c.word == "inconclusive":
-                    for a in c.involved:
-                        if a in episodes:
-                            episodes[a] = looks[k + 1]
+        next_look(comps, previous, episodes, looks[k + 1] if k + 1 < len(looks) else None)
     return comps
+
+
+def next_look(comps: list[ComparisonResult], previous: dict, have: dict, more) -> None:
+    """After one look: keep each first decision in `previous` (later looks carry it), and give every arm
+    of an undecided comparison `more` (the next look's budget) in `have`; None: this was the last look."""
+    for c in comps:
+        if c.decided and (c.hypothesis, c.arm, c.control) not in previous:
+            previous[(c.hypothesis, c.arm, c.control)] = c
+    if more is None:
+        return
+    for c in comps:
+        if c.word == "inconclusive":
+            for a in c.involved:
+                if a in have:
+                    have[a] = more
 
 
 def trained_arms(hyps: list[Hypothesis], skipped: dict[str, str], facts_deg: float) -> list[str]:

@@ -110,7 +110,7 @@ def _worker_init() -> None:
 
 def run_cell(arm: str, seed: int, steps: int, episodes: int, demos: str, workdir: str) -> dict:
     """Train one arm x seed x length and roll it out; costs measured in this process."""
-    from ablation.plan import load_profile
+    from ablation.profiles import load_profile
     from ablation.run import run_closed_loop
     from ablation.spec import resolve_spec, spec_path
     from ablation.train import train
@@ -174,7 +174,7 @@ def save_results(path: Path, data: dict) -> None:
 
 
 def cmd_run(args) -> int:
-    from ablation.plan import load_profile
+    from ablation.profiles import load_profile
     from ablation.spec import resolve_spec, spec_path
     from ablation.workdir import ensure_demos
 
@@ -333,7 +333,7 @@ def staged_procedure(hyps, skipped, outcomes, facts, stages, rules):
     per arm for the arms of undecided comparisons. Alpha is spent by information = seeds x episodes
     (the plan's own episode looks are the case of fixed seeds)."""
     from ablation.analysis import judge, mark_left_out
-    from ablation.calibration import to_records
+    from ablation.calibration import next_look, to_records
 
     info = [s * e for s, e in stages]
     have = {arm: stages[0] for arm in outcomes}
@@ -344,15 +344,7 @@ def staged_procedure(hyps, skipped, outcomes, facts, stages, rules):
         recs = to_records(cut, {a: have[a][1] for a in outcomes})
         comps = mark_left_out(judge(hyps, recs, facts, look_index=k, looks=info, previous=previous, rules=rules),
                               skipped)
-        for c in comps:
-            if c.decided and (c.hypothesis, c.arm, c.control) not in previous:
-                previous[(c.hypothesis, c.arm, c.control)] = c
-        if k + 1 < len(stages):
-            for c in comps:
-                if c.word == "inconclusive":
-                    for a in c.involved:
-                        if a in have:
-                            have[a] = stages[k + 1]
+        next_look(comps, previous, have, stages[k + 1] if k + 1 < len(stages) else None)
     return comps, have
 
 
