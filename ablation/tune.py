@@ -25,6 +25,7 @@ import yaml
 
 from .errors import UserError
 from .executors import make_executor, resources_for, run_job
+from .locks import write_atomic
 from .plan import run_plan
 from .profiles import load_profile
 from .registry import (job_for, mark_dead_trials, mark_pruned, open_study_run, reopen, start_trial_run,
@@ -353,12 +354,12 @@ def write_reeval_plan(tuned_dir: Path, study: str, best_path: Path, base: Spec) 
                                         "study chased luck.",
                         "inconclusive": "More seeds or episodes are needed to tell them apart."}}
     hyp_path = tuned_dir / f"{best}_vs_{base.tune.compare_with}.yaml"
-    hyp_path.write_text(yaml.safe_dump(hyp, sort_keys=False))
+    write_atomic(hyp_path, yaml.safe_dump(hyp, sort_keys=False))
     plan = {"description": f"Re-evaluation of study {study}'s best spec beside {base.tune.compare_with}",
             "seeds": list(base.tune.reeval_seeds), "hypotheses": [hyp_path.stem],
             "episodes": {"looks": _reeval_looks(base.tune.episodes)}}
     plan_path = tuned_dir / f"{_safe(study)}_reeval.yaml"
-    plan_path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    write_atomic(plan_path, yaml.safe_dump(plan, sort_keys=False))
     return plan_path
 
 
@@ -375,6 +376,9 @@ def write_best_spec(base_file: Path, base: Spec, params: dict, out: Path, sets: 
     doc = {"extends": str(base_file.resolve()), "name": f"{base.name}_best",
            "description": f"Best trial of the Optuna study over {', '.join(sorted(params))}", **tree}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    # renamed into place, never rewritten in place: workers of one study share this path, and a worker
+    # uploading it while another truncated it sent fewer bytes than its Content-Length said, so the
+    # tracking server waited for the rest until the upload timed out (a CI failure, stop 30)
+    write_atomic(out, yaml.safe_dump(doc, sort_keys=False))
     resolve_spec(out)  # it must load
     return out

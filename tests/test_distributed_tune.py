@@ -91,6 +91,7 @@ def start_worker(services, workdir: Path, study: str, log: Path, trials: int, he
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
     proc.log_path = log  # type: ignore[attr-defined]
     fh.close()
+    proc.server_log = services["dir"] / "mlflow-server.log"  # type: ignore[attr-defined]
     return proc
 
 
@@ -104,7 +105,10 @@ def wait_ok(proc: subprocess.Popen, timeout: float = WORKER_TIMEOUT_S) -> None:
 
 
 def _tail(proc, n: int = 4000) -> str:
-    return Path(proc.log_path).read_text(errors="replace")[-n:]
+    """The worker's log, then the tracking server's (a hung request shows there)."""
+    server = Path(proc.server_log)
+    server_tail = server.read_text(errors="replace")[-n // 2:] if server.exists() else "(no server log)"
+    return f"{Path(proc.log_path).read_text(errors='replace')[-n:]}\n--- mlflow server log ---\n{server_tail}"
 
 
 def _mlflow(services):

@@ -64,6 +64,28 @@ def test_tune_sampler_is_seeded_by_the_study_and_lies_for_running_trials():
     assert make_sampler("s")._constant_liar is True
 
 
+def test_best_spec_is_replaced_whole_under_a_reader_of_the_old_one(tmp_path):
+    """Workers of one study write the same best-spec path while another may be uploading it: a reader
+    that opened the old file reads all of it, as long as its size says (an in-place rewrite truncated it
+    under an upload, and the tracking server waited for bytes that never came: CI, stop 30)."""
+    import os
+
+    from ablation.spec import EXPERIMENTS_DIR, resolve_spec
+    from ablation.tune import write_best_spec
+
+    spec_file = EXPERIMENTS_DIR / "tune_loss_weights.yaml"
+    base, out = resolve_spec(spec_file), tmp_path / "tuned" / "s_best.yaml"
+    write_best_spec(spec_file, base, {"loss.weights.pos": 1.0}, out)
+    with open(out, "rb") as reader:  # what the uploader holds: size taken first, then the bytes
+        size = os.fstat(reader.fileno()).st_size
+        write_best_spec(spec_file, base, {"loss.weights.pos": 2.0, "loss.weights.rot": 3.0}, out)
+        old = reader.read()
+    assert len(old) == size and b"pos: 1.0" in old
+    assert b"pos: 2.0" in out.read_bytes() and b"rot: 3.0" in out.read_bytes()
+    assert resolve_spec(out).loss.weights.pos == 2.0
+    assert not list(out.parent.glob(".*.tmp"))  # no temporary left behind
+
+
 def test_runs_carry_mlflow_source_tags_and_the_demo_file_as_a_dataset(tmp_path):
     """A real sqlite MLflow store: the standard source tags and the dataset input with its digest."""
     from ablation.provenance import file_sha256, source_tags

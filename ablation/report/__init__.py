@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from ..findings import judge_recorded
+from ..locks import write_atomic
 from ..recorded_plan import ReportError, read_plan
 from ..slot_signature import add_signature_lines
 from ..tracking import Tracker
@@ -33,7 +34,9 @@ def build_report(tracker: Tracker, *, parent_run_id: str | None = None, plan: st
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = {**effect_plots(rep.comparisons, out_dir), **curve_plots(recorded.curves, out_dir)}
     doc = build_document(rep, recorded, plots, out_dir)
-    (out_dir / "report.md").write_text(to_markdown(doc))
-    (out_dir / "report.html").write_text(to_html(doc))
-    (out_dir / "report.json").write_text(json.dumps(rep.to_json(), indent=1, default=str))
+    # renamed into place: two drivers of one plan may share the workdir, and one may be uploading these
+    # files while the other rewrites them (a file truncated under an upload hangs it)
+    write_atomic(out_dir / "report.md", to_markdown(doc))
+    write_atomic(out_dir / "report.html", to_html(doc))
+    write_atomic(out_dir / "report.json", json.dumps(rep.to_json(), indent=1, default=str))
     return rep

@@ -6,6 +6,7 @@ the report's folder and returns its path; `plots` returns {name: path} for those
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +87,9 @@ def loss_vs_success(points: list[tuple[str, float, float]], path: Path) -> Path:
 
 def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # renamed into place, as the report's text files
+    fig.savefig(tmp, dpi=DPI, format=path.suffix.lstrip(".") or "png")
+    os.replace(tmp, path)
     return path
 
 
