@@ -92,7 +92,7 @@ def test_plan_procedure_keeps_the_family_wise_error_under_the_global_null():
     arm is the same, at the seed spread that made the old procedure err 11.5% of the time."""
     hyps, skipped = plan_hypotheses("all")
     arms = trained_arms(hyps, skipped, 2.0)
-    assert arms == ["baseline_rdt", "fix_pos_cm", "fix_loss_weight_1e4", "fix_minmax"]
+    assert arms == ["baseline_rdt", "fix_pos_cm", "fix_minmax"]
     facts = with_demo_spread({a: ArmFacts(rot_spread_deg=2.0) for a in arms}, {a for h in hyps for a in h.arms()})
     rng = np.random.default_rng(3)
     mu = mu_for_rate(0.5, 1.0, SD_STATE)

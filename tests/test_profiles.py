@@ -55,7 +55,7 @@ def test_gpu_profile_configuration():
     p = load_profile("gpu")
     assert p.rollout_workers >= 1
     es = entries("gpu")
-    assert len(es) == 6 * 3  # 6 arms (2 of them dropped at run time where rotation never varies) x 3 seeds
+    assert len(es) == 5 * 8  # 5 arms (2 of them dropped at run time where rotation never varies) x 8 seeds
     for spec, _ in es:
         assert spec.data.images and spec.data.image_size == 128
         assert "object_state" not in spec.data.obs_keys  # cameras replace privileged object poses
