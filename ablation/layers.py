@@ -21,7 +21,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # sim.libero_setup is LIBERO's install, config and task list (it imports only errors); the demo
     # file reader asks it for the suites' task names, so it sits here, not with the simulator.
     "core": ("ablation", "errors", "spec", "spec_model", "spec_load", "spec_plan", "representations", "rotation",
-             "codec", "data", "episodes", "obs_features", "demo_evidence", "libero_tasks", "libero_file", "lerobot_file", "demo_io",
+             "codec", "data", "episodes", "obs_features", "demo_evidence", "libero_tasks", "libero_file", "lerobot_file", "lerobot_video", "demo_io",
              "audit", "provenance", "locks", "layers", "sim.libero_setup", "rules", "noise", "diskfull",
              "frozen_norm", "pose_fit"),
     # Paired statistics on plain arrays: knows nothing of specs, runs or the simulator.

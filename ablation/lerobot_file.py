@@ -38,6 +38,7 @@ import numpy as np
 from .episodes import (REQUIRED_OBS, DemoFileError, DemoMeta, DemoSet, Episode, check_actions, check_convention,
                        check_steps, resolve_convention)
 from .libero_tasks import infer_suite_task_from
+from .lerobot_video import check_video_files, require_pyav, video_column
 
 FPS = 20  # LIBERO's control rate (Hz): LeRobot stores it as the dataset's fps
 CODEBASE_VERSION = "v3.0"
@@ -135,9 +136,7 @@ def check_features(root: Path, features: dict, load_images: bool) -> None:
                             f"eef axis-angle (3, rad), gripper finger qpos (2); {EXTRA_FIX}")
     for key in IMAGES:
         if load_images and key in features and features[key].get("dtype") == "video":
-            raise DemoFileError(f"{root}: feature '{key}' is stored as video; decoding it needs torchcodec, which "
-                                "this stack lacks; re-export with use_videos=False (frames as images), or train "
-                                "without images (data.images: false)")
+            require_pyav(root, key)
 
 
 def _sidecar(root: Path) -> dict:
@@ -180,6 +179,10 @@ def _columns(ds, features: dict, load_images: bool) -> dict[str, np.ndarray]:
     if images:  # upright (LeRobot) -> upside down (LIBERO HDF5, OpenGL)
         frames = hf.with_format("numpy", columns=images)[:]
         cols.update({k: np.ascontiguousarray(np.asarray(frames[k])[:, ::-1, ::-1]) for k in images})
+    videos = [k for k in IMAGES if load_images and features.get(k, {}).get("dtype") == "video"]
+    for k in videos:  # kept outside the table, in mp4 files: decoded here, turned as the images are
+        frames = video_column(Path(ds.root), ds, k, cols["episode_index"], cols["timestamp"])
+        cols[k] = np.ascontiguousarray(frames[:, ::-1, ::-1])
     return cols
 
 
@@ -214,6 +217,7 @@ def read_lerobot_dataset(path: str | Path, obs_convention: str | None = None, lo
     info = _info(root)
     features = info.get("features") or {}
     check_features(root, features, load_images)
+    check_video_files(root, info)
     side = _sidecar(root)
     try:
         ds = _library()(repo_id=f"local/{root.name}", root=root, download_videos=False)
@@ -266,7 +270,7 @@ def infer_suite_task(path: str | Path) -> tuple[str, int]:
 
 # ----------------------------------------------------------------------------- writing
 
-def _features(ep: Episode, images: bool) -> dict:
+def _features(ep: Episode, images: bool, videos: bool = False) -> dict:
     f = {"action": {"dtype": "float32", "shape": (7,), "names": ["x", "y", "z", "axis_angle_x", "axis_angle_y",
                                                                 "axis_angle_z", "gripper"]},
          STATE: {"dtype": "float32", "shape": (8,), "names": STATE_NAMES}}
@@ -275,7 +279,8 @@ def _features(ep: Episode, images: bool) -> dict:
             f[key] = {"dtype": "float32", "shape": tuple(np.shape(ep.obs[ours])[1:]), "names": None}
     for key, ours in IMAGES.items():
         if images and ours in ep.obs:
-            f[key] = {"dtype": "image", "shape": tuple(np.shape(ep.obs[ours])[1:]), "names": ["height", "width", "channel"]}
+            f[key] = {"dtype": "video" if videos else "image", "shape": tuple(np.shape(ep.obs[ours])[1:]),
+                      "names": ["height", "width", "channel"]}
     if np.size(ep.states):
         f[SIM_STATE] = {"dtype": "float64", "shape": (int(np.shape(ep.states)[1]),), "names": None}
     if "executed_actions" in ep.extras:
@@ -296,9 +301,10 @@ def _frame(ep: Episode, t: int, features: dict, task: str) -> dict:
     return frame
 
 
-def write_lerobot_dataset(root: str | Path, demo_set: DemoSet, images: bool = True) -> Path:
+def write_lerobot_dataset(root: str | Path, demo_set: DemoSet, images: bool = True, videos: bool = False) -> Path:
     """Write demos as a LeRobot v3 dataset at `root` (which must not exist), with LeRobot's own writer:
-    frames as images (no video), the features of the module doc, our DemoMeta in meta/ablation.json."""
+    frames as images (lossless), or as AV1 video with `videos` (LeRobot's default format; lossy), the
+    features of the module doc, our DemoMeta in meta/ablation.json."""
     root = Path(root)
     if root.exists():
         raise DemoFileError(f"{root}: already exists; LeRobot writes a new dataset folder (pick a new path)")
@@ -308,9 +314,9 @@ def write_lerobot_dataset(root: str | Path, demo_set: DemoSet, images: bool = Tr
     if meta.obs_convention != "before":
         raise DemoFileError(f"{root}: LeRobot frames pair each observation with the action taken after it; "
                             f"{demo_set.path} records obs {meta.obs_convention} each step: re-record it (or shift it)")
-    features = _features(eps[0], images)
+    features = _features(eps[0], images, videos)
     task = str((meta.problem_info or {}).get("language_instruction", "")) or meta.env_name or "libero task"
-    ds = _library().create(repo_id=f"local/{root.name}", fps=FPS, features=features, root=root, use_videos=False)
+    ds = _library().create(repo_id=f"local/{root.name}", fps=FPS, features=features, root=root, use_videos=videos)
     for ep in eps:
         for t in range(len(ep)):
             ds.add_frame(_frame(ep, t, features, task))

@@ -77,6 +77,50 @@ def test_written_with_lerobot_and_read_back(lerobot_synthetic):
     assert "agentview_rgb" not in read_demo_file(root).episodes[0].obs  # images only when asked
 
 
+def _scene_frames(T: int, phase: float, h: int = 64) -> np.ndarray:
+    """Smooth frames that move over time and are not symmetric under a 180-degree turn (video codecs keep
+    smooth images close; noise would not survive AV1 at crf 30). LIBERO's upside-down layout."""
+    y, x = np.mgrid[0:h, 0:h] / h
+    t = np.arange(T)[:, None, None] / 10 + phase
+    r = 255 * y[None] * np.ones_like(t)                     # dark at the top row, bright at the bottom
+    g = 127 + 120 * np.sin(2 * np.pi * (x[None] + t))       # moves right with time
+    b = 255 * (x[None] * y[None]) * np.ones_like(t)         # one bright corner
+    return np.clip(np.stack([r, g, b], -1), 0, 255).astype(np.uint8)
+
+
+def test_a_video_dataset_decodes_to_the_recorded_frames(synthetic_demo_file, tmp_path):
+    """LeRobot's default format keeps cameras as AV1 mp4s (several episodes per file): the reader decodes
+    each episode's frames at their timestamps, turned to LIBERO's layout, close to what was recorded."""
+    src = read_demo_file(synthetic_demo_file)
+    eps = [replace(ep, obs=dict(ep.obs, agentview_rgb=_scene_frames(len(ep), 0.37 * i)))
+           for i, ep in enumerate(src.episodes[:3])]
+    src = replace(src, episodes=eps, names=src.names[:3])
+    root = write_lerobot_dataset(tmp_path / "video_lerobot", src, videos=True)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    assert info["features"]["observation.images.image"]["dtype"] == "video"
+    assert list(root.glob("videos/observation.images.image/**/*.mp4"))   # not in the parquet tables
+    got = read_demo_file(root, load_images=True)
+    for a, b in zip(src.episodes, got.episodes):
+        want, have = a.obs["agentview_rgb"].astype(float), b.obs["agentview_rgb"].astype(float)
+        assert have.shape == want.shape and b.obs["agentview_rgb"].dtype == np.uint8
+        err = np.abs(have - want).mean()
+        assert err < 6.0, err                                          # lossy, but the same frames
+        assert np.abs(have - want[:, ::-1, ::-1]).mean() > 5 * err     # and the right way up
+        assert np.abs(have[1:] - want[:-1]).mean() > 2 * err           # and the right time (not off by one)
+    assert "agentview_rgb" not in read_demo_file(root).episodes[0].obs  # decoded only when asked
+
+
+def test_a_video_dataset_with_a_missing_video_names_it(synthetic_demo_file, tmp_path):
+    src = read_demo_file(synthetic_demo_file)
+    eps = [replace(ep, obs=dict(ep.obs, agentview_rgb=_scene_frames(len(ep), 0.0))) for ep in src.episodes[:2]]
+    root = write_lerobot_dataset(tmp_path / "cut", replace(src, episodes=eps, names=src.names[:2]), videos=True)
+    for mp4 in root.glob("videos/**/*.mp4"):
+        mp4.unlink()
+    with pytest.raises(DemoFileError, match=r"video videos/observation\.images\.image/.*\.mp4 of feature "
+                                            r"'observation\.images\.image' is missing; copy the whole dataset folder"):
+        read_demo_file(root, load_images=True)
+
+
 def test_training_windows_match_the_hdf5_file(lerobot_synthetic, synthetic_demo_file):
     _, root = lerobot_synthetic
     spec = resolve_spec(spec_path("fix_minmax"))
