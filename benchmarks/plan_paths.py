@@ -5,7 +5,7 @@ one of them with `--set sim.fast=false`. Nothing is re-run; both are read from t
     .venv/bin/python benchmarks/plan_paths.py --fast workdir --stock /tmp/stock [--plan all]
 
 Prints, side by side in one run: the plans' time breakdowns (wall, demos, Gate A, training, rollouts),
-rollout worker-seconds per episode and their ratio, whether the demo files are the same bytes, and
+rollout worker-seconds per episode and their ratio, whether the demo files hold the same arrays, and
 whether every (arm, seed, init state) episode that both ran had the same outcome. Runs of seeds that only
 one side ran are left out of the episode comparison (the fast plan may have run more seeds).
 """
@@ -32,7 +32,40 @@ def load(workdir: Path, plan: str | None):
 
 
 def demo_digests(workdir: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in sorted((workdir / "demos").glob("*.hdf5"))}
+    """A digest of every demo file's arrays (names, shapes, dtypes, values). Attributes are left out: they
+    hold the LIBERO install's paths (the BDDL file, the MJCF meshes), which differ between checkouts."""
+    import h5py
+
+    out = {}
+    for p in sorted((workdir / "demos").glob("*.hdf5")):
+        h = hashlib.sha256()
+
+        def add(name, obj, h=h):
+            if isinstance(obj, h5py.Dataset):
+                x = obj[()]
+                h.update(f"{name}|{getattr(x, 'shape', '')}|{getattr(x, 'dtype', '')}|".encode())
+                h.update(x.tobytes() if hasattr(x, "tobytes") else repr(x).encode())
+
+        with h5py.File(p, "r") as f:
+            f.visititems(add)
+        out[p.name] = h.hexdigest()[:16]
+    return out
+
+
+def first_look(workdir: Path) -> dict[tuple[str, int], tuple[float, float, float]]:
+    """(arm, seed) -> (rollout s, episodes, mean episode length) of each finished run's first look: the
+    runs both plans ran there step the same episodes, so their times pair exactly."""
+    tracker = Tracker.open(default_tracking_uri(workdir), "libero-action-ablation", workdir / "mlartifacts")
+    out = {}
+    for r in tracker.find_runs("tags.`ablation.kind` = 'spec_run'"):
+        if r.info.status != "FINISHED":
+            continue
+        first = [tracker.client.get_metric_history(r.info.run_id, k)
+                 for k in ("time/closed_loop_s", "eval/episodes", "eval/episode_len")]
+        if all(first):
+            key = (r.data.tags.get("ablation.arm", "?"), int(r.data.tags.get("ablation.seed", -1)))
+            out[key] = tuple(float(min(h, key=lambda m: (m.step, m.timestamp)).value) for h in first)
+    return out
 
 
 def main() -> int:
@@ -56,9 +89,25 @@ def main() -> int:
     ps = st.get("rollouts_worker_s", 0) / max(ns, 1)
     print(f"| episodes | {nf} | {ns} | |")
     print(f"| rollout worker-s per episode | {pf:.2f} | {ps:.2f} | {ps / pf if pf else float('nan'):.2f}x |")
+    lf, ls = first_look(args.fast), first_look(args.stock)
+    common = sorted(set(lf) & set(ls))
+    print(f"\nthe first look of the runs both plans ran ({len(common)}), paired: rollout wall s of the run "
+          "(env creation, policy and env steps), env steps/s")
+    print("| arm | seed | episodes x mean length | fast s | stock s | stock / fast | fast steps/s | stock steps/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    tf = ts = 0.0
+    for k in common:
+        (f_s, n, length), (s_s, n2, length2) = lf[k], ls[k]
+        steps = n * length
+        same = "" if (n, length) == (n2, length2) else f" (stock: {n2:.0f} x {length2:.1f})"
+        tf, ts = tf + f_s, ts + s_s
+        print(f"| {k[0]} | {k[1]} | {n:.0f} x {length:.1f}{same} | {f_s:.0f} | {s_s:.0f} | {s_s / f_s:.2f}x | "
+              f"{steps / f_s:.0f} | {steps / s_s:.0f} |")
+    if common:
+        print(f"| all | | | {tf:.0f} | {ts:.0f} | {ts / tf:.2f}x | | |")
     dfast, dstock = demo_digests(args.fast), demo_digests(args.stock)
     same_demos = [n for n in dfast if dstock.get(n) == dfast[n]]
-    print(f"\ndemo files: {len(same_demos)} of {len(dfast)} the same bytes in both workdirs "
+    print(f"\ndemo files: {len(same_demos)} of {len(dfast)} with the same arrays in both workdirs "
           f"({', '.join(f'{n} {d}' for n, d in dfast.items())}; stock: "
           f"{', '.join(f'{n} {d}' for n, d in dstock.items())})")
     both = sorted(set(eps["fast"]) & set(eps["stock"]), key=str)
