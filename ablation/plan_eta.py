@@ -69,16 +69,28 @@ class PlanClock:
         self.look_t0 = self.t0
         self.look_total = 0
         self.look_done = 0
+        self.look_reused = 0   # runs that had nothing left to do (resumed, reused): no pace to learn from
 
     def start_look(self, k: int, n_runs: int) -> None:
         self.look, self.look_total, self.look_done, self.look_t0 = k, n_runs, 0, time.time()
+        self.look_reused = 0
 
     def finished(self, stage_seconds: Mapping[str, float], episodes: int, active_runs: int) -> str:
         """Record one finished run; return the ETA line (also logged)."""
         self.look_done += 1
         if episodes > 0 and stage_seconds.get("closed_loop"):
             self.episode_s.append(float(stage_seconds["closed_loop"]) / episodes)
-        left_look = (time.time() - self.look_t0) / self.look_done * (self.look_total - self.look_done)
+        if sum(stage_seconds.values()) < 1.0:
+            self.look_reused += 1
+        worked = self.look_done - self.look_reused
+        if worked == 0:  # only reused runs so far: their instant finish says nothing about the rest
+            line = (f"[plan] look {self.look + 1}/{len(self.looks)}: {self.look_done}/{self.look_total} runs done "
+                    f"({self.look_reused} reused); time left not known until a run that trains or rolls out "
+                    f"finishes; {minutes(time.time() - self.t0)} so far")
+            log.info(line)
+            return line
+        # the pace of the runs that did work, over every run left (a reused one among them costs less)
+        left_look = (time.time() - self.look_t0) / worked * (self.look_total - self.look_done)
         per_ep = sum(self.episode_s) / len(self.episode_s) if self.episode_s else 0.0
         real = [x for x in self.looks if x is not None]
         later = 0.0

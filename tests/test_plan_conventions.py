@@ -42,6 +42,22 @@ def test_clock_gives_this_look_and_the_whole_plan(caplog, monkeypatch):
     assert line in caplog.text
 
 
+def test_clock_does_not_learn_its_pace_from_reused_runs(monkeypatch):
+    """Runs a plan reuses finish at once: counting them made the first ETAs of a re-run far too short."""
+    t = [1000.0]
+    monkeypatch.setattr("ablation.plan_eta.time.time", lambda: t[0])
+    clock = PlanClock([20, 35, 50], parallel=2)
+    clock.start_look(0, 6)
+    t[0] += 1.0
+    for _ in range(3):  # three reused runs: no stage did any work
+        line = clock.finished({}, 20, active_runs=6)
+    assert "3/6 runs done (3 reused); time left not known" in line
+    t[0] += 120.0
+    line = clock.finished({"closed_loop": 40.0, "train": 70.0}, 20, active_runs=6)
+    # 121 s over the one run that worked, 2 runs left -> ~4 min (not 121 s / 4 x 2 = 1 min)
+    assert "4/6 runs done, ~4 min left in this look" in line
+
+
 def test_dry_run_prints_the_estimated_wall_time():
     out = subprocess.run([sys.executable, str(REPO / "run_ablation.py"), "--plan", "all", "--dry-run",
                           "--workdir", "/nonexistent-dir-for-dry-run"], capture_output=True, text=True, cwd=REPO,
