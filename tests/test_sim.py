@@ -137,6 +137,24 @@ def test_cli_unknown_task_exit_code(tmp_path, capsys):
 
 
 @pytest.mark.sim
+def test_third_party_deprecation_notes_stay_silent_after_an_env_is_made():
+    """LIBERO's envs/venv.py runs warnings.simplefilter("once", DeprecationWarning) at import, which put
+    torch.jit's deprecation note back into every plan's output (printed by each worker at its first
+    compile). A fresh process (pytest manages warnings in its own) makes an env, then imports the torch
+    module that raises the note: nothing is printed."""
+    code = ("from ablation.noise import silence_third_party; silence_third_party()\n"
+            "from ablation.sim.env import make_env\n"
+            "env = make_env('libero_object', 0); env.close()\n"
+            "import torch._inductor.compile_fx  # raises torch.jit's DeprecationWarning on import\n"
+            "import warnings; print(sum(f[2] is DeprecationWarning and f[0] == 'once' for f in warnings.filters[:1]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONWARNINGS": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "script_method" not in out.stderr and "DeprecationWarning" not in out.stderr, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "0"  # ours, not LIBERO's "once", is the first filter
+
+
+@pytest.mark.sim
 def test_demo_file_contents(demo_file):
     from ablation.data import read_demo_file
     from ablation.sim.demos import cache_key, generate_demos, start_distances

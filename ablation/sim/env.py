@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..episodes import DemoMeta
+from ..noise import silence_third_party
 from ..obs_features import env_obs_to_libero
 from .fast_step import FastStepper, check_versions
 from .libero_setup import SUITE_MAX_STEPS, LiberoSetupError, check_task, ensure_libero, list_tasks
@@ -89,6 +90,10 @@ class LiberoEnv:
             import robosuite  # noqa: F401  (prints macro warnings on first import)
         _quiet_robosuite()
         from libero.libero.envs.env_wrapper import ControlEnv
+
+        # LIBERO's envs/venv.py calls warnings.simplefilter("once", DeprecationWarning) at import, which
+        # puts every deprecation note back in front of our filters (torch.jit's showed in every plan)
+        silence_third_party()
 
         self.info = task_info(suite, task_id)
         self.suite, self.task_id = suite, task_id
