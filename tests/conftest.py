@@ -6,6 +6,7 @@ up in numpy at the seed's magnitudes (no simulator): for data, codec and audit t
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -20,10 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session", autouse=True)
 def _torch_process_options():
-    """The test process is an entry point: process-wide torch options (flushed denormals) as the CLI sets."""
+    """The test process is an entry point: process-wide torch options (flushed denormals) as the CLI sets.
+    Under pytest-xdist (scripts/test.sh runs 2 workers on 2 cores) each worker gets one torch thread, as
+    a plan worker does: with torch's default of one per core, a worker's OpenMP threads spun against the
+    other worker's tests, and test_train's overfit test took 260 s in a full run against 9-13 s alone."""
     from ablation.train import configure_torch
 
-    configure_torch()
+    configure_torch(1 if os.environ.get("PYTEST_XDIST_WORKER") else 0)
 
 
 # The RDT golden fixture (a tiny official-layout checkpoint, fixed inputs and the original code's outputs;
