@@ -9,6 +9,7 @@ word means (the hypothesis file's `means`), not picked from one word. The report
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -187,6 +188,27 @@ def correlation_verdict(h: Hypothesis, corr: dict | None, rules: DecisionRules) 
     return "SUPPORTED" if lo > -rules.corr_strong else "NOT SUPPORTED" if hi < -rules.corr_strong else "INCONCLUSIVE"
 
 
+def correlation_needs(h: Hypothesis, corr: dict | None, rules: DecisionRules) -> str:
+    """What an inconclusive correlation would need: the runs at which an interval of the same centre
+    would clear the rule's threshold, if it narrows as 1/sqrt(runs) (a stated assumption: more runs of the
+    same arms). "" when there is no interval to scale."""
+    try:
+        lo, hi, n = float(corr["lo"]), float(corr["hi"]), int(corr["n"])
+    except (TypeError, KeyError, ValueError):
+        return ""
+    if not (lo == lo and hi == hi) or n < 2 or hi <= lo:
+        return ""
+    centre, half = (lo + hi) / 2, (hi - lo) / 2
+    want = h.correlation.expect
+    threshold = -rules.corr_strong if want == "none" else 0.0
+    gap = abs(centre - threshold)   # how far the centre sits from the line the interval must clear
+    if gap < 1e-9:
+        return f"rho sits on the rule's threshold ({threshold:+.2f}): no number of runs would decide it"
+    need = math.ceil(n * (half / gap) ** 2)
+    return (f"an interval this wide (+-{half:.2f} over {n} runs) would clear {threshold:+.2f} at about {need} runs "
+            "of the same arms, if it narrows as 1/sqrt(runs)")
+
+
 def positive_control_check(h: Hypothesis, mine: Sequence[ComparisonResult], rules: DecisionRules
                            ) -> tuple[bool | None, str]:
     """(met, line) for the hypothesis's positive control: the arm that must work for a comparison to test
@@ -219,11 +241,13 @@ def hypothesis_verdict(h: Hypothesis, comps: list[ComparisonResult], corr: dict 
     if h.kind == "correlation":
         if corr is not None and "rho" in corr:
             lines.insert(0, f"rank correlation of {h.correlation.x} with {h.correlation.y}"
-                            f"{' within arms (each arm its own units), arms resampled' if corr.get('within') else ''}: "
+                            f"{' within arms (each arm its own units), runs resampled within arms' if corr.get('within') else ''}: "
                             f"{rho_text(corr)} over {corr['n']} runs ({corr['word']})")
         elif corr is not None:
             lines.insert(0, f"rank correlation: {corr['why']}")
         word = correlation_verdict(h, corr, rules)
+        if word == "INCONCLUSIVE":
+            reason = correlation_needs(h, corr, rules)
     elif h.kind == "factorial":
         word, reason = factorial_verdict(h, mine)
     else:

@@ -12,8 +12,8 @@ import pytest
 from ablation.analysis import ComparisonResult, bound_of
 from ablation.hypothesis import Hypothesis, load_hypothesis
 from ablation.rules import DEFAULT_RULES, DecisionRules
-from ablation.verdicts import (baseline_check, comparisons_verdict, correlation_verdict, hypothesis_verdict,
-                               recommendation)
+from ablation.verdicts import (baseline_check, comparisons_verdict, correlation_needs, correlation_verdict,
+                               hypothesis_verdict, recommendation)
 
 ANY = Hypothesis.model_validate({
     "name": "Hany", "title": "t", "claim": "c", "rule": "r", "decide": "any",
@@ -145,6 +145,24 @@ def test_correlation_branches(corr, want):
     if corr and "lo" in corr:
         neg = "SUPPORTED" if corr["hi"] < 0 else "CONTRADICTED" if corr["lo"] > 0 else "INCONCLUSIVE"
         assert correlation_verdict(h, corr, DEFAULT_RULES) == neg
+
+
+def test_an_inconclusive_correlation_says_how_many_runs_it_would_need():
+    """--plan all's H2 on 24 runs: rho +0.07 [-0.42, +0.63]; the rule needs the interval above -0.3. Centre
+    +0.105, half-width 0.525; it clears -0.3 once the half-width is under 0.405: 24 x (0.525/0.405)^2 =
+    40.3 -> 41 runs."""
+    corr = {"rho": 0.07, "lo": -0.42, "hi": 0.63, "n": 24, "word": "unclear"}
+    assert correlation_verdict(CORR, corr, DEFAULT_RULES) == "INCONCLUSIVE"
+    need = correlation_needs(CORR, corr, DEFAULT_RULES)
+    assert "+-0.53 over 24 runs" in need and "clear -0.30 at about 41 runs" in need
+    v = hypothesis_verdict(CORR, [], corr, "")
+    assert v.word == "INCONCLUSIVE" and "about 41 runs" in v.meaning
+    # an expected sign: the interval must clear 0; centre +0.2, half-width 0.3 -> 12 x (0.3/0.2)^2 = 27 runs
+    pos = CORR.model_copy(update={"correlation": CORR.correlation.model_copy(update={"expect": "positive"})})
+    assert "clear +0.00 at about 27 runs" in correlation_needs(pos, {"lo": -0.1, "hi": 0.5, "n": 12}, DEFAULT_RULES)
+    # nothing to scale: no words invented
+    assert correlation_needs(CORR, {"word": "inconclusive", "n": 2, "why": "only 2 points"}, DEFAULT_RULES) == ""
+    assert "no number of runs" in correlation_needs(CORR, {"lo": -0.5, "hi": -0.1, "n": 10}, DEFAULT_RULES)
 
 
 def test_use_x_only_where_compared_directly():
