@@ -117,6 +117,16 @@ class _Tally:
                 return k, ok, True
         return k, ok, False
 
+    def rounds(self):
+        """One round per pass of an attempt loop, while the finished prefix lacks `n` successes: checks
+        the success rate first (raising when it is too low), then yields the prefix's successes."""
+        while True:
+            k, ok, done = self.prefix_state()
+            if done:
+                return
+            self.check_rate(k, ok)
+            yield ok
+
     def check_rate(self, k: int, ok: int) -> None:
         if k >= self.max_attempts or (k >= 20 and ok < self.min_success_rate * k):
             raise DemoGenerationError(
@@ -138,11 +148,7 @@ class _Tally:
 def _run_here(job: DemoJob, tally: _Tally) -> tuple:
     """Attempts one after another in this process; returns the job's meta."""
     nxt = 0
-    while True:
-        k, ok, done = tally.prefix_state()
-        if done:
-            break
-        tally.check_rate(k, ok)
+    for _ok in tally.rounds():
         a, ep, idx = _run_attempt(job, nxt)
         tally.results[a] = (ep, idx)
         nxt += 1
@@ -165,11 +171,7 @@ def _run_pool(job: DemoJob, tally: _Tally, workers: int) -> tuple:
         meta_f = ex.submit(_job_meta, job)
         pending: set = set()
         nxt = 0
-        while True:
-            k, ok, done = tally.prefix_state()
-            if done:
-                break
-            tally.check_rate(k, ok)
+        for ok in tally.rounds():
             # Keep every worker busy (at most workers - 1 attempts run past the target).
             while len(pending) < workers and nxt < max_attempts:
                 pending.add(ex.submit(_run_attempt, job, nxt))
