@@ -71,15 +71,18 @@ def video_column(root: Path, ds, key: str, episode_index: np.ndarray, timestamp:
     index and timestamp (s), in that row order, as LeRobot stores them (upright)."""
     fps = float(ds.meta.fps)
     decoded: dict[Path, dict[int, np.ndarray]] = {}
+    where: dict[int, tuple[Path, float]] = {}   # episode -> (its mp4, its start in it): looked up once
     out: list[np.ndarray] = []
     for ep, ts in zip(episode_index.astype(int), timestamp.astype(float)):
-        path = root / ds.meta.get_video_file_path(int(ep), key)
+        if ep not in where:
+            where[ep] = (root / ds.meta.get_video_file_path(int(ep), key),
+                         float(ds.meta.episodes[int(ep)][f"videos/{key}/from_timestamp"]))
+        path, start = where[ep]
         if path not in decoded:
             if not path.is_file():
                 raise DemoFileError(f"{root}: episode {ep}: video {path.relative_to(root)} of feature '{key}' is "
                                     "missing; copy the whole dataset folder (videos/ included)")
             decoded[path] = _decode_file(path, fps)
-        start = float(ds.meta.episodes[int(ep)][f"videos/{key}/from_timestamp"])
         n = int(round((start + ts) * fps))
         frame = decoded[path].get(n)
         if frame is None:

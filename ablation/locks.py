@@ -89,13 +89,15 @@ def _read(record: Path) -> LockOwner | None:
         return None
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file, fsync it, rename it over `path`: readers see the old or the new
-    file, never half of one (a full disk fails before the rename and leaves `path` as it was)."""
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write `content` (text, or bytes such as a PNG) to a temporary file, fsync it, rename it over
+    `path`: readers see the old or the new file, never half of one (a full disk fails before the rename
+    and leaves `path` as it was)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with disk_full_as_error(path, len(text.encode()), cleanup=lambda: tmp.unlink(missing_ok=True)):
-        with open(tmp, "w") as f:
-            f.write(text)
+    data = content.encode() if isinstance(content, str) else content
+    with disk_full_as_error(path, len(data), cleanup=lambda: tmp.unlink(missing_ok=True)):
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -34,6 +34,7 @@ train and rollout CPU-s, mean episode length (of successes and failures).
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -357,11 +358,11 @@ def simulate_power(stages, sd_seed: float, studies: int, seed: int = 0, rate_fro
     import numpy as np
 
     from ablation.analysis import ArmFacts, with_demo_spread
-    from ablation.calibration import draw_outcomes, draw_world, mu_for_rate, plan_hypotheses, trained_arms
+    from ablation.calibration import draw_outcomes, draw_world, mu_for_rate, trained_arms
     from ablation.rules import DEFAULT_RULES
 
     rng = np.random.default_rng(seed)
-    hyps, skipped = plan_hypotheses("all")
+    hyps, skipped = plan_all()
     arms = trained_arms(hyps, skipped, 2.0)
     facts = with_demo_spread({a: ArmFacts(rot_spread_deg=2.0) for a in arms}, {a for h in hyps for a in h.arms()})
     mu_c = mu_for_rate(rate_from, sd_seed, SD_STATE)
@@ -379,12 +380,18 @@ def simulate_power(stages, sd_seed: float, studies: int, seed: int = 0, rate_fro
     return p, math.sqrt(max(p * (1 - p), 1e-12) / studies), seeds_used / studies, eps_used / studies
 
 
+@functools.lru_cache(maxsize=1)
+def plan_all() -> tuple[list, dict]:
+    """--plan all's hypotheses and left-out arms, read once per process."""
+    from ablation.calibration import plan_hypotheses
+
+    return plan_hypotheses("all")
+
+
 def cached_power(cache: Path, stages, sd_seed: float, studies: int, seed: int, rate_from: float = POWER_FROM):
     """simulate_power, remembered in `cache` (a JSON file): the costs can be recomputed without
     simulating again."""
-    from ablation.calibration import plan_hypotheses
-
-    hyps, skipped = plan_hypotheses("all")   # the family the power is for: a changed plan is a new key
+    hyps, skipped = plan_all()   # the family the power is for: a changed plan is a new key
     family = [sorted(h.name for h in hyps), sorted(skipped)]
     key = json.dumps([stages, round(sd_seed, 4), studies, seed, round(rate_from, 4), family])
     memo = json.loads(cache.read_text()) if cache.is_file() else {}
@@ -402,9 +409,9 @@ def pool_sd(v: list[tuple[float, int]]) -> float:
 
 def plan_trained_fixes() -> list[str]:
     """The fixes --plan all trains on libero_object task 0 (the rotation cells dropped there)."""
-    from ablation.calibration import plan_hypotheses, trained_arms
+    from ablation.calibration import trained_arms
 
-    hyps, skipped = plan_hypotheses("all")
+    hyps, skipped = plan_all()
     return [a for a in FIXES if a in trained_arms(hyps, skipped, 2.0)]
 
 

@@ -26,9 +26,8 @@ TIMES = (("wall_s", "plan wall s"), ("demos_s", "demos s (wall)"), ("gate_worker
          ("training_worker_s", "training worker-s"), ("rollouts_worker_s", "rollouts worker-s"))
 
 
-def load(workdir: Path, plan: str | None):
-    tracker = Tracker.open(default_tracking_uri(workdir), "libero-action-ablation", workdir / "mlartifacts")
-    return read_plan(tracker, plan=plan)
+def open_store(workdir: Path) -> Tracker:
+    return Tracker.open(default_tracking_uri(workdir), "libero-action-ablation", workdir / "mlartifacts")
 
 
 def demo_digests(workdir: Path) -> dict[str, str]:
@@ -52,10 +51,9 @@ def demo_digests(workdir: Path) -> dict[str, str]:
     return out
 
 
-def first_look(workdir: Path) -> dict[tuple[str, int], tuple[float, float, float]]:
+def first_look(tracker: Tracker) -> dict[tuple[str, int], tuple[float, float, float]]:
     """(arm, seed) -> (rollout s, episodes, mean episode length) of each finished run's first look: the
     runs both plans ran there step the same episodes, so their times pair exactly."""
-    tracker = Tracker.open(default_tracking_uri(workdir), "libero-action-ablation", workdir / "mlartifacts")
     out = {}
     for r in tracker.find_runs("tags.`ablation.kind` = 'spec_run'"):
         if r.info.status != "FINISHED":
@@ -74,7 +72,8 @@ def main() -> int:
     ap.add_argument("--stock", type=Path, required=True, help="workdir of the same plan with sim.fast=false")
     ap.add_argument("--plan", default=None, help="plan name (default: the newest plan run in each)")
     args = ap.parse_args()
-    fast, stock = load(args.fast, args.plan), load(args.stock, args.plan)
+    tr_fast, tr_stock = open_store(args.fast), open_store(args.stock)
+    fast, stock = read_plan(tr_fast, plan=args.plan), read_plan(tr_stock, plan=args.plan)
     ft, st = fast.record.get("timing", {}), stock.record.get("timing", {})
     eps = {name: {(e["arm"], e["seed"], e.get("task"), e["init_state"]): bool(e["success"]) for e in rp.episodes}
            for name, rp in (("fast", fast), ("stock", stock))}
@@ -89,7 +88,7 @@ def main() -> int:
     ps = st.get("rollouts_worker_s", 0) / max(ns, 1)
     print(f"| episodes | {nf} | {ns} | |")
     print(f"| rollout worker-s per episode | {pf:.2f} | {ps:.2f} | {ps / pf if pf else float('nan'):.2f}x |")
-    lf, ls = first_look(args.fast), first_look(args.stock)
+    lf, ls = first_look(tr_fast), first_look(tr_stock)
     common = sorted(set(lf) & set(ls))
     print(f"\nthe first look of the runs both plans ran ({len(common)}), paired: rollout wall s of the run "
           "(env creation, policy and env steps), env steps/s")

@@ -6,7 +6,7 @@ the report's folder and returns its path; `plots` returns {name: path} for those
 """
 from __future__ import annotations
 
-import os
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from ..analysis import ComparisonResult
+from ..locks import write_atomic
 from ..spec import GROUPS
 
 WORD_COLOURS = {"better": "tab:green", "worse": "tab:red", "no meaningful difference": "tab:gray"}
@@ -87,9 +88,9 @@ def loss_vs_success(points: list[tuple[str, float, float]], path: Path) -> Path:
 
 def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # renamed into place, as the report's text files
-    fig.savefig(tmp, dpi=DPI, format=path.suffix.lstrip(".") or "png")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=DPI, format=path.suffix.lstrip(".") or "png")
+    write_atomic(path, buf.getvalue())  # renamed into place, as the report's text files
     return path
 
 
