@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable
 
 from .errors import UserError
 from .locks import file_lock
+from .store_template import seed_sqlite_store
 
 # MLflow limits per log_batch call.
 _MAX_METRICS_PER_BATCH = 1000
@@ -205,6 +206,7 @@ class Tracker:
         """Create the store and the experiment once, before any worker starts (concurrent first use of a
         sqlite store races in alembic, so processes sharing one take a file lock here)."""
         with sqlite_lock(tracking_uri):
+            seed_sqlite_store(tracking_uri)  # a new sqlite store: a copy of a migrated empty one
             return cls._open(tracking_uri, experiment, artifact_root)
 
     @classmethod
