@@ -64,6 +64,11 @@ class Correlation(_Frozen):
     # "arm": rank within each arm (its runs share the loss's units) and bootstrap whole arms; "none":
     # one correlation over every run (only for a unit-free x, e.g. openloop_pos_nmse).
     within: Literal["arm", "none"] = "arm"
+    # Also read x across arms, as a user reads a loss printed by different set-ups: a decided comparison of
+    # the plan (any hypothesis's, so its error is the family's) in which the arm that succeeded more ended
+    # every run at a higher x than every run of the other arm is a reversal, and settles expect "none"
+    # ("a lower x does not mean more success") on its own; without one, the within-arm correlation decides.
+    reversal: bool = False
 
 
 Prediction = Literal["positive", "negative", "none"]

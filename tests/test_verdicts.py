@@ -12,8 +12,8 @@ import pytest
 from ablation.analysis import ComparisonResult, bound_of
 from ablation.hypothesis import Hypothesis, load_hypothesis
 from ablation.rules import DEFAULT_RULES, DecisionRules
-from ablation.verdicts import (baseline_check, comparisons_verdict, correlation_needs, correlation_verdict,
-                               hypothesis_verdict, recommendation)
+from ablation.verdicts import (baseline_check, comparisons_verdict, correlation_needs, correlation_of,
+                               correlation_verdict, hypothesis_verdict, recommendation)
 
 ANY = Hypothesis.model_validate({
     "name": "Hany", "title": "t", "claim": "c", "rule": "r", "decide": "any",
@@ -163,6 +163,51 @@ def test_an_inconclusive_correlation_says_how_many_runs_it_would_need():
     # nothing to scale: no words invented
     assert correlation_needs(CORR, {"word": "inconclusive", "n": 2, "why": "only 2 points"}, DEFAULT_RULES) == ""
     assert "no number of runs" in correlation_needs(CORR, {"lo": -0.5, "hi": -0.1, "n": 10}, DEFAULT_RULES)
+
+
+REV = CORR.model_copy(update={"correlation": CORR.correlation.model_copy(update={"reversal": True})})
+PRACTICAL = Hypothesis.model_validate({"name": "Hp", "title": "t", "claim": "c", "rule": "r",
+                                       "comparisons": [{"arm": "fix", "control": "base", "expect": "better"}]})
+
+
+def _losses(fix: list[float], base: list[float], rate_fix: float = .9, rate_base: float = .1) -> list:
+    return [("fix", x, rate_fix) for x in fix] + [("base", x, rate_base) for x in base]
+
+
+def test_a_decided_reversal_across_arms_supports_the_loss_claim():
+    """--plan all's shape: the fix beat the baseline (H1_practical, decided in the family) while every one of
+    its 8 runs ended at a higher final loss than every baseline run. The within-arm correlation is
+    inconclusive on 16 runs; the reversal alone settles "a lower loss did not mean more success"."""
+    pts_ = _losses([2e-3 + 1e-4 * i for i in range(8)], [8e-5 + 1e-6 * i for i in range(8)])
+    pts_ = [(a, x, y + 0.01 * ((i * 7) % 5)) for i, (a, x, y) in enumerate(pts_)]  # within-arm noise
+    corr = correlation_of(REV, pts_)
+    assert corr["arm_x"]["fix"][2] == 8 and corr["arm_x"]["base"][1] < corr["arm_x"]["fix"][0]
+    better = comp(PRACTICAL, 0, "better", .9, .1)
+    v = hypothesis_verdict(REV, [better], corr, "")
+    assert v.word == "SUPPORTED" and v.lines[0].startswith("reversal across arms: fix succeeded more (90% vs 10%")
+    assert "exact rank test of that separation p = 7.8e-05" in v.lines[0]  # 1 / C(16, 8)
+    # without the flag, the same data are left to the within-arm correlation
+    plain = hypothesis_verdict(CORR, [better], correlation_of(CORR, pts_), "")
+    assert not any(line.startswith("reversal") for line in plain.lines)
+
+
+@pytest.mark.parametrize("fix,base,word,why", [
+    ([1e-3, 2e-3, 3e-3, 4e-3], [5e-4, 6e-4, 2.5e-3, 7e-4], "better", "the losses overlap"),
+    ([1e-4, 2e-4, 3e-4, 4e-4], [5e-4, 6e-4, 7e-4, 8e-4], "better", "the winner had the lower loss"),
+    ([1e-3, 2e-3, 3e-3, 4e-3], [1e-4, 2e-4, 3e-4, 4e-4], "inconclusive", "the comparison is not decided"),
+    ([1e-3, 2e-3], [1e-4, 2e-4], "better", "2 runs against 2: p = 1/6, a separation could be luck"),
+])
+def test_no_reversal_without_a_decided_comparison_and_separated_losses(fix, base, word, why):
+    corr = correlation_of(REV, _losses(fix, base))
+    v = hypothesis_verdict(REV, [comp(PRACTICAL, 0, word, .9, .1)], corr, "")
+    assert not any(line.startswith("reversal") for line in v.lines), why
+
+
+def test_a_worse_comparison_reverses_the_other_way():
+    """The arm with the lower loss lost: 'worse' makes the control the winner."""
+    pts_ = _losses([1e-4, 2e-4, 3e-4], [1e-3, 2e-3, 3e-3], rate_fix=.1, rate_base=.8)
+    v = hypothesis_verdict(REV, [comp(PRACTICAL, 0, "worse", .1, .8)], correlation_of(REV, pts_), "")
+    assert v.word == "SUPPORTED" and "base succeeded more (80% vs 10%" in v.lines[0] and "p = 0.05" in v.lines[0]
 
 
 def test_use_x_only_where_compared_directly():
