@@ -233,6 +233,14 @@ def test_answer_rests_a_correlation_verdict_on_its_interval():
                               "the loss value. (Warning: the baseline did not reproduce the seed's failure.)")
 
 
+def test_answer_rests_a_reversal_verdict_on_the_reversal():
+    rev = "reversal across arms: fix succeeded more (90% vs 10%, fix vs base better, decided in the family)"
+    v = HypothesisVerdict("H2_loss_proxy", "Loss dilution", "claim", "SUPPORTED", "Do not read the loss value.",
+                          [rev, "rank correlation ..."], {"rho": 0.19, "lo": -0.30, "hi": 0.60, "n": 24, "word": "unclear"})
+    assert carried(v, []) == (f"H2_loss_proxy ({rev}; rank correlation rho +0.19 [-0.30, +0.60] over 24 runs): "
+                              "Do not read the loss value.")
+
+
 def test_no_difference_at_the_floor_is_untestable_not_not_supported(tracker, tmp_path):
     # Every H3 arm fails (0-5%): "no meaningful difference" is a floor, not evidence against slot meaning.
     parent = record_plan(tracker, ["H3_slot_layouts"], {

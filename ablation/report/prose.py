@@ -25,6 +25,7 @@ def carried(v: HypothesisVerdict, comps: list[ComparisonResult]) -> str:
     corr = v.correlation
     if corr and corr.get("rho") is not None:
         held.insert(0, f"rank correlation {rho_text(corr)} over {corr['n']} runs")
+    held[:0] = [line for line in v.lines[:1] if line.startswith("reversal across arms")]  # what decided it
     meaning = v.meaning if v.meaning.endswith((".", ")")) else v.meaning + "."
     return f"{v.name} ({'; '.join(held) or 'see below'}): {meaning}"
 
