@@ -48,11 +48,22 @@ class CrashPolicy(RolloutPolicy):
 
 @pytest.fixture(scope="session")
 def demo_file(expert_demo_file):
-    """libero_object task 0, 4 demos, DART sigma 0.3, seed 0, default workers: made once per session."""
+    """libero_object task 0, 4 demos, DART sigma 0.3, seed 0, default workers (1 for 4 demos): made once
+    per session."""
     return expert_demo_file
 
 
 # ----------------------------------------------------------------------------- no simulator needed
+
+def test_demo_workers_start_only_where_they_pay(monkeypatch):
+    """A worker costs ~4 demos of CPU to start: one per 8 demos, up to the usable CPUs, else this process."""
+    import ablation.sim.demo_workers as dw
+
+    monkeypatch.setattr(dw, "usable_cpus", lambda: 4)
+    assert [dw.default_demo_workers(n) for n in (1, 4, 15, 16, 24, 50, 400)] == [1, 1, 1, 2, 3, 4, 4]
+    monkeypatch.setattr(dw, "usable_cpus", lambda: 1)
+    assert dw.default_demo_workers(50) == 1
+
 
 def test_wilson_interval():
     from ablation.rollout_records import wilson_interval
@@ -209,15 +220,16 @@ def test_demo_file_contents(demo_file):
 
 @pytest.mark.sim
 def test_demos_do_not_depend_on_workers(demo_file, tmp_path):
-    """The fixture ran with the default workers (usable CPUs); one worker gives the same first demos
-    (the kept demos are the first successful attempts, each attempt's randomness from (seed, attempt))."""
+    """The fixture ran in its own process (the default for 4 demos: one worker per 8); two worker processes
+    give the same first demos (the kept demos are the first successful attempts, each attempt's randomness
+    from (seed, attempt))."""
     from ablation.data import read_demo_file
     from ablation.sim.demos import generate_demos
 
-    serial = generate_demos("libero_object", 0, 2, tmp_path / "serial.hdf5", dart_sigma=0.3, seed=0,
-                            progress=False, workers=1)
-    a, b = read_demo_file(serial), read_demo_file(demo_file)
-    assert a.meta.attrs["workers"] == 1
+    pooled = generate_demos("libero_object", 0, 2, tmp_path / "pooled.hdf5", dart_sigma=0.3, seed=0,
+                            progress=False, workers=2)
+    a, b = read_demo_file(pooled), read_demo_file(demo_file)
+    assert a.meta.attrs["workers"] == 2 and b.meta.attrs["workers"] == 1
     assert a.meta.attrs["start_attempts"] == b.meta.attrs["start_attempts"][:2]
     for x, y in zip(a.episodes, b.episodes[:2]):
         np.testing.assert_array_equal(x.init_state, y.init_state)
