@@ -61,6 +61,7 @@ def test_demo_workers_start_only_where_they_pay(monkeypatch):
 
     monkeypatch.setattr(dw, "usable_cpus", lambda: 4)
     assert [dw.default_demo_workers(n) for n in (1, 4, 15, 16, 24, 50, 400)] == [1, 1, 1, 2, 3, 4, 4]
+    assert dw.default_demo_workers(1, images=True) == 4   # renderers are freed only with their process
     monkeypatch.setattr(dw, "usable_cpus", lambda: 1)
     assert dw.default_demo_workers(50) == 1
 

@@ -31,8 +31,8 @@ def register(subparsers) -> None:
                    help="random: fresh randomised resets (training); benchmark: the benchmark's init states "
                         "0, 1, ... (the evaluation starts)")
     p.add_argument("--workers", type=int, default=None,
-                   help="parallel worker processes (default: one per 8 demos, up to the usable CPUs); the demos do "
-                        "not depend on it")
+                   help="parallel worker processes (default: one per 8 demos, up to the usable CPUs; always workers "
+                        "for images); the demos do not depend on it")
     add_demos(p, required=True, what="the file to write (.hdf5)", old=("--out",))
     p.add_argument("--force", action="store_true", help="regenerate even if --demos matches these inputs")
     add_json(p)

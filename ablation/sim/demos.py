@@ -88,7 +88,7 @@ def generate_demos(suite: str, task: int, n: int, out: str | Path, images: bool 
 
     `starts`: "random" (fresh randomised resets, seeded by `seed`; the default) or "benchmark" (the
     benchmark's init states in order). `workers`: parallel worker processes (default: one per 8 demos,
-    up to the usable CPUs; 1 = in this process); the result does not depend on it. `fast`: the env's fast step (spec
+    up to the usable CPUs, and always workers for images; 1 = in this process); the result does not depend on it. `fast`: the env's fast step (spec
     sim.fast; the same physics bit for bit, so the same file); False: robosuite's own step.
     An existing `out` whose stored cache key matches these inputs is reused as is. Otherwise demos
     are generated and written atomically (temp file + rename).
@@ -115,7 +115,7 @@ def generate_demos(suite: str, task: int, n: int, out: str | Path, images: bool 
     if not covered:
         raise DemoGenerationError(f"the scripted expert does not cover {suite} task {task}: {why}")
     max_attempts = max_attempts or max(3 * n, n + 20)
-    workers = default_demo_workers(n) if workers is None else int(workers)
+    workers = default_demo_workers(n, images) if workers is None else int(workers)
     workers = max(1, min(workers, max_attempts))
     job = DemoJob(suite, int(task), bool(images), int(image_size), float(speed), float(dart_sigma), int(seed), starts,
                   bool(fast))
