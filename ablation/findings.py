@@ -7,10 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .analysis import ArmFacts, ComparisonResult, judge, mark_left_out, with_demo_spread
+from .correlation_verdicts import correlation_of
 from .hypothesis import Hypothesis
 from .recorded_plan import ArmRow, RecordedPlan
 from .rules import DEFAULT_RULES, DecisionRules
-from .verdicts import HypothesisVerdict, baseline_check, correlation_of, hypothesis_verdict
+from .verdicts import HypothesisVerdict, baseline_check, hypothesis_verdict
 
 
 @dataclass(frozen=True)

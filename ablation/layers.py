@@ -40,7 +40,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # stage is the contract of a run's stages; closed_loop and run_plots are what the stages call.
     # recorded_plan reads a finished plan back from MLflow, findings judges it, the report package presents it.
     "study": ("run", "stage", "stages", "closed_loop", "run_plots", "executors", "plan", "plan_record", "plan_eta", "tune", "pretrain", "analysis", "needs",
-              "hypothesis", "verdicts", "calibration", "recorded_plan", "findings", "report", "tracking", "store_template", "workdir",
+              "hypothesis", "verdicts", "correlation_verdicts", "calibration", "recorded_plan", "findings", "report", "tracking", "store_template", "workdir",
               "registry", "profiles", "arms", "plan_print", "plan_pretrain", "slot_signature"),
     # What a user types: the CLI, its commands and the doctor.
     "commands": ("cli", "commands", "doctor"),

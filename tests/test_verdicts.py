@@ -12,8 +12,8 @@ import pytest
 from ablation.analysis import ComparisonResult, bound_of
 from ablation.hypothesis import Hypothesis, load_hypothesis
 from ablation.rules import DEFAULT_RULES, DecisionRules
-from ablation.verdicts import (baseline_check, comparisons_verdict, correlation_needs, correlation_of,
-                               correlation_verdict, hypothesis_verdict, recommendation)
+from ablation.correlation_verdicts import correlation_needs, correlation_of, correlation_verdict
+from ablation.verdicts import baseline_check, comparisons_verdict, hypothesis_verdict, recommendation
 
 ANY = Hypothesis.model_validate({
     "name": "Hany", "title": "t", "claim": "c", "rule": "r", "decide": "any",

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from ..analysis import ComparisonResult
 from ..calibration import calibration_for
+from ..correlation_verdicts import rho_text
 from ..hypothesis import Hypothesis
 from ..recorded_plan import ArmRow
 from ..rules import DEFAULT_RULES, DecisionRules
-from ..verdicts import HypothesisVerdict, pts, recommendation, rho_text
+from ..verdicts import HypothesisVerdict, pts, recommendation
 
 
 def level_text(c: ComparisonResult) -> str:
