@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ablation.bundle import load_policy  # noqa: E402
+from ablation.bundle import latest_bundle, load_policy  # noqa: E402
 from ablation.closed_loop import run_closed_loop  # noqa: E402
 from ablation.spec import with_overrides  # noqa: E402
 from ablation.train import configure_torch  # noqa: E402
@@ -27,11 +27,8 @@ from ablation.train import configure_torch  # noqa: E402
 
 def arm_bundles(workdir: Path, arm: str) -> list[Path]:
     """The newest step_N bundle of each run of `arm` in the workdir, in seed order."""
-    out = []
-    for run in sorted((workdir / "checkpoints").glob(f"{arm}-seed*")):
-        steps = sorted((run / "checkpoints").glob("step_*")) if run.is_dir() else []
-        if steps:
-            out.append(steps[-1])
+    runs = [r for r in (workdir / "checkpoints").glob(f"{arm}-seed*") if r.is_dir()]
+    out = [b for b in map(latest_bundle, runs) if b is not None]
     return sorted(out, key=lambda b: int(b.parents[1].name.split("-seed")[1].split("-")[0]))
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..analysis import ComparisonResult
 from ..calibration import calibration_for
-from ..correlation_verdicts import rho_text
+from ..correlation_verdicts import REVERSAL, rho_text
 from ..hypothesis import Hypothesis
 from ..recorded_plan import ArmRow
 from ..rules import DEFAULT_RULES, DecisionRules
@@ -26,7 +26,7 @@ def carried(v: HypothesisVerdict, comps: list[ComparisonResult]) -> str:
     corr = v.correlation
     if corr and corr.get("rho") is not None:
         held.insert(0, f"rank correlation {rho_text(corr)} over {corr['n']} runs")
-    held[:0] = [line for line in v.lines[:1] if line.startswith("reversal across arms")]  # what decided it
+    held[:0] = [line for line in v.lines[:1] if line.startswith(REVERSAL)]  # what decided it
     meaning = v.meaning if v.meaning.endswith((".", ")")) else v.meaning + "."
     return f"{v.name} ({'; '.join(held) or 'see below'}): {meaning}"
 
