@@ -137,6 +137,10 @@ class TrainSpec(_Frozen):
     # torch.compile the training step's network call (ablation.train): ~1.3x samples/s on CPU with fast
     # kernels, for a one-time compile (~45 s cold, ~3 s from torch's on-disk cache). The CPU profile sets it.
     compile: bool = False
+    # A run of fewer optimiser steps trains eagerly even with `compile`: the compile costs ~3 s from
+    # torch's on-disk cache (~48 s cold) and saves ~0.034 s per step (docs/measurements.md), so below
+    # ~100 steps it cannot pay back even warm (a smoke run, a test). 0: always compile.
+    compile_min_steps: int = Field(100, ge=0)
     bf16: bool = True  # only takes effect on CUDA
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -290,7 +294,8 @@ class Spec(_Frozen):
 
 
 # (section, field) pairs added after specs were hashed and cached; see Spec.hash.
-HASH_NEUTRAL_DEFAULTS: tuple[tuple[str, str], ...] = (("model", "noise_scale"), ("data", "norm_stats_from"))
+HASH_NEUTRAL_DEFAULTS: tuple[tuple[str, str], ...] = (("model", "noise_scale"), ("data", "norm_stats_from"),
+                                                      ("train", "compile_min_steps"))
 # Resource and presentation settings: how a run executes or reports, not what it computes. They are left
 # out of Spec.hash(), so re-running a plan with more workers or threads reuses its finished runs.
 # num_threads and compile change the training's float rounding only (as the profile's rollout_batch does
@@ -298,7 +303,7 @@ HASH_NEUTRAL_DEFAULTS: tuple[tuple[str, str], ...] = (("model", "noise_scale"), 
 # same physics bit for bit.
 NOT_IDENTITY: dict[str, Any] = {
     "description": True,
-    "train": {"num_threads", "compile", "log_every", "checkpoint_every"},
+    "train": {"num_threads", "compile", "compile_min_steps", "log_every", "checkpoint_every"},
     "rollout": {"workers", "videos"},
     "tracking": True,
     "sim": True,

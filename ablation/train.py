@@ -129,12 +129,15 @@ class Trainer:
         net = self.policy.net
         self.fast_cpu = kernels == "fast" and device.type == "cpu" and isinstance(net, DiffusionTransformer)
         self.compiled = "pending" if spec.train.compile else "off"
+        if spec.train.compile and spec.train.total_steps < spec.train.compile_min_steps:
+            self.compiled = (f"off: {spec.train.total_steps} steps < train.compile_min_steps "
+                             f"({spec.train.compile_min_steps}), too few to pay a compile back")
         self.train_kernels = self._train_kernels()
         self.eval_kernels = FAST_EVAL_KERNELS if self.fast_cpu else REFERENCE_KERNELS
         self.kernels = kernels
         # The training step's network call; the policy's own `net` (eager) serves validation and sampling.
         # dynamic=False: the batch shape never changes, and static shapes give inductor the fastest code.
-        self.train_net = torch.compile(net, dynamic=False) if spec.train.compile else net
+        self.train_net = torch.compile(net, dynamic=False) if self.compiled == "pending" else net
         self.loss_fn = DiffusionLoss(data.codec, spec.loss, device)
         self.state = TrainState.create(spec, net, fused_opt=(kernels == "fast" and device.type == "cpu"))
         self.demo_sha = file_sha256(demo_path)

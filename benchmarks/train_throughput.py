@@ -187,7 +187,7 @@ def main() -> None:
             for s in (sides if r % 2 == 0 else sides[::-1]):
                 kernels, compiled = SIDES[s]
                 spec = resolve_spec(spec_path(args.spec), [*base_sets, f"train.seed={r}", f"train.num_threads={th}",
-                                                           f"train.compile={str(compiled).lower()}"])
+                                                           f"train.compile={str(compiled).lower()}", "train.compile_min_steps=0"])
                 res, sps, spc = harness_run(spec, demos, data, tmp / f"t{th}_{s}_{r}", kernels)
                 if compiled and res.compiled != "on":
                     print(f"  {s}: torch.compile did not run ({res.compiled}); this side trained eagerly")

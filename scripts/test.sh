@@ -15,5 +15,8 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 # Two pytest workers (pytest-xdist), one per core: the suite is mostly single-threaded simulator and
 # training work. --dist loadfile keeps each file's module fixtures (a trained tiny plan, a warm env) in
-# one worker. PYTEST_WORKERS=0 runs everything in this process.
-exec .venv/bin/python -m pytest -q --durations=15 -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
+# one worker. --no-loadscope-reorder: hand the files out in collection order, longest first
+# (tests/conftest.py LONG_FILES_FIRST), not xdist's default of most tests first, which left the few-test
+# but minutes-long files (tune, train, train_arm) to run alone at the end. PYTEST_WORKERS=0 runs
+# everything in this process.
+exec .venv/bin/python -m pytest -q --durations=15 -n "${PYTEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

@@ -149,6 +149,7 @@ LEGACY_BASELINE_HASH = "468c747d3018d7a4"
 
 
 RESOURCE_SETS = ["rollout.workers=4", "rollout.videos=2", "train.num_threads=2", "train.compile=true",
+                 "train.compile_min_steps=5",
                  "train.log_every=7", "train.checkpoint_every=9", "tracking.experiment=elsewhere",
                  "tracking.tracking_uri=sqlite:///x.db", "description=another note"]
 

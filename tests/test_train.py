@@ -213,7 +213,7 @@ def test_compiled_training_matches_eager_and_resumes_exactly(synthetic_demo_file
     weights (the compiled code is deterministic; a resumed process compiles again)."""
     sets = ["train.steps=30", "train.checkpoint_every=15", "train.log_every=1"]
     eager = train(tiny_spec("fix_minmax", *sets), synthetic_demo_file, tmp_path / "eager", progress=False)
-    spec = tiny_spec("fix_minmax", *sets, "train.compile=true")
+    spec = tiny_spec("fix_minmax", *sets, "train.compile=true", "train.compile_min_steps=0")
     straight = train(spec, synthetic_demo_file, tmp_path / "straight", progress=False)
     assert straight.compiled == "on", straight.compiled
     assert json.loads((straight.checkpoint_dir / "meta.json").read_text())["compiled"] == "on"
@@ -231,6 +231,18 @@ def test_compiled_training_matches_eager_and_resumes_exactly(synthetic_demo_file
     assert [m["train/loss/total"] for _, m in resumed.history] == lc
 
 
+def test_a_run_too_short_to_pay_a_compile_back_trains_eagerly(synthetic_demo_file, tmp_path):
+    """train.compile_min_steps: a 6-step run with train.compile trains eagerly, says why, and gives the
+    eager run's losses exactly (the same kernels, no compile)."""
+    sets = ["train.steps=6"]
+    eager = train(tiny_spec("fix_minmax", *sets), synthetic_demo_file, tmp_path / "eager", progress=False)
+    res = train(tiny_spec("fix_minmax", *sets, "train.compile=true"), synthetic_demo_file, tmp_path / "c",
+                progress=False)
+    assert res.compiled == "off: 6 steps < train.compile_min_steps (100), too few to pay a compile back"
+    assert json.loads((res.checkpoint_dir / "meta.json").read_text())["compiled"] == res.compiled
+    assert [m["train/loss/total"] for _, m in res.history] == [m["train/loss/total"] for _, m in eager.history]
+
+
 def test_compile_failure_trains_eagerly_with_the_same_results(synthetic_demo_file, tmp_path, monkeypatch, capsys):
     """No working C++ compiler (a real inductor failure, with an empty compile cache so nothing can be
     loaded instead): the run says why once, and trains eagerly from the same RNG state, giving exactly
@@ -244,8 +256,8 @@ def test_compile_failure_trains_eagerly_with_the_same_results(synthetic_demo_fil
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "empty_cache"))
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
     try:
-        res = train(tiny_spec("fix_minmax", *sets, "train.compile=true"), synthetic_demo_file, tmp_path / "c",
-                    progress=False)
+        res = train(tiny_spec("fix_minmax", *sets, "train.compile=true", "train.compile_min_steps=0"),
+                    synthetic_demo_file, tmp_path / "c", progress=False)
     finally:
         torch._dynamo.reset()
     assert res.compiled.startswith("failed: ") and "compiler" in res.compiled.lower(), res.compiled
