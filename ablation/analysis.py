@@ -61,6 +61,10 @@ class ComparisonResult:
     # Why a non-difference here says nothing of a claim: "floor" (both arms fail), "ceiling" (both
     # succeed), "no headroom" (the control is within the margin of 100% / 0% in the expected direction).
     bound: str = ""
+    # Set when a floor no longer masks the claim: the hypothesis's positive control succeeded in the same
+    # setting (its line, e.g. "positive control fix_minmax: 90% success (at least 50%): met"); `bound`
+    # is then cleared (verdicts.excuse_floors).
+    bound_excused: str = ""
     # The arms this result rests on: (arm, control), or a factorial contrast's four cells.
     arms: list = field(default_factory=list)
     contrast: str = ""             # a factorial's contrast: "a", "b" or "ab" ("" for a comparison)

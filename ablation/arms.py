@@ -136,13 +136,31 @@ def plan_tasks(plan: Plan, sets: list[str]) -> tuple[str | tuple[int, ...] | Non
     return tasks, keep
 
 
+def with_plan_controls(plan: Plan, hyps: list[Hypothesis]) -> list[Hypothesis]:
+    """The hypotheses with the plan's `positive_controls` set on them (a hypothesis file's own control
+    stays; the plan may not name another)."""
+    by_name = {h.name: h for h in hyps}
+    unknown = sorted(set(plan.positive_controls) - set(by_name))
+    if unknown:
+        raise SpecError(f"{plan.path or plan.name}: positive_controls: {', '.join(unknown)} not among the plan's "
+                        f"hypotheses ({', '.join(by_name) or 'none'})")
+    out = []
+    for h in hyps:
+        pc = plan.positive_controls.get(h.name)
+        if pc is not None and h.positive_control not in (None, pc):
+            raise SpecError(f"{plan.path or plan.name}: positive_controls: {h.name} already has its own positive "
+                            f"control {h.positive_control} ({h.path}); remove the plan's {pc}")
+        out.append(h if pc is None else h.model_copy(update={"positive_control": pc}))
+    return out
+
+
 def resolve_plan(plan: Plan, profile: Profile, seeds: list[int] | None = None, only: list[str] | None = None,
                  extra_sets: list[str] | None = None) -> ResolvedPlan:
     """The plan's arms on this profile: every arm its hypotheses and entries name, less `skip_arms`, kept to
     `only` (arm names or file stems), each spec resolved with the profile's, the plan's, its entry's and
     `extra_sets`; `seeds` replaces every arm's seeds. Unknown arms and bad tasks raise SpecError."""
     plan_dir = Path(plan.path).parent if plan.path else EXPERIMENTS_DIR / "plans"
-    hyps = [load_hypothesis(h, plan_dir) for h in plan.hypotheses]
+    hyps = with_plan_controls(plan, [load_hypothesis(h, plan_dir) for h in plan.hypotheses])
     names: list[str] = []
     for h in hyps:
         names += [a for a in h.arms() if a not in names]

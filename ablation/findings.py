@@ -11,7 +11,7 @@ from .correlation_verdicts import correlation_of
 from .hypothesis import Hypothesis
 from .recorded_plan import ArmRow, RecordedPlan
 from .rules import DEFAULT_RULES, DecisionRules
-from .verdicts import HypothesisVerdict, baseline_check, hypothesis_verdict
+from .verdicts import HypothesisVerdict, baseline_check, excuse_floors, hypothesis_verdict
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,9 @@ def judge_recorded(plan: RecordedPlan) -> Findings:
     comps = judge(hyps, plan.episodes, facts, look_index=k, looks=looks, previous=previous_decisions(record),
                   rules=rules)
     mark_left_out(comps, record.get("skipped_arms") or {})
+    arm_rates = {r.arm: r.rate for r in rows if r.rate is not None}
+    excuse_floors(hyps, comps, arm_rates, rules)
     warn = "" if reproduced is not False else "baseline"
     verdicts = [hypothesis_verdict(h, comps, correlation_of(h, correlation_points(h, rows, plan.curves), rules)
-                                   if h.kind == "correlation" else None, warn, rules) for h in hyps]
+                                   if h.kind == "correlation" else None, warn, rules, arm_rates) for h in hyps]
     return Findings(comps, verdicts, baseline, reproduced, note, rules, looks, bool(sched))

@@ -126,8 +126,11 @@ class Hypothesis(_Frozen):
     rule: str
     # The seed report's own diagnosis: when the data contradict it, the answer paragraph says so.
     seed_claim: bool = False
-    # An arm of the comparisons that must itself succeed (at least rules.positive_control_min) for any
-    # of them to mean something; below that the verdict is "untestable here, because ..." (verdicts.py).
+    # An arm that must itself succeed (at least rules.positive_control_min) for the comparisons to mean
+    # something; below that the verdict is "untestable here, because ..." (verdicts.py). Once it is met,
+    # a non-difference with both arms at the floor counts: the set-up can succeed, so the floor is the
+    # arms' own failure. It may be an arm of the comparisons (H3's consistent arm) or one trained
+    # beside them only to show the task can be learnt (the rotation plan's min-max).
     positive_control: Optional[str] = None
     outcomes: Outcomes = Outcomes()
     # Thresholds of this hypothesis that differ from the plan's (margin, corr_strong, floor, ceiling);
@@ -140,11 +143,13 @@ class Hypothesis(_Frozen):
         return rules.with_overrides(self.rules)
 
     def arms(self) -> list[str]:
-        """Every spec this hypothesis trains, controls first, in file order."""
+        """Every spec this hypothesis trains, controls first, in file order; the positive control last."""
         out: list[str] = []
         names = [n for c in self.comparisons for n in (c.control, c.arm)]
         if self.factorial is not None:
             names += [self.factorial.cells[k] for k in ("a0b0", "a0b1", "a1b0", "a1b1") if k in self.factorial.cells]
+        if self.positive_control is not None:
+            names.append(self.positive_control)
         for name in names:
             if name not in out:
                 out.append(name)
@@ -191,16 +196,14 @@ def load_hypothesis(name: str, relative_to: Path | None = None) -> Hypothesis:
         if f.claim not in f.mechanisms:
             raise SpecError(f"{path}: factorial.claim: {f.claim!r} is not one of the mechanisms "
                             f"({', '.join(f.mechanisms) or 'none given'})")
-    if h.positive_control is not None and h.positive_control not in h.arms():
-        raise SpecError(f"{path}: positive_control: {h.positive_control!r} is not an arm of the comparisons "
-                        f"({', '.join(h.arms())})")
     if h.kind == "correlation" and h.correlation is None:
         raise SpecError(f"{path}: correlation: a hypothesis of kind 'correlation' says x, y and expect")
     from .spec import spec_path
 
     for arm in h.arms():
+        field = "positive_control" if arm == h.positive_control else "comparisons"
         try:
             spec_path(arm, relative_to=path.parent)
         except SpecError as e:
-            raise SpecError(f"{path}: comparisons: {e}") from None
+            raise SpecError(f"{path}: {field}: {e}") from None
     return h

@@ -131,6 +131,8 @@ def untestable_arms(hypotheses: list[Hypothesis], planned: list[str], facts: dic
         groups = [((*h.needs, *c.needs), [c.arm, c.control]) for c in h.comparisons]
         if h.factorial is not None:  # a 2x2's cells stand or fall together
             groups.append((h.needs, list(h.factorial.cells.values())))
+        if h.positive_control is not None and not any(h.positive_control in arms for _n, arms in groups):
+            groups.append((h.needs, [h.positive_control]))  # trained beside them: it falls with the hypothesis
         for needs, arms in groups:
             if any(a not in facts or facts[a].rot_spread_deg is None for a in arms):
                 used |= set(arms)  # not measurable before training (no demos): let the run say why

@@ -68,6 +68,9 @@ class DataSpec(_Frozen):
     # DART: execute expert + N(0, sigma) (native units, position dims), record the clean action.
     dart_noise: float = Field(0.3, ge=0.0)
     expert_speed: float = Field(1.0, gt=0.0)
+    # The scripted expert's wrist turn before a grasp that needs none, deg (ExpertConfig.turn_deg): demos
+    # that turn on libero_object, whose objects never need it (the rotation plan). 0: the stock expert.
+    expert_turn_deg: float = Field(0.0, ge=0.0, le=80.0)
     # Fit the normalisers (the codec's action and state statistics, and the observation normaliser) on the
     # training split of THIS demo file instead of the run's own demos, and keep them frozen: "@pretrain" is
     # the plan's pretraining demos, so fine-tuning sees the pretraining statistics (ablation/frozen_norm.py).
@@ -295,7 +298,7 @@ class Spec(_Frozen):
 
 # (section, field) pairs added after specs were hashed and cached; see Spec.hash.
 HASH_NEUTRAL_DEFAULTS: tuple[tuple[str, str], ...] = (("model", "noise_scale"), ("data", "norm_stats_from"),
-                                                      ("train", "compile_min_steps"))
+                                                      ("train", "compile_min_steps"), ("data", "expert_turn_deg"))
 # Resource and presentation settings: how a run executes or reports, not what it computes. They are left
 # out of Spec.hash(), so re-running a plan with more workers or threads reuses its finished runs.
 # num_threads and compile change the training's float rounding only (as the profile's rollout_batch does

@@ -87,6 +87,10 @@ class Plan(_Frozen):
     episodes: Optional[EpisodeSchedule] = None
     # Arms (in hypotheses) that this plan leaves out, with the reason the report prints.
     skip_arms: dict[str, str] = {}
+    # hypothesis name -> an arm that must succeed in THIS plan's setting for that hypothesis's
+    # comparisons to mean anything (Hypothesis.positive_control; trained beside them). Whether a task
+    # can be learnt at a budget is the setting's, not the claim's: e.g. the rotation plan's min-max.
+    positive_controls: dict[str, str] = {}
     pretrain: Optional[PretrainStage] = None
     # Several tasks of the arms' suite: task ids, or "all" (every task the scripted expert covers).
     # None: each spec's own data.task, one task. With tasks, runs are arm x seed x task and every

@@ -10,7 +10,7 @@ word means (the hypothesis file's `means`), not picked from one word. The report
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .analysis import ComparisonResult
 from .hypothesis import Hypothesis
@@ -174,22 +174,26 @@ def factorial_verdict(h: Hypothesis, mine: Sequence[ComparisonResult]) -> tuple[
     return "INCONCLUSIVE", f"the contrasts do not yet tell the mechanisms apart ({pattern})"
 
 
-def positive_control_check(h: Hypothesis, mine: Sequence[ComparisonResult], rules: DecisionRules
-                           ) -> tuple[bool | None, str]:
+def positive_control_check(h: Hypothesis, mine: Sequence[ComparisonResult], rules: DecisionRules,
+                           arm_rates: Mapping[str, float] | None = None) -> tuple[bool | None, str]:
     """(met, line) for the hypothesis's positive control: the arm that must work for a comparison to test
     the claim (e.g. H3's consistent arm: when it fails too, a clash cannot show). Its success is its
     mean per-seed rate over the init states of the comparisons it is in (the highest such rate, so the
-    check never fails for a comparison's smaller overlap). None when there is no positive control."""
+    check never fails for a comparison's smaller overlap); for a control trained beside the comparisons
+    (in none of them), its success over all its episodes (`arm_rates`). None when there is no positive
+    control."""
     pc = h.positive_control
     if pc is None:
         return None, ""
     rates = [c.rate_arm if c.arm == pc else c.rate_control for c in mine
              if pc in (c.arm, c.control) and c.word not in WORDS_WITHOUT_DATA]
     rates = [r for r in rates if r is not None]
+    if not rates and (arm_rates or {}).get(pc) is not None:
+        rates = [arm_rates[pc]]
     need = f"{100 * rules.positive_control_min:.0f}%"
     if not rates:
-        return False, (f"the positive control {pc} is in no comparison with data (its runs or its partner's are "
-                       "missing), so nothing shows that the set-up can succeed")
+        return False, (f"the positive control {pc} has no finished runs (or is in no comparison with data), "
+                       "so nothing shows that the set-up can succeed")
     rate = max(rates)
     if rate < rules.positive_control_min:
         return False, (f"the positive control {pc} reached only {100 * rate:.0f}% success (it must reach {need}), "
@@ -197,8 +201,27 @@ def positive_control_check(h: Hypothesis, mine: Sequence[ComparisonResult], rule
     return True, f"positive control {pc}: {100 * rate:.0f}% success (at least {need}): met"
 
 
+def excuse_floors(hypotheses: Sequence[Hypothesis], comps: Sequence[ComparisonResult],
+                  arm_rates: Mapping[str, float], rules: DecisionRules = DEFAULT_RULES) -> None:
+    """Where a hypothesis's positive control is met, its comparisons' floor no longer masks the claim:
+    the set-up can succeed (another arm did, on the same task, demos and budget), so two arms at the
+    floor are failing for their own reasons, and a non-difference between them tests the claim (e.g.
+    "shrinking rotation alone leaves the baseline's failure in place"). Clears `bound` "floor" on those
+    comparisons (in place, as `mark_left_out` marks) and records why in `bound_excused`. The ceiling
+    and no-headroom bounds stay: a control's success says nothing of the room for a difference."""
+    for h in hypotheses:
+        mine = [c for c in comps if c.hypothesis == h.name]
+        met, line = positive_control_check(h, mine, h.rule_overrides(rules), arm_rates)
+        if not met:
+            continue
+        for c in mine:
+            if c.bound == "floor":
+                c.bound, c.bound_excused = "", line
+
+
 def hypothesis_verdict(h: Hypothesis, comps: list[ComparisonResult], corr: dict | None, warn: str,
-                       rules: DecisionRules = DEFAULT_RULES) -> HypothesisVerdict:
+                       rules: DecisionRules = DEFAULT_RULES,
+                       arm_rates: Mapping[str, float] | None = None) -> HypothesisVerdict:
     rules = h.rule_overrides(rules)
     mine = [c for c in comps if c.hypothesis == h.name]
     lines = [comparison_line(c, rules) for c in mine]
@@ -221,7 +244,7 @@ def hypothesis_verdict(h: Hypothesis, comps: list[ComparisonResult], corr: dict 
         word, reason = factorial_verdict(h, mine)
     else:
         word, reason = comparisons_verdict(h, mine, rules)
-    pc_met, pc_line = positive_control_check(h, mine, rules)
+    pc_met, pc_line = positive_control_check(h, mine, rules, arm_rates)
     if pc_met is False:
         word, reason = "UNTESTABLE HERE", pc_line
     elif pc_met:
@@ -263,6 +286,9 @@ def comparison_line(c: ComparisonResult, rules: DecisionRules = DEFAULT_RULES) -
         s += f"; {c.why}"
     if c.word == "no meaningful difference" and c.bound:
         s += f"; but {bound_why(c, rules)}: this says nothing of the claim"
+    if c.bound_excused:
+        s += (f"; both arms at the floor, but the set-up can succeed ({c.bound_excused}), so the floor is "
+              "these arms' own failure and the non-difference tests the claim")
     if c.n_tasks > 1:
         est = [t["estimate"] for t in c.per_task]
         spread = f"per task {pts(min(est))} to {pts(max(est))} pts" if est else "no per-task effect"

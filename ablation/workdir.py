@@ -42,7 +42,7 @@ def demo_path_for(spec: Spec, workdir: Path = DEFAULT_WORKDIR, seed: int = 0) ->
 
     d = spec.data
     return default_demo_path(Path(workdir) / "demos", d.suite, d.task, d.n_demos, d.images, d.dart_noise, seed,
-                             d.expert_speed, d.image_size)
+                             d.expert_speed, d.image_size, turn_deg=d.expert_turn_deg)
 
 
 def check_file_task(spec: Spec, path: Path) -> None:
@@ -75,4 +75,4 @@ def ensure_demos(spec: Spec, workdir: Path = DEFAULT_WORKDIR, seed: int = 0) -> 
     with file_lock(path.with_name(path.name + ".lock")):
         return generate_demos(d.suite, d.task, n=d.n_demos, out=path, images=d.images,
                               image_size=d.image_size, dart_sigma=d.dart_noise, seed=seed, speed=d.expert_speed,
-                              fast=spec.sim.fast)
+                              fast=spec.sim.fast, turn_deg=d.expert_turn_deg)

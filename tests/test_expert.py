@@ -196,3 +196,37 @@ def test_expert_reports_uncovered_articulated_task():
     assert not ok and "open wooden_cabinet_1_middle_region" in why
     ok, why = coverage_of(task_plan(task_info("libero_goal", 7).bddl_file))
     assert ok and why == "turn on flat_stove_1"
+
+
+@pytest.mark.sim
+def test_expert_wrist_turn_gives_libero_object_demos_that_turn_and_still_succeed():
+    """data.expert_turn_deg: the stock expert never turns on libero_object 0 (a round can); with 45 deg it
+    turns by that much before the grasp, toward the basket's side, and still succeeds."""
+    from ablation.sim.env import make_env
+    from ablation.sim.expert import ExpertConfig, ScriptedExpert, eef_yaw, run_expert_episode, task_plan
+
+    env = make_env("libero_object", 0)
+    try:
+        turns = {}
+        for deg in (0.0, 45.0):
+            ex = ScriptedExpert(env, task_plan(env.info.bddl_file), 1.0, ExpertConfig(turn_deg=deg))
+            y: list[float] = []
+            ok, n = run_expert_episode(env, env.init_states[0], expert=ex, yaws=y)
+            assert ok and n < env.max_steps, (deg, n)
+            rel = np.degrees(np.unwrap(np.asarray(y)) - np.unwrap(np.asarray(y))[0])
+            turns[deg] = float(np.abs(rel).max())
+    finally:
+        env.close()
+    assert turns[0.0] < 5.0 and 40.0 < turns[45.0] < 50.0, turns
+    assert eef_yaw is not None
+
+
+def test_the_wrist_turn_is_in_the_demo_key_only_when_set():
+    from ablation.sim.demos import cache_key, default_demo_path
+
+    stock = cache_key("libero_object", 0, 50, False, 0.3, 0, 1.0)
+    assert cache_key("libero_object", 0, 50, False, 0.3, 0, 1.0, turn_deg=0.0) == stock
+    assert "turn_deg" not in stock[1]  # the stock expert's files keep their names
+    turned = cache_key("libero_object", 0, 50, False, 0.3, 0, 1.0, turn_deg=45.0)
+    assert turned[0] != stock[0] and turned[1]["turn_deg"] == 45.0
+    assert default_demo_path("d", "libero_object", 0, 50) != default_demo_path("d", "libero_object", 0, 50, turn_deg=45)

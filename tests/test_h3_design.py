@@ -183,8 +183,64 @@ def test_positive_control_without_data_is_untestable_and_unknown_arm_is_rejected
     bad = tmp_path / "Hbad.yaml"
     bad.write_text("title: t\nclaim: c\nrule: r\npositive_control: nope\n"
                    "comparisons:\n  - {arm: fix_minmax, control: baseline_rdt, expect: better}\n")
-    with pytest.raises(UserError, match="positive_control: 'nope' is not an arm"):
+    with pytest.raises(UserError, match="positive_control: spec 'nope' not found"):
         load_hypothesis(str(bad))
+
+
+# A positive control trained beside the comparisons (the rotation plan's min-max): the seed's claim
+# "shrinking rotation fixes it" against the baseline, both at the floor.
+HB = Hypothesis.model_validate({
+    "name": "Hrel", "title": "t", "claim": "c", "rule": "r", "decide": "any", "positive_control": "fix_minmax",
+    "needs": ["rotation_varies"],
+    "comparisons": [{"arm": "fix_rot_small", "control": "baseline_rdt", "expect": "better"}],
+    "outcomes": {"supported": "S", "not_supported": "NS", "untestable": "U"}})
+
+
+def _floor_comp(rate_arm: float = 0.0, rate_control: float = 0.02) -> ComparisonResult:
+    r = ComparisonResult("Hrel", "fix_rot_small", "baseline_rdt", "better", "", "no meaningful difference",
+                         estimate=rate_arm - rate_control, rate_arm=rate_arm, rate_control=rate_control,
+                         p_holm=0.001, lo=-0.07, hi=0.05)
+    r.bound = bound_of(rate_arm, rate_control, "better", DEFAULT_RULES)
+    return r
+
+
+@pytest.mark.parametrize("pc_rate, want", [(0.9, "NOT SUPPORTED"), (0.3, "UNTESTABLE HERE"), (None, "UNTESTABLE HERE")])
+def test_a_met_positive_control_lets_a_non_difference_at_the_floor_count(pc_rate, want):
+    comps = [_floor_comp()]
+    assert comps[0].bound == "floor"
+    rates = {} if pc_rate is None else {"fix_minmax": pc_rate, "baseline_rdt": 0.02}
+    from ablation.verdicts import excuse_floors, comparison_line
+
+    excuse_floors([HB], comps, rates, DEFAULT_RULES)
+    v = hypothesis_verdict(HB, comps, None, "", DEFAULT_RULES, rates)
+    assert v.word == want
+    if want == "NOT SUPPORTED":
+        assert comps[0].bound == "" and "fix_minmax: 90%" in comps[0].bound_excused
+        assert "tests the claim" in comparison_line(comps[0]) and v.meaning == "NS"
+    else:
+        assert comps[0].bound == "floor" and not comps[0].bound_excused
+        why = "reached only 30%" if pc_rate else "has no finished runs"
+        assert why in v.meaning
+
+
+def test_a_met_positive_control_does_not_excuse_the_ceiling():
+    from ablation.verdicts import excuse_floors
+
+    comps = [_floor_comp(0.97, 0.98)]
+    assert comps[0].bound == "ceiling"
+    excuse_floors([HB], comps, {"fix_minmax": 0.95}, DEFAULT_RULES)
+    assert comps[0].bound == "ceiling"
+    assert hypothesis_verdict(HB, comps, None, "", DEFAULT_RULES, {"fix_minmax": 0.95}).word == "UNTESTABLE HERE"
+
+
+def test_a_positive_control_beside_the_comparisons_is_trained_and_falls_with_their_needs():
+    from ablation.needs import ArmFacts, untestable_arms
+
+    assert HB.arms() == ["baseline_rdt", "fix_rot_small", "fix_minmax"]
+    flat = {a: ArmFacts(rot_spread_deg=1.9) for a in HB.arms()}
+    assert set(untestable_arms([HB], HB.arms(), flat)) == set(HB.arms())
+    turning = {a: ArmFacts(rot_spread_deg=91.0) for a in HB.arms()}
+    assert untestable_arms([HB], HB.arms(), turning) == {}
 
 
 # ----------------------------------------------------------------------------- the regression signature

@@ -84,21 +84,36 @@ def test_all_plan_runs_h1_and_h2_with_eight_seeds_and_the_rest_has_a_plan():
 
 def test_rotation_plan_runs_the_factorials_rotation_cells_where_the_demos_turn():
     """H1_scale_relative is untestable on the base task (the expert never turns there): the rotation
-    plan moves the factorial's four cells to the task picked in docs/rotation_setting.md."""
+    plan makes the expert turn the wrist there (docs/rotation_setting.md), runs the factorial's four
+    cells, and min-max as the positive control of both H1 hypotheses."""
     from ablation.plan import load_profile, resolve_plan
 
     plan = load_plan("rotation")
     rp = resolve_plan(plan, load_profile("cpu"))
-    assert {h.name for h in rp.hypotheses} >= {"H1_scale_relative", "H1_scale_absolute"}
-    assert set(rp.arms) == {"baseline_rdt", "fix_pos_cm", "fix_rot_small", "fix_pos_cm_rot_small"}
+    hyps = {h.name: h for h in rp.hypotheses}
+    assert set(hyps) >= {"H1_scale_relative", "H1_scale_absolute"}
+    assert hyps["H1_scale_relative"].positive_control == "fix_minmax"
+    assert set(rp.arms) == {"baseline_rdt", "fix_pos_cm", "fix_rot_small", "fix_pos_cm_rot_small", "fix_minmax"}
     assert not rp.skipped and len(plan.seeds) >= 3 and plan.episodes.looks[-1] <= 50
-    tasks = {(a.spec.data.suite, a.spec.data.task) for a in rp.arms.values()}
-    assert tasks == {("libero_10", 2)}  # one task for every arm: the comparisons are paired
+    tasks = {(a.spec.data.suite, a.spec.data.task, a.spec.data.expert_turn_deg) for a in rp.arms.values()}
+    assert tasks == {("libero_object", 0, 45.0)}  # one task and one demo set for every arm: paired
     assert rp.arms["fix_rot_small"].spec.codec.unit_scales.rot == 0.01
-    # everything else is the seed's set-up, as in --plan all: only the task moves
+    # everything else is the seed's set-up, as in --plan all: only the demos turn
     base = resolve_plan(load_plan("all"), load_profile("cpu")).arms["baseline_rdt"].spec
     moved = rp.arms["baseline_rdt"].spec
-    assert with_overrides(base, ["data.suite=libero_10", "data.task=2"]).hash() == moved.hash()
+    assert with_overrides(base, ["data.expert_turn_deg=45"]).hash() == moved.hash() != base.hash()
+    # the stock expert's field left at its default does not move the hash of runs made before it existed
+    from ablation.spec import NOT_IDENTITY
+
+    assert "expert_turn_deg" not in base._identity_dump(exclude=NOT_IDENTITY)["data"]
+
+
+def test_a_plans_positive_controls_name_its_hypotheses(tmp_path):
+    from ablation.plan import load_profile, resolve_plan
+
+    p = write(tmp_path, "p.yaml", "hypotheses: [H1_practical]\npositive_controls: {H9: fix_minmax}\n")
+    with pytest.raises(SpecError, match=r"positive_controls: H9 not among the plan's hypotheses \(H1_practical\)"):
+        resolve_plan(load_plan(str(p)), load_profile("cpu"))
 
 
 def test_hypothesis_errors_name_the_file_and_field(tmp_path):

@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     p.add_argument("--image-size", type=int, default=128, help="camera image side in pixels (with --images)")
     p.add_argument("--dart-sigma", type=float, default=0.3, help="DART noise std (native units, position dims); 0 = off")
     p.add_argument("--speed", type=float, default=1.0, help="expert speed factor")
+    p.add_argument("--turn-deg", type=float, default=0.0,
+                   help="the expert turns the wrist this far (deg, 0-80) before a grasp that needs no turn, so "
+                        "libero_object demos carry rotation (the rotation plan; data.expert_turn_deg); 0 = stock")
     p.add_argument("--seed", type=int, default=0, help="seeds the random starts and the DART noise")
     p.add_argument("--starts", choices=("random", "benchmark"), default="random",
                    help="random: fresh randomised resets (training); benchmark: the benchmark's init states "
@@ -45,7 +48,7 @@ def run(args) -> int:
     path = generate_demos(args.suite, args.task, args.n, args.demos, images=args.images,
                           dart_sigma=args.dart_sigma, seed=args.seed, speed=args.speed,
                           image_size=args.image_size, force=args.force, starts=args.starts,
-                          workers=args.workers)
+                          workers=args.workers, turn_deg=args.turn_deg)
     if args.json:
         emit_json(demo_record(path))
     else:

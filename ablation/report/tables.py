@@ -63,7 +63,7 @@ def effects_table(comps: list[ComparisonResult]) -> Table:
                      + "/".join(f"{100 * x:.0f}" for x in c.per_seed_control) + ")")
         rates = "-" if c.rate_arm is None else f"{100 * c.rate_arm:.0f}% / {100 * (c.rate_control or 0):.0f}%{seeds}"
         word = c.word + (f" ({c.bound}: says nothing of the claim)" if c.word == "no meaningful difference" and c.bound
-                         else "")
+                         else " (floor, but the positive control succeeds: it counts)" if c.bound_excused else "")
         body.append([c.hypothesis, f"{c.arm} vs {c.control}", c.expect, rates, pts(c.estimate),
                      "-" if c.lo is None else f"[{pts(c.lo)}, {pts(c.hi)}]", level_text(c),
                      "-" if c.lo95 is None else f"[{pts(c.lo95)}, {pts(c.hi95)}]",

@@ -11,7 +11,7 @@ import numpy as np
 from ..episodes import Episode
 from .demo_episode import DemoGenerationError, _seeded, random_start, record_episode
 from .env import freeze_long_lived_objects, make_env
-from .expert import ScriptedExpert
+from .expert import ExpertConfig, ScriptedExpert
 
 def usable_cpus() -> int:
     try:
@@ -46,20 +46,21 @@ class DemoJob:
     seed: int
     starts: str
     fast: bool = True  # the env's fast step: the same physics, so not part of the cache key
+    turn_deg: float = 0.0  # ExpertConfig.turn_deg (part of the cache key when set)
 
 
 _WORKER: dict = {}
 
 
 def _job_env(job: DemoJob):
-    key = (job.suite, job.task, job.images, job.image_size, job.speed)
+    key = (job.suite, job.task, job.images, job.image_size, job.speed, job.turn_deg)
     if _WORKER.get("key") != key:
         old = _WORKER.pop("env", None)
         if old is not None:
             old.close()
         env = make_env(job.suite, job.task, images=job.images, image_size=job.image_size, seed=job.seed,
                        fast=job.fast)
-        _WORKER.update(key=key, env=env, expert=ScriptedExpert.for_env(env, job.speed))
+        _WORKER.update(key=key, env=env, expert=ScriptedExpert.for_env(env, job.speed, ExpertConfig(turn_deg=job.turn_deg)))
         freeze_long_lived_objects()  # each attempt's hard reset ends in a gc.collect(): make it cheap
     _WORKER["env"].fast = job.fast
     return _WORKER["env"], _WORKER["expert"]

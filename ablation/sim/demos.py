@@ -48,20 +48,22 @@ STARTS_ATTR = {"random": "random_resets", "benchmark": "benchmark_init_states"}
 
 
 def cache_key(suite: str, task: int, n: int, images: bool, dart_sigma: float, seed: int, speed: float,
-              image_size: int = 128, starts: str = "random") -> tuple[str, dict]:
+              image_size: int = 128, starts: str = "random", turn_deg: float = 0.0) -> tuple[str, dict]:
     inputs = {"suite": suite, "task": int(task), "n": int(n), "images": bool(images),
               "image_size": int(image_size) if images else None, "dart_sigma": float(dart_sigma),
               "seed": int(seed), "speed": float(speed), "expert_version": EXPERT_VERSION,
               "demo_gen_version": DEMO_GEN_VERSION, "wait_steps": WAIT_STEPS, "starts": STARTS_ATTR[starts]}
+    if turn_deg:  # only when set: the stock expert's files keep their keys (and names)
+        inputs["turn_deg"] = float(turn_deg)
     h = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     return h, inputs
 
 
 def default_demo_path(root: str | Path, suite: str, task: int, n: int, images: bool = False,
                       dart_sigma: float = 0.3, seed: int = 0, speed: float = 1.0, image_size: int = 128,
-                      starts: str = "random") -> Path:
+                      starts: str = "random", turn_deg: float = 0.0) -> Path:
     """A file name that is its cache key: other inputs, or another expert version, get another file."""
-    h, _ = cache_key(suite, task, n, images, dart_sigma, seed, speed, image_size, starts)
+    h, _ = cache_key(suite, task, n, images, dart_sigma, seed, speed, image_size, starts, turn_deg)
     return Path(root) / f"{suite}_task{task}_n{n}_{h}.hdf5"
 
 
@@ -83,7 +85,7 @@ def generate_demos(suite: str, task: int, n: int, out: str | Path, images: bool 
                    dart_sigma: float = 0.3, seed: int = 0, speed: float = 1.0, *, image_size: int = 128,
                    force: bool = False, progress: bool = True, max_attempts: int | None = None,
                    min_success_rate: float = 0.3, starts: str = "random", workers: int | None = None,
-                   fast: bool = True) -> Path:
+                   fast: bool = True, turn_deg: float = 0.0) -> Path:
     """Generate (or reuse) `n` successful expert demos; returns the file path.
 
     `starts`: "random" (fresh randomised resets, seeded by `seed`; the default) or "benchmark" (the
@@ -103,7 +105,9 @@ def generate_demos(suite: str, task: int, n: int, out: str | Path, images: bool 
         raise DemoGenerationError(f"--dart-sigma must be >= 0, got {dart_sigma}")
     if starts not in STARTS:
         raise DemoGenerationError(f"starts must be one of {', '.join(STARTS)}, got '{starts}'")
-    key, inputs = cache_key(suite, task, n, images, dart_sigma, seed, speed, image_size, starts)
+    if not 0.0 <= turn_deg <= 80.0:
+        raise DemoGenerationError(f"--turn-deg must be in [0, 80] deg, got {turn_deg}")
+    key, inputs = cache_key(suite, task, n, images, dart_sigma, seed, speed, image_size, starts, turn_deg)
     if out.is_file() and not force and cached_key_of(out) == key:
         return out
     from .libero_setup import check_task, ensure_libero
@@ -118,7 +122,7 @@ def generate_demos(suite: str, task: int, n: int, out: str | Path, images: bool 
     workers = default_demo_workers(n, images) if workers is None else int(workers)
     workers = max(1, min(workers, max_attempts))
     job = DemoJob(suite, int(task), bool(images), int(image_size), float(speed), float(dart_sigma), int(seed), starts,
-                  bool(fast))
+                  bool(fast), float(turn_deg))
 
     bar = None
     if progress:

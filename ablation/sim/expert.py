@@ -77,6 +77,11 @@ class ExpertConfig:
     knob_turn: float = 1.0         # turn a knob to this joint angle (rad; LIBERO's stove is on from 0.5)
     push_standoff: float = 0.04    # start pushing a drawer / door this far before its face, m
     push_step: float = 0.04        # push target ahead of the gripper, m
+    # A wrist turn before an "across" grasp that needs none (a round object: any yaw grasps it), deg; 0
+    # is the stock expert. Its sign follows the scene (the side of the fingers' closing axis on which the
+    # place target lies), so the turn is predictable from the observation. It gives demos that turn on a
+    # task where the expert otherwise never does (libero_object: the rotation plan, docs/rotation_setting.md).
+    turn_deg: float = 0.0
 
 
 def task_objects(goal_state: list) -> tuple[str, str]:
@@ -485,6 +490,7 @@ class ScriptedExpert:
         self.retries = 0
         self._z_hist: list[float] = []
         self._started = False
+        self._turn_to: float | None = None  # heading (rad) of the fingers' closing axis after cfg.turn_deg
         for st in self.steps:
             st.clear()
             if isinstance(st, _Step):
@@ -541,7 +547,7 @@ class ScriptedExpert:
 
         ex = st.extents[:2]
         if not self._needs_turn(ex):
-            return 0.0  # fits across the fingers, or round-ish: turning would not help
+            return self._chosen_turn_error(obs, st)  # fits across the fingers: 0 unless cfg.turn_deg asks
         r_obj = R.quat_to_matrix(np.asarray(obs[st.spec.obj + "_quat"], dtype=np.float64))
         narrow = r_obj[:2, int(np.argmin(ex))]
         close_axis = R.axis_angle_to_matrix(np.asarray(obs["ee_ori"], dtype=np.float64))[:2, 1]
@@ -549,6 +555,24 @@ class ScriptedExpert:
             return 0.0
         ang = np.arctan2(narrow[1], narrow[0]) - np.arctan2(close_axis[1], close_axis[0])
         return _wrap_half_pi(ang)
+
+    def _chosen_turn_error(self, obs: dict, st: _Step) -> float:
+        """Yaw (rad) still to turn for cfg.turn_deg, fixed once per episode from the start heading: toward
+        the side of the closing axis on which the place target lies (a turn the observation predicts).
+        Kept across a retried grasp, so a lost object does not add a second turn."""
+        from .. import rotation as R
+
+        if self.cfg.turn_deg == 0.0:
+            return 0.0
+        close = R.axis_angle_to_matrix(np.asarray(obs["ee_ori"], dtype=np.float64))[:2, 1]
+        heading = float(np.arctan2(close[1], close[0]))
+        if self._turn_to is None:
+            lo_o, hi_o = self.scene.bounds(st.spec.obj)
+            lo_t, hi_t = self.scene.bounds(st.spec.target_owner)
+            d = (np.asarray(lo_t) + np.asarray(hi_t))[:2] / 2 - (np.asarray(lo_o) + np.asarray(hi_o))[:2] / 2
+            side = 1.0 if close[0] * d[1] - close[1] * d[0] >= 0 else -1.0
+            self._turn_to = heading + side * np.radians(self.cfg.turn_deg)
+        return _wrap_half_pi(self._turn_to - heading)
 
     def _close_axis(self, obs: dict) -> np.ndarray | None:
         from .. import rotation as R
