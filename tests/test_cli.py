@@ -142,11 +142,11 @@ def test_rotation_plan_dry_run_json_names_its_task(tmp_path):
     out = cli("plan", "rotation", "--profile", "cpu", "--dry-run", "--json", "--workdir", str(wd))
     assert out.returncode == 0, out.stderr
     rec = json.loads(out.stdout)
-    assert {(r["suite"], r["task"]) for r in rec["planned"]} == {("libero_10", 2)}
+    assert {(r["suite"], r["task"]) for r in rec["planned"]} == {("libero_object", 0)}
     assert {r["arm"] for r in rec["planned"]} == {"baseline_rdt", "fix_pos_cm", "fix_rot_small",
-                                                  "fix_pos_cm_rot_small"}
-    assert len(rec["planned"]) == 12 and rec["timing"]["estimated_wall_s"]
-    assert "[plan] task: libero_10 task 2" in out.stderr  # the text listing says where it runs
+                                                  "fix_pos_cm_rot_small", "fix_minmax"}
+    assert len(rec["planned"]) == 20 and rec["timing"]["estimated_wall_s"]
+    assert "[plan] task: libero_object task 0" in out.stderr  # the text listing says where it runs
     assert not wd.exists()
 
 

@@ -230,3 +230,10 @@ def test_the_wrist_turn_is_in_the_demo_key_only_when_set():
     turned = cache_key("libero_object", 0, 50, False, 0.3, 0, 1.0, turn_deg=45.0)
     assert turned[0] != stock[0] and turned[1]["turn_deg"] == 45.0
     assert default_demo_path("d", "libero_object", 0, 50) != default_demo_path("d", "libero_object", 0, 50, turn_deg=45)
+
+
+def test_a_wrist_turn_out_of_range_is_a_clear_error(tmp_path):
+    from ablation.sim.demos import DemoGenerationError, generate_demos
+
+    with pytest.raises(DemoGenerationError, match=r"--turn-deg must be in \[0, 80\] deg, got 95"):
+        generate_demos("libero_object", 0, 2, tmp_path / "x.hdf5", turn_deg=95)

@@ -54,6 +54,8 @@ def test_noise_scale_is_hash_neutral_at_its_default_and_checked():
     dump = base.model_dump(mode="json", include=set(LEGACY_SECTIONS))
     dump["model"].pop("noise_scale")
     dump["data"].pop("norm_stats_from")  # H3's frozen-statistics field, hash-neutral at its default too
+    dump["data"].pop("expert_turn_deg")  # the rotation plan's wrist turn: likewise
+    dump["train"].pop("compile_min_steps")  # when a compile can pay back: likewise
     old = hashlib.sha256(json.dumps(dump, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     assert base.legacy_hash() == old  # the hash every spec had before the field existed
     new = base.hash()
