@@ -192,7 +192,7 @@ def test_killed_worker_trial_fails_by_heartbeat(services, workdir, tmp_path):
 
     # A long training budget, so the trial is surely mid-run when it is killed.
     victim = start_worker(services, workdir, study_name, tmp_path / "victim.log", trials=1, heartbeat=heartbeat,
-                          extra=["train.steps=100000"])
+                          extra=["train.steps=100000", "train.compile=false"])
     try:
         running = _poll_running_trial(storage, study_id, victim)
         time.sleep(1.0)

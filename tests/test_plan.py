@@ -247,7 +247,8 @@ def test_interrupted_run_resumes_from_its_checkpoint(workdir, tmp_path):
     spec.write_text(f"extends: {EXPERIMENTS_DIR / 'base.yaml'}\n")
     # Killed at its first checkpoint (polled every 0.2 s, a checkpoint every 25 steps), so the resumed
     # run only has to finish a few hundred steps: the resume, not the training, is under test.
-    plan = write_plan(tmp_path, "long", [str(spec)], TINY + ["train.steps=800", "train.checkpoint_every=25"])
+    plan = write_plan(tmp_path, "long", [str(spec)], TINY + ["train.steps=800", "train.checkpoint_every=25",
+                                                          "train.compile=false"])  # (a cold compile is not under test)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     log = open(tmp_path / "first_attempt.log", "w")
     proc = subprocess.Popen([sys.executable, str(REPO / "run_ablation.py"), "--plan", str(plan), "--profile", "cpu",

@@ -210,7 +210,7 @@ def test_killed_ray_worker_fails_its_run_and_a_rerun_finishes_it(services, tmp_p
     spec = tmp_path / "long_ray.yaml"
     spec.write_text(f"extends: {EXPERIMENTS_DIR / 'base.yaml'}\n")
     plan = write_plan(tmp_path, "plan_ray_kill", [str(spec)], TINY + ["train.steps=1000", "train.checkpoint_every=25",
-                                                                 "train.eval_every=500"])
+                                                                 "train.eval_every=500", "train.compile=false"])
     first = start_driver(services, plan, tmp_path / "first.log")
     tr = tracker(services)
     ckpts = services["workdir"] / "checkpoints"
