@@ -567,9 +567,9 @@ class ScriptedExpert:
         close = R.axis_angle_to_matrix(np.asarray(obs["ee_ori"], dtype=np.float64))[:2, 1]
         heading = float(np.arctan2(close[1], close[0]))
         if self._turn_to is None:
-            lo_o, hi_o = self.scene.bounds(st.spec.obj)
-            lo_t, hi_t = self.scene.bounds(st.spec.target_owner)
-            d = (np.asarray(lo_t) + np.asarray(hi_t))[:2] / 2 - (np.asarray(lo_o) + np.asarray(hi_o))[:2] / 2
+            obj = st.spec.obj
+            pos = np.asarray(obs.get(obj + "_pos", self.scene.body_pos(obj)), dtype=np.float64)
+            d = self.scene.target_pos(st.spec.target)[:2] - pos[:2]  # toward where the object goes
             side = 1.0 if close[0] * d[1] - close[1] * d[0] >= 0 else -1.0
             self._turn_to = heading + side * np.radians(self.cfg.turn_deg)
         return _wrap_half_pi(self._turn_to - heading)
