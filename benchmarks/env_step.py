@@ -7,6 +7,10 @@
 2. the stock env: LiberoEnv.step through robosuite's env.step (--set sim.fast=false);
 3. the fast env: LiberoEnv.step through ablation.sim.fast_step (sim.fast, the default).
 
+Each round also times the reset before each env's steps (LiberoEnv.reset_to: LIBERO's hard reset, or
+the fast env's model reuse, ablation.sim.fast_reset), and the last line prices a whole episode of
+--episode-steps steps (a reset plus the steps) both ways.
+
 Each round runs --steps steps of each, interleaved (physics, stock, fast, physics, ...), from the
 same init state with the same random actions (the stock and fast episodes are checked to end in the
 same state, bit for bit); each one's fastest round is kept, so a burst of load elsewhere on a shared
@@ -51,6 +55,8 @@ def main() -> None:
     ap.add_argument("--task", type=int, default=0)
     ap.add_argument("--steps", type=int, default=60, help="env steps per round and path")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--episode-steps", type=int, default=200,
+                    help="steps of the episode priced on the last line (the expert solves libero_object 0 in ~190)")
     args = ap.parse_args()
 
     stock = make_env(args.suite, args.task, fast=False)
@@ -82,19 +88,20 @@ def main() -> None:
         for _ in range(substeps):
             mujoco.mj_step(m, d)
 
-    best = {k: (np.inf, np.inf) for k in ("physics", "stock", "fast")}
+    best = {k: (np.inf, np.inf) for k in ("physics", "stock", "fast", "stock_reset", "fast_reset")}
     for r in range(args.rounds):
         best["physics"] = min(best["physics"], _timed(physics, args.steps, physics_setup))
         for name, env in (("stock", stock), ("fast", fast)):
-            env.reset_to(init)
+            best[f"{name}_reset"] = min(best[f"{name}_reset"], _timed(lambda _i, env=env: env.reset_to(init), 1))
             best[name] = min(best[name], _timed(lambda i, env=env: env.step(actions[i]), args.steps))
         if not np.array_equal(stock.sim_state(), fast.sim_state()):
             raise SystemExit(f"round {r}: the fast env's state differs from the stock env's: a bug, not a speed-up")
     stock.close()
     fast.close()
 
-    ms = {k: 1e3 * v[0] / args.steps for k, v in best.items()}
-    wall = {k: 1e3 * v[1] / args.steps for k, v in best.items()}
+    reset_ms = {k: 1e3 * best[f"{k}_reset"][0] for k in ("stock", "fast")}
+    ms = {k: 1e3 * best[k][0] / args.steps for k in ("physics", "stock", "fast")}
+    wall = {k: 1e3 * best[k][1] / args.steps for k in ("physics", "stock", "fast")}
     load = os.getloadavg()[0]
     print(f"{args.suite} task {args.task}, cameras off, {substeps} substeps of {rs.model_timestep * 1e3:g} ms per "
           f"step; best of {args.rounds} rounds x {args.steps} steps; load average {load:.1f} on "
@@ -105,6 +112,12 @@ def main() -> None:
     print(f"fast / stock steps/s: {ms['stock'] / ms['fast']:.2f}x (target >= 2.5x); "
           f"fast cost / physics cost: {ms['fast'] / ms['physics']:.2f}x (target <= 3x); "
           f"stock cost / physics cost: {ms['stock'] / ms['physics']:.2f}x; final states identical")
+    n = args.episode_steps
+    episode = {k: reset_ms[k] + n * ms[k] for k in ("stock", "fast")}
+    print(f"reset CPU ms: stock {reset_ms['stock']:.0f}, fast {reset_ms['fast']:.0f} "
+          f"({reset_ms['stock'] / reset_ms['fast']:.1f}x); a {n}-step episode (reset + steps): stock "
+          f"{episode['stock'] / 1e3:.2f} s, fast {episode['fast'] / 1e3:.2f} s ({episode['stock'] / episode['fast']:.2f}x), "
+          f"raw physics alone {n * ms['physics'] / 1e3:.2f} s")
 
 
 if __name__ == "__main__":

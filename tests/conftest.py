@@ -6,8 +6,11 @@ up in numpy at the seed's magnitudes (no simulator): for data, codec and audit t
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,23 @@ LONG_FILES_FIRST = ("test_plan.py", "test_ray_executor.py", "test_multitask.py",
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
     items.sort(key=lambda it: rank.get(it.path.name, len(rank)))  # stable: each file keeps its own order
+
+
+def cli_here(*args: str) -> subprocess.CompletedProcess:
+    """`run_ablation.py ARGS` run by this process (ablation.cli.main, the script's own entry), with
+    stdout and stderr captured as a subprocess's would be. For tests of what a command does, not of
+    the process around it: a fresh interpreter costs 10-20 s of imports and a new simulator on 2
+    busy cores. Tests of exit codes from a real process, of kills, or of stdout at the file
+    descriptor level keep subprocess.run."""
+    from ablation.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(list(args))
+        except SystemExit as e:  # argparse's usage errors, as the script would exit
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    return subprocess.CompletedProcess(["run_ablation.py", *args], rc, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,15 +1,11 @@
 """The scale audit flags the seed's magnitudes and stays quiet once the actions are normalised."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from ablation.audit import audit
 from ablation.spec import EXPERIMENTS_DIR, resolve_spec
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import cli_here
 
 
 def spec(name, *sets):
@@ -60,16 +56,14 @@ def test_constant_group_is_reported_not_ranked(tmp_path):
 
 
 def test_cli_json_and_table(synthetic_demo_file):
-    cmd = [sys.executable, str(REPO / "run_ablation.py"), "audit", "--spec",
-           str(EXPERIMENTS_DIR / "baseline_rdt.yaml"), "--data", str(synthetic_demo_file)]
-    out = subprocess.run(cmd + ["--json"], capture_output=True, text=True, check=True, cwd=REPO)
+    cmd = ["audit", "--spec", str(EXPERIMENTS_DIR / "baseline_rdt.yaml"), "--data", str(synthetic_demo_file)]
+    out = cli_here(*cmd, "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
     d = json.loads(out.stdout)
     assert d["flagged"] and set(d["groups"]) == {"pos", "rot", "grip"}
-    table = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO).stdout
+    table = cli_here(*cmd).stdout
     assert "WARNING: scale mismatch" in table and "loss dilution factor: 0.078" in table
-    bad = subprocess.run([sys.executable, str(REPO / "run_ablation.py"), "audit", "--spec",
-                          str(EXPERIMENTS_DIR / "baseline_rdt.yaml"), "--data", "missing.hdf5"],
-                         capture_output=True, text=True, cwd=REPO)
+    bad = cli_here("audit", "--spec", str(EXPERIMENTS_DIR / "baseline_rdt.yaml"), "--data", "missing.hdf5")
     assert bad.returncode == 2 and "missing.hdf5: demo file not found" in bad.stderr
     assert "Traceback" not in bad.stderr
 

@@ -100,6 +100,20 @@ def _assert_same_sim(stock, fast, where: str) -> None:
         assert np.array_equal(getattr(d0, name), getattr(d1, name)), f"{where}: MjData.{name} differs"
 
 
+def _assert_same_model(stock, fast, where: str) -> None:
+    """Every MjModel array (meshes and textures included) and option, against the stock reset's fresh
+    compile: the fast reset reuses its model (ablation.sim.fast_reset) and must leave nothing changed."""
+    from ablation.sim.fast_reset import model_arrays
+
+    m0, m1 = stock.sim.model._model, fast.sim.model._model
+    a0, a1 = model_arrays(m0), model_arrays(m1)
+    assert sorted(a0) == sorted(a1) and len(a0) > 100, where
+    for name in a0:
+        assert np.array_equal(a0[name], a1[name]), f"{where}: MjModel.{name} differs"
+    for name in ("timestep", "gravity", "integrator", "cone", "jacobian", "solver", "iterations", "tolerance"):
+        assert np.array_equal(getattr(m0.opt, name), getattr(m1.opt, name)), f"{where}: MjModel.opt.{name} differs"
+
+
 def _assert_same_obs(a: dict, b: dict, where: str) -> None:
     assert sorted(a) == sorted(b), where
     for k in a:
@@ -122,12 +136,17 @@ def test_policy_like_episode_is_bit_identical(env_pairs, suite, task):
     rs0, rs1 = stock.robosuite_env, fast.robosuite_env
     assert rs0.timestep == rs1.timestep and rs0.cur_time == rs1.cur_time
     assert np.array_equal(rs0.robots[0].gripper.current_action, rs1.robots[0].gripper.current_action)
-    # a reset between episodes rebinds the fast step to the new sim: the next episode matches too
+    # a reset between episodes rebinds the fast step to the new sim: the next episode matches too. The
+    # fast env's reset reused the model its first reset compiled, the stock one compiled a new one.
+    reuses = fast._reuse.reuses
     o0, o1 = _reset_both(stock, fast, stock.init_states[2], seed=2)
+    assert fast._reuse.reuses == reuses + 1
+    _assert_same_model(stock, fast, "second reset")
     for t, a in enumerate(_policy_like_actions(10, seed=99)):
         (o0, _), (o1, _) = stock.step(a), fast.step(a)
         _assert_same_obs(o0, o1, f"second episode, step {t}")
     _assert_same_sim(stock, fast, "second episode")
+    _assert_same_model(stock, fast, "second episode")
 
 
 @pytest.mark.sim

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,16 +23,15 @@ from ablation.lerobot_file import FPS, IMAGES, STATE, _library, write_lerobot_da
 from ablation.provenance import file_sha256
 from ablation.spec import resolve_spec, spec_path, with_overrides
 from ablation.workdir import demo_path_for
+from tests.conftest import cli_here
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ["--set", "model.size=tiny", "--set", "train.batch_size=8", "--set", "train.warmup_steps=1",
               "--set", "train.eval_every=1000", "--set", "train.checkpoint_every=1000",
               "--set", "data.action_chunk=4", "--steps", "2"]
 
 
-def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "run_ablation.py"), *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=timeout)
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return cli_here(*args)  # (in this process: what the commands do is under test, not the interpreter)
 
 
 def _with_images(ds: DemoSet, h: int = 8) -> DemoSet:

@@ -218,7 +218,7 @@ def test_tiny_two_task_plan_end_to_end(tmp_path, capsys, expert_demo_file):
                 "train.batch_size=16", "data.action_chunk=8", "rollout.max_steps=60", "rollout.gate_episodes=1"]}))
     wd = tmp_path / "wd"
     seed_workdir_demos(wd, expert_demo_file)  # task 0's demos are the session's; task 1's are made here
-    out = run_plan(str(plan), profile_name="cpu", workdir=wd)
+    out = run_plan(str(plan), profile_name="cpu", workdir=wd, jobs=1)  # (the process pool: test_plan's first_run)
     assert sorted(r.status for r in out.results) == ["FINISHED"] * 4, [r.reason for r in out.results]
     assert out.report_ok
     tr = Tracker.open(default_tracking_uri(wd), "libero-action-ablation")

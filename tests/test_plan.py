@@ -2,7 +2,9 @@
 
 Budgets are tiny (the session's 4 expert demos, a few dozen training steps, 1 short episode), so success
 rates mean nothing here; the tests check the plumbing: runs, nesting, metrics, artifacts, skipping, resuming,
-failure recording, the report and the MLflow UI.
+failure recording, the report and the MLflow UI. `first_run` runs on the profile's pool of 2 spawned workers,
+as a user's plan does; the later plans that re-run its arms pass jobs=1 and run here (a spawned worker costs
+~10 s of imports on a busy core, and the pool is not what they test).
 """
 from __future__ import annotations
 
@@ -130,7 +132,7 @@ def test_an_arm_left_out_by_the_plan_is_left_out_not_missing(first_run, workdir)
 
 def test_rerun_retrains_nothing_and_nests_under_the_same_parent(first_run, workdir):
     plan, first = first_run
-    out = run_plan(str(plan), profile_name="cpu", workdir=workdir)
+    out = run_plan(str(plan), profile_name="cpu", workdir=workdir, jobs=1)
     assert out.parent_run_id == first.parent_run_id
     assert {r.run_id for r in out.results} == {r.run_id for r in first.results}
     assert all(r.status == "FINISHED" and "train" not in r.stage_seconds for r in out.results)
@@ -143,7 +145,7 @@ def test_rerun_with_other_resource_settings_reuses_every_run(first_run, workdir)
     """Workers, threads, compile and logging are how a run executes, not what it computes (spec.NOT_IDENTITY):
     a re-run with them changed retrains nothing, opens no run and keeps the plan's parent."""
     plan, first = first_run
-    out = run_plan(str(plan), profile_name="cpu", workdir=workdir,
+    out = run_plan(str(plan), profile_name="cpu", workdir=workdir, jobs=1,
                    extra_sets=["rollout.workers=2", "train.num_threads=2", "train.compile=false", "train.log_every=5"])
     assert out.parent_run_id == first.parent_run_id
     assert {r.run_id for r in out.results} == {r.run_id for r in first.results}
@@ -182,7 +184,7 @@ def test_runs_of_an_older_workdir_are_found_by_their_legacy_hash(first_run, work
     more["episodes"] = {"looks": [3]}
     bigger = tmp_path / "plan_tiny.yaml"
     bigger.write_text(yaml.safe_dump(more))
-    out = run_plan(str(bigger), profile_name="cpu", workdir=workdir, only=["fix_minmax"])
+    out = run_plan(str(bigger), profile_name="cpu", workdir=workdir, jobs=1, only=["fix_minmax"])
     mine = next(r for r in out.results if r.run_id == run.info.run_id)
     assert mine.status == "FINISHED" and "train" not in mine.stage_seconds, mine.reason
     assert len(tr.find_runs(f"tags.`{TAG_KIND}` = 'spec_run'")) == 4  # nothing new
@@ -194,7 +196,7 @@ def test_runs_of_an_older_workdir_are_found_by_their_legacy_hash(first_run, work
     # rollout.videos=4 on a look that runs init state 3 only: its episode, on video; the same run goes on
     more["episodes"] = {"looks": [4]}
     bigger.write_text(yaml.safe_dump(more))
-    out = run_plan(str(bigger), profile_name="cpu", workdir=workdir, only=["fix_minmax"],
+    out = run_plan(str(bigger), profile_name="cpu", workdir=workdir, jobs=1, only=["fix_minmax"],
                    extra_sets=["rollout.videos=4"], seeds=[0])
     assert [r.run_id for r in out.results] == [run.info.run_id] and "train" not in out.results[0].stage_seconds
     videos = {a.path for a in tr.client.list_artifacts(run.info.run_id, "videos")}
@@ -209,7 +211,7 @@ def test_more_episodes_append_to_the_same_run_without_retraining(first_run, work
     more["episodes"] = {"looks": [3]}
     bigger = tmp_path / "plan_tiny.yaml"  # same plan name, so the same runs (same spec hashes)
     bigger.write_text(yaml.safe_dump(more))
-    out = run_plan(str(bigger), profile_name="cpu", workdir=workdir, only=["baseline_rdt"])
+    out = run_plan(str(bigger), profile_name="cpu", workdir=workdir, jobs=1, only=["baseline_rdt"])
     tr = client_for(workdir)
     for r in out.results:
         assert r.status == "FINISHED" and "train" not in r.stage_seconds

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -22,8 +20,8 @@ from ablation.report.prose import carried
 from ablation.stages import log_episodes
 from ablation.tracking import TAG_KIND, TAG_SEED, TAG_SPEC, Tracker, default_tracking_uri
 from ablation.verdicts import HypothesisVerdict
+from tests.conftest import cli_here
 
-REPO = Path(__file__).resolve().parents[1]
 STATES = 20
 
 
@@ -213,14 +211,12 @@ def test_report_command_finds_the_plan_through_its_parent_run(tracker, tmp_path)
     record_plan(tracker, ["H1_practical"], {
         "baseline_rdt": {"rates": [0, 0, 0]}, "fix_minmax": {"rates": [1, 1, 1]},
         "fix_loss_weight": {"rates": [1, 0.9, 1]}}, name="all")
-    cli = subprocess.run([sys.executable, str(REPO / "run_ablation.py"), "report", "--workdir", str(tmp_path)],
-                         capture_output=True, text=True, cwd=REPO)
+    cli = cli_here("report", "--workdir", str(tmp_path))
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert "## Answer" in cli.stdout and "fix_minmax vs baseline_rdt" in cli.stdout
     empty = tmp_path / "empty"
     empty.mkdir()
-    cli = subprocess.run([sys.executable, str(REPO / "run_ablation.py"), "report", "--workdir", str(empty)],
-                         capture_output=True, text=True, cwd=REPO)
+    cli = cli_here("report", "--workdir", str(empty))
     assert cli.returncode == 2 and cli.stderr.strip().startswith("error: no MLflow store at")
     assert "Traceback" not in cli.stderr
 

@@ -61,7 +61,9 @@ def test_demo_workers_start_only_where_they_pay(monkeypatch):
 
     monkeypatch.setattr(dw, "usable_cpus", lambda: 4)
     assert [dw.default_demo_workers(n) for n in (1, 4, 15, 16, 24, 50, 400)] == [1, 1, 1, 2, 3, 4, 4]
-    assert dw.default_demo_workers(1, images=True) == 4   # renderers are freed only with their process
+    # renderers are freed only with their process (run_attempts starts a worker even for 1), and a
+    # worker beyond one per demo would only render an attempt that is not needed
+    assert [dw.default_demo_workers(n, images=True) for n in (1, 3, 8)] == [1, 3, 4]
     monkeypatch.setattr(dw, "usable_cpus", lambda: 1)
     assert dw.default_demo_workers(50) == 1
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,17 +19,15 @@ from ablation.profiles import load_profile
 from ablation.registry import TAG_ARM, TAG_PROFILE
 from ablation.spec import load_plan
 from ablation.tracking import TAG_KIND, TAG_SEED, TAG_SPEC_HASH, Tracker, default_tracking_uri
-from tests.conftest import EXPERT_DEMOS, seed_workdir_demos
+from tests.conftest import EXPERT_DEMOS, cli_here, seed_workdir_demos
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.size=tiny", "train.steps=6", "train.eval_every=3", "train.log_every=2", "train.batch_size=8",
         "train.warmup_steps=1", "data.action_chunk=8", "rollout.episodes=1", "rollout.max_steps=40",
         "rollout.gate_episodes=0", "train.compile=false"]
 
 
-def cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "run_ablation.py"), *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=timeout)
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return cli_here(*args)  # (in this process: what the commands do is under test, not the interpreter)
 
 
 def as_sets(sets: list[str]) -> list[str]:

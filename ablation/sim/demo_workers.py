@@ -28,10 +28,12 @@ DEMOS_PER_WORKER = 8
 def default_demo_workers(n: int, images: bool = False) -> int:
     """Worker processes for n demos when none are asked for: one per DEMOS_PER_WORKER demos, up to the
     usable CPUs; 1 (this process) below that, where starting workers costs more than it saves. Demos
-    with images always go to worker processes: a closed env does not free its offscreen renderer
-    (measured: +300-500 MB of this process's memory per image-demo run here, ~30-50 MB without images)."""
+    with images always go to worker processes (run_attempts starts one even for 1): a closed env does not free its offscreen renderer
+    (measured: +300-500 MB of this process's memory per image-demo run here, ~30-50 MB without images);
+    at most one per demo, since a worker beyond that only renders an attempt whose success is not needed
+    (~0.33 s of llvmpipe rendering per step for two cameras: a 200-step attempt is over a minute)."""
     if images:
-        return usable_cpus()
+        return max(1, min(usable_cpus(), int(n)))
     return max(1, min(usable_cpus(), int(n) // DEMOS_PER_WORKER))
 
 
@@ -218,10 +220,11 @@ def run_attempts(job: DemoJob, n: int, max_attempts: int, workers: int, min_succ
     index or None), the job's meta (task name, language, benchmark init states, demo meta, coverage
     reason), the number of attempts in the finished prefix)."""
     tally = _Tally(n, max_attempts, min_success_rate, bar, what)
+    here = workers == 1 and not job.images  # image envs render in worker processes, even one (see default_demo_workers)
     try:
-        meta_t = _run_here(job, tally) if workers == 1 else _run_pool(job, tally, workers)
+        meta_t = _run_here(job, tally) if here else _run_pool(job, tally, workers)
     finally:
-        if workers == 1:
+        if here:
             env = _WORKER.pop("env", None)
             _WORKER.clear()
             if env is not None:

@@ -23,6 +23,7 @@ import numpy as np
 from ..episodes import DemoMeta
 from ..noise import silence_third_party
 from ..obs_features import env_obs_to_libero
+from .fast_reset import ModelReuse
 from .fast_step import FastStepper, check_versions
 from .libero_setup import SUITE_MAX_STEPS, LiberoSetupError, check_task, ensure_libero, list_tasks
 
@@ -131,8 +132,12 @@ class LiberoEnv:
             if self._stepper is None:
                 check_versions()
                 self._stepper = FastStepper(self._env.env)
+                self._reuse = ModelReuse(self._env.env).install()
         else:
             self._stepper = None
+            if getattr(self, "_reuse", None) is not None:
+                self._reuse.uninstall()
+            self._reuse = None
 
     # -- scene facts
     @property
