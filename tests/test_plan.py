@@ -23,7 +23,7 @@ import yaml
 from ablation.plan import run_plan
 from ablation.spec import EXPERIMENTS_DIR
 from ablation.tracking import TAG_KIND, TAG_SPEC, TAG_SPEC_HASH, Tracker, default_tracking_uri
-from tests.conftest import EXPERT_DEMOS, RDT_CKPT, seed_workdir_demos
+from tests.conftest import EXPERT_DEMOS, RDT_CKPT, cli_here, seed_workdir_demos
 
 pytestmark = pytest.mark.sim
 REPO = Path(__file__).resolve().parents[1]
@@ -239,9 +239,8 @@ def test_failing_spec_is_recorded_and_the_plan_goes_on(first_run, workdir, tmp_p
         "nan" in run.data.tags["ablation.failure_reason"].lower()
     assert tr.client.get_run(out.parent_run_id).info.status == "FAILED"
     # the CLI exit code says so too (dry run: nothing is re-run, nothing failed -> 0)
-    cli = subprocess.run([sys.executable, str(REPO / "run_ablation.py"), "--plan", str(plan), "--dry-run",
-                          "--profile", "cpu", "--workdir", str(workdir)], capture_output=True, text=True, cwd=REPO)
-    assert cli.returncode == 0 and "failed" in cli.stdout
+    cli = cli_here("--plan", str(plan), "--dry-run", "--profile", "cpu", "--workdir", str(workdir))
+    assert cli.returncode == 0 and "failed" in cli.stdout, (cli.stdout, cli.stderr)
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(workdir, tmp_path):
@@ -249,7 +248,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(workdir, tmp_path):
     spec.write_text(f"extends: {EXPERIMENTS_DIR / 'base.yaml'}\n")
     # Killed at its first checkpoint (polled every 0.2 s, a checkpoint every 25 steps), so the resumed
     # run only has to finish a few hundred steps: the resume, not the training, is under test.
-    plan = write_plan(tmp_path, "long", [str(spec)], TINY + ["train.steps=800", "train.checkpoint_every=25",
+    plan = write_plan(tmp_path, "long", [str(spec)], TINY + ["train.steps=400", "train.checkpoint_every=25",
                                                           "train.compile=false"])  # (a cold compile is not under test)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     log = open(tmp_path / "first_attempt.log", "w")
@@ -267,7 +266,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(workdir, tmp_path):
     log.close()
     assert bundle is not None, "no checkpoint before the deadline:\n" + (tmp_path / "first_attempt.log").read_text()[-3000:]
     done_step = int(bundle.name.split("_")[1])
-    assert 0 < done_step < 800
+    assert 0 < done_step < 400
     tr = client_for(workdir)
     runs = tr.find_runs(f"tags.`{TAG_SPEC}` = 'long'")
     assert len(runs) == 1 and runs[0].info.status == "RUNNING"
@@ -283,7 +282,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(workdir, tmp_path):
     assert len(runs) == 1 and runs[0].info.run_id == out.results[0].run_id and runs[0].info.status == "FINISHED"
     import json
     meta = json.loads(next((ckpts).glob("long-seed0-*/checkpoints/step_*/meta.json")).read_text())
-    assert meta["step"] == 800 and meta.get("resumed_from") == done_step
+    assert meta["step"] == 400 and meta.get("resumed_from") == done_step
 
 
 def _free_port() -> int:
