@@ -121,12 +121,23 @@ EXPERT_DEMOS = 4  # demos in `expert_demo_file`: plan and tune tests set data.n_
 
 
 @pytest.fixture(scope="session")
-def expert_demo_file(tmp_path_factory) -> Path:
-    """Four DART demos of libero_object task 0 from the scripted expert in the real simulator."""
+def expert_demo_file(tmp_path_factory, worker_id) -> Path:
+    """Four DART demos of libero_object task 0 from the scripted expert in the real simulator. Made once
+    per test run: under pytest-xdist the first worker to ask makes it in the run's shared temp folder
+    (the parent of every worker's basetemp, new for each run) while the others wait on a file lock,
+    instead of each worker spending ~30 s of a core on the same file. Tests copy it, never write it."""
+    from ablation.locks import file_lock
     from ablation.sim.demos import generate_demos
 
-    out = tmp_path_factory.mktemp("expert_demos") / "libero_object_task0.hdf5"
-    return generate_demos("libero_object", 0, n=EXPERT_DEMOS, out=out, seed=0)
+    if worker_id == "master":  # not under xdist: this process is the whole run
+        out = tmp_path_factory.mktemp("expert_demos") / "libero_object_task0.hdf5"
+        return generate_demos("libero_object", 0, n=EXPERT_DEMOS, out=out, seed=0)
+    shared = tmp_path_factory.getbasetemp().parent / "expert_demos"
+    out = shared / "libero_object_task0.hdf5"
+    with file_lock(shared / "make.lock"):
+        if not out.is_file():  # (generate_demos writes to a temporary name, then renames)
+            generate_demos("libero_object", 0, n=EXPERT_DEMOS, out=out, seed=0)
+    return out
 
 
 def seed_workdir_demos(workdir: Path, expert_demo_file: Path) -> Path:
