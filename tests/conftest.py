@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import subprocess
@@ -45,11 +46,16 @@ def cli_here(*args: str) -> subprocess.CompletedProcess:
     from ablation.cli import main
 
     out, err = io.StringIO(), io.StringIO()
+    log = logging.getLogger("ablation")
+    before = list(log.handlers), log.level
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             rc = main(list(args))
         except SystemExit as e:  # argparse's usage errors, as the script would exit
             rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        finally:  # the command's stderr handler and level end with it, as they would with its process
+            log.handlers[:] = before[0]
+            log.setLevel(before[1])
     return subprocess.CompletedProcess(["run_ablation.py", *args], rc, out.getvalue(), err.getvalue())
 
 
