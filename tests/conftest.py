@@ -135,10 +135,10 @@ def expert_demo_file(tmp_path_factory, worker_id) -> Path:
     from ablation.locks import file_lock
     from ablation.sim.demos import generate_demos
 
-    if worker_id == "master":  # not under xdist: this process is the whole run
-        out = tmp_path_factory.mktemp("expert_demos") / "libero_object_task0.hdf5"
-        return generate_demos("libero_object", 0, n=EXPERT_DEMOS, out=out, seed=0)
-    shared = tmp_path_factory.getbasetemp().parent / "expert_demos"
+    # Not under xdist, this process is the whole run and its own basetemp the run's folder; under xdist,
+    # the basetemp's parent is (the workers' basetemps are popen-gwN inside it).
+    run_dir = tmp_path_factory.getbasetemp()
+    shared = (run_dir if worker_id == "master" else run_dir.parent) / "expert_demos"
     out = shared / "libero_object_task0.hdf5"
     with file_lock(shared / "make.lock"):
         if not out.is_file():  # (generate_demos writes to a temporary name, then renames)

@@ -8,7 +8,6 @@ the doctor (with Gate A in LIBERO), a short training and a replay.
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,8 +29,7 @@ TINY_TRAIN = ["--set", "model.size=tiny", "--set", "train.batch_size=8", "--set"
               "--set", "data.action_chunk=4", "--steps", "2"]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return cli_here(*args)  # (in this process: what the commands do is under test, not the interpreter)
+cli = cli_here  # (in this process: what the commands do is under test, not the interpreter)
 
 
 def _with_images(ds: DemoSet, h: int = 8) -> DemoSet:

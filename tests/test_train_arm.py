@@ -6,7 +6,6 @@ Real sqlite MLflow store, real tiny training (a few steps of the tiny model, com
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -26,8 +25,7 @@ TINY = ["model.size=tiny", "train.steps=6", "train.eval_every=3", "train.log_eve
         "rollout.gate_episodes=0", "train.compile=false"]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return cli_here(*args)  # (in this process: what the commands do is under test, not the interpreter)
+cli = cli_here  # (in this process: what the commands do is under test, not the interpreter)
 
 
 def as_sets(sets: list[str]) -> list[str]:

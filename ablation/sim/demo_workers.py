@@ -28,10 +28,11 @@ DEMOS_PER_WORKER = 8
 def default_demo_workers(n: int, images: bool = False) -> int:
     """Worker processes for n demos when none are asked for: one per DEMOS_PER_WORKER demos, up to the
     usable CPUs; 1 (this process) below that, where starting workers costs more than it saves. Demos
-    with images always go to worker processes (run_attempts starts one even for 1): a closed env does not free its offscreen renderer
-    (measured: +300-500 MB of this process's memory per image-demo run here, ~30-50 MB without images);
-    at most one per demo, since a worker beyond that only renders an attempt whose success is not needed
-    (~0.33 s of llvmpipe rendering per step for two cameras: a 200-step attempt is over a minute)."""
+    with images always go to worker processes (run_attempts starts one even for 1): a closed env does
+    not free its offscreen renderer (measured: +300-500 MB of this process's memory per image-demo run
+    here, ~30-50 MB without images). At most one per demo: a worker beyond that only renders an attempt
+    whose success is not needed (~0.33 s of llvmpipe rendering per step for two cameras: a 200-step
+    attempt is over a minute)."""
     if images:
         return max(1, min(usable_cpus(), int(n)))
     return max(1, min(usable_cpus(), int(n) // DEMOS_PER_WORKER))

@@ -118,6 +118,7 @@ class LiberoEnv:
         self._raw: dict | None = None
         self._reset_done = False
         self._stepper: FastStepper | None = None
+        self._reuse: ModelReuse | None = None
         self.fast = fast
 
     @property
@@ -135,7 +136,7 @@ class LiberoEnv:
                 self._reuse = ModelReuse(self._env.env).install()
         else:
             self._stepper = None
-            if getattr(self, "_reuse", None) is not None:
+            if self._reuse is not None:
                 self._reuse.uninstall()
             self._reuse = None
 
