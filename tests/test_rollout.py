@@ -195,29 +195,24 @@ def test_a_second_run_in_a_process_creates_no_env(monkeypatch):
     assert len(made) == 1
 
 
-def test_pool_keeps_its_workers_across_runs():
-    from ablation.rollout_pool import RolloutPool
-
-    with RolloutPool(2) as pool:
-        assert pool.warm(SUITE, TASK) > 0
-        pids = sorted(w.proc.pid for w in pool._procs)
-        r1 = pool.run(ZeroPolicy, SUITE, TASK, 3, replan_every=4, max_steps=3, wait_steps=0)
-        r2 = pool.run(ZeroPolicy, SUITE, TASK, [5, 4], replan_every=4, max_steps=3, wait_steps=0)
-        assert sorted(w.proc.pid for w in pool._procs) == pids
-    assert [e.episode for e in r1.episodes] == [0, 1, 2] and [e.episode for e in r2.episodes] == [5, 4]
-    assert all(e.error is None and e.steps == 3 for e in r1.episodes + r2.episodes)
-    assert r1.workers == 2
-
-
-def test_busy_workers_take_episodes_up_to_their_quota_in_lockstep():
-    """10 equal episodes, 2 workers, 4 in lockstep: 5 each (not 4 + 2 for one and 4 for the other, which
-    would simulate 6 episodes' steps in one process while the other idles)."""
+def test_pool_keeps_its_workers_and_busy_ones_take_episodes_up_to_their_quota_in_lockstep():
+    """One pool through several runs: the same worker processes serve every run (warmed once), and with
+    10 equal episodes, 2 workers, 4 in lockstep, each takes 5 (not 4 + 2 for one and 4 for the other,
+    which would simulate 6 episodes' steps in one process while the other idles). One test, one pool:
+    each pool start costs its workers' imports and env builds (~10 CPU-s a worker)."""
     from collections import Counter
 
     from ablation.rollout_pool import RolloutPool
 
     with RolloutPool(2) as pool:
-        pool.warm(SUITE, TASK, envs=4, policy_imports=False)
+        assert pool.warm(SUITE, TASK, envs=4, policy_imports=False) > 0
+        pids = sorted(w.proc.pid for w in pool._procs)
+        r1 = pool.run(ZeroPolicy, SUITE, TASK, 3, replan_every=4, max_steps=3, wait_steps=0)
+        r2 = pool.run(ZeroPolicy, SUITE, TASK, [5, 4], replan_every=4, max_steps=3, wait_steps=0)
+        assert sorted(w.proc.pid for w in pool._procs) == pids
+        assert [e.episode for e in r1.episodes] == [0, 1, 2] and [e.episode for e in r2.episodes] == [5, 4]
+        assert all(e.error is None and e.steps == 3 for e in r1.episodes + r2.episodes)
+        assert r1.workers == 2
         pool.run(BatchPolicy, SUITE, TASK, 2, replan_every=4, max_steps=2, wait_steps=0)  # both workers through a run
         # long enough that both workers are usually ready (policy built) before either runs out of work: an
         # idle worker rightly takes more, and that is not what this test is about. On a loaded machine (the
@@ -230,6 +225,7 @@ def test_busy_workers_take_episodes_up_to_their_quota_in_lockstep():
             splits.append(sorted(Counter(e.worker_pid for e in r.episodes).values()))
             if splits[-1] == [5, 5]:
                 break
+        assert sorted(w.proc.pid for w in pool._procs) == pids
     assert [5, 5] in splits, splits
 
 

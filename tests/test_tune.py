@@ -75,7 +75,7 @@ def test_three_trial_study_with_pruning(tmp_path, monkeypatch, expert_demo_file)
 
 def test_two_concurrent_tune_processes_share_one_study(tmp_path, expert_demo_file):
     seed_workdir_demos(tmp_path, expert_demo_file)
-    cmd = [sys.executable, str(REPO / "run_ablation.py"), "tune", "--spec", str(SPEC), "--trials", "2",
+    cmd = [sys.executable, str(REPO / "run_ablation.py"), "tune", "--spec", str(SPEC), "--trials", "1",
            "--study", "shared", "--workdir", str(tmp_path), "--no-reeval"]
     for s in TINY:
         cmd += ["--set", s]
@@ -85,8 +85,8 @@ def test_two_concurrent_tune_processes_share_one_study(tmp_path, expert_demo_fil
     assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
     study = optuna.load_study(study_name="shared", storage=tune_mod.default_storage(tmp_path))
     numbers = [t.number for t in study.trials]
-    assert sorted(numbers) == [0, 1, 2, 3]
+    assert sorted(numbers) == [0, 1]  # one trial each, numbered from one shared sequence
     tr = Tracker.open(default_tracking_uri(tmp_path), "libero-action-ablation")
     runs = tr.find_runs(f"tags.`{TAG_KIND}` = 'trial'")
-    assert sorted(int(r.data.tags["optuna.trial"]) for r in runs) == [0, 1, 2, 3]
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in runs) == [0, 1]
     assert len(tr.find_runs(f"tags.`{TAG_KIND}` = 'study'")) == 1

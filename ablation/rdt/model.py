@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import warnings
 from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -29,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from ..noise_schedule import BETA_SCHEDULES, DPMSolverPP, NoiseSchedule
 
 Reduction = Literal["rdt_mean", "masked_mean", "none"]
 
@@ -121,6 +122,9 @@ class RDTConfig:
                              f"{_pos_config_len(self.lang_pos_embed_config)} tokens, max_lang_cond_len is {self.max_lang_cond_len}")
         if self.prediction_type not in ("sample", "epsilon"):
             raise ValueError(f"prediction_type must be 'sample' or 'epsilon', got {self.prediction_type!r}")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"noise_scheduler.beta_schedule {self.beta_schedule!r} is not supported; "
+                             f"use one of {', '.join(BETA_SCHEDULES)}")
         for name in ("lang_adaptor", "img_adaptor", "state_adaptor"):
             _parse_adaptor(getattr(self, name))
 
@@ -547,10 +551,8 @@ class RDTRunner(nn.Module):
         if init_weights and not self.model.x_pos_embed.is_meta:
             self.initialize_weights()
         self.to(dtype)
-        # Plain attributes, not submodules: schedulers hold no weights and must not enter state_dict.
-        self.noise_scheduler = DDPMScheduler(
-            num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
-            prediction_type=config.prediction_type, clip_sample=config.clip_sample)
+        # A plain attribute, not a submodule: the schedule holds no weights and must not enter state_dict.
+        self.noise_scheduler = NoiseSchedule(config.num_train_timesteps, config.beta_schedule)
 
     # ---- construction helpers --------------------------------------------------------------
 
@@ -575,22 +577,11 @@ class RDTRunner(nn.Module):
         """Recompute each block in backward: activation memory O(depth) -> O(1) blocks, ~30% slower."""
         self.model.gradient_checkpointing = enabled
 
-    def make_sampler(self, num_inference_steps: Optional[int] = None):
-        """A fresh DPM-Solver++ (2M, diffusers defaults pinned) with timesteps set; fresh per call
-        because the scheduler keeps per-trajectory state."""
-        from diffusers import DPMSolverMultistepScheduler
-
-        sampler = DPMSolverMultistepScheduler(
-            num_train_timesteps=self.config.num_train_timesteps, beta_schedule=self.config.beta_schedule,
-            prediction_type=self.config.prediction_type,
-            # Pinned to the diffusers 0.27 defaults the official checkpoints were evaluated with.
-            solver_order=2, algorithm_type="dpmsolver++", solver_type="midpoint", lower_order_final=True,
-            final_sigmas_type="zero", timestep_spacing="linspace", use_karras_sigmas=False)
-        with warnings.catch_warnings():
-            # diffusers' set_timesteps trips a numpy-2 copy= DeprecationWarning on every call.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            sampler.set_timesteps(num_inference_steps or self.config.num_inference_timesteps)
-        return sampler
+    def make_sampler(self, num_inference_steps: Optional[int] = None) -> DPMSolverPP:
+        """A fresh DPM-Solver++ (2M, midpoint, the diffusers 0.27 defaults the official checkpoints were
+        evaluated with: ablation/noise_schedule.py); fresh per call because it keeps per-trajectory state."""
+        return DPMSolverPP(self.noise_scheduler, num_inference_steps or self.config.num_inference_timesteps,
+                           prediction_type=self.config.prediction_type)
 
     # ---- parameter groups --------------------------------------------------------------------
 
@@ -755,7 +746,7 @@ class RDTRunner(nn.Module):
                                       lang_cond, img_cond, lang_mask=lang_attn_mask)  # (B, T, A)
             if callback is not None:
                 callback(step, t, x, model_output)
-            x = sampler.step(model_output, t, x).prev_sample.to(self.dtype)
+            x = sampler.step(model_output, t, x).to(self.dtype)
         return x * mask
 
     @torch.no_grad()
