@@ -4,8 +4,8 @@ Both policies (ours in ablation/policy.py, the official-layout RDT in ablation/r
 DDPM noising and sample with 2nd-order multistep DPM-Solver++, configured as the official RDT was
 evaluated (diffusers 0.27's defaults): midpoint solver, first-order last step, a final sigma of zero,
 "linspace" timestep spacing. This module is that one configuration, written out, so that a process
-which builds a policy does not import diffusers: `diffusers.utils` imports `torch._dynamo`, ~2.3 CPU-s (measured) in
-every spawned rollout, plan, tuning and Ray worker. tests/test_noise_schedule.py checks it against
+which builds a policy does not import diffusers: `diffusers.utils` imports `torch._dynamo`, ~2.3 CPU-s
+(measured) in every spawned rollout, plan, tuning and Ray worker. tests/test_noise_schedule.py checks it against
 diffusers' schedulers bit for bit.
 
 The arithmetic keeps diffusers' order of operations and dtypes (float32 schedule tables, 0-d float32
