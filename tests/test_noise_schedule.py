@@ -84,7 +84,8 @@ def test_steps_out_of_order_and_unsupported_settings_are_clear_errors():
 
 
 def test_a_spec_with_as_many_sampling_steps_as_training_timesteps_is_refused():
-    with pytest.raises(SpecError, match=r"model.num_inference_steps \(10\) must be below model.num_train_timesteps \(10\)"):
+    msg = r"model.num_inference_steps \(10\) must be below model.num_train_timesteps \(10\)"
+    with pytest.raises(SpecError, match=msg):
         resolve_spec(spec_path("fix_minmax"), ["model.num_train_timesteps=10", "model.num_inference_steps=10"])
 
 
