@@ -50,6 +50,8 @@ class NoiseSchedule:
         self.beta_schedule = beta_schedule
         self.betas = _betas(self.num_train_timesteps, beta_schedule)
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        # noise-to-signal ratio per timestep, the sampler's table (made once, not per sample)
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """sqrt(a_t) x0 + sqrt(1 - a_t) noise, with a_t per batch row (t: (B,) integer timesteps)."""
@@ -62,6 +64,11 @@ def _alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """sigma = sqrt((1 - a) / a) -> (sqrt(a), sqrt(1 - a)), the signal and noise scales."""
     alpha = 1 / ((sigma ** 2 + 1) ** 0.5)
     return alpha, sigma * alpha
+
+
+def _log_snr(alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """lambda = log(alpha / sigma), DPM-Solver's time variable."""
+    return torch.log(alpha) - torch.log(sigma)
 
 
 class DPMSolverPP:
@@ -77,8 +84,7 @@ class DPMSolverPP:
         self.prediction_type = prediction_type
         # n+1 evenly spaced points on [0, T-1], rounded, from the noisiest; the last (0) is not stepped from
         self.timesteps = torch.from_numpy(np.linspace(0, T - 1, n + 1).round()[::-1][:-1].copy().astype(np.int64))
-        all_sigmas = (((1 - schedule.alphas_cumprod) / schedule.alphas_cumprod) ** 0.5).numpy()
-        self.sigmas = torch.from_numpy(np.concatenate([all_sigmas[self.timesteps.numpy()], [0.0]]).astype(np.float32))
+        self.sigmas = torch.cat([schedule.sigmas[self.timesteps], torch.zeros(1)])
         self._i = 0
         self._prev_x0: torch.Tensor | None = None
 
@@ -87,25 +93,16 @@ class DPMSolverPP:
         i = self._i
         if i >= len(self.timesteps) or int(t) != int(self.timesteps[i]):
             raise RuntimeError(f"step {i} got timestep {int(t)}; expected {self.timesteps.tolist()[i:]} in order")
-        x0 = model_output
-        if self.prediction_type == "epsilon":
-            alpha, sigma = _alpha_sigma(self.sigmas[i])
-            x0 = (sample - sigma * model_output) / alpha
-        x = sample.to(torch.float32)
-        alpha_t, sigma_t = _alpha_sigma(self.sigmas[i + 1])
         alpha_s0, sigma_s0 = _alpha_sigma(self.sigmas[i])
-        lambda_t = torch.log(alpha_t) - torch.log(sigma_t)  # +inf at the final sigma of 0: exp(-h) = 0
-        lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
-        h = lambda_t - lambda_s0
-        last = i == len(self.timesteps) - 1
-        if self._prev_x0 is None or last:  # first order: the first step, and the last (the final sigma is 0)
-            out = (sigma_t / sigma_s0) * x - (alpha_t * (torch.exp(-h) - 1.0)) * x0
-        else:
-            alpha_s1, sigma_s1 = _alpha_sigma(self.sigmas[i - 1])
-            lambda_s1 = torch.log(alpha_s1) - torch.log(sigma_s1)
-            r0 = (lambda_s0 - lambda_s1) / h
-            d1 = (1.0 / r0) * (x0 - self._prev_x0)
-            out = ((sigma_t / sigma_s0) * x - (alpha_t * (torch.exp(-h) - 1.0)) * x0
-                   - 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) * d1)
+        x0 = model_output if self.prediction_type == "sample" else (sample - sigma_s0 * model_output) / alpha_s0
+        alpha_t, sigma_t = _alpha_sigma(self.sigmas[i + 1])
+        lambda_s0 = _log_snr(alpha_s0, sigma_s0)
+        h = _log_snr(alpha_t, sigma_t) - lambda_s0  # +inf into the final sigma of 0: exp(-h) = 0
+        e = alpha_t * (torch.exp(-h) - 1.0)
+        out = (sigma_t / sigma_s0) * sample.to(torch.float32) - e * x0  # first order
+        # second order from the previous x0, except on the first step and the last (the final sigma is 0)
+        if self._prev_x0 is not None and i < len(self.timesteps) - 1:
+            r0 = (lambda_s0 - _log_snr(*_alpha_sigma(self.sigmas[i - 1]))) / h
+            out = out - 0.5 * e * ((1.0 / r0) * (x0 - self._prev_x0))
         self._prev_x0, self._i = x0, i + 1
         return out.to(x0.dtype)

@@ -51,12 +51,10 @@ def test_noise_schedule_and_add_noise_match_ddpm(schedule, T):
 @pytest.mark.parametrize("schedule", BETA_SCHEDULES)
 @pytest.mark.parametrize("T,n", [(1000, 5), (1000, 1), (1000, 2), (1000, 3), (1000, 25), (100, 10), (10, 9)])
 def test_dpm_solver_trajectories_match_diffusers_bit_for_bit(prediction_type, schedule, T, n):
-    ref = reference_sampler(T, schedule, prediction_type, n)
-    ours = DPMSolverPP(NoiseSchedule(T, schedule), n, prediction_type)
-    assert torch.equal(ours.timesteps, ref.timesteps) and torch.equal(ours.sigmas, ref.sigmas)
     for dtype in (torch.float32, torch.bfloat16):  # RDT samples in its parameters' dtype
         ref = reference_sampler(T, schedule, prediction_type, n)
         ours = DPMSolverPP(NoiseSchedule(T, schedule), n, prediction_type)
+        assert torch.equal(ours.timesteps, ref.timesteps) and torch.equal(ours.sigmas, ref.sigmas)
         x_ref = x_ours = torch.randn(3, 8, 7, generator=torch.Generator().manual_seed(n)).to(dtype)
         for t in ours.timesteps:
             x_ref = ref.step(fake_network(x_ref, t, dtype), t, x_ref).prev_sample

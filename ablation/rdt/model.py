@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..noise_schedule import BETA_SCHEDULES, DPMSolverPP, NoiseSchedule
+from ..noise_schedule import BETA_SCHEDULES, PREDICTION_TYPES, DPMSolverPP, NoiseSchedule
 
 Reduction = Literal["rdt_mean", "masked_mean", "none"]
 
@@ -120,8 +120,8 @@ class RDTConfig:
         if self.lang_pos_embed_config and _pos_config_len(self.lang_pos_embed_config) != self.max_lang_cond_len:
             raise ValueError(f"lang_pos_embed_config {self.lang_pos_embed_config} covers "
                              f"{_pos_config_len(self.lang_pos_embed_config)} tokens, max_lang_cond_len is {self.max_lang_cond_len}")
-        if self.prediction_type not in ("sample", "epsilon"):
-            raise ValueError(f"prediction_type must be 'sample' or 'epsilon', got {self.prediction_type!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         if self.beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"noise_scheduler.beta_schedule {self.beta_schedule!r} is not supported; "
                              f"use one of {', '.join(BETA_SCHEDULES)}")
