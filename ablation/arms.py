@@ -115,6 +115,17 @@ class ResolvedPlan:
         """Every run of the plan: arm x seed, times the arm's tasks in a multi-task plan."""
         return [RunUnit(a, s, t) for a in self.arms.values() for t in (a.tasks or (None,)) for s in a.seeds]
 
+    def dispatch_order(self) -> list[RunUnit]:
+        """The units in the order a look hands them to the workers: round-robin over (arm, task), so the
+        runs that start together belong to different arms. An arm's runs share one Gate A (cached per
+        codec and task, computed by the first run that gets there); in units() order an arm's seeds
+        started together and, with 2 or more jobs, each computed that gate itself."""
+        groups: dict[tuple, list[RunUnit]] = {}
+        for u in self.units():
+            groups.setdefault((u.arm.name, u.task), []).append(u)
+        rounds = max((len(g) for g in groups.values()), default=0)
+        return [g[i] for i in range(rounds) for g in groups.values() if i < len(g)]
+
 
 def plan_tasks(plan: Plan, sets: list[str]) -> tuple[str | tuple[int, ...] | None, list[str]]:
     """The plan's tasks and the sets left for the specs. A `data.task=` set whose value is a list or

@@ -233,7 +233,7 @@ def run_looks(ctx: PlanContext, book: PlanBook, dispatcher, demo_for: DemoFor,
     previous: dict = {}
     worker_s: dict[str, float] = {}  # summed over every look, for the time breakdown
     for k, look in enumerate(looks):
-        jobs = [look_job(ctx, u, run_ids[u.key], demo_for[(u.arm.name, u.task)], look) for u in rp.units()
+        jobs = [look_job(ctx, u, run_ids[u.key], demo_for[(u.arm.name, u.task)], look) for u in rp.dispatch_order()
                 if u.key in active and isinstance(demo_for[(u.arm.name, u.task)], Path)]
         label = f"look {k + 1}/{len(looks)}" + (f" ({look} episodes)" if look else "")
         log.info(f"[plan] {label}: {len(jobs)} run(s), {dispatcher.parallelism}")

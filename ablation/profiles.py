@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 
 import yaml
@@ -32,8 +33,17 @@ class Profile:
     costs: StageCosts | None = None
 
 
+# Device nodes a GPU that torch.cuda can use shows up as: NVIDIA's, WSL2's GPU paravirtualisation and
+# ROCm's (torch.cuda on AMD). Where none exists torch.cuda.is_available() is False.
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd")
+
+
 def detect_device() -> str:
-    """`cuda` where torch sees a GPU, else `cpu` (also when torch is missing)."""
+    """`cuda` where torch sees a GPU, else `cpu` (also when torch is missing). On a machine with no GPU
+    device node the answer is `cpu` without importing torch: the plan driver and the tuner tag runs with
+    the device before anything else needs torch (~2 CPU-s of imports each on a busy core)."""
+    if "torch" not in sys.modules and not any(os.path.exists(p) for p in GPU_DEVICE_NODES):
+        return "cpu"
     try:
         import torch
 

@@ -43,7 +43,7 @@ class GateStage(Stage):
         spec = ctx.spec
         g = replay_gate(spec, ctx.demo_path, episodes=ctx.gate_episodes, cache_dir=ctx.gate_dir, demos=ctx.demos())
         m = {"gate/replay_success_rate": float(g.success_rate), "gate/replay_episodes": float(g.n),
-             "time/gate_s": time.time() - t0}
+             "gate/cached": float(g.cached), "time/gate_s": time.time() - t0}
         err = None
         if g.success_rate < self.min_success:
             err = GateFailed(f"Gate A failed: replaying the demos through codec {spec.codec.representation}/"

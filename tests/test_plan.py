@@ -101,6 +101,10 @@ def test_tiny_plan_end_to_end(first_run, workdir):
         # every look's episodes are in one per-episode record, on the paired init states 0..n-1
         eps = episodes_of(tr, run.info.run_id)
         assert sorted(e["init_state"] for e in eps) == list(range(len(eps))) and len(eps) in (1, 2)
+    # two runs per arm on 2 workers, dispatched round-robin over the arms: each arm's Gate A is replayed
+    # once and read from the cache by its other run (arm-major order started both seeds together)
+    replayed = sorted(r.data.tags[TAG_SPEC] for r in children if r.data.metrics["gate/cached"] == 0.0)
+    assert replayed == ["baseline_rdt", "fix_minmax"], replayed
     assert (workdir / "report" / "report.html").is_file() and (workdir / "report" / "report.md").is_file()
     assert {a.path for a in c.list_artifacts(out.parent_run_id, "report")} >= {"report/report.md", "report/report.html"}
     assert "plan.json" in {a.path for a in c.list_artifacts(out.parent_run_id)}

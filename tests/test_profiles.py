@@ -27,6 +27,21 @@ def test_auto_picks_cpu_without_cuda(caplog):
     assert "profile auto -> cpu" in caplog.text
 
 
+
+@pytest.mark.parametrize("nodes, imports_torch", [(("/nonexistent/nvidia0",), False), (("/dev/null",), True)])
+def test_device_detection_imports_torch_only_where_a_gpu_node_exists(nodes, imports_torch):
+    """The plan driver tags runs with detect_device() before anything else needs torch: with no GPU
+    device node the answer is cpu without the import; with one, torch.cuda decides (cpu here)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ablation.profiles as p; p.GPU_DEVICE_NODES = %r; d = p.detect_device(); "
+            "print(d, 'torch' in sys.modules)" % (nodes,))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    want = ("cuda" if torch.cuda.is_available() else "cpu") if imports_torch else "cpu"
+    assert out.stdout.split() == [want, str(imports_torch)], out.stdout
+
 def test_cpu_profile():
     p = load_profile("cpu")
     assert p.jobs == 2

@@ -69,6 +69,19 @@ def checkpoint(expert_demo_file, tmp_path_factory) -> str:
     return str(train(spec, expert_demo_file, tmp_path_factory.mktemp("tiny"), progress=False).checkpoint_dir)
 
 
+@pytest.fixture(scope="module")
+def pool2():
+    """This process's shared pool of 2 rollout workers (rollout_pool.shared_pool, the one the plan's and
+    the tuner's runs use), for every pool test of this module that does not kill a worker: each pool
+    start costs its workers' imports and env builds (~10 CPU-s a worker on a busy core). Called, it gives
+    the live pool (started again if a test closed it)."""
+    from ablation.rollout_pool import close_shared_pools, shared_pool
+
+    close_shared_pools()
+    yield lambda: shared_pool(2)
+    close_shared_pools()
+
+
 def _factory(checkpoint: str):
     import functools
 
@@ -79,10 +92,10 @@ def _factory(checkpoint: str):
 
 # ----------------------------------------------------------------------------- reproducibility
 
-def test_outcomes_do_not_depend_on_workers_or_earlier_episodes(checkpoint):
+def test_outcomes_do_not_depend_on_workers_or_earlier_episodes(checkpoint, pool2):
     fac = _factory(checkpoint)
     serial = run_rollouts(fac, SUITE, TASK, [0, 1, 2], **SHORT)
-    parallel = run_rollouts(fac, SUITE, TASK, [0, 1, 2], workers=2, **SHORT)
+    parallel = run_rollouts(fac, SUITE, TASK, [0, 1, 2], pool=pool2(), **SHORT)  # (a pool for one call: test_sim)
     alone = run_rollouts(fac, SUITE, TASK, [2, 1], **SHORT)  # other order, no episode 0 before them
     assert serial.workers == 1 and parallel.workers == 2
     assert all(e.error is None and e.steps == 40 for e in serial.episodes)
@@ -195,41 +208,38 @@ def test_a_second_run_in_a_process_creates_no_env(monkeypatch):
     assert len(made) == 1
 
 
-def test_pool_keeps_its_workers_and_busy_ones_take_episodes_up_to_their_quota_in_lockstep():
+def test_pool_keeps_its_workers_and_busy_ones_take_episodes_up_to_their_quota_in_lockstep(pool2):
     """One pool through several runs: the same worker processes serve every run (warmed once), and with
     10 equal episodes, 2 workers, 4 in lockstep, each takes 5 (not 4 + 2 for one and 4 for the other,
-    which would simulate 6 episodes' steps in one process while the other idles). One test, one pool:
-    each pool start costs its workers' imports and env builds (~10 CPU-s a worker)."""
+    which would simulate 6 episodes' steps in one process while the other idles)."""
     from collections import Counter
 
-    from ablation.rollout_pool import RolloutPool
-
-    with RolloutPool(2) as pool:
-        assert pool.warm(SUITE, TASK, envs=4, policy_imports=False) > 0
-        pids = sorted(w.proc.pid for w in pool._procs)
-        r1 = pool.run(ZeroPolicy, SUITE, TASK, 3, replan_every=4, max_steps=3, wait_steps=0)
-        r2 = pool.run(ZeroPolicy, SUITE, TASK, [5, 4], replan_every=4, max_steps=3, wait_steps=0)
-        assert sorted(w.proc.pid for w in pool._procs) == pids
-        assert [e.episode for e in r1.episodes] == [0, 1, 2] and [e.episode for e in r2.episodes] == [5, 4]
-        assert all(e.error is None and e.steps == 3 for e in r1.episodes + r2.episodes)
-        assert r1.workers == 2
-        pool.run(BatchPolicy, SUITE, TASK, 2, replan_every=4, max_steps=2, wait_steps=0)  # both workers through a run
-        # long enough that both workers are usually ready (policy built) before either runs out of work: an
-        # idle worker rightly takes more, and that is not what this test is about. On a loaded machine (the
-        # suite runs on two pytest workers) one worker can still be late to report ready, so the split is
-        # measured up to three times; the quota must show in at least one, and every episode must finish.
-        splits = []
-        for _ in range(3):
-            r = pool.run(BatchPolicy, SUITE, TASK, 10, replan_every=4, max_steps=30, wait_steps=0, batch=4)
-            assert all(e.error is None and e.steps == 30 for e in r.episodes)
-            splits.append(sorted(Counter(e.worker_pid for e in r.episodes).values()))
-            if splits[-1] == [5, 5]:
-                break
-        assert sorted(w.proc.pid for w in pool._procs) == pids
+    pool = pool2()  # the module's pool: its workers may have run episodes before; none was replaced
+    assert pool.warm(SUITE, TASK, envs=4, policy_imports=False) > 0
+    pids = sorted(w.proc.pid for w in pool._procs)
+    r1 = pool.run(ZeroPolicy, SUITE, TASK, 3, replan_every=4, max_steps=3, wait_steps=0)
+    r2 = pool.run(ZeroPolicy, SUITE, TASK, [5, 4], replan_every=4, max_steps=3, wait_steps=0)
+    assert sorted(w.proc.pid for w in pool._procs) == pids
+    assert [e.episode for e in r1.episodes] == [0, 1, 2] and [e.episode for e in r2.episodes] == [5, 4]
+    assert all(e.error is None and e.steps == 3 for e in r1.episodes + r2.episodes)
+    assert r1.workers == 2
+    pool.run(BatchPolicy, SUITE, TASK, 2, replan_every=4, max_steps=2, wait_steps=0)  # both workers through a run
+    # long enough that both workers are usually ready (policy built) before either runs out of work: an
+    # idle worker rightly takes more, and that is not what this test is about. On a loaded machine (the
+    # suite runs on two pytest workers) one worker can still be late to report ready, so the split is
+    # measured up to three times; the quota must show in at least one, and every episode must finish.
+    splits = []
+    for _ in range(3):
+        r = pool.run(BatchPolicy, SUITE, TASK, 10, replan_every=4, max_steps=30, wait_steps=0, batch=4)
+        assert all(e.error is None and e.steps == 30 for e in r.episodes)
+        splits.append(sorted(Counter(e.worker_pid for e in r.episodes).values()))
+        if splits[-1] == [5, 5]:
+            break
+    assert sorted(w.proc.pid for w in pool._procs) == pids
     assert [5, 5] in splits, splits
 
 
-def test_runs_with_several_workers_share_this_processs_warm_pool(checkpoint):
+def test_runs_with_several_workers_share_this_processs_warm_pool(checkpoint, pool2):
     """The plan's and the tuner's path (run.run_closed_loop): the pool is started once, kept by every
     later run in the process (same worker processes), outcomes as in the serial runner, and stopped by
     close_shared_pools (the plan and the tuner call it when they end)."""
@@ -241,11 +251,11 @@ def test_runs_with_several_workers_share_this_processs_warm_pool(checkpoint):
     from ablation.spec import with_overrides
 
     spec = with_overrides(load_policy(checkpoint).spec, ["rollout.max_steps=40", "rollout.replan_every=4"])
-    close_shared_pools()
+    pool = pool2()  # the module's pool is this process's shared pool, which the plan's runs find
     try:
         a = run_closed_loop(Path(checkpoint), spec, 0, [0, 1], workers=2)
-        pool = shared_pool(2)
         pids = sorted(w.proc.pid for w in pool._procs)
+        assert shared_pool(2) is pool and len(pids) == 2
         b = run_closed_loop(Path(checkpoint), spec, 0, [2, 3], workers=2, batch=2)
         assert shared_pool(2) is pool and sorted(w.proc.pid for w in pool._procs) == pids
         assert {e.worker_pid for e in a.episodes + b.episodes} <= set(pids)

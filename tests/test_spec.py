@@ -1,4 +1,5 @@
 """Spec loading: merge, overrides, errors that name file/path/choices, stable hashes, plans."""
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,27 @@ def test_all_plan_runs_h1_and_h2_with_eight_seeds_and_the_rest_has_a_plan():
     assert h4.arms["baseline_2x"].spec.train.total_steps == 2 * h4.arms["baseline_rdt"].spec.train.total_steps
     assert {"baseline_2x", "baseline_4x"} <= set(h4.arms)
 
+
+
+def test_a_look_hands_out_one_run_of_each_arm_before_a_second_one():
+    """dispatch_order: round-robin over (arm, task), every unit once. The runs that start together on
+    the workers are different arms, so no two of them replay the same arm's Gate A (tests/test_plan.py
+    checks the cache hits on 2 workers)."""
+    from ablation.arms import resolve_plan
+    from ablation.profiles import load_profile
+
+    rp = resolve_plan(load_plan("all"), load_profile("cpu"))
+    units, order = rp.units(), rp.dispatch_order()
+    assert sorted(u.key for u in order) == sorted(u.key for u in units) and len(order) == len(units)
+    n_arms = len(rp.arms)
+    assert [u.arm.name for u in order[:n_arms]] == list(rp.arms)            # one of each arm first
+    assert [u.seed for u in order[:n_arms]] == [a.seeds[0] for a in rp.arms.values()]
+    assert [u.key for u in order[n_arms:2 * n_arms]] == [(a, s[1], None) for a, s in
+                                                         ((n, a.seeds) for n, a in rp.arms.items())]
+    # arms with fewer seeds drop out of the later rounds
+    short = replace(rp, arms={**rp.arms, "baseline_rdt": replace(rp.arms["baseline_rdt"], seeds=(0,))})
+    assert [u.key for u in short.dispatch_order()].count(("baseline_rdt", 0, None)) == 1
+    assert len(short.dispatch_order()) == len(units) - (len(rp.arms["baseline_rdt"].seeds) - 1)
 
 def test_rotation_plan_runs_the_factorials_rotation_cells_where_the_demos_turn():
     """H1_scale_relative is untestable on the base task (the expert never turns there): the rotation
