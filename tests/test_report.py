@@ -97,6 +97,7 @@ def test_clear_win_at_100_percent_and_untestable_rotation(tracker, tmp_path):
     assert rep.baseline == "baseline_rdt" and rep.baseline_reproduced is True
     assert rep.answer.startswith("The baseline (baseline_rdt) succeeded in 0% of 60 episodes")
     assert "Use fix_pos_cm: 100% against 0%, +100 points" in rep.answer
+    assert "One trained network" not in rep.answer  # 3 seeds a side
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3  # forest, scatter, open-loop nMSE: embedded
     assert not re.search(r'src="(?!data:)', html)       # nothing external
@@ -106,6 +107,20 @@ def test_clear_win_at_100_percent_and_untestable_rotation(tracker, tmp_path):
     assert "| fix_pos_cm | 60/60 = 100% | 100%, 100%, 100% |" in md
     assert "random_resets (seed 0)" in md
 
+
+
+def test_a_verdict_on_one_seed_is_qualified_in_the_answer(tracker, tmp_path):
+    """One network per arm (`--seeds 0`): the binomial test over episodes can decide, but the answer
+    itself says the verdict is about these networks, not about training with the fix."""
+    parent = record_plan(tracker, ["H1_scale_absolute"], {
+        "baseline_rdt": {"rates": [0], "loss": 1e-5, "nmse_pos": 0.9, "rot_spread": 1.0},
+        "fix_pos_cm": {"rates": [1], "loss": 2e-3, "nmse_pos": 0.05, "rot_spread": 1.0}})
+    rep = build_report(tracker, parent_run_id=parent, out_dir=tmp_path / "r")
+    cm = next(c for c in rep.comparisons if c.arm == "fix_pos_cm")
+    assert cm.word == "better" and (cm.seeds_arm, cm.seeds_control) == (1, 1)
+    assert ("One trained network on a side decided fix_pos_cm vs baseline_rdt (1/1 seeds): a statement about "
+            "these networks, not about training with the fix") in rep.answer, rep.answer
+    assert "Fewer than 3 finished seeds" in (tmp_path / "r" / "report.md").read_text()
 
 def test_seed_hypothesis_contradicted_is_said(tracker, tmp_path):
     # Rotation varies, and shrinking it makes things worse (the seed's diagnosis fails); cm helps.

@@ -52,10 +52,24 @@ def write_answer(rows: list[ArmRow], comps: list[ComparisonResult], verdicts: li
         out.append(f"The data {verb} the seed's hypothesis that {v.claim[0].lower() + v.claim[1:].rstrip('.')} "
                    f"({v.name}: {v.word.lower()}).")
     out += recommendation_sentences(comps, baseline)
+    out += one_seed_sentences(comps)
     open_ = [v.name for v in verdicts if v.word in ("INCONCLUSIVE", "UNTESTABLE HERE")]
     if open_:
         out.append(f"Still open: {', '.join(open_)} (see below for what each would need).")
     return " ".join(out) if out else "No finished runs: nothing can be concluded yet."
+
+
+def one_seed_sentences(comps: list[ComparisonResult]) -> list[str]:
+    """The answer's own qualifier for decided comparisons with one trained network on a side: the seed
+    is the unit of replication, so such a verdict says these networks differ, not that training with
+    the fix does (the method line and the caveats say it too, but a reader may stop at the answer)."""
+    one = [c for c in comps if c.word in ("better", "worse", "same")
+           and min(c.seeds_arm, c.seeds_control) == 1]
+    if not one:
+        return []
+    names = ", ".join(f"{c.arm} vs {c.control} ({c.seeds_arm}/{c.seeds_control} seeds)" for c in one)
+    return [f"One trained network on a side decided {names}: a statement about these networks, not about "
+            "training with the fix; run 3 or more seeds per arm before acting on it."]
 
 
 def recommendation_sentences(comps: list[ComparisonResult], baseline: str | None) -> list[str]:
