@@ -12,13 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from .analysis import ComparisonResult
+from .analysis import DECIDED_WORDS as DECIDED, ComparisonResult
 from .hypothesis import Hypothesis
 from .rules import DEFAULT_RULES, DecisionRules
 from .correlation_verdicts import correlation_needs, correlation_verdict, loss_reversal, rho_text
 
 WORDS_WITHOUT_DATA = ("untestable", "missing", "left out")
-DECIDED = ("better", "worse", "no meaningful difference")
 BOUND_WHY = {
     "floor": "both arms fail (at most {floor:.0f}% success): another failure masks any difference",
     "ceiling": "both arms succeed (at least {ceiling:.0f}% success): no room for a difference",

@@ -122,6 +122,23 @@ def test_a_verdict_on_one_seed_is_qualified_in_the_answer(tracker, tmp_path):
             "these networks, not about training with the fix") in rep.answer, rep.answer
     assert "Fewer than 3 finished seeds" in (tmp_path / "r" / "report.md").read_text()
 
+
+@pytest.mark.parametrize("word, seeds, qualified", [
+    ("no meaningful difference", (1, 1), True), ("worse", (3, 1), True), ("better", (2, 2), False),
+    ("inconclusive", (1, 1), False), ("missing", (0, 0), False)])
+def test_the_one_seed_qualifier_covers_every_decided_word_and_only_those(word, seeds, qualified):
+    """Every decided word (better, worse, no meaningful difference) on one network a side is qualified;
+    undecided comparisons and unknown seed counts (0, an older record) are not."""
+    from ablation.analysis import ComparisonResult
+    from ablation.report.prose import one_seed_sentences
+
+    c = ComparisonResult("H", "fix_a", "base", "better", "fix_a vs base", word, seeds_arm=seeds[0],
+                         seeds_control=seeds[1])
+    got = one_seed_sentences([c])
+    assert bool(got) == qualified, got
+    if qualified:
+        assert f"fix_a vs base ({seeds[0]}/{seeds[1]} seeds)" in got[0]
+
 def test_seed_hypothesis_contradicted_is_said(tracker, tmp_path):
     # Rotation varies, and shrinking it makes things worse (the seed's diagnosis fails); cm helps.
     parent = record_plan(tracker, ["H1_scale_relative", "H1_scale_absolute"], {

@@ -63,8 +63,7 @@ def one_seed_sentences(comps: list[ComparisonResult]) -> list[str]:
     """The answer's own qualifier for decided comparisons with one trained network on a side: the seed
     is the unit of replication, so such a verdict says these networks differ, not that training with
     the fix does (the method line and the caveats say it too, but a reader may stop at the answer)."""
-    one = [c for c in comps if c.word in ("better", "worse", "same")
-           and min(c.seeds_arm, c.seeds_control) == 1]
+    one = [c for c in comps if c.decided and min(c.seeds_arm, c.seeds_control) == 1]
     if not one:
         return []
     names = ", ".join(f"{c.arm} vs {c.control} ({c.seeds_arm}/{c.seeds_control} seeds)" for c in one)
