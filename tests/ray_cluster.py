@@ -1,14 +1,17 @@
-"""A real, throwaway Ray cluster on 127.0.0.1: a head node and a worker node, as `ray start` makes them
-on a cluster (or inside a Slurm allocation), for the Ray executor tests.
+"""A real, throwaway Ray cluster on 127.0.0.1, as `ray start --head` makes one, for the Ray executor
+tests.
 
-    with ray_cluster(tmp, worker_cpus=2) as c:     # c.address = "127.0.0.1:<port>", c.env for drivers
+    with ray_cluster(tmp, cpus=2) as c:     # c.address = "127.0.0.1:<port>", c.env for drivers
         subprocess.run([..., "--executor", "ray", "--ray-address", c.address], env=c.env)
 
-The head has no CPUs, so every task runs on the worker node: what a run needs must reach it through the
-shared workdir and the tracking server, not through the driver's process. Both nodes use token
-authentication with a token made here (RAY_AUTH_TOKEN), as the README's cluster recipes do. Each
-`ray start --block` runs in its own session and is stopped by signalling that group (never `ray stop`,
-which would stop every Ray on the machine).
+One node: every task runs in a Ray worker process, never in the driver (the tests assert it by pid), so
+what a run needs must reach it through the shared workdir and the tracking server, not through the
+driver's process. (A second, worker-only node added nothing a test checks, and cost a node start and
+its raylet's background CPU beside the tests: ~10 s of a busy core.) The node uses token authentication
+with a token made here (RAY_AUTH_TOKEN), as the README's cluster recipes do. `ray start --block` runs in
+its own session and is stopped by signalling that group (never `ray stop`, which would stop every Ray on
+the machine): SIGTERM, then SIGKILL after STOP_GRACE_S, since a head told to stop sat out a 20 s grace
+in full, and nothing of this throwaway cluster needs a clean shutdown.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from typing import Iterator
 from tests.pg_server import free_port, stop_process_group
 
 RAY_BIN = Path(sys.executable).with_name("ray")
+STOP_GRACE_S = 2
 
 
 @dataclass
@@ -51,7 +55,7 @@ def _nodes_alive(address: str, env: dict) -> int:
 
 
 @contextlib.contextmanager
-def ray_cluster(log_dir: Path, worker_cpus: int = 2, timeout_s: float = 180) -> Iterator[RayCluster]:
+def ray_cluster(log_dir: Path, cpus: int = 2, timeout_s: float = 180) -> Iterator[RayCluster]:
     port = free_port()
     address = f"127.0.0.1:{port}"
     # A short temp dir of its own (Ray's socket paths must stay under ~107 characters).
@@ -60,26 +64,22 @@ def ray_cluster(log_dir: Path, worker_cpus: int = 2, timeout_s: float = 180) -> 
            "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
            "MLFLOW_ENABLE_ASYNC_LOGGING": "false"}
     cluster = RayCluster(address, env)
-    common = ["--node-ip-address", "127.0.0.1", "--block", "--disable-usage-stats"]
-    starts = [
-        ["start", "--head", "--port", str(port), "--num-cpus", "0", "--num-gpus", "0", "--include-dashboard",
-         "false", "--temp-dir", temp, *common],
-        ["start", "--address", address, "--num-cpus", str(worker_cpus), "--num-gpus", "0", *common],
-    ]
+    args = ["start", "--head", "--port", str(port), "--num-cpus", str(cpus), "--num-gpus", "0",
+            "--include-dashboard", "false", "--temp-dir", temp, "--node-ip-address", "127.0.0.1", "--block",
+            "--disable-usage-stats"]
     try:
-        for i, args in enumerate(starts):
-            log = log_dir / f"ray-{'head' if i == 0 else 'worker'}.log"
-            cluster.logs.append(log)
-            with open(log, "w") as fh:
-                cluster.procs.append(subprocess.Popen([str(RAY_BIN), *args], env=env, stdout=fh,
-                                                      stderr=subprocess.STDOUT, start_new_session=True))
-            deadline = time.time() + timeout_s
-            while _nodes_alive(address, env) < i + 1:
-                if cluster.procs[-1].poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"Ray node {i} did not come up:\n{cluster.log_tail()}")
-                time.sleep(1)
+        log = log_dir / "ray-head.log"
+        cluster.logs.append(log)
+        with open(log, "w") as fh:
+            cluster.procs.append(subprocess.Popen([str(RAY_BIN), *args], env=env, stdout=fh,
+                                                  stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.time() + timeout_s
+        while _nodes_alive(address, env) < 1:
+            if cluster.procs[-1].poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the Ray node did not come up:\n{cluster.log_tail()}")
+            time.sleep(1)
         yield cluster
     finally:
         for p in reversed(cluster.procs):
-            stop_process_group(p, grace_s=20)
+            stop_process_group(p, grace_s=STOP_GRACE_S)
         shutil.rmtree(temp, ignore_errors=True)

@@ -1,9 +1,9 @@
 """Plans and tuning trials on a real Ray cluster (`--executor ray`), tracked by a real MLflow server on
 PostgreSQL, with the real simulator on tiny budgets.
 
-The cluster is a Ray head (no CPUs) and a worker node (2 CPUs) on 127.0.0.1 (tests/ray_cluster.py), so
-every run executes in a Ray worker process on the worker node; the drivers are `run_ablation.py`
-processes, as a user would start them. The servers are tests/pg_server.py's (as the distributed tuning
+The cluster is one Ray node with 2 CPUs on 127.0.0.1 (tests/ray_cluster.py); every run executes in a Ray
+worker process, never in its driver; the drivers are `run_ablation.py` processes, as a user would start
+them. The servers are tests/pg_server.py's (as the distributed tuning
 test). Slow (a few minutes on 2 cores); CI runs them with the `[cluster]` extra installed.
 
 1. Two plan drivers started at once on one tiny plan: each run lands once, nested under one plan run,
@@ -37,6 +37,10 @@ TINY = [f"data.n_demos={EXPERT_DEMOS}", "model.size=tiny", "train.steps=40", "tr
         "train.log_every=10", "train.batch_size=16", "rollout.episodes=1", "rollout.max_steps=40",
         "data.action_chunk=8"]
 DRIVER_TIMEOUT_S = 600
+# The killed run's length: killed at its first checkpoint (step 25, polled every 0.5 s), it must still be
+# training then (~50 ms a tiny step, so 225 steps are ~10 s of margin on a quiet core), and the re-run
+# trains the rest: the resume, not the training, is under test.
+KILL_STEPS = 250
 
 
 def test_without_ray_executor_ray_is_a_one_line_error(monkeypatch, tmp_path, capsys):
@@ -125,7 +129,7 @@ def services(tmp_path_factory, expert_demo_file):
     from tests.ray_cluster import ray_cluster
 
     try:
-        with tracking_services(d) as (pg, uri), ray_cluster(d, worker_cpus=2) as cluster:
+        with tracking_services(d) as (pg, uri), ray_cluster(d, cpus=2) as cluster:
             yield {"optuna_url": pg.url("optuna"), "tracking_uri": uri, "cluster": cluster, "dir": d,
                    "workdir": d / "workdir"}
     except PgUnavailable as e:
@@ -209,8 +213,8 @@ def test_two_drivers_each_run_lands_once_under_one_plan_run(services, tmp_path):
 def test_killed_ray_worker_fails_its_run_and_a_rerun_finishes_it(services, tmp_path):
     spec = tmp_path / "long_ray.yaml"
     spec.write_text(f"extends: {EXPERIMENTS_DIR / 'base.yaml'}\n")
-    plan = write_plan(tmp_path, "plan_ray_kill", [str(spec)], TINY + ["train.steps=500", "train.checkpoint_every=25",
-                                                                 "train.eval_every=250", "train.compile=false"])
+    plan = write_plan(tmp_path, "plan_ray_kill", [str(spec)], TINY + [f"train.steps={KILL_STEPS}", "train.checkpoint_every=25",
+                                                                 "train.eval_every=125", "train.compile=false"])
     first = start_driver(services, plan, tmp_path / "first.log")
     tr = tracker(services)
     ckpts = services["workdir"] / "checkpoints"
@@ -249,7 +253,7 @@ def test_killed_ray_worker_fails_its_run_and_a_rerun_finishes_it(services, tmp_p
     meta = json.loads(max(ckpts.glob("long_ray*/checkpoints/step_*/meta.json"),
                           key=lambda p: int(p.parent.name.split("_")[1])).read_text())
     done_step = int(bundle.name.split("_")[1])
-    assert meta["step"] == 500 and meta.get("resumed_from", 0) >= done_step > 0, meta
+    assert meta["step"] == KILL_STEPS and meta.get("resumed_from", 0) >= done_step > 0, meta
     print(f"[ray] re-run: the same run FINISHED, resumed from step {meta.get('resumed_from')}")
 
 
