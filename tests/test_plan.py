@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from ablation.plan import run_plan
+from ablation.run import SCRATCH_DIR
 from ablation.spec import EXPERIMENTS_DIR
 from ablation.tracking import TAG_KIND, TAG_SPEC, TAG_SPEC_HASH, Tracker, default_tracking_uri
 from tests.conftest import EXPERT_DEMOS, RDT_CKPT, cli_here, seed_workdir_demos
@@ -271,6 +272,9 @@ def test_interrupted_run_resumes_from_its_checkpoint(workdir, tmp_path):
     assert bundle is not None, "no checkpoint before the deadline:\n" + (tmp_path / "first_attempt.log").read_text()[-3000:]
     done_step = int(bundle.name.split("_")[1])
     assert 0 < done_step < 400
+    # the killed run's scratch folder is left beside its checkpoints (not in /tmp), where the resume clears it
+    run_dir = bundle.parents[1]
+    assert (run_dir / SCRATCH_DIR).is_dir()
     tr = client_for(workdir)
     runs = tr.find_runs(f"tags.`{TAG_SPEC}` = 'long'")
     assert len(runs) == 1 and runs[0].info.status == "RUNNING"
@@ -287,6 +291,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(workdir, tmp_path):
     import json
     meta = json.loads(next((ckpts).glob("long-seed0-*/checkpoints/step_*/meta.json")).read_text())
     assert meta["step"] == 400 and meta.get("resumed_from") == done_step
+    assert not (run_dir / SCRATCH_DIR).exists()
 
 
 def _free_port() -> int:

@@ -15,7 +15,7 @@ from ablation.bundle import POLICY_FILES, TRAIN_STATE
 from ablation.audit import audit
 from ablation.codec import ActionCodec
 from ablation.data import episode_view, physical_actions, read_demo_file
-from ablation.run import RunJob, execute, load_state
+from ablation.run import SCRATCH_DIR, RunJob, execute, load_state, run_scratch
 from ablation.spec import resolve_spec, spec_path
 from ablation.tracking import TAG_FAILURE, TAG_STAGE, Tracker
 
@@ -120,3 +120,19 @@ def test_a_failing_stage_is_recorded_with_its_name_and_reason(tracker, tmp_path)
     assert run.info.status == "FAILED" and run.data.tags[TAG_FAILURE].startswith("audit: DemoFileError")
     assert run.data.tags[TAG_STAGE] == "audit"
     assert load_state(tmp_path / "ckpt")["done"] == []
+
+
+def test_run_scratch_is_emptied_at_start_and_removed_at_the_end(tmp_path):
+    """A killed run's leftovers (here a stale file) are cleared when the run starts again, and the folder
+    is gone when the run ends, whether it ended by an exception or not."""
+    stale = tmp_path / SCRATCH_DIR / "send" / "audit.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    with run_scratch(tmp_path) as d:
+        assert d == tmp_path / SCRATCH_DIR and d.is_dir() and not any(d.iterdir())
+        (d / "spec.yaml").write_text("x")
+    assert not d.exists()
+    with pytest.raises(RuntimeError):
+        with run_scratch(tmp_path / "new_run") as d2:  # a run folder that does not exist yet is made
+            raise RuntimeError("a stage failed")
+    assert not d2.exists() and d2.parent.is_dir()
