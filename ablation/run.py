@@ -135,7 +135,7 @@ def execute(job: RunJob, *, on_train_metrics: Callable[[int, dict], None] | None
     current = "start"
     try:
         with run_scratch(ckpt) as scratch:
-            ctx = _context(job, spec, ckpt, state, Path(scratch), log, on_train_metrics)
+            ctx = _context(job, spec, ckpt, state, scratch, log, on_train_metrics)
             tracker.client.update_run(job.run_id, status="RUNNING")
             log.tag({TAG_FAILURE: ""})
             for stage in run_stages():

@@ -3,8 +3,8 @@ PostgreSQL, with the real simulator on tiny budgets.
 
 The cluster is one Ray node with 2 CPUs on 127.0.0.1 (tests/ray_cluster.py); every run executes in a Ray
 worker process, never in its driver; the drivers are `run_ablation.py` processes, as a user would start
-them. The servers are tests/pg_server.py's (as the distributed tuning
-test). Slow (a few minutes on 2 cores); CI runs them with the `[cluster]` extra installed.
+them. The servers are tests/pg_server.py's (as the distributed tuning test). Slow (a few minutes on 2
+cores); CI runs them with the `[cluster]` extra installed.
 
 1. Two plan drivers started at once on one tiny plan: each run lands once, nested under one plan run,
    and ran in a Ray worker.
@@ -213,8 +213,9 @@ def test_two_drivers_each_run_lands_once_under_one_plan_run(services, tmp_path):
 def test_killed_ray_worker_fails_its_run_and_a_rerun_finishes_it(services, tmp_path):
     spec = tmp_path / "long_ray.yaml"
     spec.write_text(f"extends: {EXPERIMENTS_DIR / 'base.yaml'}\n")
-    plan = write_plan(tmp_path, "plan_ray_kill", [str(spec)], TINY + [f"train.steps={KILL_STEPS}", "train.checkpoint_every=25",
-                                                                 "train.eval_every=125", "train.compile=false"])
+    plan = write_plan(tmp_path, "plan_ray_kill", [str(spec)],
+                      TINY + [f"train.steps={KILL_STEPS}", "train.checkpoint_every=25", "train.eval_every=125",
+                              "train.compile=false"])
     first = start_driver(services, plan, tmp_path / "first.log")
     tr = tracker(services)
     ckpts = services["workdir"] / "checkpoints"

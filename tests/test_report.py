@@ -108,7 +108,6 @@ def test_clear_win_at_100_percent_and_untestable_rotation(tracker, tmp_path):
     assert "random_resets (seed 0)" in md
 
 
-
 def test_a_verdict_on_one_seed_is_qualified_in_the_answer(tracker, tmp_path):
     """One network per arm (`--seeds 0`): the binomial test over episodes can decide, but the answer
     itself says the verdict is about these networks, not about training with the fix."""
@@ -138,6 +137,7 @@ def test_the_one_seed_qualifier_covers_every_decided_word_and_only_those(word, s
     assert bool(got) == qualified, got
     if qualified:
         assert f"fix_a vs base ({seeds[0]}/{seeds[1]} seeds)" in got[0]
+
 
 def test_seed_hypothesis_contradicted_is_said(tracker, tmp_path):
     # Rotation varies, and shrinking it makes things worse (the seed's diagnosis fails); cm helps.

@@ -13,6 +13,10 @@ from ..recorded_plan import ArmRow
 from ..rules import DEFAULT_RULES, DecisionRules
 from ..verdicts import HypothesisVerdict, pts, recommendation
 
+# Seeds per arm below which seed-to-seed variation is barely estimated: the caveats name such arms, and the
+# answer qualifies a verdict decided on one network a side with it.
+SEEDS_FOR_VARIATION = 3
+
 
 def level_text(c: ComparisonResult) -> str:
     return f"{100 * c.level:.2f}%" if c.level else "-"
@@ -68,7 +72,7 @@ def one_seed_sentences(comps: list[ComparisonResult]) -> list[str]:
         return []
     names = ", ".join(f"{c.arm} vs {c.control} ({c.seeds_arm}/{c.seeds_control} seeds)" for c in one)
     return [f"One trained network on a side decided {names}: a statement about these networks, not about "
-            "training with the fix; run 3 or more seeds per arm before acting on it."]
+            f"training with the fix; run {SEEDS_FOR_VARIATION} or more seeds per arm before acting on it."]
 
 
 def recommendation_sentences(comps: list[ComparisonResult], baseline: str | None) -> list[str]:
@@ -112,9 +116,10 @@ def caveats_of(rows: list[ArmRow], comps: list[ComparisonResult], record: dict, 
     failed = [f"{r.arm} seed {s}: {why}" for r in rows for s, why in r.failed.items()]
     if failed:
         out.append(f"Runs that did not finish (left out): {'; '.join(failed)}.")
-    few = [r.arm for r in rows if r.finished_seeds and len(r.finished_seeds) < 3]
+    few = [r.arm for r in rows if r.finished_seeds and len(r.finished_seeds) < SEEDS_FOR_VARIATION]
     if few:
-        out.append(f"Fewer than 3 finished seeds, so seed-to-seed variation is barely estimated: {', '.join(few)}.")
+        out.append(f"Fewer than {SEEDS_FOR_VARIATION} finished seeds, so seed-to-seed variation is barely estimated: "
+                   f"{', '.join(few)}.")
     const = [r.arm for r in rows if r.rot_spread_deg is not None and r.rot_spread_deg < rules.rot_spread_min_deg]
     if const:
         out.append(f"The demos barely turn (rotation spread < {rules.rot_spread_min_deg:g} deg): rotation errors cannot rank "
