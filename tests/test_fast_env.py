@@ -120,6 +120,20 @@ def _assert_same_obs(a: dict, b: dict, where: str) -> None:
         assert np.array_equal(a[k], b[k]), f"{where}: obs {k} differs"
 
 
+def test_the_construction_hook_is_removed_whatever_happens():
+    """kept_at_construction patches robosuite's class only while one env is built, also when it fails."""
+    from robosuite.environments.base import MujocoEnv
+
+    from ablation.sim.fast_reset import kept_at_construction
+
+    original = MujocoEnv.__dict__["_initialize_sim"]
+    with pytest.raises(RuntimeError, match="construction failed"):
+        with kept_at_construction() as made:
+            assert MujocoEnv.__dict__["_initialize_sim"] is not original and made == []
+            raise RuntimeError("construction failed")
+    assert MujocoEnv.__dict__["_initialize_sim"] is original
+
+
 @pytest.mark.sim
 @pytest.mark.parametrize("suite,task", SUITES)
 def test_policy_like_episode_is_bit_identical(env_pairs, suite, task):
@@ -127,6 +141,10 @@ def test_policy_like_episode_is_bit_identical(env_pairs, suite, task):
     assert fast.fast and not stock.fast
     o0, o1 = _reset_both(stock, fast, stock.init_states[1], seed=1)
     _assert_same_obs(o0, o1, "reset")
+    # the first reset compiled nothing: it reused the model compiled when the env was built
+    # (fast_reset.kept_at_construction), set back to its pristine arrays; the stock env compiled anew
+    assert (fast._reuse.compiles, fast._reuse.reuses) == (1, 1)
+    _assert_same_model(stock, fast, "first reset")
     for t, a in enumerate(_policy_like_actions(45, seed=task)):
         (o0, d0), (o1, d1) = stock.step(a), fast.step(a)
         assert d0 == d1, f"step {t}: done differs"

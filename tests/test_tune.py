@@ -33,7 +33,8 @@ class PruneFromSecondTrial(optuna.pruners.BasePruner):
 def test_three_trial_study_with_pruning(tmp_path, monkeypatch, expert_demo_file):
     seed_workdir_demos(tmp_path, expert_demo_file)  # the session's demos, not another scripted-expert run
     monkeypatch.setattr(tune_mod, "make_pruner", lambda kind, spec=None: PruneFromSecondTrial())
-    out = tune_mod.tune(str(SPEC), trials=3, workdir=tmp_path, sets=TINY, study_name="s3", progress=False)
+    # jobs=1: the re-evaluation plan runs here, not on a pool of 2 spawned workers (test_plan's first_run)
+    out = tune_mod.tune(str(SPEC), trials=3, workdir=tmp_path, sets=TINY, study_name="s3", progress=False, jobs=1)
     study = optuna.load_study(study_name="s3", storage=tune_mod.default_storage(tmp_path))
     states = [t.state for t in study.trials]
     assert len(states) == 3

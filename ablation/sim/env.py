@@ -23,7 +23,7 @@ import numpy as np
 from ..episodes import DemoMeta
 from ..noise import silence_third_party
 from ..obs_features import env_obs_to_libero
-from .fast_reset import ModelReuse
+from .fast_reset import ModelReuse, kept_at_construction
 from .fast_step import FastStepper, check_versions
 from .libero_setup import SUITE_MAX_STEPS, LiberoSetupError, check_task, ensure_libero, list_tasks
 
@@ -107,10 +107,15 @@ class LiberoEnv:
         }
         if not Path(self.info.bddl_file).is_file():
             raise LiberoSetupError(f"BDDL file {self.info.bddl_file} is missing; reinstall hf-libero==0.1.4")
-        with contextlib.redirect_stdout(io.StringIO()):
+        # Cameras-off envs keep their construction-time model for the fast reset's first reuse (fast_reset).
+        kept = kept_at_construction() if not images else contextlib.nullcontext([])
+        with contextlib.redirect_stdout(io.StringIO()), kept as born:
             # ControlEnv, not OffScreenRenderEnv: the latter forces has_offscreen_renderer=True, which
             # costs a GL context and ~6x the step time even with cameras off.
             self._env = ControlEnv(**self.env_args)
+        # Held only until the first reset or the fast reset's install: after a stock reset the sim holds
+        # a new model, and this reference would keep the old one (~250 MB on libero_object) alive.
+        self._born: ModelReuse | None = born[0] if born else None
         self._env.seed(seed)
         self.init_states = load_init_states(suite, task_id)
         self.max_steps = self.info.max_steps
@@ -133,7 +138,8 @@ class LiberoEnv:
             if self._stepper is None:
                 check_versions()
                 self._stepper = FastStepper(self._env.env)
-                self._reuse = ModelReuse(self._env.env).install()
+                self._reuse = (self._born or ModelReuse(self._env.env)).install()
+                self._born = None
         else:
             self._stepper = None
             if self._reuse is not None:
@@ -193,6 +199,7 @@ class LiberoEnv:
 
     def reset_to(self, init_state: np.ndarray) -> dict[str, np.ndarray]:
         """reset() then set_init_state(): the order matters (pitfall 6)."""
+        self._born = None  # (a stock reset compiles its own model; the fast one reuses its installed one)
         with contextlib.redirect_stdout(io.StringIO()):
             self._env.reset()
             raw = self._env.set_init_state(np.asarray(init_state, dtype=np.float64))
@@ -224,7 +231,7 @@ class LiberoEnv:
 
     def close(self) -> None:
         env, self._env = getattr(self, "_env", None), None
-        self._stepper = None
+        self._stepper = self._born = None
         if env is not None:
             with contextlib.suppress(Exception):
                 env.close()
