@@ -214,8 +214,8 @@ def test_tiny_two_task_plan_end_to_end(tmp_path, capsys, expert_demo_file):
     plan.write_text(yaml.safe_dump({
         "seeds": [0], "hypotheses": ["H1_practical"], "skip_arms": {"fix_loss_weight": "tiny test"},
         "tasks": [0, 1], "episodes": {"looks": [2, 3]},
-        "set": [f"data.n_demos={EXPERT_DEMOS}", "model.size=tiny", "train.steps=60", "train.eval_every=30", "train.log_every=10",
-                "train.batch_size=16", "data.action_chunk=8", "rollout.max_steps=60", "rollout.gate_episodes=1"]}))
+        "set": [f"data.n_demos={EXPERT_DEMOS}", "model.size=tiny", "train.steps=40", "train.eval_every=20", "train.log_every=10",
+                "train.batch_size=16", "data.action_chunk=8", "rollout.max_steps=40", "rollout.gate_episodes=1"]}))
     wd = tmp_path / "wd"
     seed_workdir_demos(wd, expert_demo_file)  # task 0's demos are the session's; task 1's are made here
     out = run_plan(str(plan), profile_name="cpu", workdir=wd, jobs=1)  # (the process pool: test_plan's first_run)

@@ -328,12 +328,9 @@ def test_runner_records_crashes_and_goes_on():
                      replan_every=4, max_steps=6, wait_steps=0)
     assert [e.error is None for e in r.episodes] == [True, False, True]
     assert "policy exploded" in r.episodes[1].error
-    # parallel: a worker process that dies fails its episode; the others finish
-    p = run_rollouts(functools.partial(CrashPolicy, 1, -1), "libero_object", 0, [0, 1, 2],
-                     replan_every=4, max_steps=6, wait_steps=0, workers=2)
-    assert [e.episode for e in p.episodes] == [0, 1, 2]
-    assert p.episodes[0].error is None and p.episodes[2].error is None
-    assert "worker process died" in p.episodes[1].error
+    # A worker process that dies fails its episode only, and the pool replaces it: test_rollout's
+    # test_a_worker_killed_by_one_episode_of_its_batch_fails_only_that_episode (the same RolloutPool a
+    # workers=2 call starts, here ~25 CPU-s of two more workers' imports and envs for the same check).
 
 
 @pytest.mark.sim

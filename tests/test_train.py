@@ -214,9 +214,10 @@ def test_compiled_training_matches_eager_and_resumes_exactly(synthetic_demo_file
 
     The kernels are compiled without SIMD here (inductor's cpp.vec_isa_ok=False): on a fresh machine
     (an empty compile cache, as in CI) this test took 115 s with the vectorised kernels against 62 s
-    without (`pytest tests/test_train.py -k compiled_training`, nothing else running, 2026-12-03). What this test checks (the compiled step
-    is the trainer's, matches eager, resumes exactly) does not depend on the instruction set; the SIMD
-    kernels' speed and cold compile are benchmarks/train_throughput.py's."""
+    without (`pytest tests/test_train.py -k compiled_training`, nothing else running, 2026-12-03).
+    What this test checks (the compiled step is the trainer's, matches eager, resumes exactly) does
+    not depend on the instruction set; the SIMD kernels' speed and cold compile are
+    benchmarks/train_throughput.py's."""
     import torch._inductor.config as inductor_config
 
     monkeypatch.setattr(inductor_config.cpp, "vec_isa_ok", False)
