@@ -94,7 +94,8 @@ def kept_at_construction():
     """While a robosuite env is built: its one construction-time compile goes through a ModelReuse (the
     compile robosuite 1.4 does, with the pristine arrays taken before its reset writes fixture poses).
     Yields a list that receives that ModelReuse, to be `install`ed when the env takes the fast reset.
-    robosuite's class method is put back on exit, whatever happens."""
+    robosuite's class method is put back on exit, whatever happens. The patch is on the class, so envs are
+    built one at a time in a process (as every caller here does: no process builds envs on two threads)."""
     from robosuite.environments.base import MujocoEnv
 
     made: list[ModelReuse] = []
