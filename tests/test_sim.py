@@ -25,12 +25,12 @@ N = EXPERT_DEMOS  # demos in the shared file
 # ----------------------------------------------------------------------------- helpers (picklable)
 
 class CrashPolicy(RolloutPolicy):
-    """Zero actions; hard-kills its worker process on episode `crash_on`, raises on `raise_on`."""
+    """Zero actions; raises on episode `raise_on` (a worker killed by its episode: test_rollout's BatchPolicy)."""
 
-    def __init__(self, crash_on: int = -1, raise_on: int = -1):
+    def __init__(self, raise_on: int):
         self.codec = native_codec()
         self.obs_history = 2
-        self.crash_on, self.raise_on = crash_on, raise_on
+        self.raise_on = raise_on
         self.ep = None
 
     def reset(self, episode):
@@ -39,8 +39,6 @@ class CrashPolicy(RolloutPolicy):
     def act(self, window, generator=None):
         assert len(window) == self.obs_history
         assert "gripper_history" in window[-1] and window[-1]["gripper_history"].shape == (2,)
-        if self.ep == self.crash_on:
-            os._exit(3)
         if self.ep == self.raise_on:
             raise RuntimeError("policy exploded")
         return ActionChunk(np.zeros((4, 7)), self.codec)
@@ -324,7 +322,7 @@ def test_runner_records_crashes_and_goes_on():
     from ablation.rollout_pool import run_rollouts
 
     # serial: an exception in the policy fails that episode only
-    r = run_rollouts(functools.partial(CrashPolicy, -1, 1), "libero_object", 0, [0, 1, 2],
+    r = run_rollouts(functools.partial(CrashPolicy, 1), "libero_object", 0, [0, 1, 2],
                      replan_every=4, max_steps=6, wait_steps=0)
     assert [e.error is None for e in r.episodes] == [True, False, True]
     assert "policy exploded" in r.episodes[1].error

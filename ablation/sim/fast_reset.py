@@ -17,10 +17,10 @@ numpy's global generator sees the same draws) and changes two things:
 - **The free.** The old sim is dropped without the explicit `gc.collect()`; Python's collector frees
   it on its own schedule. No simulation quantity depends on when.
 
-- **The first reset.** An env built inside `kept_at_construction` compiles its scene through a
-  ModelReuse from the start (the same compile robosuite does), so its first reset reuses that model
-  instead of compiling the same XML a second time (~0.4 s on a quiet core, ~1.3 s in a busy process's
-  first env; every rollout worker, plan job and demo worker builds at least one env).
+An env built inside `kept_at_construction` compiles its scene through a ModelReuse from the start (the
+same compile robosuite does), so even its first reset reuses a model instead of compiling the same XML
+a second time (~0.4 s on a quiet core, ~1.3 s in a busy process's first env; every rollout worker, plan
+job and demo worker builds at least one env).
 
 One env, one model: envs never share one (a rollout worker steps several envs of one task in lockstep,
 and each reset writes its own fixture poses into its model). Installed with the fast step
