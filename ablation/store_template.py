@@ -20,14 +20,11 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from .user_cache import cache_dir
+
 log = logging.getLogger(__name__)
 
 SQLITE = "sqlite:///"
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "ablation"
 
 
 def _stack_key() -> str:

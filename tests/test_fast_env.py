@@ -103,7 +103,7 @@ def _assert_same_sim(stock, fast, where: str) -> None:
 def _assert_same_model(stock, fast, where: str) -> None:
     """Every MjModel array (meshes and textures included) and option, against the stock reset's fresh
     compile: the fast reset reuses its model (ablation.sim.fast_reset) and must leave nothing changed."""
-    from ablation.sim.fast_reset import model_arrays
+    from ablation.sim.model_cache import model_arrays
 
     m0, m1 = stock.sim.model._model, fast.sim.model._model
     a0, a1 = model_arrays(m0), model_arrays(m1)

@@ -108,7 +108,7 @@ class LiberoEnv:
         if not Path(self.info.bddl_file).is_file():
             raise LiberoSetupError(f"BDDL file {self.info.bddl_file} is missing; reinstall hf-libero==0.1.4")
         # Cameras-off envs keep their construction-time model for the fast reset's first reuse (fast_reset).
-        kept = kept_at_construction() if not images else contextlib.nullcontext([])
+        kept = kept_at_construction() if fast and not images else contextlib.nullcontext([])
         with contextlib.redirect_stdout(io.StringIO()), kept as born:
             # ControlEnv, not OffScreenRenderEnv: the latter forces has_offscreen_renderer=True, which
             # costs a GL context and ~6x the step time even with cameras off.
@@ -176,7 +176,9 @@ class LiberoEnv:
         return np.concatenate([r["robot0_gripper_qpos"], r["robot0_eef_pos"], r["robot0_eef_quat"]]).astype(np.float64)
 
     def model_xml(self) -> str:
-        return self.sim.model.get_xml()
+        """The scene's MJCF with the model's current values (LIBERO's `model_file`)."""
+        reuse = self._reuse or self._born
+        return reuse.model_xml() if reuse is not None else self.sim.model.get_xml()
 
     def check_success(self) -> bool:
         return bool(self._env.check_success())

@@ -13,7 +13,8 @@ numpy's global generator sees the same draws) and changes two things:
   value first: LIBERO's reset writes fixture poses into `body_pos`/`body_quat`, robosuite hides sites
   through `site_size`. The large arrays (meshes, textures: ~250 MB on libero_object) are never
   written by robosuite 1.4 or LIBERO 0.1.4; tests/test_fast_env.py compares every model array with a
-  fresh compile after whole episodes. Any other XML is compiled as before.
+  fresh compile after whole episodes. Any other XML is compiled as before, or loaded from disk when
+  an earlier process compiled the same scene (`model_cache`).
 - **The free.** The old sim is dropped without the explicit `gc.collect()`; Python's collector frees
   it on its own schedule. No simulation quantity depends on when.
 
@@ -31,6 +32,8 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
+
+from .model_cache import compile_xml, model_arrays, saved_xml
 
 __all__ = ["ModelReuse", "kept_at_construction"]
 
@@ -61,7 +64,6 @@ class ModelReuse:
 
     def initialize_sim(self, xml_string: str | None = None) -> None:
         """robosuite 1.4's `MujocoEnv._initialize_sim`, with the model reused when the XML is unchanged."""
-        import mujoco
         from robosuite.utils.binding_utils import MjSim
 
         env = self._env
@@ -73,13 +75,19 @@ class ModelReuse:
                 np.copyto(getattr(self._model, name), value)
             self.reuses += 1
         else:
-            self._model = mujoco.MjModel.from_xml_string(xml)
+            self._model = compile_xml(xml)  # from the compiled-scene cache when this scene was compiled before
             self._xml = xml
             self._pristine = pristine_arrays(self._model)
             self.compiles += 1
         env.sim = MjSim(self._model)
         env.sim.forward()
         env.initialize_time(env.control_freq)
+
+    def model_xml(self) -> str:
+        """robosuite's `MjModel.get_xml()` of this env's model, also when it was loaded from the
+        compiled-scene cache (model_cache.saved_xml)."""
+        model = self._env.sim.model._model
+        return saved_xml(model, self._xml) if self._xml is not None else self._env.sim.model.get_xml()
 
     def destroy_sim(self) -> None:
         """robosuite's `_destroy_sim`/`MjSim.free` without the full collection."""
@@ -111,21 +119,6 @@ def kept_at_construction():
         yield made
     finally:
         MujocoEnv._initialize_sim = original
-
-
-def model_arrays(model) -> dict[str, np.ndarray]:
-    """Every numpy array field of a raw MjModel, by name."""
-    out = {}
-    for name in dir(model):
-        if name.startswith("_"):
-            continue
-        try:
-            value = getattr(model, name)
-        except Exception:  # (properties that need arguments or a context)
-            continue
-        if isinstance(value, np.ndarray):
-            out[name] = value
-    return out
 
 
 def pristine_arrays(model) -> dict[str, np.ndarray]:
