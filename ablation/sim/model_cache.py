@@ -113,7 +113,8 @@ def compile_xml(xml: str):
     if path.is_file():
         try:
             model = mujoco.MjModel.from_binary_path(str(path))
-            os.utime(path)  # recently used: the last to be evicted
+            with contextlib.suppress(OSError):  # (a read-only cache is still read)
+                os.utime(path)  # recently used: the last to be evicted
             STATS["hits"] += 1
             return model
         except Exception as e:  # damaged or unreadable: compile, and write it again below
