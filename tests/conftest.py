@@ -159,3 +159,15 @@ def seed_workdir_demos(workdir: Path, expert_demo_file: Path) -> Path:
     shutil.copyfile(expert_demo_file, dst)
     assert cached_key_of(dst) == cache_key("libero_object", 0, EXPERT_DEMOS, False, 0.3, 0, 1.0)[0]
     return dst
+
+
+def assert_same_model(m0, m1, where: str = "") -> None:
+    """Every array (meshes and textures included) and the options of two raw MjModels are equal."""
+    from ablation.sim.model_cache import model_arrays
+
+    a0, a1 = model_arrays(m0), model_arrays(m1)
+    assert sorted(a0) == sorted(a1) and len(a0) > 100, where
+    for name in a0:
+        assert np.array_equal(a0[name], a1[name]), f"{where}: MjModel.{name} differs"
+    for name in ("timestep", "gravity", "integrator", "cone", "jacobian", "solver", "iterations", "tolerance"):
+        assert np.array_equal(getattr(m0.opt, name), getattr(m1.opt, name)), f"{where}: MjModel.opt.{name} differs"

@@ -13,6 +13,7 @@ import pytest
 
 from ablation.sim import fast_step
 from ablation.spec import resolve_spec, spec_path
+from tests.conftest import assert_same_model
 
 # baseline_rdt's hash (resources out of the identity) and the one it had before the `sim` section
 # existed (commit d941e0b, Spec.legacy_hash): sim.fast must move neither.
@@ -101,17 +102,9 @@ def _assert_same_sim(stock, fast, where: str) -> None:
 
 
 def _assert_same_model(stock, fast, where: str) -> None:
-    """Every MjModel array (meshes and textures included) and option, against the stock reset's fresh
-    compile: the fast reset reuses its model (ablation.sim.fast_reset) and must leave nothing changed."""
-    from ablation.sim.model_cache import model_arrays
-
-    m0, m1 = stock.sim.model._model, fast.sim.model._model
-    a0, a1 = model_arrays(m0), model_arrays(m1)
-    assert sorted(a0) == sorted(a1) and len(a0) > 100, where
-    for name in a0:
-        assert np.array_equal(a0[name], a1[name]), f"{where}: MjModel.{name} differs"
-    for name in ("timestep", "gravity", "integrator", "cone", "jacobian", "solver", "iterations", "tolerance"):
-        assert np.array_equal(getattr(m0.opt, name), getattr(m1.opt, name)), f"{where}: MjModel.opt.{name} differs"
+    """The fast reset reuses its model (ablation.sim.fast_reset) and must leave nothing changed against
+    the stock reset's fresh compile."""
+    assert_same_model(stock.sim.model._model, fast.sim.model._model, where)
 
 
 def _assert_same_obs(a: dict, b: dict, where: str) -> None:

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from ablation.sim import model_cache
-from ablation.sim.model_cache import compile_xml, model_arrays, model_dir, model_key, saved_xml
+from ablation.sim.model_cache import compile_xml, model_dir, model_key, saved_xml
+from tests.conftest import assert_same_model
 
 CUBE_OBJ = """v -1 -1 -1\nv 1 -1 -1\nv 1 1 -1\nv -1 1 -1\nv -1 -1 1\nv 1 -1 1\nv 1 1 1\nv -1 1 1
 f 1 3 2\nf 1 4 3\nf 5 6 7\nf 5 7 8\nf 1 2 6\nf 1 6 5\nf 2 3 7\nf 2 7 6\nf 3 4 8\nf 3 8 7\nf 4 1 5\nf 4 5 8
@@ -50,15 +51,6 @@ def mesh(tmp_path) -> Path:
     p.parent.mkdir()
     p.write_text(CUBE_OBJ)
     return p
-
-
-def assert_same_model(a, b) -> None:
-    arrays_a, arrays_b = model_arrays(a), model_arrays(b)
-    assert sorted(arrays_a) == sorted(arrays_b) and len(arrays_a) > 100
-    for name in arrays_a:
-        assert np.array_equal(arrays_a[name], arrays_b[name]), f"MjModel.{name} differs"
-    for name in ("timestep", "gravity", "integrator", "cone", "solver", "iterations"):
-        assert np.array_equal(getattr(a.opt, name), getattr(b.opt, name)), name
 
 
 def rollout(model, steps: int = 200) -> np.ndarray:
