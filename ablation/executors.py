@@ -24,11 +24,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -36,6 +35,7 @@ from .errors import UserError
 from .locks import file_lock
 from .run import RunJob, RunResult, execute
 from .tracking import Tracker
+from .worker_procs import process_pool
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def _progress(total: int, label: str):
 
 
 class LocalExecutor:
-    """Runs RunJobs: in this process (jobs=1) or in a pool of spawned processes kept for the whole
+    """Runs RunJobs: in this process (jobs=1) or in a pool of worker processes kept for the whole
     plan, so each worker's imports and simulator are paid once, not once per run or per look."""
 
     # A worker killed mid-run (the OOM killer, a kill -9) breaks the whole process pool: every run still
@@ -96,7 +96,7 @@ class LocalExecutor:
     def __init__(self, n_jobs: int, job_fn: Callable[[RunJob], RunResult] = run_job):
         self.n_jobs = n_jobs
         self.job_fn = job_fn  # module-level and picklable: the spawned workers import it
-        self.pool = ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn")) if n_jobs > 1 else None
+        self.pool = process_pool(n_jobs) if n_jobs > 1 else None
 
     @property
     def parallelism(self) -> str:
@@ -153,7 +153,7 @@ class LocalExecutor:
             self.pool.shutdown(wait=False, cancel_futures=True)
         except Exception:
             pass
-        self.pool = ProcessPoolExecutor(self.n_jobs, mp_context=get_context("spawn"))
+        self.pool = process_pool(self.n_jobs)
 
     def close(self) -> None:
         if self.pool is not None:

@@ -41,13 +41,15 @@ from .rollout_envs import close_cached_envs, warm_envs
 from .rollout_episode import DEFAULT_WAIT_STEPS, RunConfig
 from .rollout_policy import RolloutPolicy
 from .rollout_records import EpisodeRecord, RolloutResult
+from .worker_procs import adopt, parent_env, worker_context
 
 # A pool that loses this many workers in a row without any episode ending gives up on the run
 # (e.g. a policy factory that kills its process): the remaining episodes fail instead of looping.
 MAX_DEATHS_WITHOUT_PROGRESS = 3
 
 
-def _worker_main(conn) -> None:
+def _worker_main(conn, env: dict[str, str]) -> None:
+    adopt(env)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         import torch
@@ -103,9 +105,9 @@ class RolloutPool:
     def __init__(self, workers: int = 2):
         from .sim.libero_setup import ensure_libero
 
-        ensure_libero()  # env vars (config path, render backend) are inherited by spawned workers
+        ensure_libero()  # env vars (config path, render backend): the workers take this environment
         self.workers = max(1, int(workers))
-        self._ctx = mp.get_context("spawn")
+        self._ctx = worker_context()
         self._procs: list[_Worker] = []
         self._runs = 0  # run ids: a worker left idle by a run may still owe its "ready"
         self._fill()
@@ -114,7 +116,7 @@ class RolloutPool:
     def _fill(self) -> None:
         while len(self._procs) < self.workers:
             parent, child = self._ctx.Pipe()
-            p = self._ctx.Process(target=_worker_main, args=(child,), daemon=True)
+            p = self._ctx.Process(target=_worker_main, args=(child, parent_env()), daemon=True)
             p.start()
             child.close()
             self._procs.append(_Worker(p, parent))

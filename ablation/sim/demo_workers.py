@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..episodes import Episode
+from ..worker_procs import THREAD_VARS, process_pool
 from .demo_episode import DemoGenerationError, _seeded, random_start, record_episode
 from .env import freeze_long_lived_objects, make_env
 from .expert import ExpertConfig, ScriptedExpert
@@ -90,7 +91,6 @@ def _job_meta(job: DemoJob) -> tuple:
     return env.info.name, env.language, np.asarray(env.init_states), env.demo_meta({}), expert.coverage_reason
 
 
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def _stop_pool(ex) -> None:
@@ -176,16 +176,14 @@ def _run_here(job: DemoJob, tally: _Tally) -> tuple:
 
 
 def _run_pool(job: DemoJob, tally: _Tally, workers: int) -> tuple:
-    """Attempts in `workers` spawned processes, every worker kept busy; returns the job's meta."""
+    """Attempts in `workers` worker processes, every worker kept busy; returns the job's meta."""
     import concurrent.futures as cf
-    import multiprocessing as mp
 
     max_attempts = tally.max_attempts
-    ctx = mp.get_context("spawn")
-    # One thread per worker: the workers are the parallelism (set before they import numpy).
-    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-    os.environ.update({k: "1" for k in _THREAD_VARS})   # workers start at their first job
-    ex = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
+    # One thread per worker: the workers are the parallelism (each worker takes this environment).
+    saved = {k: os.environ.get(k) for k in THREAD_VARS}
+    os.environ.update({k: "1" for k in THREAD_VARS})
+    ex = process_pool(workers, initializer=_worker_init)
     try:
         meta_f = ex.submit(_job_meta, job)
         pending: set = set()
