@@ -29,11 +29,12 @@ pytestmark = pytest.mark.slow
 
 SPEC = "experiments/tune_loss_weights.yaml"
 EXPERIMENT = "libero-action-ablation"  # TrackingSpec.experiment default
-# A tiny budget: each trial trains 20 steps and rolls out two short episodes.
+# A tiny budget: each trial trains 20 steps and rolls out two short episodes. Gate A is off: the shared
+# study, the heartbeat and the MLflow links are under test here; a trial's Gate A is test_tune.py's.
 TINY = ["model.size=tiny", "train.steps=20", "train.eval_every=10", "train.log_every=10",
         "train.checkpoint_every=20", "train.warmup_steps=5", "train.device=cpu", "train.num_threads=1",
         f"data.n_demos={EXPERT_DEMOS}", "data.images=false", "rollout.episodes=1", "rollout.max_steps=40",
-        "rollout.workers=1", "rollout.gate_episodes=1", "tune.episodes=2"]  # (the default is 20 per trial)
+        "rollout.workers=1", "rollout.gate_episodes=0", "tune.episodes=2"]  # (the default is 20 per trial)
 WORKER_TIMEOUT_S = 240
 
 

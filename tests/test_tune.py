@@ -78,7 +78,8 @@ def test_two_concurrent_tune_processes_share_one_study(tmp_path, expert_demo_fil
     seed_workdir_demos(tmp_path, expert_demo_file)
     cmd = [sys.executable, str(REPO / "run_ablation.py"), "tune", "--spec", str(SPEC), "--trials", "1",
            "--study", "shared", "--workdir", str(tmp_path), "--no-reeval"]
-    for s in TINY:
+    # Gate A off: the shared study is under test here; a trial's Gate A is test_three_trial_study's
+    for s in [*TINY, "rollout.gate_episodes=0"]:
         cmd += ["--set", s]
     procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
