@@ -95,7 +95,7 @@ class LocalExecutor:
     # it runs alone is the one that kills its worker, and only it is recorded FAILED, with the reason.
     def __init__(self, n_jobs: int, job_fn: Callable[[RunJob], RunResult] = run_job):
         self.n_jobs = n_jobs
-        self.job_fn = job_fn  # module-level and picklable: the spawned workers import it
+        self.job_fn = job_fn  # module-level and picklable: the pool's workers import it
         self.pool = process_pool(n_jobs) if n_jobs > 1 else None
 
     @property

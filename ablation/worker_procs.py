@@ -1,9 +1,9 @@
 """How the local pools (plan jobs, tuning trials, rollout workers, demo workers) start their processes.
 
 A spawned worker imports torch, MLflow and SciPy again before its first job: 6-8 CPU-s on a busy core,
-paid by every worker of every pool, and in the test suite by ~25 pools. Here the workers fork from a
+paid by every worker of every pool (in the test suite, ~24 workers). Here the workers fork from a
 forkserver (one per parent process, started at its first pool) that has imported that stack once, so a
-worker starts in ~0.1 s (benchmarks/worker_start.py).
+worker starts in ~0.24 CPU-s (benchmarks/worker_start.py).
 
 A forked worker must not inherit what the server fixed when it started, maybe long before this pool:
 - the environment: each worker takes its parent's `os.environ` as it is when the pool starts (`adopt`);
@@ -45,7 +45,8 @@ def start_method() -> str:
 
 
 def worker_context() -> BaseContext:
-    """The multiprocessing context for a pool's workers; its workers must call `adopt(parent_env())` first."""
+    """The multiprocessing context for a pool's workers. Each worker must first call `adopt` with the
+    `parent_env()` its parent took when it started the pool (`process_pool` does both)."""
     method = start_method()
     ctx = mp.get_context(method)
     if method == "forkserver":
@@ -90,8 +91,8 @@ def _start_server(ctx: BaseContext) -> None:
 
 
 def _threads_from(env: dict[str, str], *names: str) -> int | None:
-    """The first of `names` set in env to a positive integer, as the libraries read them (later names win
-    for torch: MKL_NUM_THREADS over OMP_NUM_THREADS)."""
+    """The last of `names` set in env to a positive integer: later names win, as the libraries read them
+    (MKL_NUM_THREADS over OMP_NUM_THREADS for torch, OPENBLAS_NUM_THREADS over it for OpenBLAS)."""
     n = None
     for name in names:
         try:

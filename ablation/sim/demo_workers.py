@@ -91,8 +91,6 @@ def _job_meta(job: DemoJob) -> tuple:
     return env.info.name, env.language, np.asarray(env.init_states), env.demo_meta({}), expert.coverage_reason
 
 
-
-
 def _stop_pool(ex) -> None:
     """Shut the pool down without waiting for attempts past the target: their workers are ended."""
     procs = list((getattr(ex, "_processes", None) or {}).values())
