@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import UserError
+from .host import host_tags
 from .locks import file_lock
 from .run import RunJob, RunResult, execute
 from .tracking import Tracker
@@ -47,8 +48,9 @@ RAY_MISSING = ("--executor ray needs Ray, which is not installed: pip install -e
 
 
 def worker_tags() -> dict[str, str]:
-    """The host and process that run a run (the Ray worker, the pool worker or the driver itself)."""
-    return {TAG_WORKER_HOST: socket.gethostname(), TAG_WORKER_PID: str(os.getpid())}
+    """The host and process that run a run (the Ray worker, the pool worker or the driver itself), and
+    that host's CPU (its time figures hold for that CPU: ablation.host), over the creating driver's."""
+    return {TAG_WORKER_HOST: socket.gethostname(), TAG_WORKER_PID: str(os.getpid()), **host_tags()}
 
 
 @contextmanager

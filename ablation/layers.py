@@ -23,7 +23,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("ablation", "errors", "spec", "spec_model", "spec_load", "spec_plan", "representations", "rotation",
              "codec", "data", "episodes", "obs_features", "demo_evidence", "libero_tasks", "libero_file", "lerobot_file", "lerobot_video", "demo_io",
              "audit", "provenance", "locks", "layers", "sim.libero_setup", "rules", "noise", "diskfull",
-             "frozen_norm", "pose_fit", "user_cache", "worker_procs"),
+             "frozen_norm", "pose_fit", "user_cache", "worker_procs", "host"),
     # Paired statistics on plain arrays: knows nothing of specs, runs or the simulator.
     "stats": ("stats",),
     # Networks, their loss and training, checkpoint bundles, the policy and RDT. openloop is here:

@@ -318,9 +318,11 @@ def dry_run_outcome(rp: ResolvedPlan, profile: Profile, uri: str, experiment: st
         lo, hi = est
         log.info(f"[plan] estimated wall time on this profile: {minutes(lo)} to {minutes(hi)} (every comparison "
                  f"decided at the first look .. every arm to the last), from the profile's measured costs "
-                 f"{profile.costs}; finished runs are not counted, and arms the demos make untestable still are")
+                 f"{profile.costs}{f' ({profile.costs_cpu_class} CPU)' if profile.costs_cpu_class else ''}; "
+                 "finished runs are not counted, and arms the demos make untestable still are"
+                 f"{f'; {profile.costs_note}' if profile.costs_note else ''}")
     out = PlanOutcome(None, [], None, planned=planned)
-    out.timing = {"estimated_wall_s": list(est)} if est is not None else {}
+    out.timing = {"estimated_wall_s": list(est), "costs_cpu_class": profile.costs_cpu_class} if est is not None else {}
     return out
 
 

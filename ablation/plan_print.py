@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 
 from .arms import ResolvedPlan, RunUnit
+from .host import cpu_class, cpu_model, usable_cpus
 from .profiles import Profile
 from .run import RunResult
 from .tracking import ui_command
@@ -55,8 +56,9 @@ def print_timing(t: dict) -> None:
              f"training {t.get('training_worker_s', 0):.0f} worker-s",
              f"rollouts {t.get('rollouts_worker_s', 0):.0f} worker-s",
              f"report {t.get('report_s', 0):.0f} s"]
+    # The CPU beside the figures: worker-seconds differ ~2x between CPU classes (ablation.host).
     log.info(f"[plan] time: {', '.join(parts)}; runs {t.get('runs_wall_s', 0):.0f} s wall; "
-             f"plan {t.get('wall_s', 0):.0f} s wall")
+             f"plan {t.get('wall_s', 0):.0f} s wall; on {cpu_model()} ({cpu_class()}, {usable_cpus()} CPUs)")
 
 
 def task_text(u: RunUnit) -> str:

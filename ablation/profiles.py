@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from .host import CPU_CLASSES, cpu_class, usable_cpus
 from .plan_eta import StageCosts
 from .spec import EXPERIMENTS_DIR, SpecError
 
@@ -31,6 +32,10 @@ class Profile:
     rollout_batch: int = 1
     # Measured worker-seconds per demo, Gate A codec, training run and episode: --dry-run's estimate.
     costs: StageCosts | None = None
+    # The CPU class those costs were measured on (ablation.host), where the profile names one; when it
+    # is not this machine's class, costs_note says so (the figures may be off by ~2x).
+    costs_cpu_class: str | None = None
+    costs_note: str = ""
 
 
 # Device nodes a GPU that torch.cuda can use shows up as: NVIDIA's, WSL2's GPU paravirtualisation and
@@ -64,13 +69,40 @@ def load_profile(name: str) -> Profile:
     raw = yaml.safe_load(path.read_text()) or {}
     workers = raw.get("rollout_workers")
     if workers == "auto":  # the CPUs this process may use (a container's limit, not the host's count)
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = usable_cpus()
     batch = raw.get("rollout_batch", 1)
     if not isinstance(batch, int) or batch < 1:
         raise SpecError(f"{path}: rollout_batch: {batch!r} is not a whole number >= 1; "
                         "write e.g. `rollout_batch: 4` (1: one episode at a time)")
+    costs, measured_on, note = profile_costs(path, raw.get("costs"), cpu_class())
+    return Profile(name, tuple(raw.get("set", [])), int(raw.get("jobs", 1)), workers, batch, costs, measured_on, note)
+
+
+def profile_costs(path, raw, here: str) -> tuple[StageCosts | None, str | None, str]:
+    """A profile's `costs:` for a machine of CPU class `here` -> (costs, the class they were measured on,
+    a note when that is not `here`). `costs:` is either one mapping of worker-seconds (any CPU) or one
+    per CPU class (`costs: {avx512: {...}, avx2: {...}}`): a time measured on one class is not a time on
+    another (ablation.host), so this machine's class is taken where the profile has it, else the first
+    one listed, with the note."""
+    if not raw:
+        return None, None, ""
+    example = "`costs: {train_s: 60, episode_s: 2.5}` or one such mapping per CPU class, `costs: {avx2: {...}}`"
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: costs: {raw!r} is not a mapping; write {example}")
+    by_class = any(k in CPU_CLASSES for k in raw)
+    if by_class and (bad := sorted(k for k in raw if k not in CPU_CLASSES)):
+        raise SpecError(f"{path}: costs: {', '.join(map(str, bad))} not a CPU class; classes: "
+                        f"{', '.join(CPU_CLASSES)}; write {example}")
+    measured_on = (here if here in raw else next(iter(raw))) if by_class else None
+    chosen, where = (raw[measured_on], f"costs.{measured_on}") if by_class else (raw, "costs")
+    if not isinstance(chosen, dict):
+        raise SpecError(f"{path}: {where}: {chosen!r} is not a mapping; write {example}")
     try:
-        costs = StageCosts.from_mapping(raw.get("costs"))
+        costs = StageCosts.from_mapping(chosen)
     except (TypeError, ValueError) as e:
-        raise SpecError(f"{path}: {e} (worker-seconds, e.g. `costs: {{train_s: 60, episode_s: 2.5}}`)") from None
-    return Profile(name, tuple(raw.get("set", [])), int(raw.get("jobs", 1)), workers, batch, costs)
+        what = str(e).removeprefix("costs: ")
+        raise SpecError(f"{path}: {where}: {what} (worker-seconds; write {example})") from None
+    note = "" if measured_on in (None, here) else (
+        f"measured on a CPU of class {measured_on}, this one is {here}: the figures may be off by ~2x "
+        f"(ablation/host.py)")
+    return costs, measured_on, note

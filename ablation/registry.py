@@ -20,6 +20,7 @@ import os
 import socket
 from pathlib import Path
 
+from .host import host_tags
 from .plan_record import task_label
 from .profiles import detect_device
 from .provenance import file_sha256, git_commit, source_tags
@@ -48,7 +49,8 @@ def owner_tags() -> dict[str, str]:
 def identity_tags(kind: str, spec: Spec) -> dict[str, str]:
     """The tags every run of one spec carries, whatever made it."""
     return {TAG_KIND: kind, TAG_SPEC: spec.name, TAG_SPEC_HASH: spec.hash(), TAG_SEED: str(spec.train.seed),
-            TAG_TASK: task_label(spec), "ablation.git_commit": git_commit(), "ablation.device": detect_device()}
+            TAG_TASK: task_label(spec), "ablation.git_commit": git_commit(), "ablation.device": detect_device(),
+            **host_tags()}
 
 
 def reopen(tracker: Tracker, run_id: str, tags: dict) -> None:
@@ -65,7 +67,7 @@ def open_plan_run(tracker: Tracker, *, plan: str, key: str, profile: str, descri
     `nest_under`: a run to show it under (e.g. the tuning study whose best spec it re-evaluates)."""
     found = tracker.find_runs(f"tags.`{TAG_PLAN_KEY}` = '{key}' and tags.`{TAG_KIND}` = 'plan'")
     tags = {TAG_KIND: "plan", TAG_PLAN: plan, TAG_PLAN_KEY: key, TAG_PROFILE: profile,
-            "ablation.git_commit": git_commit(), "ablation.device": detect_device(), **owner_tags(),
+            "ablation.git_commit": git_commit(), "ablation.device": detect_device(), **host_tags(), **owner_tags(),
             **source_tags(description)}
     if found:
         rid = found[0].info.run_id

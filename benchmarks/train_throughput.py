@@ -7,6 +7,9 @@ The sides (interleaved, so load on a shared machine hits all of them):
     reference  the pre-Throughput trainer: fp32, SDPA, for-loop AdamW (train.kernels=reference)
     fast       bf16 block matmuls, fused AdamW, foreach clipping, eager (train.kernels=fast)
     compiled   fast + train.compile=true: what the CPU profile trains with (the new trainer)
+On a CPU where oneDNN has no native bf16 (AVX2 only: ablation/host.py) fast and compiled keep fp32 blocks,
+as the trainer does, and the bare loop with them: measured there (AMD EPYC, AVX2, 2026-12-03, --steps 200
+--repeats 2 --sides reference,compiled) compiled / reference was 1.09x, against ~2.2x with native bf16.
 One run prints:
   * samples/s of the harness's training loop per side and thread count (best of --repeats; the
     step loop with its logging, end-of-run validation and checkpoint left out; the first step, which
@@ -44,6 +47,7 @@ from ablation.model import COMPILED_TRAIN_KERNELS, FAST_TRAIN_KERNELS, REFERENCE
 from ablation.policy import ObsNormalizer, build_policy  # noqa: E402
 from ablation.spec import resolve_spec, spec_path  # noqa: E402
 from ablation.train import WindowTensors, configure_torch, train  # noqa: E402
+from ablation.train_state import cpu_bf16_matmul  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s), by device-name substring.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L4": 121.0}
@@ -71,7 +75,10 @@ def bare_loop(spec, data, steps: int, device: torch.device, kernels: str, compil
                           data.train.obs.shape[-1]).to(device)
     net, sched = policy.net, policy.noise_schedule
     fast = kernels == "fast" and device.type == "cpu"
-    net.set_kernels((COMPILED_TRAIN_KERNELS if compiled else FAST_TRAIN_KERNELS) if fast else REFERENCE_KERNELS)
+    # The kernels the harness's Trainer picks: bf16 blocks only where oneDNN multiplies bf16 natively
+    # (elsewhere bf16 is emulated: 44x slower than fp32 for a 1024x256x1024 matmul on an AVX2-only EPYC).
+    bf16 = fast and cpu_bf16_matmul()
+    net.set_kernels((COMPILED_TRAIN_KERNELS if compiled else FAST_TRAIN_KERNELS) if bf16 else REFERENCE_KERNELS)
     call = torch.compile(net, dynamic=False) if compiled else net
     opt = torch.optim.AdamW(net.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay,
                             **({"fused": True} if fast else {}))
@@ -176,7 +183,8 @@ def main() -> None:
     data = prepare_data(spec0.data, spec0.codec, demos)
     print(f"device {device}, spec {spec0.name}, size {args.size}, batch {args.batch}, steps {args.steps} "
           f"({args.steps * args.batch} samples per run), repeats {args.repeats}, demos {demos}, "
-          f"cpu capability {torch.backends.cpu.get_cpu_capability()}", flush=True)
+          f"cpu capability {torch.backends.cpu.get_cpu_capability()}, native bf16 matmul {cpu_bf16_matmul()}",
+          flush=True)
     rows, quality, first_steps = {}, {s: [] for s in sides}, {s: [] for s in sides}
     for th in threads:
         configure_torch(th)

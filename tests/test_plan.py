@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ablation.host import cpu_class, usable_cpus
 from ablation.plan import run_plan
 from ablation.run import SCRATCH_DIR
 from ablation.spec import EXPERIMENTS_DIR
@@ -90,8 +91,10 @@ def test_tiny_plan_end_to_end(first_run, workdir):
                     "time/train_s", "val/openloop/clip_fraction", "val/openloop/nmse/pos", "eval/crashed_episodes"):
             assert key in m, f"{run.data.tags[TAG_SPEC]} lacks metric {key}"
         for tag in (TAG_SPEC_HASH, "ablation.git_commit", "ablation.demo_sha256", "ablation.device",
-                    "ablation.profile"):
+                    "ablation.profile", "ablation.cpu"):
             assert t.get(tag), tag
+        # the CPU the run's worker ran on: its time figures hold for that class (ablation.host)
+        assert (t["ablation.cpu_class"], t["ablation.cpus"]) == (cpu_class(), str(usable_cpus())), t
         assert p["codec.normalizer"] in ("identity", "minmax") and p["model.size"] == "tiny"
         hist = c.get_metric_history(run.info.run_id, "train/loss/total")
         assert len(hist) >= 4  # batched, but every logged step is there

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ablation.host import cpu_class
 from ablation.plan_eta import PlanClock, StageCosts, estimate_plan_s
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +65,8 @@ def test_dry_run_prints_the_estimated_wall_time():
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "estimated wall time on this profile:" in out.stderr
+    # from the costs measured on this machine's CPU class, which the line names (ablation.host)
+    assert f"({cpu_class()} CPU)" in out.stderr and "measured on a CPU of class" not in out.stderr, out.stderr[-2000:]
 
 
 def test_tune_sampler_is_seeded_by_the_study_and_lies_for_running_trials():

@@ -9,16 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..episodes import Episode
+from ..host import usable_cpus
 from ..worker_procs import THREAD_VARS, process_pool
 from .demo_episode import DemoGenerationError, _seeded, random_start, record_episode
 from .env import freeze_long_lived_objects, make_env
 from .expert import ExpertConfig, ScriptedExpert
-
-def usable_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 # A worker process pays ~6-8 CPU-s to start (torch, robosuite and LIBERO imports, its env) against ~2 per
