@@ -4,10 +4,10 @@ model and its vector class.
 Worker-seconds are not portable between CPUs. The CPU profile trains with bf16 block matmuls only
 where oneDNN has them natively (AVX-512 or newer, `train_state.cpu_bf16_matmul`); on an AVX2-only CPU
 bf16 is emulated (a 1024x256x1024 matmul 44x slower than fp32 on an AMD EPYC with AVX2, 2026-12-03),
-so training runs fp32 there, and the compiled step gains ~1.1x instead of ~2.2x. The same plan took
-~2x the worker-seconds of training on such a CPU (docs/measurements.md). So every run records the
-CPU it ran on (`host_tags`), and a profile's measured costs name the CPU class they hold for
-(`profiles.load_profile`). Reads /proc/cpuinfo, imports nothing heavy: --dry-run asks it too.
+so training runs fp32 there, and the compiled step gains ~1.1x instead of ~2.2x. `--plan all`'s runs took
+5.3x the worker-seconds of training and 3x those of an episode on such a CPU (docs/measurements.md,
+stop 41). So every run records the CPU it ran on (`host_tags`), and a profile's measured costs name the
+CPU class they hold for (`profiles.load_profile`). Reads /proc/cpuinfo, imports nothing heavy: --dry-run asks it too.
 """
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def usable_cpus() -> int:
 
 @functools.lru_cache(maxsize=None)
 def _cpuinfo(path: Path = CPUINFO) -> tuple[str, frozenset[str]]:
-    """(model name, feature flags) of the first CPU in `path`; ("", {}) where there is no such file."""
+    """(model name, feature flags) of the first CPU in `path`; where the file or the model line is missing,
+    the model is platform.processor() (maybe ""), and the flags are empty without the file."""
     model, flags = "", frozenset()
     try:
         text = path.read_text(errors="replace")

@@ -56,7 +56,7 @@ def print_timing(t: dict) -> None:
              f"training {t.get('training_worker_s', 0):.0f} worker-s",
              f"rollouts {t.get('rollouts_worker_s', 0):.0f} worker-s",
              f"report {t.get('report_s', 0):.0f} s"]
-    # The CPU beside the figures: worker-seconds differ ~2x between CPU classes (ablation.host).
+    # The CPU beside the figures: worker-seconds differ several-fold between CPU classes (ablation.host).
     log.info(f"[plan] time: {', '.join(parts)}; runs {t.get('runs_wall_s', 0):.0f} s wall; "
              f"plan {t.get('wall_s', 0):.0f} s wall; on {cpu_model()} ({cpu_class()}, {usable_cpus()} CPUs)")
 

@@ -9,10 +9,11 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
-from .host import CPU_CLASSES, cpu_class, usable_cpus
+from .host import CPU_CLASSES, CpuClass, cpu_class, usable_cpus
 from .plan_eta import StageCosts
 from .spec import EXPERIMENTS_DIR, SpecError
 
@@ -33,8 +34,8 @@ class Profile:
     # Measured worker-seconds per demo, Gate A codec, training run and episode: --dry-run's estimate.
     costs: StageCosts | None = None
     # The CPU class those costs were measured on (ablation.host), where the profile names one; when it
-    # is not this machine's class, costs_note says so (the figures may be off by ~2x).
-    costs_cpu_class: str | None = None
+    # is not this machine's class, costs_note says so (the figures may be off several-fold).
+    costs_cpu_class: CpuClass | None = None
     costs_note: str = ""
 
 
@@ -78,7 +79,7 @@ def load_profile(name: str) -> Profile:
     return Profile(name, tuple(raw.get("set", [])), int(raw.get("jobs", 1)), workers, batch, costs, measured_on, note)
 
 
-def profile_costs(path, raw, here: str) -> tuple[StageCosts | None, str | None, str]:
+def profile_costs(path: Path, raw: object, here: str) -> tuple[StageCosts | None, str | None, str]:
     """A profile's `costs:` for a machine of CPU class `here` -> (costs, the class they were measured on,
     a note when that is not `here`). `costs:` is either one mapping of worker-seconds (any CPU) or one
     per CPU class (`costs: {avx512: {...}, avx2: {...}}`): a time measured on one class is not a time on
@@ -103,6 +104,6 @@ def profile_costs(path, raw, here: str) -> tuple[StageCosts | None, str | None, 
         what = str(e).removeprefix("costs: ")
         raise SpecError(f"{path}: {where}: {what} (worker-seconds; write {example})") from None
     note = "" if measured_on in (None, here) else (
-        f"measured on a CPU of class {measured_on}, this one is {here}: the figures may be off by ~2x "
-        f"(ablation/host.py)")
+        f"measured on a CPU of class {measured_on}, this one is {here}: the figures may be off several-fold "
+        f"(avx2 against avx512: 5.3x the training, 3x the episodes; ablation/host.py)")
     return costs, measured_on, note
