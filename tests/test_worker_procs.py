@@ -7,13 +7,29 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 from ablation.worker_procs import THREAD_VARS, process_pool, worker_context
 
 
-def probe(_=None) -> dict:
-    """What a job sees in its worker (this module imports only ablation.worker_procs of the package)."""
+RENDEZVOUS_TIMEOUT_S = 120
+
+
+def probe(meeting: tuple[str, int] | None = None) -> dict:
+    """What a job sees in its worker (this module imports only ablation.worker_procs of the package).
+    With a meeting (a folder, a count) the job waits there until that many jobs have arrived, so a pool of
+    n runs its n jobs in n different workers: an idle pool may otherwise hand them all to its first."""
     preloaded = set(sys.modules)
+    if meeting is not None:
+        folder, count = Path(meeting[0]), meeting[1]
+        (folder / str(os.getpid())).touch()
+        deadline = time.monotonic() + RENDEZVOUS_TIMEOUT_S
+        while len(list(folder.iterdir())) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(list(folder.iterdir()))} of {count} workers met in {folder}")
+            time.sleep(0.02)
     import numpy as np
     import torch
     from threadpoolctl import threadpool_info
@@ -27,8 +43,9 @@ def probe(_=None) -> dict:
 
 
 def run_pool(n: int = 2) -> list[dict]:
-    with process_pool(n) as ex:
-        return list(ex.map(probe, range(n)))
+    """n jobs on a pool of n workers, one job in each worker."""
+    with tempfile.TemporaryDirectory() as folder, process_pool(n) as ex:
+        return list(ex.map(probe, [(folder, n)] * n))
 
 
 def test_workers_take_the_environment_their_pool_starts_under(monkeypatch):
