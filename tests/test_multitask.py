@@ -216,8 +216,8 @@ def test_tiny_two_task_plan_end_to_end(tmp_path, capsys, expert_demo_file):
         "tasks": [0, 1], "episodes": {"looks": [2, 3]},
         "set": [f"data.n_demos={EXPERT_DEMOS}", "model.size=tiny", "train.steps=40", "train.eval_every=20", "train.log_every=10",
                 "train.batch_size=16", "data.action_chunk=8", "rollout.max_steps=40", "rollout.gate_episodes=1",
-                # eager training: the compiled step is test_train's and test_plan's first_run's; a cold compile
-                # here cost ~15 s of a fresh clone's suite and tests nothing the tasks add
+                # eager training: the compiled step is under test in test_train and test_plan's first_run;
+                # compiling here tests nothing the tasks add
                 "train.compile=false"]}))
     wd = tmp_path / "wd"
     seed_workdir_demos(wd, expert_demo_file)  # task 0's demos are the session's; task 1's are made here
