@@ -17,19 +17,18 @@ from ablation.worker_procs import THREAD_VARS, process_pool, worker_context
 RENDEZVOUS_TIMEOUT_S = 120
 
 
-def probe(meeting: tuple[str, int] | None = None) -> dict:
+def probe(meeting: tuple[str, int]) -> dict:
     """What a job sees in its worker (this module imports only ablation.worker_procs of the package).
-    With a meeting (a folder, a count) the job waits there until that many jobs have arrived, so a pool of
+    The job first waits at its meeting (a folder, a count) until that many jobs have arrived, so a pool of
     n runs its n jobs in n different workers: an idle pool may otherwise hand them all to its first."""
     preloaded = set(sys.modules)
-    if meeting is not None:
-        folder, count = Path(meeting[0]), meeting[1]
-        (folder / str(os.getpid())).touch()
-        deadline = time.monotonic() + RENDEZVOUS_TIMEOUT_S
-        while len(list(folder.iterdir())) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(list(folder.iterdir()))} of {count} workers met in {folder}")
-            time.sleep(0.02)
+    folder, count = Path(meeting[0]), meeting[1]
+    (folder / str(os.getpid())).touch()
+    deadline = time.monotonic() + RENDEZVOUS_TIMEOUT_S
+    while len(list(folder.iterdir())) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(list(folder.iterdir()))} of {count} workers met in {folder}")
+        time.sleep(0.02)
     import numpy as np
     import torch
     from threadpoolctl import threadpool_info
