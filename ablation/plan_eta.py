@@ -78,10 +78,12 @@ class PlanClock:
     def finished(self, stage_seconds: Mapping[str, float], episodes: int, active_runs: int) -> str:
         """Record one finished run; return the ETA line (also logged)."""
         self.look_done += 1
-        if episodes > 0 and stage_seconds.get("closed_loop"):
-            self.episode_s.append(float(stage_seconds["closed_loop"]) / episodes)
-        if sum(stage_seconds.values()) < 1.0:
+        # "total" is the run's wall time (run.execute), which a reused run has too: opening its tracker and
+        # checkpoint took 2.8-6.8 s in a re-run of `--plan all`, whose ETA then said ~75 s for 22 runs to train
+        if sum(v for k, v in stage_seconds.items() if k != "total") < 1.0:
             self.look_reused += 1
+        elif episodes > 0 and stage_seconds.get("closed_loop", 0.0) >= 1.0:  # it rolled this look's episodes out
+            self.episode_s.append(float(stage_seconds["closed_loop"]) / episodes)
         worked = self.look_done - self.look_reused
         if worked == 0:  # only reused runs so far: their instant finish says nothing about the rest
             line = (f"[plan] look {self.look + 1}/{len(self.looks)}: {self.look_done}/{self.look_total} runs done "

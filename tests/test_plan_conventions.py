@@ -50,13 +50,16 @@ def test_clock_does_not_learn_its_pace_from_reused_runs(monkeypatch):
     clock = PlanClock([20, 35, 50], parallel=2)
     clock.start_look(0, 6)
     t[0] += 1.0
-    for _ in range(3):  # three reused runs: no stage did any work
-        line = clock.finished({}, 20, active_runs=6)
+    for _ in range(3):  # three reused runs: no stage did any work, as run.execute reports one (its wall time
+        # in "total", a closed loop with no episode left to run)
+        line = clock.finished({"closed_loop": 0.03, "total": 2.8}, 20, active_runs=6)
     assert "3/6 runs done (3 reused); time left not known" in line
     t[0] += 120.0
     line = clock.finished({"closed_loop": 40.0, "train": 70.0}, 20, active_runs=6)
-    # 121 s over the one run that worked, 2 runs left -> ~4 min (not 121 s / 4 x 2 = 1 min)
-    assert "4/6 runs done, ~4 min left in this look" in line
+    # 121 s over the one run that worked, 2 runs left -> ~4 min (not 121 s / 4 x 2 = 1 min); the later looks
+    # at that run's 2 s per episode only (6 runs x 30 episodes x 2 s / 2 = 3 min more; the reused runs'
+    # 0.0015 s per episode would have made it ~45 s)
+    assert "4/6 runs done, ~4 min left in this look; the plan ~4 min to ~7 min" in line
 
 
 def test_dry_run_prints_the_estimated_wall_time():
