@@ -7,7 +7,9 @@ store; the job functions (tests/worker_jobs.py) stand in for training, which is 
 """
 from __future__ import annotations
 
-from ablation.executors import LocalExecutor
+import io
+
+from ablation.executors import LocalExecutor, _progress
 from ablation.run import RunJob
 from ablation.tracking import TAG_FAILURE, Tracker
 from tests import worker_jobs
@@ -52,3 +54,17 @@ def test_a_run_that_always_kills_its_worker_is_failed_alone(tmp_path):
     assert worker_jobs.calls_of(jobs[1]) == 3          # together, together again, then alone
     # the runs beside it were not recorded as failed
     assert {tr.client.get_run(j.run_id).info.status for j in (jobs[0], jobs[2])} == {"RUNNING"}
+
+
+def test_a_looks_bar_shows_runs_and_time_so_far_not_tqdms_time_left():
+    """tqdm's time left divides by every finished run, reused ones too (a re-run's first reused runs made
+    it say minutes for hours of training); the plan's ETA line gives the time left instead."""
+    out = io.StringIO()
+    bar = _progress(24, "look 1/3 (20 episodes)", file=out)
+    bar.set_postfix_str("fix_pos_cm seed 0: FINISHED")
+    bar.update()
+    bar.close()
+    last = out.getvalue().split("\r")[-1]
+    assert "look 1/3 (20 episodes):" in last and "1/24 [00:00, fix_pos_cm seed 0: FINISHED]" in last, last
+    assert "<" not in last and "/run" not in last and "run/s" not in last, last
+
