@@ -67,4 +67,3 @@ def test_a_looks_bar_shows_runs_and_time_so_far_not_tqdms_time_left():
     last = out.getvalue().split("\r")[-1]
     assert "look 1/3 (20 episodes):" in last and "1/24 [00:00, fix_pos_cm seed 0: FINISHED]" in last, last
     assert "<" not in last and "/run" not in last and "run/s" not in last, last
-
