@@ -162,9 +162,27 @@ class LocalExecutor:
             pass
         self.pool = process_pool(self.n_jobs)
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, interrupted: bool = False) -> None:
+        """Shut the pool down. `interrupted` (Ctrl-C, or a SIGINT sent to the driver alone, which its
+        workers never see): stop the runs in flight now instead of waiting, silently, for each to end; the
+        next invocation marks them KILLED and resumes each from its checkpoint."""
+        if self.pool is None:
+            return
+        procs = list((getattr(self.pool, "_processes", None) or {}).values())
+        if interrupted and procs:
+            log.warning("[plan] interrupted: stopping %d worker process(es); re-run the same command to resume",
+                        len(procs))
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()  # SIGTERM: a run's files are written whole or not at all (kill_tally checks)
+            for p in procs:
+                p.join(timeout=30)
+                if p.is_alive():
+                    p.kill()
+            self.pool = None
+            return
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def resources_for(spec, rollout_workers: int) -> tuple[int, int]:
@@ -263,7 +281,8 @@ class RayExecutor:
         finally:
             bar.close()
 
-    def close(self) -> None:
+    def close(self, interrupted: bool = False) -> None:
+        """Disconnect (and stop the Ray instance this executor started, which stops its tasks)."""
         if self.owns_connection and self.ray.is_initialized():
             self.ray.shutdown()
 

@@ -113,24 +113,27 @@ def run_plan(plan_name: str | None, *, profile_name: str = "auto", seeds: list[i
     n_jobs = max(1, min(jobs or profile.jobs, len(rp.units())))
     # Before any run is opened: a missing Ray or an unreachable cluster is a one-line error.
     dispatcher = make_executor(executor, n_jobs, ray_address, tracker.tracking_uri)
-    stale = mark_stale_runs(tracker)
-    if stale:
-        log.info(f"[plan] marked {stale} run(s) left RUNNING by dead processes as KILLED")
+    killed, queued = mark_stale_runs(tracker)
+    if killed or queued:
+        log.info(f"[plan] runs left RUNNING by processes that ended: {killed} marked KILLED (cut short in a stage), "
+                 f"{queued} SCHEDULED (queued, not started); this run takes them over")
     with workdir_lock(workdir, "runs"):  # two drivers of one plan share one parent run
         parent = open_plan_run(tracker, plan=plan.name, key=rp.key, profile=profile.name,
                                description=plan.description or f"plan {plan.name}", nest_under=nest_under)
     ctx = PlanContext(tracker, parent, profile, workdir, n_jobs, gate_episodes, tuple(extra_sets or ()))
     book = PlanBook(rp, timing={"setup_s": float(os.environ.get("ABLATION_SETUP_S", "0") or 0)})
+    interrupted = False
     try:
         results = drive(ctx, book, dispatcher, t0)
     except KeyboardInterrupt:
+        interrupted = True
         tracker.end_run(parent, "KILLED", "interrupted (Ctrl-C); re-run the same command to resume")
         raise
     except Exception as e:  # a bug or an unreadable store: the parent says why, then the error surfaces
         tracker.end_run(parent, "FAILED", f"{type(e).__name__}: {e}")
         raise
     finally:
-        dispatcher.close()
+        dispatcher.close(interrupted=interrupted)
         from .rollout_pool import close_shared_pools  # (imports the simulator's stack: only when runs ran)
 
         close_shared_pools()  # the driver's warm rollout pool (runs executed here with several workers)
@@ -227,7 +230,9 @@ def run_looks(ctx: PlanContext, book: PlanBook, dispatcher, demo_for: DemoFor,
     which comparisons are decided. Returns RunUnit.key -> latest result, and worker-seconds per stage."""
     rp = book.rp
     looks = list(rp.plan.episodes.looks) if rp.plan.episodes else [None]
-    clock = PlanClock(looks, ctx.n_jobs)
+    cls = ctx.profile.costs_cpu_class
+    clock = PlanClock(looks, ctx.n_jobs, prior=ctx.profile.costs,
+                      prior_label=f"the profile's {cls} costs" if cls else "the profile's costs")
     active = {u.key for u in rp.units()}
     latest: dict[tuple, RunResult] = {}
     previous: dict = {}

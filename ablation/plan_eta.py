@@ -60,9 +60,14 @@ class PlanClock:
     this look's pace) and in the plan (this look's remainder plus the later looks' extra episodes for
     the arms still undecided, at the measured cost per episode)."""
 
-    def __init__(self, looks: Sequence[int | None], parallel: int):
+    def __init__(self, looks: Sequence[int | None], parallel: int, prior: StageCosts | None = None,
+                 prior_label: str = ""):
+        """`prior`: the profile's measured costs (`prior_label` names them, e.g. "the profile's avx512
+        costs"), used only until the runs have measured their own: a re-run whose first runs are all
+        reused still gets an upper bound, and the later looks a cost per episode."""
         self.looks = list(looks)
         self.parallel = max(1, parallel)
+        self.prior, self.prior_label = prior, prior_label
         self.t0 = time.time()
         self.episode_s: list[float] = []   # worker-seconds per episode, from finished runs
         self.look = 0
@@ -85,22 +90,45 @@ class PlanClock:
         elif episodes > 0 and stage_seconds.get("closed_loop", 0.0) >= 1.0:  # it rolled this look's episodes out
             self.episode_s.append(float(stage_seconds["closed_loop"]) / episodes)
         worked = self.look_done - self.look_reused
+        left_runs = self.look_total - self.look_done
+        real = [x for x in self.looks if x is not None]
+        measured_ep = sum(self.episode_s) / len(self.episode_s) if self.episode_s else None
         if worked == 0:  # only reused runs so far: their instant finish says nothing about the rest
             line = (f"[plan] look {self.look + 1}/{len(self.looks)}: {self.look_done}/{self.look_total} runs done "
-                    f"({self.look_reused} reused); time left not known until a run that trains or rolls out "
-                    f"finishes; {minutes(time.time() - self.t0)} so far")
+                    f"({self.look_reused} reused); " + self._bound(left_runs, episodes, active_runs, measured_ep, real)
+                    + f"; {minutes(time.time() - self.t0)} so far")
             log.info(line)
             return line
         # the pace of the runs that did work, over every run left (a reused one among them costs less)
         left_look = (time.time() - self.look_t0) / worked * (self.look_total - self.look_done)
-        per_ep = sum(self.episode_s) / len(self.episode_s) if self.episode_s else 0.0
-        real = [x for x in self.looks if x is not None]
-        later = 0.0
-        if real and self.look + 1 < len(real):
-            later = active_runs * (real[-1] - real[self.look]) * per_ep / self.parallel
+        per_ep = measured_ep if measured_ep is not None else (self.prior.episode_s if self.prior else 0.0)
+        later = self._later(active_runs, per_ep, real)
         line = (f"[plan] look {self.look + 1}/{len(self.looks)}: {self.look_done}/{self.look_total} runs done, "
                 f"~{minutes(left_look)} left in this look; the plan ~{minutes(left_look)}"
                 + (f" to ~{minutes(left_look + later)} (if every undecided arm goes to {real[-1]} episodes)"
                    if later > 0 else "") + f" left; {minutes(time.time() - self.t0)} so far")
         log.info(line)
         return line
+
+    def _bound(self, left_runs: int, episodes: int, active_runs: int, measured_ep: float | None,
+               real: list[int]) -> str:
+        """Before any run of this look has worked: an upper bound on the time left (every run left trains,
+        in the first look, and rolls this look's episodes out), from the episodes this plan has measured
+        or else the profile's costs; or why there is none."""
+        trains = self.look == 0  # (then nothing is measured yet: no run of this plan has worked)
+        if left_runs == 0 or (self.prior is None and (trains or measured_ep is None)):
+            return "time left not known until a run that trains or rolls out finishes"
+        per_ep = measured_ep if measured_ep is not None else self.prior.episode_s
+        source = (f"{per_ep:.1f} s per episode as measured in this plan" if measured_ep is not None
+                  else self.prior_label or "the profile's costs")
+        per_run = (self.prior.train_s if trains else 0.0) + episodes * per_ep
+        left_look = left_runs * per_run / self.parallel
+        later = self._later(active_runs, per_ep, real)
+        return (f"up to ~{minutes(left_look)} left in this look if every run left has to "
+                f"{'train and ' if trains else ''}roll out ({source}); the plan up to ~{minutes(left_look + later)} left")
+
+    def _later(self, active_runs: int, per_episode_s: float, real: list[int]) -> float:
+        """Wall seconds of the later looks' extra episodes if every undecided arm goes to the last look."""
+        if not real or self.look + 1 >= len(real):
+            return 0.0
+        return active_runs * (real[-1] - real[self.look]) * per_episode_s / self.parallel

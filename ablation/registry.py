@@ -7,7 +7,8 @@
       pretrain    the plan's cached pretraining network                     ensure_pretrain_run
     study     one per Optuna study; racing processes settle on the oldest  open_study_run
       trial       one per study trial                                       start_trial_run
-    stale     RUNNING runs whose process died: plan and spec runs by their owner's pid (mark_stale_runs),
+    stale     RUNNING runs whose process died: plan and spec runs by their owner's pid (mark_stale_runs:
+              KILLED, or SCHEDULED for a spec run that was only queued),
               trials by Optuna's heartbeat (mark_dead_trials)
 
 Every run carries the same identity tags (kind, spec, spec hash, seed, task, commit, device); each kind
@@ -26,7 +27,7 @@ from .profiles import detect_device
 from .provenance import file_sha256, git_commit, source_tags
 from .run import RunJob
 from .spec import Spec
-from .tracking import TAG_FAILURE, TAG_KIND, TAG_SEED, TAG_SPEC, TAG_SPEC_HASH, Tracker
+from .tracking import TAG_FAILURE, TAG_KIND, TAG_SEED, TAG_SPEC, TAG_SPEC_HASH, TAG_STAGE, Tracker
 
 TAG_ARM = "ablation.arm"
 TAG_TASK = "ablation.task"          # suite/task of a spec run
@@ -163,10 +164,13 @@ def ensure_pretrain_run(tracker: Tracker, spec: Spec, tasks: tuple[int, ...], pa
                                                         "ablation.pretrain_tasks": ",".join(map(str, tasks))}, parent)
 
 
-def mark_stale_runs(tracker: Tracker) -> int:
-    """Runs left RUNNING by a process of this host that no longer exists (kill -9, power loss) are marked
-    KILLED, with the reason. Returns how many."""
-    host, n = socket.gethostname(), 0
+def mark_stale_runs(tracker: Tracker) -> tuple[int, int]:
+    """Runs left RUNNING by a process of this host that no longer exists (kill -9, power loss, a driver
+    stopped by SIGTERM) -> (killed, queued). A run that was in a stage is marked KILLED; a spec run that
+    was only queued (no stage begun since its driver took it, so nothing of it was cut short) is marked
+    SCHEDULED: a plan stopped early leaves most of its runs queued, and KILLED on all of them hid the few
+    that really were killed. Both carry the reason; a re-run takes both over."""
+    host, killed, queued = socket.gethostname(), 0, 0
     for r in tracker.find_runs("attributes.status = 'RUNNING'"):
         tags = r.data.tags
         if tags.get(TAG_HOST) != host:
@@ -175,10 +179,18 @@ def mark_stale_runs(tracker: Tracker) -> int:
             pid = int(tags.get(TAG_PID, "0"))
         except ValueError:
             continue
-        if pid and not _pid_alive(pid):
-            tracker.end_run(r.info.run_id, "KILLED", f"its process ({host} pid {pid}) ended without closing it")
-            n += 1
-    return n
+        if not pid or _pid_alive(pid):
+            continue
+        rid = r.info.run_id
+        if tags.get(TAG_KIND) == "spec_run" and tags.get(TAG_STAGE, "done") == "done":
+            tracker.set_tags(rid, {TAG_FAILURE: f"queued, not started: its driver ({host} pid {pid}) ended first; "
+                                                "re-run the same command to run it"})
+            tracker.client.update_run(rid, status="SCHEDULED")
+            queued += 1
+        else:
+            tracker.end_run(rid, "KILLED", f"its process ({host} pid {pid}) ended without closing it")
+            killed += 1
+    return killed, queued
 
 
 def _pid_alive(pid: int) -> bool:

@@ -8,6 +8,9 @@ store; the job functions (tests/worker_jobs.py) stand in for training, which is 
 from __future__ import annotations
 
 import io
+import os
+import time
+from concurrent.futures import wait
 
 from ablation.executors import LocalExecutor, _progress
 from ablation.run import RunJob
@@ -54,6 +57,31 @@ def test_a_run_that_always_kills_its_worker_is_failed_alone(tmp_path):
     assert worker_jobs.calls_of(jobs[1]) == 3          # together, together again, then alone
     # the runs beside it were not recorded as failed
     assert {tr.client.get_run(j.run_id).info.status for j in (jobs[0], jobs[2])} == {"RUNNING"}
+
+
+def test_an_interrupted_close_stops_the_runs_in_flight_instead_of_waiting_for_them(tmp_path):
+    """A SIGINT sent to the plan driver alone (its workers never see it) left close() waiting, silently, for
+    every run in flight to end. Interrupted, it stops them: neither run gets to its end."""
+    _, jobs = _jobs(tmp_path, ["a", "b"])
+    ex = LocalExecutor(2, job_fn=worker_jobs.runs_long)
+    futs = [ex.pool.submit(worker_jobs.runs_long, j) for j in jobs]
+    started = [tmp_path / j.spec_name / "started" for j in jobs]
+    deadline = time.time() + 120
+    while not all(p.exists() for p in started) and time.time() < deadline:
+        time.sleep(0.2)
+    assert all(p.exists() for p in started), "the workers never started their runs"
+    pids = [int(p.read_text()) for p in started]
+    ex.close(interrupted=True)
+    done, _ = wait(futs, timeout=30)
+    assert len(done) == 2 and all(f.exception() is not None for f in futs)  # stopped, not finished
+    assert not any((tmp_path / j.spec_name / "ended").exists() for j in jobs)
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        assert not alive, f"worker {pid} still runs"
 
 
 def test_a_looks_bar_shows_runs_and_time_so_far_not_tqdms_time_left():

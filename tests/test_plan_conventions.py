@@ -62,6 +62,38 @@ def test_clock_does_not_learn_its_pace_from_reused_runs(monkeypatch):
     assert "4/6 runs done, ~4 min left in this look; the plan ~4 min to ~7 min" in line
 
 
+def test_clock_bounds_a_rerun_from_the_profiles_costs_until_a_run_works(monkeypatch):
+    """A re-run whose first runs are all reused said "time left not known" until a run that trained finished
+    (minutes): with the profile's measured costs it gives an upper bound at once, which the measured pace
+    then replaces."""
+    t = [1000.0]
+    monkeypatch.setattr("ablation.plan_eta.time.time", lambda: t[0])
+    prior = StageCosts(demo_s=1, gate_s=30, train_s=100, episode_s=2)
+    clock = PlanClock([20, 35, 50], parallel=2, prior=prior, prior_label="the profile's avx2 costs")
+    clock.start_look(0, 6)
+    t[0] += 1.0
+    line = clock.finished({"closed_loop": 0.03, "total": 2.8}, 20, active_runs=6)
+    # 5 runs left x (100 s training + 20 episodes x 2 s) / 2 workers = 350 s; later looks 6 x 30 x 2 / 2 = 180 s
+    assert "1/6 runs done (1 reused); up to ~6 min left in this look if every run left has to train and roll out " \
+           "(the profile's avx2 costs); the plan up to ~9 min left" in line, line
+    t[0] += 120.0
+    line = clock.finished({"closed_loop": 80.0, "train": 40.0}, 20, active_runs=6)
+    # measured now: 121 s over the one run that worked x 4 left; 4 s per episode -> 6 x 30 x 4 / 2 = 6 min more
+    assert "2/6 runs done, ~8 min left in this look; the plan ~8 min to ~14 min" in line, line
+    # a later look trains nothing: only its new episodes count
+    clock.start_look(1, 4)
+    line = clock.finished({"closed_loop": 0.0, "total": 1.0}, 15, active_runs=4)
+    # from the 4 s per episode this plan measured, not the prior's 2 s: 3 runs x 15 episodes x 4 s / 2 = 90 s,
+    # the last look 4 runs x 15 x 4 s / 2 = 120 s more
+    assert "up to ~2 min left in this look if every run left has to roll out (4.0 s per episode as measured in " \
+           "this plan); the plan up to ~4 min left" in line, line
+    # without costs it says so, as before
+    bare = PlanClock([20], parallel=1)
+    bare.start_look(0, 2)
+    assert "time left not known until a run that trains or rolls out finishes" in \
+        bare.finished({"total": 2.0}, 20, active_runs=2)
+
+
 def test_dry_run_prints_the_estimated_wall_time():
     out = subprocess.run([sys.executable, str(REPO / "run_ablation.py"), "--plan", "all", "--dry-run",
                           "--workdir", "/nonexistent-dir-for-dry-run"], capture_output=True, text=True, cwd=REPO,

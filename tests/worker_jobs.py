@@ -42,3 +42,15 @@ def dies_always(job: RunJob) -> RunResult:
 
 def calls_of(job: RunJob) -> int:
     return _calls(job).stat().st_size if _calls(job).exists() else 0
+
+
+def runs_long(job: RunJob) -> RunResult:
+    """Marks that it started, works for two minutes (a run mid-training), then marks that it ended."""
+    import time
+
+    d = Path(job.ckpt_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "started").write_text(str(os.getpid()))
+    time.sleep(120)
+    (d / "ended").write_text("")
+    return RunResult(job.spec_name, job.seed, job.run_id, "FINISHED")
