@@ -56,9 +56,10 @@ def minutes(s: float) -> str:
 
 
 class PlanClock:
-    """The whole plan's ETA while it runs: after each finished run, the time left in this look (from
-    this look's pace) and in the plan (this look's remainder plus the later looks' extra episodes for
-    the arms still undecided, at the measured cost per episode)."""
+    """The whole plan's ETA while it runs: after each finished run, the time left in this look (the runs
+    left at the worker-seconds of this look's runs that worked, over the workers) and in the plan (this
+    look's remainder plus the later looks' extra episodes for the arms still undecided, at the measured
+    cost per episode)."""
 
     def __init__(self, looks: Sequence[int | None], parallel: int, prior: StageCosts | None = None,
                  prior_label: str = ""):
@@ -70,14 +71,14 @@ class PlanClock:
         self.prior, self.prior_label = prior, prior_label
         self.t0 = time.time()
         self.episode_s: list[float] = []   # worker-seconds per episode, from finished runs
+        self.run_s: list[float] = []       # worker-seconds of each finished run that worked
         self.look = 0
-        self.look_t0 = self.t0
         self.look_total = 0
         self.look_done = 0
         self.look_reused = 0   # runs that had nothing left to do (resumed, reused): no pace to learn from
 
     def start_look(self, k: int, n_runs: int) -> None:
-        self.look, self.look_total, self.look_done, self.look_t0 = k, n_runs, 0, time.time()
+        self.look, self.look_total, self.look_done = k, n_runs, 0
         self.look_reused = 0
 
     def finished(self, stage_seconds: Mapping[str, float], episodes: int, active_runs: int) -> str:
@@ -87,8 +88,10 @@ class PlanClock:
         # checkpoint took 2.8-6.8 s in a re-run of `--plan all`, whose ETA then said ~75 s for 22 runs to train
         if sum(v for k, v in stage_seconds.items() if k != "total") < 1.0:
             self.look_reused += 1
-        elif episodes > 0 and stage_seconds.get("closed_loop", 0.0) >= 1.0:  # it rolled this look's episodes out
-            self.episode_s.append(float(stage_seconds["closed_loop"]) / episodes)
+        else:
+            self.run_s.append(float(stage_seconds.get("total", sum(stage_seconds.values()))))
+            if episodes > 0 and stage_seconds.get("closed_loop", 0.0) >= 1.0:  # it rolled this look's episodes out
+                self.episode_s.append(float(stage_seconds["closed_loop"]) / episodes)
         worked = self.look_done - self.look_reused
         left_runs = self.look_total - self.look_done
         real = [x for x in self.looks if x is not None]
@@ -99,8 +102,13 @@ class PlanClock:
                     + f"; {minutes(time.time() - self.t0)} so far")
             log.info(line)
             return line
-        # the pace of the runs that did work, over every run left (a reused one among them costs less)
-        left_look = (time.time() - self.look_t0) / worked * (self.look_total - self.look_done)
+        # The runs left at the cost of the runs of this look that worked (a reused one among them costs
+        # less), over the workers. Not the wall pace (time so far / runs done): with 2 workers the first two
+        # runs end together, so the first pace doubled every ETA of a look. When a run ends, the other
+        # workers' runs are on average half done.
+        per_run = sum(self.run_s[-worked:]) / worked
+        in_flight = min(self.parallel - 1, left_runs)
+        left_look = max(0.0, (left_runs - in_flight / 2) * per_run / self.parallel)
         per_ep = measured_ep if measured_ep is not None else (self.prior.episode_s if self.prior else 0.0)
         later = self._later(active_runs, per_ep, real)
         line = (f"[plan] look {self.look + 1}/{len(self.looks)}: {self.look_done}/{self.look_total} runs done, "

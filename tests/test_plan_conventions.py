@@ -36,10 +36,12 @@ def test_clock_gives_this_look_and_the_whole_plan(caplog, monkeypatch):
     clock.start_look(0, 4)
     t[0] += 100.0
     with caplog.at_level(logging.INFO, logger="ablation"):
-        line = clock.finished({"closed_loop": 40.0, "train": 50.0}, 20, active_runs=4)
-    # 100 s for the first of 4 runs -> 300 s left in this look; later looks: 4 runs x 30 eps x 2 s / 2
-    assert "1/4 runs done, ~5 min left in this look" in line
-    assert "the plan ~5 min to ~7 min (if every undecided arm goes to 50 episodes) left" in line
+        line = clock.finished({"closed_loop": 40.0, "train": 50.0, "total": 100.0}, 20, active_runs=4)
+    # 100 worker-s for the first of 4 runs; 3 left on 2 workers, one of them half done in the other worker:
+    # 2.5 x 100 / 2 = 125 s (not the wall pace's 100 s x 3 = 300 s: the first two runs end together);
+    # later looks: 4 runs x 30 eps x 2 s / 2 = 120 s
+    assert "1/4 runs done, ~2 min left in this look" in line
+    assert "the plan ~2 min to ~4 min (if every undecided arm goes to 50 episodes) left" in line
     assert line in caplog.text
 
 
@@ -55,11 +57,11 @@ def test_clock_does_not_learn_its_pace_from_reused_runs(monkeypatch):
         line = clock.finished({"closed_loop": 0.03, "total": 2.8}, 20, active_runs=6)
     assert "3/6 runs done (3 reused); time left not known" in line
     t[0] += 120.0
-    line = clock.finished({"closed_loop": 40.0, "train": 70.0}, 20, active_runs=6)
-    # 121 s over the one run that worked, 2 runs left -> ~4 min (not 121 s / 4 x 2 = 1 min); the later looks
-    # at that run's 2 s per episode only (6 runs x 30 episodes x 2 s / 2 = 3 min more; the reused runs'
-    # 0.0015 s per episode would have made it ~45 s)
-    assert "4/6 runs done, ~4 min left in this look; the plan ~4 min to ~7 min" in line
+    line = clock.finished({"closed_loop": 40.0, "train": 70.0, "total": 140.0}, 20, active_runs=6)
+    # 2 runs left at the one worked run's 140 s (one half done): 1.5 x 140 / 2 = 105 s, not the reused runs'
+    # ~3 s; the later looks at that run's 2 s per episode only (6 runs x 30 episodes x 2 s / 2 = 3 min more;
+    # the reused runs' 0.0015 s per episode would have made it ~45 s)
+    assert "4/6 runs done, ~2 min left in this look; the plan ~2 min to ~5 min" in line
 
 
 def test_clock_bounds_a_rerun_from_the_profiles_costs_until_a_run_works(monkeypatch):
@@ -78,8 +80,9 @@ def test_clock_bounds_a_rerun_from_the_profiles_costs_until_a_run_works(monkeypa
            "(the profile's avx2 costs); the plan up to ~9 min left" in line, line
     t[0] += 120.0
     line = clock.finished({"closed_loop": 80.0, "train": 40.0}, 20, active_runs=6)
-    # measured now: 121 s over the one run that worked x 4 left; 4 s per episode -> 6 x 30 x 4 / 2 = 6 min more
-    assert "2/6 runs done, ~8 min left in this look; the plan ~8 min to ~14 min" in line, line
+    # measured now: the worked run's 120 worker-s x 3.5 runs left / 2 = 210 s; 4 s per episode -> 6 x 30 x 4 / 2
+    # = 6 min more
+    assert "2/6 runs done, ~4 min left in this look; the plan ~4 min to ~10 min" in line, line
     # a later look trains nothing: only its new episodes count
     clock.start_look(1, 4)
     line = clock.finished({"closed_loop": 0.0, "total": 1.0}, 15, active_runs=4)
