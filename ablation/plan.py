@@ -230,9 +230,7 @@ def run_looks(ctx: PlanContext, book: PlanBook, dispatcher, demo_for: DemoFor,
     which comparisons are decided. Returns RunUnit.key -> latest result, and worker-seconds per stage."""
     rp = book.rp
     looks = list(rp.plan.episodes.looks) if rp.plan.episodes else [None]
-    cls = ctx.profile.costs_cpu_class
-    clock = PlanClock(looks, ctx.n_jobs, prior=ctx.profile.costs,
-                      prior_label=f"the profile's {cls} costs" if cls else "the profile's costs")
+    clock = PlanClock(looks, ctx.n_jobs, prior=ctx.profile.costs, prior_class=ctx.profile.costs_cpu_class)
     active = {u.key for u in rp.units()}
     latest: dict[tuple, RunResult] = {}
     previous: dict = {}

@@ -62,13 +62,13 @@ class PlanClock:
     cost per episode)."""
 
     def __init__(self, looks: Sequence[int | None], parallel: int, prior: StageCosts | None = None,
-                 prior_label: str = ""):
-        """`prior`: the profile's measured costs (`prior_label` names them, e.g. "the profile's avx512
-        costs"), used only until the runs have measured their own: a re-run whose first runs are all
-        reused still gets an upper bound, and the later looks a cost per episode."""
+                 prior_class: str | None = None):
+        """`prior`: the profile's measured costs (for CPU class `prior_class`, where the profile names one),
+        used only until the runs have measured their own: a re-run whose first runs are all reused still
+        gets an upper bound, and the later looks a cost per episode."""
         self.looks = list(looks)
         self.parallel = max(1, parallel)
-        self.prior, self.prior_label = prior, prior_label
+        self.prior, self.prior_class = prior, prior_class
         self.t0 = time.time()
         self.episode_s: list[float] = []   # worker-seconds per episode, from finished runs
         self.run_s: list[float] = []       # worker-seconds of each finished run that worked
@@ -128,7 +128,7 @@ class PlanClock:
             return "time left not known until a run that trains or rolls out finishes"
         per_ep = measured_ep if measured_ep is not None else self.prior.episode_s
         source = (f"{per_ep:.1f} s per episode as measured in this plan" if measured_ep is not None
-                  else self.prior_label or "the profile's costs")
+                  else f"the profile's {self.prior_class + ' ' if self.prior_class else ''}costs")
         per_run = (self.prior.train_s if trains else 0.0) + episodes * per_ep
         left_look = left_runs * per_run / self.parallel
         later = self._later(active_runs, per_ep, real)

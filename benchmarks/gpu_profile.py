@@ -37,7 +37,8 @@ from ablation.bundle import load_policy  # noqa: E402
 from ablation.data import write_demo_file  # noqa: E402
 from ablation.profiles import load_profile  # noqa: E402
 from ablation.spec import load_plan, with_overrides  # noqa: E402
-from ablation.train import configure_torch, train  # noqa: E402
+from ablation.train import configure_torch  # noqa: E402
+from train_throughput import cuda_rdt170m_share, harness_run  # noqa: E402  (this script's folder)
 
 IMAGE_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
 
@@ -113,9 +114,7 @@ def main() -> None:
           f"batch {spec.train.batch_size}, {args.steps} steps, train.compile {spec.train.compile}", flush=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    res = train(spec, demos, tmp / "run", resume=False, progress=False)
-    train_wall = res.loop_wall_s - res.eval_time_s - res.checkpoint_time_s - res.first_step_s
-    sps = (res.steps - 1) * spec.train.batch_size / train_wall
+    res, sps, _ = harness_run(spec, demos, None, tmp / "run", None)  # the spec's own kernels and data
     losses = [(step, m["train/loss/total"]) for step, m in res.history if "train/loss/total" in m]
     mem = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else ""
     print(f"training: {sps:.0f} samples/s ({1000 * spec.train.batch_size / sps:.1f} ms per step) over steps 2-{res.steps}, "
@@ -133,8 +132,6 @@ def main() -> None:
         print(f"  {b:3d} episodes per call: {1000 * s:8.1f} ms per call, {1000 * s / b:7.2f} ms per episode's chunk",
               flush=True)
     if device.type == "cuda":
-        from train_throughput import cuda_rdt170m_share
-
         print(cuda_rdt170m_share(), flush=True)
 
 

@@ -141,8 +141,9 @@ def cuda_rdt170m_share(steps: int = 20, batch: int = 32) -> str:
     return f"rdt-170m-shaped bf16 ({count_params(net) / 1e6:.0f}M params, batch {batch}): {batch / dt:.0f} samples/s, {tf:.1f} TFLOP/s = {share} ({name})"
 
 
-def harness_run(spec, demos: Path, data, out: Path, kernels: str):
-    """-> (result, samples/s, samples per CPU-second), both over the steps after the first."""
+def harness_run(spec, demos: Path, data, out: Path, kernels: str | None):
+    """-> (result, samples/s, samples per CPU-second), both over the steps after the first. `data` None:
+    prepared from `demos`; `kernels` None: the spec's own."""
     res = train(spec, demos, out, resume=False, progress=False, data=data, kernels=kernels)
     # The step loop with its logging, without the end-of-run validation and checkpoint (they do not
     # scale with the number of steps) and without the first step (it compiles: a one-time cost,

@@ -8,11 +8,11 @@ store; the job functions (tests/worker_jobs.py) stand in for training, which is 
 from __future__ import annotations
 
 import io
-import os
 import time
 from concurrent.futures import wait
 
 from ablation.executors import LocalExecutor, _progress
+from ablation.registry import _pid_alive
 from ablation.run import RunJob
 from ablation.tracking import TAG_FAILURE, Tracker
 from tests import worker_jobs
@@ -75,13 +75,7 @@ def test_an_interrupted_close_stops_the_runs_in_flight_instead_of_waiting_for_th
     done, _ = wait(futs, timeout=30)
     assert len(done) == 2 and all(f.exception() is not None for f in futs)  # stopped, not finished
     assert not any((tmp_path / j.spec_name / "ended").exists() for j in jobs)
-    for pid in pids:
-        try:
-            os.kill(pid, 0)
-            alive = True
-        except ProcessLookupError:
-            alive = False
-        assert not alive, f"worker {pid} still runs"
+    assert not [pid for pid in pids if _pid_alive(pid)], "a worker still runs"
 
 
 def test_a_looks_bar_shows_runs_and_time_so_far_not_tqdms_time_left():

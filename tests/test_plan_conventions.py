@@ -71,7 +71,7 @@ def test_clock_bounds_a_rerun_from_the_profiles_costs_until_a_run_works(monkeypa
     t = [1000.0]
     monkeypatch.setattr("ablation.plan_eta.time.time", lambda: t[0])
     prior = StageCosts(demo_s=1, gate_s=30, train_s=100, episode_s=2)
-    clock = PlanClock([20, 35, 50], parallel=2, prior=prior, prior_label="the profile's avx2 costs")
+    clock = PlanClock([20, 35, 50], parallel=2, prior=prior, prior_class="avx2")
     clock.start_look(0, 6)
     t[0] += 1.0
     line = clock.finished({"closed_loop": 0.03, "total": 2.8}, 20, active_runs=6)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 from ablation.run import RunJob, RunResult
@@ -46,8 +47,6 @@ def calls_of(job: RunJob) -> int:
 
 def runs_long(job: RunJob) -> RunResult:
     """Marks that it started, works for two minutes (a run mid-training), then marks that it ended."""
-    import time
-
     d = Path(job.ckpt_dir)
     d.mkdir(parents=True, exist_ok=True)
     (d / "started").write_text(str(os.getpid()))
