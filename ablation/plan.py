@@ -244,7 +244,7 @@ def run_looks(ctx: PlanContext, book: PlanBook, dispatcher, demo_for: DemoFor,
         new_eps = (look or 0) - ((looks[k - 1] or 0) if k > 0 else 0)
         for r in dispatcher.run(jobs, label):
             latest[book.unit_of[r.run_id].key] = r
-            clock.finished(r.stage_seconds, new_eps, len(jobs))
+            clock.finished(r.stage_seconds, new_eps, len(jobs), took_over=r.took_over)
             for st, v in r.stage_seconds.items():
                 worker_s[st] = worker_s.get(st, 0.0) + v
         decision = analyse_look(rp, latest, k, looks, previous)

@@ -72,6 +72,7 @@ class PlanClock:
         self.t0 = time.time()
         self.episode_s: list[float] = []   # worker-seconds per episode, from finished runs
         self.run_s: list[float] = []       # worker-seconds of each finished run that worked
+        self.run_fresh: list[bool] = []    # ... and whether it started afresh (took over no earlier work)
         self.look = 0
         self.look_total = 0
         self.look_done = 0
@@ -81,8 +82,11 @@ class PlanClock:
         self.look, self.look_total, self.look_done = k, n_runs, 0
         self.look_reused = 0
 
-    def finished(self, stage_seconds: Mapping[str, float], episodes: int, active_runs: int) -> str:
-        """Record one finished run; return the ETA line (also logged)."""
+    def finished(self, stage_seconds: Mapping[str, float], episodes: int, active_runs: int,
+                 took_over: bool = False) -> str:
+        """Record one finished run; return the ETA line (also logged). `took_over`: the run began from an
+        earlier invocation's work (run.RunResult.took_over), so in the first look, where a run left may
+        have to train from scratch, its cost is only a lower bound on theirs."""
         self.look_done += 1
         # "total" is the run's wall time (run.execute), which a reused run has too: opening its tracker and
         # checkpoint took 2.8-6.8 s in a re-run of `--plan all`, whose ETA then said ~75 s for 22 runs to train
@@ -90,7 +94,10 @@ class PlanClock:
             self.look_reused += 1
         else:
             self.run_s.append(float(stage_seconds.get("total", sum(stage_seconds.values()))))
-            if episodes > 0 and stage_seconds.get("closed_loop", 0.0) >= 1.0:  # it rolled this look's episodes out
+            # later looks: every run carries on from its earlier looks, and costs only its new episodes
+            self.run_fresh.append(not took_over or self.look > 0)
+            # (a first-look run resumed mid-rollout ran fewer than `episodes`: its cost per episode would be low)
+            if self.run_fresh[-1] and episodes > 0 and stage_seconds.get("closed_loop", 0.0) >= 1.0:
                 self.episode_s.append(float(stage_seconds["closed_loop"]) / episodes)
         worked = self.look_done - self.look_reused
         left_runs = self.look_total - self.look_done
@@ -106,13 +113,25 @@ class PlanClock:
         # less), over the workers. Not the wall pace (time so far / runs done): with 2 workers the first two
         # runs end together, so the first pace doubled every ETA of a look. When a run ends, the other
         # workers' runs are on average half done.
-        per_run = sum(self.run_s[-worked:]) / worked
+        fresh = [s for s, f in zip(self.run_s[-worked:], self.run_fresh[-worked:]) if f]
+        if not fresh and self.prior is not None:  # only resumed runs so far (a killed plan's re-run): they cost
+            # less than the runs left that start afresh; priced at their cost, a re-run's first ETA said ~8 min
+            # for 17 runs to train
+            line = (f"[plan] look {self.look + 1}/{len(self.looks)}: {self.look_done}/{self.look_total} runs done "
+                    f"({worked} resumed" + (f", {self.look_reused} reused" if self.look_reused else "") + "); "
+                    + self._bound(left_runs, episodes, active_runs, measured_ep, real)
+                    + f"; {minutes(time.time() - self.t0)} so far")
+            log.info(line)
+            return line
+        pace = fresh or self.run_s[-worked:]  # no prior: the resumed runs' cost, as a lower bound ("at least")
+        per_run = sum(pace) / len(pace)
         in_flight = min(self.parallel - 1, left_runs)
         left_look = max(0.0, (left_runs - in_flight / 2) * per_run / self.parallel)
         per_ep = measured_ep if measured_ep is not None else (self.prior.episode_s if self.prior else 0.0)
         later = self._later(active_runs, per_ep, real)
+        at_least = "" if fresh else "at least "
         line = (f"[plan] look {self.look + 1}/{len(self.looks)}: {self.look_done}/{self.look_total} runs done, "
-                f"~{minutes(left_look)} left in this look; the plan ~{minutes(left_look)}"
+                f"{at_least}~{minutes(left_look)} left in this look; the plan {at_least}~{minutes(left_look)}"
                 + (f" to ~{minutes(left_look + later)} (if every undecided arm goes to {real[-1]} episodes)"
                    if later > 0 else "") + f" left; {minutes(time.time() - self.t0)} so far")
         log.info(line)

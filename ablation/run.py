@@ -31,6 +31,7 @@ import yaml
 
 from .closed_loop import (EpisodeProgress, episode_dict, rollout_kwargs, run_closed_loop,  # noqa: F401 (re-exported)
                           summarise_episodes)
+from .bundle import latest_bundle
 from .diskfull import disk_full_as_error
 from .errors import UserError
 from .spec import Spec
@@ -75,6 +76,7 @@ class RunResult:
     episodes: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     stage_seconds: dict = field(default_factory=dict)
+    took_over: bool = False        # it began from earlier work (a stage done, a checkpoint, episodes)
 
 
 # ----------------------------------------------------------------------------- local state
@@ -130,6 +132,9 @@ def execute(job: RunJob, *, on_train_metrics: Callable[[int, dict], None] | None
     tracker = Tracker(job.tracking_uri, job.experiment_id)
     ckpt = Path(job.ckpt_dir)
     state = load_state(ckpt)
+    # A run that starts from an earlier invocation's work costs less than one that starts afresh: the
+    # plan's clock must not price the runs left at its cost.
+    took_over = bool(state["done"] or state["episodes"] or latest_bundle(ckpt))
     log = MetricBuffer(tracker, job.run_id)
     stage_s: dict[str, float] = {}
     current = "start"
@@ -151,13 +156,14 @@ def execute(job: RunJob, *, on_train_metrics: Callable[[int, dict], None] | None
         m = dict(ctx.outputs.get("eval_metrics", {}))
         m.update({k: v for k, v in _final_metrics(tracker, job.run_id).items() if k not in m})
         return RunResult(job.spec_name, job.seed, job.run_id, "FINISHED", metrics=m, episodes=state["episodes"],
-                         seconds=time.time() - t0, stage_seconds=stage_s)
+                         seconds=time.time() - t0, stage_seconds=stage_s, took_over=took_over)
     except BaseException as e:  # noqa: BLE001 - the plan goes on; the reason is recorded
         reason = _record_failure(tracker, job.run_id, log, current, e)
         if isinstance(e, KeyboardInterrupt) or _is_prune(e):
             raise
         return RunResult(job.spec_name, job.seed, job.run_id, "FAILED", reason=reason.splitlines()[0],
-                         episodes=state.get("episodes", []), seconds=time.time() - t0, stage_seconds=stage_s)
+                         episodes=state.get("episodes", []), seconds=time.time() - t0, stage_seconds=stage_s,
+                         took_over=took_over)
 
 
 def _context(job: RunJob, spec: Spec, ckpt: Path, state: dict, scratch: Path, log: MetricBuffer,

@@ -286,6 +286,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(workdir, tmp_path):
     out = run_plan(str(plan), profile_name="cpu", workdir=workdir,
                    extra_sets=[])  # same spec, same hash: resume
     assert [r.status for r in out.results] == ["FINISHED"]
+    assert out.results[0].took_over  # (the plan's clock prices the runs left at fresh runs' cost, not at this one's)
     # the killed invocation's parent was taken over (one parent per plan), and its end recorded
     parents = tr.find_runs("tags.`ablation.plan` = 'plan_long' and tags.`ablation.kind` = 'plan'")
     assert [p.info.run_id for p in parents] == [killed_parent[0].info.run_id] == [out.parent_run_id]
@@ -352,5 +353,6 @@ def test_tiny_pretrained_rdt_fine_tunes_through_the_plan(workdir, tmp_path):
                               f"model.pretrained={RDT_CKPT}", "train.steps=10", "train.eval_every=5"])
     out = run_plan(str(plan), profile_name="cpu", workdir=workdir)
     assert [r.status for r in out.results] == ["FINISHED"], [r.reason for r in out.results]
+    assert not out.results[0].took_over  # a new run, one look: it started from nothing
     run = client_for(workdir).client.get_run(out.results[0].run_id)
     assert run.data.params["model.kind"] == "rdt" and "eval/success_rate" in run.data.metrics

@@ -97,6 +97,33 @@ def test_clock_bounds_a_rerun_from_the_profiles_costs_until_a_run_works(monkeypa
         bare.finished({"total": 2.0}, 20, active_runs=2)
 
 
+def test_clock_does_not_price_the_runs_left_at_a_resumed_runs_cost(monkeypatch):
+    """A killed plan's re-run first finishes the runs it resumes (mid-training, mid-rollout), which cost
+    less than the runs left that start afresh: priced at their cost, the first ETA of such a re-run said
+    ~8 min for 17 runs to train. Until a fresh run finishes, the line is the profile's upper bound, or
+    without costs the resumed runs' pace marked as a lower bound."""
+    t = [1000.0]
+    monkeypatch.setattr("ablation.plan_eta.time.time", lambda: t[0])
+    prior = StageCosts(train_s=100, episode_s=2)
+    clock = PlanClock([20], parallel=2, prior=prior, prior_class="avx512")
+    clock.start_look(0, 6)
+    t[0] += 30.0
+    # resumed after training: it rolled out only (a low cost per episode too, if it resumed mid-rollout)
+    line = clock.finished({"closed_loop": 10.0, "total": 12.0}, 20, active_runs=6, took_over=True)
+    # 5 runs left x (100 + 20 x 2 s) / 2 = 350 s, from the prior, not 5 x 12 s / 2
+    assert "1/6 runs done (1 resumed); up to ~6 min left in this look if every run left has to train and roll out " \
+           "(the profile's avx512 costs)" in line, line
+    t[0] += 120.0
+    line = clock.finished({"train": 100.0, "closed_loop": 60.0, "total": 160.0}, 20, active_runs=6)
+    # a fresh run measured: 4 runs left, one half done in the other worker: 3.5 x 160 / 2 = 280 s
+    assert "2/6 runs done, ~5 min left in this look" in line, line
+    # no costs in the profile: the resumed runs' own pace, said to be a lower bound
+    bare = PlanClock([20], parallel=2)
+    bare.start_look(0, 6)
+    line = bare.finished({"closed_loop": 10.0, "total": 12.0}, 20, active_runs=6, took_over=True)
+    assert "1/6 runs done, at least ~27 s left in this look; the plan at least ~27 s left" in line, line
+
+
 def test_dry_run_prints_the_estimated_wall_time():
     out = subprocess.run([sys.executable, str(REPO / "run_ablation.py"), "--plan", "all", "--dry-run",
                           "--workdir", "/nonexistent-dir-for-dry-run"], capture_output=True, text=True, cwd=REPO,
