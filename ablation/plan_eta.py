@@ -143,7 +143,9 @@ class PlanClock:
         in the first look, and rolls this look's episodes out), from the episodes this plan has measured
         or else the profile's costs; or why there is none."""
         trains = self.look == 0  # (then nothing is measured yet: no run of this plan has worked)
-        if left_runs == 0 or (self.prior is None and (trains or measured_ep is None)):
+        if left_runs == 0:  # (the look's last run: the next line is the look's decision)
+            return "this look is done"
+        if self.prior is None and (trains or measured_ep is None):
             return "time left not known until a run that trains or rolls out finishes"
         per_ep = measured_ep if measured_ep is not None else self.prior.episode_s
         source = (f"{per_ep:.1f} s per episode as measured in this plan" if measured_ep is not None

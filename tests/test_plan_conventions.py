@@ -90,6 +90,9 @@ def test_clock_bounds_a_rerun_from_the_profiles_costs_until_a_run_works(monkeypa
     # the last look 4 runs x 15 x 4 s / 2 = 120 s more
     assert "up to ~2 min left in this look if every run left has to roll out (4.0 s per episode as measured in " \
            "this plan); the plan up to ~4 min left" in line, line
+    for _ in range(3):  # its last run: nothing is left in the look, whatever the pace
+        line = clock.finished({"closed_loop": 0.0, "total": 1.0}, 15, active_runs=4)
+    assert "4/4 runs done (4 reused); this look is done; " in line, line
     # without costs it says so, as before
     bare = PlanClock([20], parallel=1)
     bare.start_look(0, 2)
