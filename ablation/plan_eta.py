@@ -104,11 +104,7 @@ class PlanClock:
         real = [x for x in self.looks if x is not None]
         measured_ep = sum(self.episode_s) / len(self.episode_s) if self.episode_s else None
         if worked == 0:  # only reused runs so far: their instant finish says nothing about the rest
-            line = (f"[plan] look {self.look + 1}/{len(self.looks)}: {self.look_done}/{self.look_total} runs done "
-                    f"({self.look_reused} reused); " + self._bound(left_runs, episodes, active_runs, measured_ep, real)
-                    + f"; {minutes(time.time() - self.t0)} so far")
-            log.info(line)
-            return line
+            return self._bound_line(f"{self.look_reused} reused", left_runs, episodes, active_runs, measured_ep, real)
         # The runs left at the cost of the runs of this look that worked (a reused one among them costs
         # less), over the workers. Not the wall pace (time so far / runs done): with 2 workers the first two
         # runs end together, so the first pace doubled every ETA of a look. When a run ends, the other
@@ -117,12 +113,8 @@ class PlanClock:
         if not fresh and self.prior is not None:  # only resumed runs so far (a killed plan's re-run): they cost
             # less than the runs left that start afresh; priced at their cost, a re-run's first ETA said ~8 min
             # for 17 runs to train
-            line = (f"[plan] look {self.look + 1}/{len(self.looks)}: {self.look_done}/{self.look_total} runs done "
-                    f"({worked} resumed" + (f", {self.look_reused} reused" if self.look_reused else "") + "); "
-                    + self._bound(left_runs, episodes, active_runs, measured_ep, real)
-                    + f"; {minutes(time.time() - self.t0)} so far")
-            log.info(line)
-            return line
+            what = f"{worked} resumed" + (f", {self.look_reused} reused" if self.look_reused else "")
+            return self._bound_line(what, left_runs, episodes, active_runs, measured_ep, real)
         pace = fresh or self.run_s[-worked:]  # no prior: the resumed runs' cost, as a lower bound ("at least")
         per_run = sum(pace) / len(pace)
         in_flight = min(self.parallel - 1, left_runs)
@@ -134,6 +126,15 @@ class PlanClock:
                 f"{at_least}~{minutes(left_look)} left in this look; the plan {at_least}~{minutes(left_look)}"
                 + (f" to ~{minutes(left_look + later)} (if every undecided arm goes to {real[-1]} episodes)"
                    if later > 0 else "") + f" left; {minutes(time.time() - self.t0)} so far")
+        log.info(line)
+        return line
+
+    def _bound_line(self, what: str, left_runs: int, episodes: int, active_runs: int, measured_ep: float | None,
+                    real: list[int]) -> str:
+        """The ETA line (also logged) when no run of this look has set a pace: `what` says which runs are done."""
+        line = (f"[plan] look {self.look + 1}/{len(self.looks)}: {self.look_done}/{self.look_total} runs done "
+                f"({what}); " + self._bound(left_runs, episodes, active_runs, measured_ep, real)
+                + f"; {minutes(time.time() - self.t0)} so far")
         log.info(line)
         return line
 

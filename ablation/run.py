@@ -29,9 +29,9 @@ from typing import Callable, Iterator
 
 import yaml
 
+from .bundle import latest_bundle
 from .closed_loop import (EpisodeProgress, episode_dict, rollout_kwargs, run_closed_loop,  # noqa: F401 (re-exported)
                           summarise_episodes)
-from .bundle import latest_bundle
 from .diskfull import disk_full_as_error
 from .errors import UserError
 from .spec import Spec
