@@ -71,8 +71,8 @@ class PlanClock:
         self.prior, self.prior_class = prior, prior_class
         self.t0 = time.time()
         self.episode_s: list[float] = []   # worker-seconds per episode, from finished runs
-        self.run_s: list[float] = []       # worker-seconds of each finished run that worked
-        self.run_fresh: list[bool] = []    # ... and whether it started afresh (took over no earlier work)
+        # this look's finished runs that worked: (worker-seconds, started afresh: took over no earlier work)
+        self.look_runs: list[tuple[float, bool]] = []
         self.look = 0
         self.look_total = 0
         self.look_done = 0
@@ -81,6 +81,7 @@ class PlanClock:
     def start_look(self, k: int, n_runs: int) -> None:
         self.look, self.look_total, self.look_done = k, n_runs, 0
         self.look_reused = 0
+        self.look_runs = []
 
     def finished(self, stage_seconds: Mapping[str, float], episodes: int, active_runs: int,
                  took_over: bool = False) -> str:
@@ -93,13 +94,13 @@ class PlanClock:
         if sum(v for k, v in stage_seconds.items() if k != "total") < 1.0:
             self.look_reused += 1
         else:
-            self.run_s.append(float(stage_seconds.get("total", sum(stage_seconds.values()))))
             # later looks: every run carries on from its earlier looks, and costs only its new episodes
-            self.run_fresh.append(not took_over or self.look > 0)
+            fresh_run = not took_over or self.look > 0
+            self.look_runs.append((float(stage_seconds.get("total", sum(stage_seconds.values()))), fresh_run))
             # (a first-look run resumed mid-rollout ran fewer than `episodes`: its cost per episode would be low)
-            if self.run_fresh[-1] and episodes > 0 and stage_seconds.get("closed_loop", 0.0) >= 1.0:
+            if fresh_run and episodes > 0 and stage_seconds.get("closed_loop", 0.0) >= 1.0:
                 self.episode_s.append(float(stage_seconds["closed_loop"]) / episodes)
-        worked = self.look_done - self.look_reused
+        worked = len(self.look_runs)
         left_runs = self.look_total - self.look_done
         real = [x for x in self.looks if x is not None]
         measured_ep = sum(self.episode_s) / len(self.episode_s) if self.episode_s else None
@@ -109,13 +110,13 @@ class PlanClock:
         # less), over the workers. Not the wall pace (time so far / runs done): with 2 workers the first two
         # runs end together, so the first pace doubled every ETA of a look. When a run ends, the other
         # workers' runs are on average half done.
-        fresh = [s for s, f in zip(self.run_s[-worked:], self.run_fresh[-worked:]) if f]
+        fresh = [s for s, f in self.look_runs if f]
         if not fresh and self.prior is not None:  # only resumed runs so far (a killed plan's re-run): they cost
             # less than the runs left that start afresh; priced at their cost, a re-run's first ETA said ~8 min
             # for 17 runs to train
             what = f"{worked} resumed" + (f", {self.look_reused} reused" if self.look_reused else "")
             return self._bound_line(what, left_runs, episodes, active_runs, measured_ep, real)
-        pace = fresh or self.run_s[-worked:]  # no prior: the resumed runs' cost, as a lower bound ("at least")
+        pace = fresh or [s for s, _ in self.look_runs]  # no prior: the resumed runs' cost, as a lower bound ("at least")
         per_run = sum(pace) / len(pace)
         in_flight = min(self.parallel - 1, left_runs)
         left_look = max(0.0, (left_runs - in_flight / 2) * per_run / self.parallel)
